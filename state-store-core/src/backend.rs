@@ -1,0 +1,345 @@
+//! The trait an adapter (or your own store) implements: bytes in, bytes out, with versions.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+
+/// An opaque version of a stored value: a counter, a stream revision or an ETag.
+///
+/// Read it with [`StateStore::get_entry`](crate::StateStore::get_entry) and hand it back in
+/// [`SetMode::Update`] or [`StateStore::remove_if`](crate::StateStore::remove_if). Every write
+/// gives a new version. Compare versions only for equality, and only from the same store.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Version(Arc<str>);
+
+impl Version {
+    /// Wraps a backend's version token. For backend implementors.
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Version(token.into())
+    }
+
+    /// The backend's token. For backend implementors.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Version({})", self.0)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored value as a backend returns it: JSON text and its version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value, as UTF-8 JSON text.
+    pub value: Vec<u8>,
+    /// The version of this value.
+    pub version: Version,
+    /// Time left before the value expires, where the backend knows it; `None` for no TTL or
+    /// unknown. [`increment_with_cas`] carries it over so a rewrite keeps the deadline.
+    pub expires_in: Option<Duration>,
+}
+
+impl Entry {
+    /// An entry without a known TTL.
+    pub fn new(value: Vec<u8>, version: Version) -> Self {
+        Entry { value, version, expires_in: None }
+    }
+}
+
+impl fmt::Debug for Entry {
+    // State can be confidential: never print the value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("version", &self.version)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// When a write may happen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SetMode {
+    /// Write whether or not the key exists (PURISTA's `setState`).
+    #[default]
+    Upsert,
+    /// Write only if the key does not exist; otherwise [`Error::Conflict`].
+    Create,
+    /// Write only if the stored version is this one; otherwise (changed, or removed)
+    /// [`Error::Conflict`].
+    Update(Version),
+}
+
+/// Options of one write.
+///
+/// ```
+/// use std::time::Duration;
+/// use state_store_core::{SetMode, SetOptions};
+///
+/// let opts = SetOptions::new().mode(SetMode::Create).ttl(Duration::from_secs(30));
+/// assert_eq!(opts.ttl, Some(Duration::from_secs(30)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetOptions {
+    /// Condition of the write.
+    pub mode: SetMode,
+    /// Time to live. `None` keeps the value until it is removed, and clears any TTL an earlier
+    /// write set. Backends counting in whole seconds round up.
+    pub ttl: Option<Duration>,
+}
+
+impl SetOptions {
+    /// An unconditional write without TTL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the condition.
+    pub fn mode(mut self, mode: SetMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the time to live.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// What a backend supports natively. The [`StateStore`](crate::StateStore) handle refuses an
+/// undeclared feature with [`Error::Unsupported`] before calling the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Per-key TTL, applied atomically with the write.
+    pub ttl: bool,
+    /// `SetMode::Create`, `SetMode::Update` and conditional remove.
+    pub conditional: bool,
+    /// Atomic `increment`.
+    pub increment: bool,
+    /// `get_many` costs one round trip, whatever the number of keys.
+    pub batch_get: bool,
+    /// Data outlives the process (a server or a file).
+    pub persistent: bool,
+    /// Longest key in bytes, after the prefix is applied.
+    pub max_key_len: usize,
+    /// Largest value in bytes (JSON text).
+    pub max_value_len: usize,
+}
+
+impl Capabilities {
+    /// Nothing beyond plain get/set/remove; limits of 1 KiB keys and 1 MiB values.
+    pub fn minimal() -> Self {
+        Capabilities {
+            ttl: false,
+            conditional: false,
+            increment: false,
+            batch_get: false,
+            persistent: false,
+            max_key_len: 1024,
+            max_value_len: 1024 * 1024,
+        }
+    }
+
+    /// Everything supported; limits of 1 KiB keys and 1 MiB values.
+    pub fn full() -> Self {
+        Capabilities {
+            ttl: true,
+            conditional: true,
+            increment: true,
+            batch_get: true,
+            persistent: true,
+            max_key_len: 1024,
+            max_value_len: 1024 * 1024,
+        }
+    }
+}
+
+/// A storage backend: what an adapter crate or a custom store implements.
+///
+/// Handlers never call this directly; they hold a [`StateStore`](crate::StateStore), which
+/// applies the key prefix, the enable flags, the limits, JSON encoding and tracing once for every
+/// backend, and then calls these methods with full keys and encoded values.
+///
+/// # Contract
+///
+/// - Keys arrive non-empty, within [`Capabilities::max_key_len`], already prefixed. A backend
+///   whose charset is narrower encodes them reversibly, or returns [`Error::InvalidKey`].
+/// - Values arrive as JSON text within [`Capabilities::max_value_len`]. Store the bytes as
+///   they are; return them as they were.
+/// - `get_many` returns one slot per requested key, in request order; a missing or expired key
+///   is `None`.
+/// - Every successful write returns a new [`Version`]; `get_many` returns the current one.
+/// - `set` with [`SetMode::Create`] fails with [`Error::Conflict`] if the key exists;
+///   [`SetMode::Update`] fails with `Conflict` if the current version differs or the key is
+///   gone. A failed condition writes nothing.
+/// - A `ttl` of `None` stores the value without expiry and clears an earlier TTL. An expired
+///   key reads as missing.
+/// - `remove` of a missing key is `Ok(false)`. With `expected`, the removal happens only if the
+///   current version is `expected`; otherwise `Conflict`.
+/// - `increment` is atomic across processes; a missing key starts at 0 and, only then, gets
+///   `ttl`. A value that is not a JSON integer, or an overflow, is [`Error::NotAnInteger`].
+/// - A feature the backend does not declare in [`Capabilities`] returns
+///   [`Error::Unsupported`].
+/// - No call blocks forever: network calls have timeouts and fail with
+///   [`Error::Unavailable`].
+/// - After `close`, every call fails with [`Error::Closed`] or [`Error::Unavailable`].
+///
+/// The `state-store-conformance` crate checks all of this against a real instance.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A short name for messages and tracing (`"memory"`, `"redis"`).
+    fn name(&self) -> &str;
+
+    /// What this backend supports natively.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Reads many keys, one slot per key in request order.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>>;
+
+    /// Writes one key and returns the new version.
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version>;
+
+    /// Removes one key; `Ok(true)` if it existed.
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool>;
+
+    /// Adds `delta` to the integer at `key` and returns the new value.
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64>;
+
+    /// Closes connections and stops background work. Later calls fail.
+    async fn close(&self) -> Result<()>;
+}
+
+macro_rules! forward_backend {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<B: Backend + ?Sized> Backend for $ptr<B> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+                (**self).get_many(keys).await
+            }
+            async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+                (**self).set(key, value, options).await
+            }
+            async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+                (**self).remove(key, expected).await
+            }
+            async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+                (**self).increment(key, delta, ttl).await
+            }
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+        }
+    )*};
+}
+
+forward_backend!(Box, Arc);
+
+/// How many times [`increment_with_cas`] retries a lost race before giving up.
+pub const CAS_RETRIES: usize = 1000;
+
+/// Atomic increment for a backend that has compare-and-set but no native increment.
+///
+/// Reads the counter, writes `old + delta` with [`SetMode::Update`] (or [`SetMode::Create`]
+/// when missing, with `ttl`), and retries on [`Error::Conflict`]. Atomic across processes
+/// because every write is conditional. A rewrite carries over [`Entry::expires_in`], so a
+/// counter created with a TTL keeps its original deadline (fixed-window rate limits).
+///
+/// # Errors
+///
+/// [`Error::NotAnInteger`] for a non-integer value or on overflow; [`Error::Conflict`] after
+/// [`CAS_RETRIES`] lost races; anything `get_many` or `set` return.
+pub async fn increment_with_cas<B: Backend + ?Sized>(
+    backend: &B,
+    key: &str,
+    delta: i64,
+    ttl: Option<Duration>,
+) -> Result<i64> {
+    let keys = [key.to_owned()];
+    for attempt in 0..CAS_RETRIES {
+        let current = backend.get_many(&keys).await?.pop().flatten();
+        let (next, options) = match current {
+            None => (delta, SetOptions { mode: SetMode::Create, ttl }),
+            Some(entry) => {
+                let old = parse_counter(key, &entry.value)?;
+                let next = old
+                    .checked_add(delta)
+                    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })?;
+                let options = SetOptions {
+                    mode: SetMode::Update(entry.version),
+                    ttl: entry.expires_in.map(|left| left.max(Duration::from_millis(1))),
+                };
+                (next, options)
+            }
+        };
+        match backend.set(key, next.to_string().into_bytes(), &options).await {
+            Ok(_) => return Ok(next),
+            Err(Error::Conflict { .. }) => {
+                if attempt % 8 == 7 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Err(Error::Conflict { key: key.to_owned() })
+}
+
+/// Parses a stored counter: JSON text that is an integer within `i64`.
+///
+/// # Errors
+///
+/// [`Error::NotAnInteger`] for anything else (floats, strings, objects, invalid JSON).
+pub fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
+    match serde_json::from_slice::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Number(n)) => n.as_i64(),
+        _ => None,
+    }
+    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_only_integers() {
+        assert_eq!(parse_counter("k", b"42").ok(), Some(42));
+        assert_eq!(parse_counter("k", b" -7 ").ok(), Some(-7));
+        for bad in [&b"1.5"[..], b"\"1\"", b"{}", b"null", b"18446744073709551615", b"x"] {
+            assert!(matches!(
+                parse_counter("k", bad),
+                Err(Error::NotAnInteger { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn entry_debug_hides_the_value() {
+        let entry = Entry::new(b"\"secret\"".to_vec(), Version::new("3"));
+        let shown = format!("{entry:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("8 bytes"));
+    }
+}

@@ -1,0 +1,401 @@
+//! The one error type every store returns.
+
+use std::fmt;
+
+/// A boxed error from a backend's client library, kept as the `source` of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of every state store operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The operation a [`StoreConfig`](crate::StoreConfig) flag can disable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Reading state (`get_state`, `get`, `get_entry`).
+    Get,
+    /// Writing state (`set_state`, `set`, `set_with`, `increment`, `update`).
+    Set,
+    /// Removing state (`remove_state`, `remove_if`).
+    Remove,
+}
+
+/// Everything that can go wrong in a state store.
+///
+/// Messages name the key (a state name) but never contain a stored value: state can be
+/// confidential. The cause from the backend's client is kept as [`std::error::Error::source`]
+/// and is never repeated in the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operation is disabled by [`StoreConfig`](crate::StoreConfig). The message is
+    /// PURISTA's, word for word.
+    #[error("{}", disabled_message(*.operation))]
+    OperationDisabled {
+        /// The disabled operation.
+        operation: Operation,
+    },
+
+    /// The key is empty, too long, or not representable on this backend. Nothing was written.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending key (a state name, shortened when very long).
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The encoded value is larger than the configured or backend limit. Nothing was written.
+    #[error("value for key {key:?} is {size} bytes, over the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// The state name.
+        key: String,
+        /// Encoded size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+
+    /// The value could not be encoded as JSON (for example a map with non-string keys).
+    #[error("value for key {key:?} cannot be encoded as JSON")]
+    Serialization {
+        /// The state name.
+        key: String,
+        /// What the encoder reported, with any value fragments removed.
+        #[source]
+        source: JsonError,
+    },
+
+    /// The stored value is not valid JSON, or does not decode into the requested type.
+    #[error("stored value for key {key:?} does not decode into {target}")]
+    Decode {
+        /// The state name.
+        key: String,
+        /// The type the caller asked for.
+        target: &'static str,
+        /// What the decoder reported, with any value fragments removed.
+        #[source]
+        source: JsonError,
+    },
+
+    /// A conditional write or remove failed: the key exists (`Create`), or its version is not
+    /// the expected one (`Update`, conditional remove), or an update loop kept losing races.
+    /// Nothing was written.
+    #[error("conflicting write to key {key:?}")]
+    Conflict {
+        /// The state name.
+        key: String,
+    },
+
+    /// `increment` found a value that is not a JSON integer, or the result would overflow `i64`.
+    #[error("value at key {key:?} is not an integer counter, or the counter would overflow")]
+    NotAnInteger {
+        /// The state name.
+        key: String,
+    },
+
+    /// The backend does not support this feature (its [`Capabilities`](crate::Capabilities)
+    /// say so). Nothing was written.
+    #[error("state store {store:?} does not support {feature}")]
+    Unsupported {
+        /// The store name.
+        store: String,
+        /// The missing feature.
+        feature: &'static str,
+    },
+
+    /// A TTL was zero. Use no TTL to keep a value forever.
+    #[error("invalid TTL for key {key:?}: it must be at least one millisecond")]
+    InvalidTtl {
+        /// The state name.
+        key: String,
+    },
+
+    /// The backend could not be reached: connection refused or lost, timeout. Usually
+    /// transient; see [`Error::is_transient`]. Whether a write took effect is unknown.
+    #[error("state store {store:?} is unavailable")]
+    Unavailable {
+        /// The store name.
+        store: String,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The backend answered with an error this crate has no better variant for.
+    #[error("state store {store:?} failed")]
+    Backend {
+        /// The store name.
+        store: String,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The store is misconfigured: bad URL, wrong credentials, missing bucket or component,
+    /// settings that cannot honour the contract.
+    #[error("state store configuration: {message}")]
+    Config {
+        /// What is wrong, without secrets.
+        message: String,
+        /// The underlying failure, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The store was destroyed; create a new one.
+    #[error("state store {store:?} is closed")]
+    Closed {
+        /// The store name.
+        store: String,
+    },
+}
+
+fn disabled_message(operation: Operation) -> &'static str {
+    match operation {
+        Operation::Get => "get state from store is disabled by config",
+        Operation::Set => "set state at store is disabled by config",
+        Operation::Remove => "remove state from store is disabled by config",
+    }
+}
+
+impl Error {
+    /// True when retrying the same call later may succeed (the backend was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// True for [`Error::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// Builds [`Error::Unavailable`] from a client error.
+    pub fn unavailable(store: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable {
+            store: store.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Builds [`Error::Backend`] from a client error.
+    pub fn backend(store: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            store: store.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Builds [`Error::Config`] without a source.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Builds [`Error::Config`] keeping the cause.
+    pub fn config_with(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Config {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Builds [`Error::Unsupported`].
+    pub fn unsupported(store: impl Into<String>, feature: &'static str) -> Self {
+        Error::Unsupported {
+            store: store.into(),
+            feature,
+        }
+    }
+
+    /// Builds [`Error::InvalidKey`], shortening a very long key so messages stay readable.
+    pub fn invalid_key(key: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidKey {
+            key: shorten(key),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn decode(key: &str, target: &'static str, source: serde_json::Error) -> Self {
+        Error::Decode {
+            key: shorten(key),
+            target,
+            source: JsonError::redacted(&source),
+        }
+    }
+
+    pub(crate) fn serialization(key: &str, source: serde_json::Error) -> Self {
+        Error::Serialization {
+            key: shorten(key),
+            source: JsonError::redacted(&source),
+        }
+    }
+}
+
+/// Keys longer than this are shortened in error messages.
+const KEY_IN_MESSAGE: usize = 80;
+
+pub(crate) fn shorten(key: &str) -> String {
+    if key.len() <= KEY_IN_MESSAGE {
+        return key.to_owned();
+    }
+    let mut end = KEY_IN_MESSAGE;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &key[..end], key.len())
+}
+
+/// A JSON encode or decode failure with every fragment of the value removed.
+///
+/// `serde_json`'s messages quote the data they choke on (`invalid type: string "hunter2"`);
+/// stored state can be confidential, so only the shape of the problem is kept: the category,
+/// the position, and the message with quoted data replaced by `…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    message: String,
+    line: usize,
+    column: usize,
+}
+
+impl JsonError {
+    fn redacted(err: &serde_json::Error) -> Self {
+        JsonError {
+            message: redact(&err.to_string()),
+            line: err.line(),
+            column: err.column(),
+        }
+    }
+
+    /// The message, with quoted data from the value removed.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// Removes data from a `serde_json` message.
+///
+/// Double-quoted strings, single-quoted chars and backticked data after `invalid type`,
+/// `invalid value` and `unknown variant` are data; backticked names after `missing field`,
+/// `unknown field` and `expected` are schema and stay.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let closing = match c {
+            '"' => Some('"'),
+            '\'' => Some('\''),
+            '`' if backtick_is_data(&message[..i]) => Some('`'),
+            _ => None,
+        };
+        match closing {
+            Some(close) => {
+                // Skip to the closing quote (honouring backslash escapes inside strings).
+                let mut escaped = false;
+                for (_, d) in chars.by_ref() {
+                    if escaped {
+                        escaped = false;
+                    } else if d == '\\' {
+                        escaped = true;
+                    } else if d == close {
+                        break;
+                    }
+                }
+                out.push('…');
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+fn backtick_is_data(before: &str) -> bool {
+    let clause = before.rsplit(", ").next().unwrap_or(before);
+    let clause = clause.rsplit(": ").next().unwrap_or(clause);
+    let leading = before.rsplit(", ").next().unwrap_or(before);
+    !(clause.starts_with("expected")
+        || leading.starts_with("missing field")
+        || leading.starts_with("unknown field")
+        || leading.starts_with("duplicate field")
+        || leading.starts_with("expected"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_err<T: serde::de::DeserializeOwned + fmt::Debug>(json: &str) -> String {
+        let err = serde_json::from_str::<T>(json).unwrap_err();
+        JsonError::redacted(&err).to_string()
+    }
+
+    #[test]
+    fn disabled_messages_are_purista_s() {
+        let msg = |operation| Error::OperationDisabled { operation }.to_string();
+        assert_eq!(
+            msg(Operation::Get),
+            "get state from store is disabled by config"
+        );
+        assert_eq!(msg(Operation::Set), "set state at store is disabled by config");
+        assert_eq!(
+            msg(Operation::Remove),
+            "remove state from store is disabled by config"
+        );
+    }
+
+    #[test]
+    fn decode_messages_never_carry_the_value() {
+        let m = decode_err::<u32>(r#""hunter2""#);
+        assert!(!m.contains("hunter2"), "{m}");
+        assert!(m.contains("invalid type"), "{m}");
+        let m = decode_err::<u8>("31337");
+        assert!(!m.contains("31337"), "{m}");
+        let m = decode_err::<char>(r#""secretsecret""#);
+        assert!(!m.contains("secret"), "{m}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        let m = decode_err::<Kind>(r#""topsecret""#);
+        assert!(!m.contains("topsecret"), "{m}");
+        let m = decode_err::<Vec<u8>>(r#"["a\"b hidden"]"#);
+        assert!(!m.contains("hidden"), "{m}");
+    }
+
+    #[test]
+    fn decode_messages_keep_the_schema() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Session {
+            user: String,
+        }
+        let m = decode_err::<Session>("{}");
+        assert!(m.contains("missing field `user`"), "{m}");
+    }
+
+    #[test]
+    fn long_keys_are_shortened_on_a_char_boundary() {
+        let key = "ü".repeat(100);
+        let short = shorten(&key);
+        assert!(short.len() < key.len());
+        assert!(short.ends_with("(200 bytes)"));
+    }
+
+    #[test]
+    fn only_unavailable_is_transient() {
+        assert!(Error::unavailable("s", "down").is_transient());
+        assert!(!Error::backend("s", "bad").is_transient());
+        assert!(!Error::Conflict { key: "k".into() }.is_transient());
+    }
+}

@@ -1,0 +1,70 @@
+//! Persistent, shared application state for services — the contract.
+//!
+//! Sessions, counters, job status, rate-limit windows, locks and cached computations that
+//! survive restarts and are shared by every instance of a service. The surface mirrors
+//! [PURISTA](https://purista.dev)'s state store (`getState(...names)`, `setState`,
+//! `removeState`, `destroy`) and adds what it lacks: compare-and-set, atomic increments, TTL per
+//! key, any UTF-8 key on every backend, one round trip for many names, and one set of value
+//! semantics for every backend.
+//!
+//! This crate holds:
+//! - [`Backend`]: the small trait an adapter implements (bytes, versions, options);
+//! - [`StateStore`]: the cheap-to-clone handle services hold, which applies [`StoreConfig`]
+//!   (enable flags, key prefix, limits, default TTL), JSON encoding and tracing for every
+//!   backend, plus typed `get::<T>` / `set` / `update::<T>`;
+//! - [`DefaultStateStore`]: the whole contract in memory (lost on restart).
+//!
+//! Adapters live in their own crates: `state-store-sqlite` (embedded, persistent),
+//! `state-store-redis`, `state-store-nats`, `state-store-dapr`. Each is checked by the shared
+//! `state-store-conformance` suite, which your own store can run with one macro line.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde_json::json;
+//! use state_store_core::{DefaultStateStore, SetMode, SetOptions, StateStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), state_store_core::Error> {
+//! let store = StateStore::new(DefaultStateStore::new());
+//!
+//! // PURISTA's surface.
+//! store.set_state("job:42", &json!({ "status": "queued" })).await?;
+//! let state = store.get_state(&["job:42", "job:43"]).await?;
+//! assert_eq!(state["job:42"], Some(json!({ "status": "queued" })));
+//! assert_eq!(state["job:43"], None);
+//!
+//! // Beyond it: atomic counters with a fixed window, compare-and-set, TTL.
+//! let hits = store.increment("rate:ada", 1, Some(Duration::from_secs(60))).await?;
+//! assert_eq!(hits, 1);
+//! let entry = store.get_entry("job:42").await?.expect("just written");
+//! store
+//!     .set_with("job:42", &json!({ "status": "running" }), SetOptions::new().mode(SetMode::Update(entry.version)))
+//!     .await?;
+//! store.remove_state("job:42").await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod config;
+mod error;
+mod key;
+mod memory;
+mod store;
+mod typed;
+
+pub use backend::{
+    increment_with_cas, parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions,
+    Version, CAS_RETRIES,
+};
+pub use config::{StoreConfig, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES};
+pub use error::{BoxError, Error, JsonError, Operation, Result};
+pub use memory::DefaultStateStore;
+pub use store::{StateEntry, StateMap, StateStore};
+
+/// Re-exported so `async_trait` versions match when you implement [`Backend`].
+pub use async_trait::async_trait;
+/// Re-exported: values are `serde_json::Value`.
+pub use serde_json;

@@ -1,0 +1,342 @@
+//! `DefaultStateStore`: the whole contract in process memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::backend::{
+    parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions, Version,
+};
+use crate::error::{Error, Result};
+
+/// How often the background sweep runs by default.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Most expired keys one sweep removes, so one pass never holds the lock for long.
+const SWEEP_BATCH: usize = 10_000;
+
+/// The in-memory default store, mirroring PURISTA's `DefaultStateStore`.
+///
+/// A real implementation of the contract, not a test double: values are stored as JSON text
+/// (a read never returns a live reference), every write gets a new version, `Create`/`Update`
+/// conflicts and `increment` are atomic, and TTLs expire. Expired keys are dropped lazily on
+/// access and by a bounded background sweep (when created inside a Tokio runtime), which
+/// [`StateStore::destroy`](crate::StateStore::destroy) stops.
+///
+/// **It loses everything when the process exits, and each process has its own.** Use it for
+/// tests and single-instance tools; for state that survives restarts and is shared by
+/// instances, use the SQLite, Redis, NATS or Dapr store.
+///
+/// Clones share the same data.
+///
+/// ```
+/// use state_store_core::{DefaultStateStore, StateStore};
+///
+/// let store = StateStore::new(DefaultStateStore::new());
+/// assert_eq!(store.name(), "memory");
+/// ```
+#[derive(Clone)]
+pub struct DefaultStateStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    closed: AtomicBool,
+    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<String, Slot>,
+    /// Keys with a deadline, ordered by deadline: the sweep pops from the front.
+    deadlines: BTreeSet<(Instant, u64, String)>,
+    last_version: u64,
+}
+
+struct Slot {
+    value: Vec<u8>,
+    version: u64,
+    expires_at: Option<Instant>,
+}
+
+impl Slot {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+impl State {
+    /// The live slot at `key`; an expired one is removed on the way.
+    fn live(&mut self, key: &str, now: Instant) -> Option<&Slot> {
+        let expired = self.slots.get(key).is_some_and(|slot| !slot.live(now));
+        if expired {
+            self.remove(key);
+        }
+        self.slots.get(key)
+    }
+
+    fn write(&mut self, key: &str, value: Vec<u8>, expires_at: Option<Instant>) -> u64 {
+        self.remove(key);
+        self.last_version += 1;
+        let version = self.last_version;
+        if let Some(at) = expires_at {
+            self.deadlines.insert((at, version, key.to_owned()));
+        }
+        self.slots.insert(key.to_owned(), Slot { value, version, expires_at });
+        version
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        if let Some(at) = slot.expires_at {
+            self.deadlines.remove(&(at, slot.version, key.to_owned()));
+        }
+        Some(slot)
+    }
+
+    fn sweep(&mut self, now: Instant, limit: usize) -> usize {
+        let mut removed = 0;
+        while removed < limit {
+            match self.deadlines.first() {
+                Some((at, _, _)) if *at <= now => {}
+                _ => break,
+            }
+            if let Some((_, _, key)) = self.deadlines.pop_first() {
+                self.slots.remove(&key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+impl Default for DefaultStateStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DefaultStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DefaultStateStore")
+            .field("keys", &self.lock().slots.len())
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl DefaultStateStore {
+    /// An empty store. Inside a Tokio runtime it starts the background sweep of expired keys.
+    pub fn new() -> Self {
+        Self::with_sweep_interval(SWEEP_EVERY)
+    }
+
+    /// An empty store whose background sweep runs every `every`.
+    pub fn with_sweep_interval(every: Duration) -> Self {
+        let store = DefaultStateStore {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                closed: AtomicBool::new(false),
+                sweeper: Mutex::new(None),
+            }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&store.shared);
+            let task = runtime.spawn(sweep_forever(weak, every.max(Duration::from_millis(1))));
+            *lock(&store.shared.sweeper) = Some(task.abort_handle());
+        }
+        store
+    }
+
+    /// Removes up to `limit` expired keys now and returns how many it removed.
+    pub fn sweep_expired(&self, limit: usize) -> usize {
+        self.lock().sweep(Instant::now(), limit)
+    }
+
+    /// Number of keys held, expired ones not yet swept included.
+    pub fn len_including_expired(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
+    }
+
+    fn open(&self) -> Result<MutexGuard<'_, State>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                store: "memory".to_owned(),
+            });
+        }
+        Ok(self.lock())
+    }
+}
+
+/// A panic while the lock is held cannot leave `State` half-written (every mutation is a
+/// single map operation), so a poisoned lock is safe to keep using.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn sweep_forever(shared: Weak<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        lock(&shared.state).sweep(Instant::now(), SWEEP_BATCH);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.sweeper).take() {
+            task.abort();
+        }
+    }
+}
+
+fn deadline(now: Instant, ttl: Option<Duration>) -> Option<Instant> {
+    // A TTL too large for `Instant` is as good as no TTL.
+    ttl.and_then(|ttl| now.checked_add(ttl))
+}
+
+fn version(v: u64) -> Version {
+    Version::new(v.to_string())
+}
+
+fn entry(slot: &Slot, now: Instant) -> Entry {
+    Entry {
+        value: slot.value.clone(),
+        version: version(slot.version),
+        expires_in: slot.expires_at.map(|at| at.saturating_duration_since(now)),
+    }
+}
+
+#[async_trait]
+impl Backend for DefaultStateStore {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: false,
+            max_key_len: 64 * 1024,
+            max_value_len: 512 * 1024 * 1024,
+            ..Capabilities::full()
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        let mut state = self.open()?;
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|key| state.live(key, now).map(|slot| entry(slot, now)))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        let mut state = self.open()?;
+        let now = Instant::now();
+        let current = state.live(key, now).map(|slot| slot.version);
+        let allowed = match (&options.mode, current) {
+            (SetMode::Upsert, _) => true,
+            (SetMode::Create, current) => current.is_none(),
+            (SetMode::Update(expected), Some(current)) => expected.as_str() == current.to_string(),
+            (SetMode::Update(_), None) => false,
+        };
+        if !allowed {
+            return Err(Error::Conflict { key: key.to_owned() });
+        }
+        Ok(version(state.write(key, value, deadline(now, options.ttl))))
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+        let mut state = self.open()?;
+        let current = state.live(key, Instant::now()).map(|slot| slot.version);
+        match (expected, current) {
+            (_, None) => Ok(false),
+            (Some(expected), Some(current)) if expected.as_str() != current.to_string() => {
+                Err(Error::Conflict { key: key.to_owned() })
+            }
+            _ => Ok(state.remove(key).is_some()),
+        }
+    }
+
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        let mut state = self.open()?;
+        let now = Instant::now();
+        let (next, expires_at) = match state.live(key, now) {
+            None => (delta, deadline(now, ttl)),
+            Some(slot) => {
+                let next = parse_counter(key, &slot.value)?
+                    .checked_add(delta)
+                    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })?;
+                (next, slot.expires_at)
+            }
+        };
+        state.write(key, next.to_string().into_bytes(), expires_at);
+        Ok(next)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(task) = lock(&self.shared.sweeper).take() {
+            task.abort();
+        }
+        *self.lock() = State::default();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sweep_removes_expired_keys_without_reads() {
+        let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
+        let ttl = SetOptions::new().ttl(Duration::from_millis(1));
+        for i in 0..5 {
+            store.set(&format!("k{i}"), b"1".to_vec(), &ttl).await.ok();
+        }
+        store.set("keep", b"1".to_vec(), &SetOptions::new()).await.ok();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.sweep_expired(3), 3);
+        assert_eq!(store.sweep_expired(100), 2);
+        assert_eq!(store.len_including_expired(), 1);
+    }
+
+    #[tokio::test]
+    async fn background_sweep_frees_memory() {
+        let store = DefaultStateStore::with_sweep_interval(Duration::from_millis(10));
+        let ttl = SetOptions::new().ttl(Duration::from_millis(1));
+        store.set("gone", b"1".to_vec(), &ttl).await.ok();
+        for _ in 0..1000 {
+            if store.len_including_expired() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the background sweep never removed the expired key");
+    }
+
+    #[tokio::test]
+    async fn rewriting_a_key_drops_its_old_deadline() {
+        let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
+        store
+            .set("k", b"1".to_vec(), &SetOptions::new().ttl(Duration::from_millis(1)))
+            .await
+            .ok();
+        store.set("k", b"2".to_vec(), &SetOptions::new()).await.ok();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.sweep_expired(100), 0);
+        assert_eq!(store.len_including_expired(), 1);
+    }
+}

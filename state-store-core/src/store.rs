@@ -1,0 +1,470 @@
+//! The handle every service holds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::backend::{Backend, Capabilities, Entry, SetMode, SetOptions, Version};
+use crate::config::StoreConfig;
+use crate::error::{Error, Operation, Result};
+use crate::key::full_key;
+
+/// The answer of [`StateStore::get_state`]: one entry per requested name; `None` when the name
+/// is not stored, `Some(Value::Null)` when a JSON `null` is.
+pub type StateMap = HashMap<String, Option<Value>>;
+
+/// A value together with its version, for compare-and-set.
+#[derive(Clone, PartialEq)]
+pub struct StateEntry<T = Value> {
+    /// The decoded value.
+    pub value: T,
+    /// Its version; pass it to [`SetMode::Update`] or [`StateStore::remove_if`].
+    pub version: Version,
+}
+
+impl<T> fmt::Debug for StateEntry<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateEntry")
+            .field("value", &"<redacted>")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// The state store handle: what request handlers hold.
+///
+/// Cheap to clone (an `Arc`); clones share the backend and its connections. It applies
+/// [`StoreConfig`] (enable flags, key prefix, limits, default TTL), encodes values as JSON
+/// text and opens a tracing span per operation (operation, store, number of keys — never
+/// values), the same way for every backend.
+///
+/// # Contract
+///
+/// - A name is any non-empty UTF-8 string within the key limit; it round-trips on every
+///   backend. The stored key is `key_prefix + name`.
+/// - Values are JSON. A missing name reads as `None`; a stored `null` as `Some(Value::Null)`.
+///   Reads return copies, never live references.
+/// - Removing a missing name is `Ok`.
+/// - Conditional writes ([`SetMode::Create`], [`SetMode::Update`], [`StateStore::remove_if`])
+///   and [`StateStore::increment`] are atomic across processes sharing the backend.
+/// - A feature the backend does not declare in [`Capabilities`] fails with
+///   [`Error::Unsupported`] and writes nothing; a TTL is never silently dropped.
+///
+/// # Errors
+///
+/// Every method can return [`Error::OperationDisabled`] (by config), [`Error::InvalidKey`],
+/// [`Error::Unavailable`] (backend unreachable or timed out), [`Error::Backend`] and
+/// [`Error::Closed`] (after [`StateStore::destroy`]); writes also [`Error::ValueTooLarge`] and
+/// [`Error::Serialization`]; reads [`Error::Decode`] when a stored value is not JSON.
+///
+/// # Examples
+///
+/// ```
+/// use serde_json::json;
+/// use state_store_core::{DefaultStateStore, StateStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store_core::Error> {
+/// let store = StateStore::new(DefaultStateStore::new());
+/// store.set_state("session:abc", &json!({ "user": "ada" })).await?;
+/// let visits = store.increment("visits", 1, None).await?;
+///
+/// let state = store.get_state(&["session:abc", "visits", "missing"]).await?;
+/// assert_eq!(state["session:abc"], Some(json!({ "user": "ada" })));
+/// assert_eq!(state["visits"], Some(json!(visits)));
+/// assert_eq!(state["missing"], None);
+/// store.destroy().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+    capabilities: Capabilities,
+    closed: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateStore")
+            .field("backend", &self.inner.backend)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// A handle over `backend` with the default [`StoreConfig`].
+    pub fn new(backend: impl Backend + 'static) -> Self {
+        Self::with_config(backend, StoreConfig::default())
+    }
+
+    /// A handle over `backend` with `config`.
+    pub fn with_config(backend: impl Backend + 'static, config: StoreConfig) -> Self {
+        Self::from_arc(Arc::new(backend), config)
+    }
+
+    /// A handle over a shared backend, for several handles (say, with different configs) over
+    /// one set of connections.
+    pub fn from_arc(backend: Arc<dyn Backend>, config: StoreConfig) -> Self {
+        let capabilities = backend.capabilities();
+        StateStore {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                capabilities,
+                closed: Arc::new(AtomicBool::new(false)),
+            }),
+        }
+    }
+
+    /// Another handle over the same backend whose names live under `prefix` appended to this
+    /// handle's prefix. Destroying either destroys both.
+    pub fn with_prefix(&self, prefix: &str) -> Self {
+        let mut config = self.inner.config.clone();
+        config.key_prefix.push_str(prefix);
+        StateStore {
+            inner: Arc::new(Inner {
+                backend: Arc::clone(&self.inner.backend),
+                config,
+                capabilities: self.inner.capabilities.clone(),
+                closed: Arc::clone(&self.inner.closed),
+            }),
+        }
+    }
+
+    /// The backend's name (`"memory"`, `"redis"`, …).
+    pub fn name(&self) -> &str {
+        self.inner.backend.name()
+    }
+
+    /// What the backend supports.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The config this handle applies.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The backend, for calls the handle does not offer.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Reads every requested name in one backend call (one round trip where the backend
+    /// batches). The map has one entry per distinct name: `None` when missing. No names give
+    /// an empty map.
+    ///
+    /// # Errors
+    ///
+    /// See [`StateStore`]; [`Error::Decode`] names the first key whose stored value is not JSON.
+    pub async fn get_state<S: AsRef<str>>(&self, names: &[S]) -> Result<StateMap> {
+        self.check(Operation::Get)?;
+        let mut unique: Vec<&str> = Vec::with_capacity(names.len());
+        for name in names {
+            let name = name.as_ref();
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        let entries = self
+            .fetch(&unique)
+            .instrument(self.span("get", unique.len()))
+            .await?;
+        unique
+            .into_iter()
+            .zip(entries)
+            .map(|(name, entry)| {
+                let value = entry.map(|e| decode(name, &e.value)).transpose()?;
+                Ok((name.to_owned(), value))
+            })
+            .collect()
+    }
+
+    /// Reads one name with its version, for compare-and-set.
+    ///
+    /// # Errors
+    ///
+    /// See [`StateStore`].
+    pub async fn get_entry(&self, name: &str) -> Result<Option<StateEntry>> {
+        self.get_entry_as(name).await
+    }
+
+    /// Writes `value` under `name`, replacing what was there (PURISTA's `setState`). Uses the
+    /// config's default TTL, if any; otherwise the value never expires.
+    ///
+    /// # Errors
+    ///
+    /// See [`StateStore`].
+    pub async fn set_state(&self, name: &str, value: &Value) -> Result<()> {
+        let options = SetOptions {
+            mode: SetMode::Upsert,
+            ttl: self.inner.config.default_ttl,
+        };
+        self.set_with(name, value, options).await.map(drop)
+    }
+
+    /// Writes with a condition and a TTL, returning the new version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when the condition fails (nothing written); [`Error::Unsupported`]
+    /// when the backend lacks conditional writes or TTL; [`Error::InvalidTtl`] for a zero TTL;
+    /// and see [`StateStore`].
+    pub async fn set_with<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        options: SetOptions,
+    ) -> Result<Version> {
+        self.check(Operation::Set)?;
+        let key = self.key(name)?;
+        self.check_options(name, &options)?;
+        let bytes = self.encode(name, value)?;
+        self.inner
+            .backend
+            .set(&key, bytes, &options)
+            .instrument(self.span("set", 1))
+            .await
+    }
+
+    /// Removes `name` (PURISTA's `removeState`). Removing a missing name is `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// See [`StateStore`].
+    pub async fn remove_state(&self, name: &str) -> Result<()> {
+        self.check(Operation::Remove)?;
+        let key = self.key(name)?;
+        self.inner
+            .backend
+            .remove(&key, None)
+            .instrument(self.span("remove", 1))
+            .await
+            .map(drop)
+    }
+
+    /// Removes `name` only if its current version is `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when the value changed or is gone (nothing removed);
+    /// [`Error::Unsupported`] without conditional writes; and see [`StateStore`].
+    pub async fn remove_if(&self, name: &str, expected: &Version) -> Result<()> {
+        self.check(Operation::Remove)?;
+        let key = self.key(name)?;
+        self.require(self.inner.capabilities.conditional, "conditional writes")?;
+        match self
+            .inner
+            .backend
+            .remove(&key, Some(expected))
+            .instrument(self.span("remove_if", 1))
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::Conflict { key: name.to_owned() }),
+        }
+    }
+
+    /// Adds `delta` to the integer counter at `name` atomically and returns the new value. A
+    /// missing counter starts at 0 and, only when created here, gets `ttl_on_create` (a fixed
+    /// window for rate limits). The counter is a JSON integer that `get_state` reads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAnInteger`] when the stored value is not an integer or would overflow;
+    /// [`Error::Unsupported`] without increment (or TTL, when one is given); and see
+    /// [`StateStore`].
+    pub async fn increment(
+        &self,
+        name: &str,
+        delta: i64,
+        ttl_on_create: Option<Duration>,
+    ) -> Result<i64> {
+        self.check(Operation::Set)?;
+        let key = self.key(name)?;
+        self.require(self.inner.capabilities.increment, "atomic increment")?;
+        self.check_ttl(name, ttl_on_create)?;
+        self.inner
+            .backend
+            .increment(&key, delta, ttl_on_create)
+            .instrument(self.span("increment", 1))
+            .await
+    }
+
+    /// Closes the backend gracefully. Every later call on this handle, its clones and its
+    /// prefixed views fails with [`Error::Closed`]. Calling it twice is `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// What the backend reports while closing.
+    pub async fn destroy(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner
+            .backend
+            .close()
+            .instrument(self.span("destroy", 0))
+            .await
+    }
+
+    pub(crate) async fn get_entry_as<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<StateEntry<T>>> {
+        self.check(Operation::Get)?;
+        let entry = self
+            .fetch(&[name])
+            .instrument(self.span("get", 1))
+            .await?
+            .pop()
+            .flatten();
+        entry
+            .map(|e| {
+                Ok(StateEntry {
+                    value: decode(name, &e.value)?,
+                    version: e.version,
+                })
+            })
+            .transpose()
+    }
+
+    pub(crate) fn check(&self, operation: Operation) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                store: self.name().to_owned(),
+            });
+        }
+        let config = &self.inner.config;
+        let enabled = match operation {
+            Operation::Get => config.enable_get,
+            Operation::Set => config.enable_set,
+            Operation::Remove => config.enable_remove,
+        };
+        if enabled {
+            Ok(())
+        } else {
+            Err(Error::OperationDisabled { operation })
+        }
+    }
+
+    pub(crate) fn key(&self, name: &str) -> Result<String> {
+        full_key(
+            &self.inner.config.key_prefix,
+            name,
+            self.inner.config.max_key_len,
+            self.inner.capabilities.max_key_len,
+        )
+    }
+
+    pub(crate) fn require(&self, supported: bool, feature: &'static str) -> Result<()> {
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::unsupported(self.name(), feature))
+        }
+    }
+
+    fn check_ttl(&self, name: &str, ttl: Option<Duration>) -> Result<()> {
+        match ttl {
+            None => Ok(()),
+            Some(ttl) if ttl.is_zero() => Err(Error::InvalidTtl { key: name.to_owned() }),
+            Some(_) => self.require(self.inner.capabilities.ttl, "atomic expiry"),
+        }
+    }
+
+    pub(crate) fn check_options(&self, name: &str, options: &SetOptions) -> Result<()> {
+        if options.mode != SetMode::Upsert {
+            self.require(self.inner.capabilities.conditional, "conditional writes")?;
+        }
+        self.check_ttl(name, options.ttl)
+    }
+
+    pub(crate) fn encode<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::serialization(name, e))?;
+        let limit = self
+            .inner
+            .config
+            .max_value_len
+            .min(self.inner.capabilities.max_value_len);
+        if bytes.len() > limit {
+            return Err(Error::ValueTooLarge {
+                key: crate::error::shorten(name),
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Validates names, calls `get_many` once, and checks the backend kept its promise of one
+    /// slot per key.
+    async fn fetch(&self, names: &[&str]) -> Result<Vec<Option<Entry>>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = names
+            .iter()
+            .map(|name| self.key(name))
+            .collect::<Result<Vec<_>>>()?;
+        let entries = self.inner.backend.get_many(&keys).await?;
+        if entries.len() != keys.len() {
+            return Err(Error::backend(
+                self.name(),
+                format!(
+                    "get_many returned {} slots for {} keys",
+                    entries.len(),
+                    keys.len()
+                ),
+            ));
+        }
+        Ok(entries)
+    }
+
+    pub(crate) async fn raw_entry(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self
+            .inner
+            .backend
+            .get_many(&[key.to_owned()])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    pub(crate) async fn raw_set(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        options: &SetOptions,
+    ) -> Result<Version> {
+        self.inner.backend.set(key, bytes, options).await
+    }
+
+    pub(crate) fn span(&self, operation: &'static str, keys: usize) -> tracing::Span {
+        tracing::debug_span!(
+            "state_store",
+            operation,
+            store = self.name(),
+            keys,
+            prefix = self.inner.config.key_prefix.as_str()
+        )
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::decode(name, std::any::type_name::<T>(), e))
+}

@@ -1,0 +1,136 @@
+//! Typed reads and writes: serde is the schema (PURISTA validates reads with zod).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::backend::{SetMode, SetOptions};
+use crate::error::{Error, Operation, Result};
+use crate::store::{decode, StateEntry, StateStore};
+
+impl StateStore {
+    /// Reads `name` and decodes it into `T`; `None` when missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the key when the stored value does not fit `T` (never a panic);
+    /// and see [`StateStore`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use state_store_core::{DefaultStateStore, StateStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), state_store_core::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    /// struct Job { status: String }
+    ///
+    /// let store = StateStore::new(DefaultStateStore::new());
+    /// store.set("job:1", &Job { status: "running".into() }).await?;
+    /// let job: Option<Job> = store.get("job:1").await?;
+    /// assert_eq!(job.map(|j| j.status).as_deref(), Some("running"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        Ok(self.get_entry_as::<T>(name).await?.map(|e| e.value))
+    }
+
+    /// Reads `name` decoded into `T`, with its version.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateStore::get`].
+    pub async fn get_versioned<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<StateEntry<T>>> {
+        self.get_entry_as::<T>(name).await
+    }
+
+    /// Encodes `value` as JSON and writes it under `name` (the config's default TTL applies).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `T` cannot be JSON; and see [`StateStore`].
+    pub async fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
+        let options = SetOptions {
+            mode: SetMode::Upsert,
+            ttl: self.config().default_ttl,
+        };
+        self.set_with(name, value, options).await.map(drop)
+    }
+
+    /// Read-modify-write without lost updates: reads `name`, calls `f` with the current value
+    /// (`None` when missing), and writes the result only if nobody wrote in between; on a lost
+    /// race it reads again and calls `f` again, up to [`StoreConfig::update_retries`] times.
+    /// Returns the value written. `f` may run several times, so keep it free of side effects.
+    ///
+    /// [`StoreConfig::update_retries`]: crate::StoreConfig::update_retries
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when every attempt lost a race; [`Error::Decode`] when the stored
+    /// value does not fit `T`; [`Error::Unsupported`] without conditional writes; and see
+    /// [`StateStore`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use state_store_core::{DefaultStateStore, StateStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), state_store_core::Error> {
+    /// let store = StateStore::new(DefaultStateStore::new());
+    /// let tags = store
+    ///     .update("tags", |old: Option<Vec<String>>| {
+    ///         let mut tags = old.unwrap_or_default();
+    ///         tags.push("new".into());
+    ///         tags
+    ///     })
+    ///     .await?;
+    /// assert_eq!(tags, ["new"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn update<T, F>(&self, name: &str, mut f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> T,
+    {
+        self.check(Operation::Get)?;
+        self.check(Operation::Set)?;
+        let key = self.key(name)?;
+        let ttl = self.config().default_ttl;
+        self.check_options(
+            name,
+            &SetOptions {
+                mode: SetMode::Create,
+                ttl,
+            },
+        )?;
+        let attempts = self.config().update_retries;
+        async {
+            for _ in 0..attempts {
+                let (old, mode) = match self.raw_entry(&key).await? {
+                    None => (None, SetMode::Create),
+                    Some(entry) => (
+                        Some(decode::<T>(name, &entry.value)?),
+                        SetMode::Update(entry.version),
+                    ),
+                };
+                let new = f(old);
+                let bytes = self.encode(name, &new)?;
+                match self.raw_set(&key, bytes, &SetOptions { mode, ttl }).await {
+                    Ok(_) => return Ok(new),
+                    Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(Error::Conflict {
+                key: name.to_owned(),
+            })
+        }
+        .instrument(self.span("update", 1))
+        .await
+    }
+}
