@@ -1,1 +1,128 @@
-//! x
+//! The shared conformance suite for state-store backends, and the test-server harness.
+//!
+//! Every adapter in this workspace runs this suite against a real server; a third-party store
+//! runs it with one line. Each behaviour of the contract is a `pub async fn` in [`cases`]; the
+//! [`conformance_suite!`] macro stamps every case out as its own `#[test]` for a
+//! [`StoreFactory`], so a failure names the behaviour. Each case works under a fresh random key
+//! prefix, so runs can share one server. Cases that need a capability the store does not declare
+//! assert that it is refused with `Unsupported`.
+//!
+//! # Your own store
+//!
+//! Implement [`state_store_core::Backend`], then in `tests/conformance.rs`:
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//! use state_store_core::{async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore, StoreConfig, Version};
+//!
+//! /// A tiny store: a `HashMap` with versions, no TTL, no increment.
+//! #[derive(Debug, Clone, Default)]
+//! struct MapStore(Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>);
+//!
+//! #[async_trait]
+//! impl Backend for MapStore {
+//!     fn name(&self) -> &str { "map" }
+//!     fn capabilities(&self) -> Capabilities {
+//!         Capabilities::minimal().with_conditional(true)
+//!     }
+//!     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+//!         let map = self.0.lock().unwrap();
+//!         Ok(keys.iter().map(|k| map.get(k).map(|(v, n)| Entry::new(v.clone(), Version::new(n.to_string())))).collect())
+//!     }
+//!     async fn set(&self, key: &str, value: Vec<u8>, opts: &SetOptions) -> Result<Version, Error> {
+//!         if opts.ttl.is_some() { return Err(Error::unsupported("map", "atomic expiry")); }
+//!         let mut map = self.0.lock().unwrap();
+//!         let current = map.get(key).map(|(_, n)| n.to_string());
+//!         let allowed = match &opts.mode {
+//!             SetMode::Upsert => true,
+//!             SetMode::Create => current.is_none(),
+//!             SetMode::Update(v) => current.as_deref() == Some(v.as_str()),
+//!         };
+//!         if !allowed { return Err(Error::Conflict { key: key.into() }); }
+//!         let n = map.values().map(|(_, n)| *n).max().unwrap_or(0) + 1;
+//!         map.insert(key.into(), (value, n));
+//!         Ok(Version::new(n.to_string()))
+//!     }
+//!     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool, Error> {
+//!         let mut map = self.0.lock().unwrap();
+//!         match (expected, map.get(key)) {
+//!             (_, None) => Ok(false),
+//!             (Some(v), Some((_, n))) if v.as_str() != n.to_string() => Err(Error::Conflict { key: key.into() }),
+//!             _ => Ok(map.remove(key).is_some()),
+//!         }
+//!     }
+//!     async fn increment(&self, _: &str, _: i64, _: Option<Duration>) -> Result<i64, Error> {
+//!         Err(Error::unsupported("map", "atomic increment"))
+//!     }
+//!     async fn close(&self) -> Result<(), Error> { Ok(()) }
+//! }
+//!
+//! // The one line: every case becomes its own #[test].
+//! state_store_conformance::conformance_suite!({
+//!     let data = MapStore::default();
+//!     move |config: StoreConfig| {
+//!         let data = data.clone();
+//!         async move { Ok(StateStore::with_config(data, config)) }
+//!     }
+//! });
+//! ```
+//!
+//! The same store is compiled and run as a test in this repository's `examples/tests/`.
+//!
+//! # Test servers
+//!
+//! [`harness`] finds a backend for a test: an env var with its URL, else a server binary it
+//! spawns on a free loopback port with a temporary directory, else it says so loudly and skips —
+//! or fails, when `STATE_STORE_REQUIRE_BACKENDS=1`. Spawned servers die with the test process.
+
+pub mod cases;
+mod context;
+pub mod harness;
+
+pub use context::{run_case, Context, StoreFactory};
+
+/// Formats an error with its whole `source` chain, for assertion messages.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Stamps out every case in [`cases`] as its own `#[test]`.
+///
+/// `conformance_suite!(factory)` — `factory` is an expression (it may `.await`) giving a
+/// [`StoreFactory`]; it is evaluated once per test.
+///
+/// `conformance_suite!(optional: factory)` — the expression gives `Option<impl StoreFactory>`;
+/// `None` skips (use it with [`harness::unavailable`] when a server may be missing).
+#[macro_export]
+macro_rules! conformance_suite {
+    (optional: $factory:expr) => {
+        $crate::conformance_suite!(@cases (async { $factory })
+            set_get_remove_object get_disabled set_disabled remove_disabled missing_is_not_null
+            json_kinds_round_trip get_state_many overwrite_replaces remove_missing_is_ok
+            awkward_keys_round_trip key_limits value_limit create_conflicts update_checks_version
+            update_after_plain_set conditional_remove concurrent_increments increment_semantics
+            ttl_expires plain_set_clears_ttl increment_ttl_on_create_only update_loses_nothing
+            typed_decode_error capabilities_are_truthful handles_share_state prefixes_isolate
+            destroy_then_fail);
+    };
+    (@cases ($make:expr) $($case:ident)*) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case($make, $crate::cases::$case);
+            }
+        )*
+    };
+    ($factory:expr) => {
+        $crate::conformance_suite!(optional: ::std::option::Option::Some($factory));
+    };
+}

@@ -156,6 +156,48 @@ impl Capabilities {
         }
     }
 
+    /// Sets [`Capabilities::ttl`].
+    pub fn with_ttl(mut self, on: bool) -> Self {
+        self.ttl = on;
+        self
+    }
+
+    /// Sets [`Capabilities::conditional`].
+    pub fn with_conditional(mut self, on: bool) -> Self {
+        self.conditional = on;
+        self
+    }
+
+    /// Sets [`Capabilities::increment`].
+    pub fn with_increment(mut self, on: bool) -> Self {
+        self.increment = on;
+        self
+    }
+
+    /// Sets [`Capabilities::batch_get`].
+    pub fn with_batch_get(mut self, on: bool) -> Self {
+        self.batch_get = on;
+        self
+    }
+
+    /// Sets [`Capabilities::persistent`].
+    pub fn with_persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+
+    /// Sets [`Capabilities::max_key_len`].
+    pub fn with_max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// Sets [`Capabilities::max_value_len`].
+    pub fn with_max_value_len(mut self, bytes: usize) -> Self {
+        self.max_value_len = bytes;
+        self
+    }
+
     /// Everything supported; limits of 1 KiB keys and 1 MiB values.
     pub fn full() -> Self {
         Capabilities {

@@ -224,12 +224,10 @@ impl Backend for DefaultStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            persistent: false,
-            max_key_len: 64 * 1024,
-            max_value_len: 512 * 1024 * 1024,
-            ..Capabilities::full()
-        }
+        Capabilities::full()
+            .with_persistent(false)
+            .with_max_key_len(64 * 1024)
+            .with_max_value_len(512 * 1024 * 1024)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {

@@ -1,0 +1,99 @@
+//! A store written outside this workspace's crates, proved with one macro line: a `HashMap`
+//! with versions and conditional writes, no TTL and no increment (the suite checks that those
+//! are refused with `Unsupported`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use state_store_core::{
+    async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore,
+    StoreConfig, Version,
+};
+
+#[derive(Debug, Clone, Default)]
+struct MapStore(Arc<Mutex<Map>>);
+
+#[derive(Debug, Default)]
+struct Map {
+    values: HashMap<String, (Vec<u8>, u64)>,
+    last_version: u64,
+}
+
+impl MapStore {
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn version(n: u64) -> Version {
+    Version::new(n.to_string())
+}
+
+#[async_trait]
+impl Backend for MapStore {
+    fn name(&self) -> &str {
+        "map"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::minimal().with_conditional(true)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+        let map = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| map.values.get(k).map(|(v, n)| Entry::new(v.clone(), version(*n))))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, opts: &SetOptions) -> Result<Version, Error> {
+        if opts.ttl.is_some() {
+            return Err(Error::unsupported("map", "atomic expiry"));
+        }
+        let mut map = self.lock();
+        let current = map.values.get(key).map(|(_, n)| version(*n));
+        let allowed = match &opts.mode {
+            SetMode::Upsert => true,
+            SetMode::Create => current.is_none(),
+            SetMode::Update(expected) => current.as_ref() == Some(expected),
+        };
+        if !allowed {
+            return Err(Error::Conflict { key: key.into() });
+        }
+        map.last_version += 1;
+        let n = map.last_version;
+        map.values.insert(key.into(), (value, n));
+        Ok(version(n))
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool, Error> {
+        let mut map = self.lock();
+        let current = map.values.get(key).map(|(_, n)| version(*n));
+        match (expected, current) {
+            (_, None) => Ok(false),
+            (Some(expected), Some(current)) if *expected != current => {
+                Err(Error::Conflict { key: key.into() })
+            }
+            _ => Ok(map.values.remove(key).is_some()),
+        }
+    }
+
+    async fn increment(&self, _: &str, _: i64, _: Option<Duration>) -> Result<i64, Error> {
+        Err(Error::unsupported("map", "atomic increment"))
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+// The one line.
+state_store_conformance::conformance_suite!({
+    let data = MapStore::default();
+    move |config: StoreConfig| {
+        let data = data.clone();
+        async move { Ok(StateStore::with_config(data, config)) }
+    }
+});

@@ -1,0 +1,616 @@
+//! One function per behaviour of the contract. Each panics when the store misbehaves.
+//!
+//! Cases that need a capability the store does not declare assert that the store refuses it
+//! with [`Error::Unsupported`] instead of passing silently.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreConfig};
+
+use crate::context::Context;
+use crate::report;
+
+/// The keys every backend must round-trip (DESIGN.md's set, plus a few more awkward ones).
+pub const AWKWARD_KEYS: &[&str] = &[
+    "session:abc",
+    "a b",
+    "a/b",
+    "a.b",
+    ".lead",
+    "trail.",
+    "a..b",
+    "*",
+    ">",
+    "%",
+    "=",
+    "ü",
+    "🦀 crab",
+    "plain-key_1",
+    "a||b",
+    "~!@#$^&()[]{}",
+    "back\\slash",
+    "quote\"d",
+    "tab\tand\nnewline",
+    "-",
+    "_",
+];
+
+/// Longest deadline the suite waits for a TTL to take effect before failing.
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(20);
+
+fn ok<T>(result: Result<T, Error>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{what} failed: {}", report(&err)),
+    }
+}
+
+async fn read(store: &StateStore, name: &str) -> Option<Value> {
+    ok(store.get_state(&[name]).await, "get_state")
+        .remove(name)
+        .unwrap_or_else(|| panic!("get_state did not return requested name {name:?}"))
+}
+
+async fn write(store: &StateStore, name: &str, value: Value) {
+    ok(store.set_state(name, &value).await, "set_state");
+}
+
+/// The longest name this store accepts under `store`'s prefix.
+fn name_limit(store: &StateStore) -> usize {
+    let by_backend = store
+        .capabilities()
+        .max_key_len
+        .saturating_sub(store.config().key_prefix.len());
+    store.config().max_key_len.min(by_backend)
+}
+
+/// Polls until `name` reads as missing; panics after [`EXPIRY_DEADLINE`].
+async fn wait_until_missing(store: &StateStore, name: &str) {
+    let started = std::time::Instant::now();
+    while read(store, name).await.is_some() {
+        assert!(
+            started.elapsed() < EXPIRY_DEADLINE,
+            "{name:?} did not expire within {EXPIRY_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn expect_err(result: Result<impl std::fmt::Debug, Error>, what: &str) -> Error {
+    match result {
+        Ok(value) => panic!("{what} succeeded with {value:?}, expected an error"),
+        Err(err) => err,
+    }
+}
+
+/// Asserts `result` is `Unsupported` when `declared` is false; returns whether to go on.
+fn declared_or_unsupported<T: std::fmt::Debug>(
+    declared: bool,
+    result: Result<T, Error>,
+    feature: &str,
+) -> bool {
+    if declared {
+        return true;
+    }
+    let err = expect_err(result, feature);
+    assert!(
+        matches!(err, Error::Unsupported { .. }),
+        "undeclared {feature} must be Unsupported, got {}",
+        report(&err)
+    );
+    false
+}
+
+/// PURISTA's own case: an object is set, read back equal, removed, and then missing.
+pub async fn set_get_remove_object(ctx: Context) {
+    let store = ctx.store().await;
+    let value = json!({ "user": "ada", "roles": ["admin"], "count": 3 });
+    write(&store, "purista", value.clone()).await;
+    assert_eq!(read(&store, "purista").await, Some(value));
+    ok(store.remove_state("purista").await, "remove_state");
+    assert_eq!(read(&store, "purista").await, None);
+}
+
+/// With `enable_get` off, reads fail with PURISTA's exact message.
+pub async fn get_disabled(ctx: Context) {
+    let store = ctx.store_with(StoreConfig::default().with_enable_get(false)).await;
+    let err = expect_err(store.get_state(&["x"]).await, "disabled get");
+    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Get }));
+    assert_eq!(err.to_string(), "get state from store is disabled by config");
+    let err = expect_err(store.get::<Value>("x").await, "disabled typed get");
+    assert_eq!(err.to_string(), "get state from store is disabled by config");
+}
+
+/// With `enable_set` off, writes fail with PURISTA's exact message and write nothing.
+pub async fn set_disabled(ctx: Context) {
+    let store = ctx.store_with(StoreConfig::default().with_enable_set(false)).await;
+    let err = expect_err(store.set_state("x", &json!(1)).await, "disabled set");
+    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Set }));
+    assert_eq!(err.to_string(), "set state at store is disabled by config");
+    let err = expect_err(store.increment("x", 1, None).await, "disabled increment");
+    assert_eq!(err.to_string(), "set state at store is disabled by config");
+    assert_eq!(read(&ctx.store().await, "x").await, None);
+}
+
+/// With `enable_remove` off, removals fail with PURISTA's exact message and remove nothing.
+pub async fn remove_disabled(ctx: Context) {
+    let writer = ctx.store().await;
+    write(&writer, "x", json!("kept")).await;
+    let store = ctx.store_with(StoreConfig::default().with_enable_remove(false)).await;
+    let err = expect_err(store.remove_state("x").await, "disabled remove");
+    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Remove }));
+    assert_eq!(err.to_string(), "remove state from store is disabled by config");
+    assert_eq!(read(&writer, "x").await, Some(json!("kept")));
+}
+
+/// A missing name reads as `None`; a stored JSON `null` as `Some(Null)`.
+pub async fn missing_is_not_null(ctx: Context) {
+    let store = ctx.store().await;
+    write(&store, "null", Value::Null).await;
+    let state = ok(store.get_state(&["null", "missing"]).await, "get_state");
+    assert_eq!(state.get("null"), Some(&Some(Value::Null)));
+    assert_eq!(state.get("missing"), Some(&None));
+    assert_eq!(ok(store.get::<Option<u8>>("null").await, "get"), Some(None));
+    assert!(ok(store.get_entry("null").await, "get_entry").is_some());
+}
+
+/// Every kind of JSON value round-trips unchanged, exactly.
+pub async fn json_kinds_round_trip(ctx: Context) {
+    let store = ctx.store().await;
+    let values = [
+        json!({ "nested": { "deeper": [1, { "x": null }], "t": true } }),
+        json!([1, "two", 3.5, null, false, [], {}]),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!(0.1),
+        json!(-1.5e300),
+        json!(true),
+        json!("ünïcødé ✓ 🦀 \u{0} \"quotes\" \\ \n"),
+        json!(""),
+        json!([]),
+        json!({}),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        write(&store, &format!("kind{i}"), value.clone()).await;
+    }
+    let names: Vec<String> = (0..values.len()).map(|i| format!("kind{i}")).collect();
+    let state = ok(store.get_state(&names).await, "get_state");
+    for (name, value) in names.iter().zip(&values) {
+        assert_eq!(state[name].as_ref(), Some(value), "{name}");
+    }
+}
+
+/// `get_state` returns one entry per distinct name (duplicates collapse), missing as `None`,
+/// and an empty map for no names.
+pub async fn get_state_many(ctx: Context) {
+    let store = ctx.store().await;
+    for i in 0..20 {
+        write(&store, &format!("n{i}"), json!(i)).await;
+    }
+    let mut names: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+    names.push("n3".into());
+    names.push("n21".into());
+    let state = ok(store.get_state(&names).await, "get_state");
+    assert_eq!(state.len(), 25);
+    for i in 0..25 {
+        let expected = (i < 20).then(|| json!(i));
+        assert_eq!(state[&format!("n{i}")], expected);
+    }
+    let none: [&str; 0] = [];
+    assert!(ok(store.get_state(&none).await, "get_state()").is_empty());
+}
+
+/// A second write replaces the first, and the version changes.
+pub async fn overwrite_replaces(ctx: Context) {
+    let store = ctx.store().await;
+    let v1 = ok(store.set_with("k", &json!({"a": 1}), SetOptions::new()).await, "set");
+    let v2 = ok(store.set_with("k", &json!([2]), SetOptions::new()).await, "set");
+    assert_ne!(v1, v2, "every write must give a new version");
+    assert_eq!(read(&store, "k").await, Some(json!([2])));
+    let entry = ok(store.get_entry("k").await, "get_entry").expect("written");
+    assert_eq!(entry.version, v2);
+}
+
+/// Removing a missing name is `Ok`, and twice as well.
+pub async fn remove_missing_is_ok(ctx: Context) {
+    let store = ctx.store().await;
+    ok(store.remove_state("never-written").await, "remove missing");
+    write(&store, "once", json!(1)).await;
+    ok(store.remove_state("once").await, "remove");
+    ok(store.remove_state("once").await, "remove again");
+}
+
+/// Every awkward key round-trips on its own and through `get_state`, without colliding.
+pub async fn awkward_keys_round_trip(ctx: Context) {
+    let store = ctx.store().await;
+    for (i, key) in AWKWARD_KEYS.iter().enumerate() {
+        write(&store, key, json!({ "i": i })).await;
+    }
+    for (i, key) in AWKWARD_KEYS.iter().enumerate() {
+        assert_eq!(read(&store, key).await, Some(json!({ "i": i })), "key {key:?}");
+    }
+    let state = ok(store.get_state(AWKWARD_KEYS).await, "get_state");
+    for (i, key) in AWKWARD_KEYS.iter().enumerate() {
+        assert_eq!(state[*key], Some(json!({ "i": i })), "key {key:?} via get_state");
+    }
+    for key in AWKWARD_KEYS {
+        ok(store.remove_state(key).await, "remove");
+        assert_eq!(read(&store, key).await, None, "key {key:?} after remove");
+    }
+}
+
+/// A name of exactly the limit works; empty and one byte over give `InvalidKey` and write
+/// nothing.
+pub async fn key_limits(ctx: Context) {
+    let store = ctx.store().await;
+    let limit = name_limit(&store);
+    let longest = "k".repeat(limit);
+    write(&store, &longest, json!("max")).await;
+    assert_eq!(read(&store, &longest).await, Some(json!("max")));
+
+    let too_long = "k".repeat(limit + 1);
+    for bad in ["", too_long.as_str()] {
+        let err = expect_err(store.set_state(bad, &json!(1)).await, "bad key set");
+        assert!(matches!(err, Error::InvalidKey { .. }), "{}", report(&err));
+        let err = expect_err(store.get_state(&[bad]).await, "bad key get");
+        assert!(matches!(err, Error::InvalidKey { .. }), "{}", report(&err));
+        let err = expect_err(store.increment(bad, 1, None).await, "bad key increment");
+        assert!(matches!(err, Error::InvalidKey { .. }), "{}", report(&err));
+    }
+    // The refused key was not truncated onto the longest one.
+    assert_eq!(read(&store, &longest).await, Some(json!("max")));
+}
+
+/// A value over the limit gives `ValueTooLarge` and writes nothing; the old value stays.
+pub async fn value_limit(ctx: Context) {
+    let store = ctx.store_with(StoreConfig::default().with_max_value_len(1000)).await;
+    write(&store, "v", json!("small")).await;
+    let big = json!("x".repeat(2000));
+    let err = expect_err(store.set_state("v", &big).await, "oversized set");
+    assert!(
+        matches!(err, Error::ValueTooLarge { limit: 1000, .. }),
+        "{}",
+        report(&err)
+    );
+    assert!(!err.to_string().contains("xxxx"), "error messages never carry values");
+    assert_eq!(read(&store, "v").await, Some(json!("small")));
+    let fits = json!("y".repeat(998));
+    write(&store, "v", fits.clone()).await;
+    assert_eq!(read(&store, "v").await, Some(fits));
+}
+
+/// `Create` on an existing key is `Conflict` and leaves the value; on a missing key it writes.
+pub async fn create_conflicts(ctx: Context) {
+    let store = ctx.store().await;
+    let create = SetOptions::new().mode(SetMode::Create);
+    let result = store.set_with("c", &json!(1), create.clone()).await;
+    if !declared_or_unsupported(store.capabilities().conditional, result, "create") {
+        return;
+    }
+    let err = expect_err(store.set_with("c", &json!(2), create.clone()).await, "second create");
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "c").await, Some(json!(1)));
+    ok(store.remove_state("c").await, "remove");
+    ok(store.set_with("c", &json!(3), create).await, "create after remove");
+    assert_eq!(read(&store, "c").await, Some(json!(3)));
+}
+
+/// `Update` with the current version writes; with a stale one, or on a removed key, it is
+/// `Conflict` and writes nothing.
+pub async fn update_checks_version(ctx: Context) {
+    let store = ctx.store().await;
+    let v1 = ok(store.set_with("u", &json!("one"), SetOptions::new()).await, "set");
+    let result = store
+        .set_with("u", &json!("two"), SetOptions::new().mode(SetMode::Update(v1.clone())))
+        .await;
+    if !declared_or_unsupported(store.capabilities().conditional, result, "update") {
+        return;
+    }
+    assert_eq!(read(&store, "u").await, Some(json!("two")));
+    let stale = SetOptions::new().mode(SetMode::Update(v1));
+    let err = expect_err(store.set_with("u", &json!("three"), stale.clone()).await, "stale");
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "u").await, Some(json!("two")));
+
+    let current = ok(store.get_entry("u").await, "get_entry").expect("written").version;
+    ok(store.remove_state("u").await, "remove");
+    let gone = SetOptions::new().mode(SetMode::Update(current));
+    let err = expect_err(store.set_with("u", &json!("four"), gone).await, "update removed");
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "u").await, None);
+}
+
+/// A version read from a value written by a plain `set_state` is a valid base for `Update`.
+pub async fn update_after_plain_set(ctx: Context) {
+    let store = ctx.store().await;
+    write(&store, "p", json!({"n": 1})).await;
+    let Some(entry) = ok(store.get_entry("p").await, "get_entry") else {
+        panic!("written value missing");
+    };
+    assert_eq!(entry.value, json!({"n": 1}));
+    let result = store
+        .set_with("p", &json!({"n": 2}), SetOptions::new().mode(SetMode::Update(entry.version)))
+        .await;
+    if declared_or_unsupported(store.capabilities().conditional, result, "update") {
+        assert_eq!(read(&store, "p").await, Some(json!({"n": 2})));
+    }
+}
+
+/// `remove_if` removes only at the expected version; otherwise `Conflict`, value kept.
+pub async fn conditional_remove(ctx: Context) {
+    let store = ctx.store().await;
+    let v1 = ok(store.set_with("r", &json!(1), SetOptions::new()).await, "set");
+    let v2 = ok(store.set_with("r", &json!(2), SetOptions::new()).await, "set");
+    let stale = store.remove_if("r", &v1).await;
+    if !declared_or_unsupported(store.capabilities().conditional, stale, "remove_if") {
+        return;
+    }
+    let err = expect_err(store.remove_if("r", &v1).await, "remove_if stale");
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "r").await, Some(json!(2)));
+    ok(store.remove_if("r", &v2).await, "remove_if current");
+    assert_eq!(read(&store, "r").await, None);
+    let err = expect_err(store.remove_if("r", &v2).await, "remove_if gone");
+    assert!(err.is_conflict(), "{}", report(&err));
+}
+
+/// 32 tasks × 200 increments, over 4 handles, end at exactly 6400; `get_state` reads it.
+pub async fn concurrent_increments(ctx: Context) {
+    let store = ctx.store().await;
+    let first = store.increment("hits", 1, None).await;
+    if !declared_or_unsupported(store.capabilities().increment, first, "increment") {
+        return;
+    }
+    ok(store.increment("hits", -1, None).await, "increment");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(ctx.store().await);
+    }
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let store = handles[t % handles.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                ok(store.increment("hits", 1, None).await, "increment");
+            }
+        }));
+    }
+    for task in tasks {
+        if let Err(err) = task.await {
+            panic!("increment task failed: {err}");
+        }
+    }
+    assert_eq!(read(&store, "hits").await, Some(json!(6400)));
+    assert_eq!(ok(store.get::<i64>("hits").await, "get"), Some(6400));
+}
+
+/// `increment` returns the new value, accepts negative deltas, and on a non-integer (or on
+/// overflow) is `NotAnInteger`, leaving the value as it was.
+pub async fn increment_semantics(ctx: Context) {
+    let store = ctx.store().await;
+    let first = store.increment("c", 5, None).await;
+    if !declared_or_unsupported(store.capabilities().increment, first, "increment") {
+        return;
+    }
+    assert_eq!(ok(store.increment("c", -7, None).await, "increment"), -2);
+    write(&store, "s", json!("five")).await;
+    write(&store, "f", json!(1.5)).await;
+    write(&store, "o", json!({ "n": 1 })).await;
+    write(&store, "max", json!(i64::MAX)).await;
+    for name in ["s", "f", "o", "max"] {
+        let before = read(&store, name).await;
+        let err = expect_err(store.increment(name, 1, None).await, "bad increment");
+        assert!(matches!(err, Error::NotAnInteger { .. }), "{name}: {}", report(&err));
+        assert_eq!(read(&store, name).await, before, "{name} changed");
+    }
+}
+
+/// A TTL'd value reads back before its deadline and is gone after it; zero TTL is refused.
+pub async fn ttl_expires(ctx: Context) {
+    let store = ctx.store().await;
+    let short = SetOptions::new().ttl(Duration::from_millis(700));
+    let result = store.set_with("t", &json!("soon gone"), short).await;
+    if !declared_or_unsupported(store.capabilities().ttl, result, "TTL") {
+        return;
+    }
+    let long = SetOptions::new().ttl(Duration::from_secs(3600));
+    ok(store.set_with("long", &json!("stays"), long).await, "set long TTL");
+    assert_eq!(read(&store, "long").await, Some(json!("stays")));
+    wait_until_missing(&store, "t").await;
+    assert_eq!(read(&store, "long").await, Some(json!("stays")));
+    let zero = SetOptions::new().ttl(Duration::ZERO);
+    let err = expect_err(store.set_with("z", &json!(1), zero).await, "zero TTL");
+    assert!(matches!(err, Error::InvalidTtl { .. }), "{}", report(&err));
+}
+
+/// A plain write after a TTL'd one clears the TTL: the value outlives the old deadline.
+pub async fn plain_set_clears_ttl(ctx: Context) {
+    let store = ctx.store().await;
+    let ttl = SetOptions::new().ttl(Duration::from_secs(1));
+    let result = store.set_with("t", &json!(1), ttl.clone()).await;
+    if !declared_or_unsupported(store.capabilities().ttl, result, "TTL") {
+        return;
+    }
+    write(&store, "t", json!(2)).await;
+    // A marker written with the same TTL after the plain write must expire first.
+    ok(store.set_with("marker", &json!(0), ttl).await, "set marker");
+    wait_until_missing(&store, "marker").await;
+    assert_eq!(read(&store, "t").await, Some(json!(2)));
+}
+
+/// An increment's TTL applies only when it creates the counter: it neither extends nor adds a
+/// deadline to an existing one.
+pub async fn increment_ttl_on_create_only(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let result = store.increment("window", 1, Some(Duration::from_secs(1))).await;
+    if !caps.increment {
+        declared_or_unsupported(false, result, "increment");
+        return;
+    }
+    if !declared_or_unsupported(caps.ttl, result, "increment with TTL") {
+        return;
+    }
+    ok(store.increment("forever", 1, None).await, "increment");
+    let later = Some(Duration::from_secs(3600));
+    assert_eq!(ok(store.increment("window", 1, later).await, "increment"), 2);
+    ok(store.increment("forever", 1, Some(Duration::from_secs(1))).await, "increment");
+    // The window keeps its 1 s deadline despite the later 1 h TTL.
+    wait_until_missing(&store, "window").await;
+    // Once the window is gone the counter starts over.
+    assert_eq!(ok(store.increment("window", 1, None).await, "increment"), 1);
+    // The counter created without a TTL did not get one; give a marker time to prove it.
+    ok(
+        store
+            .set_with("marker", &json!(0), SetOptions::new().ttl(Duration::from_secs(1)))
+            .await,
+        "set marker",
+    );
+    wait_until_missing(&store, "marker").await;
+    assert_eq!(read(&store, "forever").await, Some(json!(2)));
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Tally {
+    seen: Vec<u32>,
+}
+
+/// `update::<T>` under 8 concurrent writers on 2 handles loses no update.
+pub async fn update_loses_nothing(ctx: Context) {
+    let store = ctx.store_with(StoreConfig::default().with_update_retries(10_000)).await;
+    let first = store.update("tally", |old: Option<Tally>| old.unwrap_or_default()).await;
+    if !declared_or_unsupported(store.capabilities().conditional, first, "update") {
+        return;
+    }
+    let other = ctx.store_with(StoreConfig::default().with_update_retries(10_000)).await;
+    let mut tasks = Vec::new();
+    for writer in 0..8u32 {
+        let store = if writer % 2 == 0 { store.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let n = writer * 100 + i;
+                ok(
+                    store
+                        .update("tally", |old: Option<Tally>| {
+                            let mut tally = old.unwrap_or_default();
+                            tally.seen.push(n);
+                            tally
+                        })
+                        .await,
+                    "update",
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        if let Err(err) = task.await {
+            panic!("update task failed: {err}");
+        }
+    }
+    let tally: Tally = ok(store.get("tally").await, "get").expect("written");
+    let seen: HashSet<u32> = tally.seen.iter().copied().collect();
+    assert_eq!(tally.seen.len(), 80, "no update lost, none applied twice");
+    assert_eq!(seen.len(), 80);
+}
+
+/// A stored value that does not fit `T` is a `Decode` error naming the key, with no value in
+/// the message.
+pub async fn typed_decode_error(ctx: Context) {
+    let store = ctx.store().await;
+    write(&store, "typed", json!({ "secret": "hunter2" })).await;
+    let err = expect_err(store.get::<Vec<u32>>("typed").await, "decode");
+    match &err {
+        Error::Decode { key, .. } => assert_eq!(key, "typed"),
+        other => panic!("expected Decode, got {}", report(other)),
+    }
+    assert!(!report(&err).contains("hunter2"), "{}", report(&err));
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Wrong {
+        count: u32,
+    }
+    let err = expect_err(store.get::<Wrong>("typed").await, "decode");
+    assert!(matches!(err, Error::Decode { .. }));
+    assert!(!report(&err).contains("hunter2"), "{}", report(&err));
+}
+
+/// Every feature is either declared and working or refused with `Unsupported`.
+pub async fn capabilities_are_truthful(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let ttl = store
+        .set_with("cap-ttl", &json!(1), SetOptions::new().ttl(Duration::from_secs(60)))
+        .await;
+    if declared_or_unsupported(caps.ttl, ttl, "TTL") {
+        assert_eq!(read(&store, "cap-ttl").await, Some(json!(1)));
+    } else {
+        assert_eq!(read(&store, "cap-ttl").await, None, "a refused TTL write wrote");
+    }
+    let create = store
+        .set_with("cap-create", &json!(1), SetOptions::new().mode(SetMode::Create))
+        .await;
+    if declared_or_unsupported(caps.conditional, create, "Create") {
+        assert_eq!(read(&store, "cap-create").await, Some(json!(1)));
+    } else {
+        assert_eq!(read(&store, "cap-create").await, None, "a refused Create wrote");
+    }
+    let incr = store.increment("cap-incr", 3, None).await;
+    if declared_or_unsupported(caps.increment, incr, "increment") {
+        assert_eq!(read(&store, "cap-incr").await, Some(json!(3)));
+    }
+    assert!(caps.max_key_len > 0 && caps.max_value_len > 0);
+}
+
+/// Two handles (two connections) over one backend see each other's writes and removals.
+pub async fn handles_share_state(ctx: Context) {
+    let a = ctx.store().await;
+    let b = ctx.store().await;
+    write(&a, "shared", json!({ "from": "a" })).await;
+    assert_eq!(read(&b, "shared").await, Some(json!({ "from": "a" })));
+    write(&b, "shared", json!({ "from": "b" })).await;
+    assert_eq!(read(&a, "shared").await, Some(json!({ "from": "b" })));
+    ok(b.remove_state("shared").await, "remove");
+    assert_eq!(read(&a, "shared").await, None);
+}
+
+/// Handles with different prefixes do not see each other's names.
+pub async fn prefixes_isolate(ctx: Context) {
+    let a = ctx.store_with(StoreConfig::default().with_prefix("svc-a:")).await;
+    let b = ctx.store_with(StoreConfig::default().with_prefix("svc-b:")).await;
+    write(&a, "name", json!("a")).await;
+    write(&b, "name", json!("b")).await;
+    assert_eq!(read(&a, "name").await, Some(json!("a")));
+    assert_eq!(read(&b, "name").await, Some(json!("b")));
+    ok(a.remove_state("name").await, "remove");
+    assert_eq!(read(&b, "name").await, Some(json!("b")));
+    let unprefixed = ctx.store().await;
+    assert_eq!(read(&unprefixed, "svc-b:name").await, Some(json!("b")));
+    assert_eq!(read(&unprefixed, "name").await, None);
+}
+
+/// After `destroy`, every operation fails with a clear error, and nothing hangs; a second
+/// `destroy` is `Ok`.
+pub async fn destroy_then_fail(ctx: Context) {
+    let store = ctx.store().await;
+    write(&store, "before", json!(1)).await;
+    ok(store.destroy().await, "destroy");
+    ok(store.destroy().await, "second destroy");
+    let clone = store.clone();
+    let errors = [
+        expect_err(clone.get_state(&["before"]).await, "get after destroy"),
+        expect_err(clone.set_state("x", &json!(1)).await, "set after destroy"),
+        expect_err(clone.remove_state("before").await, "remove after destroy"),
+        expect_err(clone.increment("n", 1, None).await, "increment after destroy"),
+    ];
+    for err in errors {
+        assert!(
+            matches!(err, Error::Closed { .. } | Error::Unavailable { .. }),
+            "{}",
+            report(&err)
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Test servers: an env var, else a binary spawned on a free loopback port, else a loud skip
+//! (or a failure under `STATE_STORE_REQUIRE_BACKENDS=1`).
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::distr::{Alphanumeric, SampleString};
+
+/// The env var that turns a missing backend from a skip into a failure.
+pub const REQUIRE_BACKENDS: &str = "STATE_STORE_REQUIRE_BACKENDS";
+
+/// True when `STATE_STORE_REQUIRE_BACKENDS=1`: a test without its server must fail.
+pub fn backends_required() -> bool {
+    std::env::var(REQUIRE_BACKENDS).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Reports a backend that cannot be reached: panics when backends are required, otherwise
+/// prints a loud notice to stderr and returns `None` so the caller skips.
+///
+/// # Panics
+///
+/// When [`backends_required`].
+pub fn unavailable<T>(backend: &str, why: &str) -> Option<T> {
+    if backends_required() {
+        panic!("{backend} is required ({REQUIRE_BACKENDS}=1) but unavailable: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {backend} unavailable: {why}\n*** set {REQUIRE_BACKENDS}=1 to make this a failure\n"
+    );
+    None
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a race with other processes is possible
+/// but rare).
+///
+/// # Panics
+///
+/// When no port can be bound on loopback.
+pub fn free_port() -> u16 {
+    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(err) => panic!("cannot bind a loopback port: {err}"),
+    }
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Finds a server binary: the path in env var `override_var`, else `name` on `PATH`, else in
+/// the extra directories given.
+pub fn find_binary(name: &str, override_var: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(override_var) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra_dirs.iter().cloned())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/state-store-<label>-<random>`.
+    ///
+    /// # Panics
+    ///
+    /// When the directory cannot be created.
+    pub fn new(label: &str) -> Self {
+        let id = Alphanumeric.sample_string(&mut rand::rng(), 10);
+        let path = std::env::temp_dir().join(format!("state-store-{label}-{id}"));
+        if let Err(err) = std::fs::create_dir_all(&path) {
+            panic!("cannot create {}: {err}", path.display());
+        }
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server process that dies with the test process, panics and aborts included.
+///
+/// The server runs under a small `sh` guard that holds a pipe from this process: when this
+/// process exits for any reason the pipe closes, and the guard terminates the server. Without
+/// it, a server spawned for a `static` (never dropped) would outlive every test run.
+#[derive(Debug)]
+pub struct ServerProcess {
+    guard: Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+    log: PathBuf,
+}
+
+const GUARD_SCRIPT: &str = r#"log="$1"; shift
+"$@" >"$log" 2>&1 </dev/null &
+pid=$!
+echo "$pid"
+read _ignored
+kill "$pid" 2>/dev/null
+wait "$pid"
+"#;
+
+impl ServerProcess {
+    /// Starts `program args…` with its output in `log`.
+    ///
+    /// # Errors
+    ///
+    /// When the guard shell cannot start, or the server's pid cannot be read.
+    pub fn spawn<I, S>(program: &Path, args: I, log: &Path) -> std::io::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut guard = Command::new("sh")
+            .arg("-c")
+            .arg(GUARD_SCRIPT)
+            .arg("state-store-guard")
+            .arg(log)
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = guard.stdin.take();
+        let mut line = String::new();
+        if let Some(stdout) = guard.stdout.take() {
+            BufReader::new(stdout).read_line(&mut line)?;
+        }
+        let pid = line.trim().parse().map_err(|_| {
+            std::io::Error::other(format!("the server guard printed no pid: {line:?}"))
+        })?;
+        Ok(ServerProcess {
+            guard,
+            stdin,
+            pid,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True while the server runs.
+    pub fn is_running(&self) -> bool {
+        Command::new("kill")
+            .args(["-0", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Kills the server with SIGKILL (a crash: no shutdown, no save) and waits for it.
+    pub fn crash(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        self.stop();
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.guard.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
