@@ -1,0 +1,499 @@
+//! `SqliteStateStore`: the backend over one SQLite connection on a dedicated thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use state_store_core::{
+    Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore, StoreConfig,
+    Version,
+};
+use tokio::sync::oneshot;
+
+use crate::config::{Durability, SqliteConfig};
+use crate::error::{closed, map, STORE};
+
+/// The schema this version writes. A database with a higher one was written by a newer
+/// release and is refused rather than misread.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// Keys per `SELECT … IN (…)`: well under SQLite's variable limit.
+const READ_CHUNK: usize = 500;
+/// Rows one background sweep deletes at most, so a sweep never holds the write lock for long.
+const SWEEP_BATCH: usize = 1000;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Message {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// The persistent embedded state store: a SQLite file, no server.
+///
+/// Several processes on one host share one file safely (WAL mode, a busy timeout); state
+/// survives restarts. Every operation is one SQL statement, so `increment` and conditional
+/// writes are atomic across processes.
+///
+/// # Threads
+///
+/// SQLite calls block. They run on one dedicated thread per store that owns the connection,
+/// fed by a channel; async callers await a reply and never block a Tokio worker. One thread
+/// rather than `spawn_blocking` per call: the connection and its prepared-statement cache stay
+/// on one thread, there is no per-call hand-off to a pool, and SQLite serializes writers to
+/// one file anyway. Open more stores on the same file for parallel reads.
+///
+/// The same thread deletes expired rows every [`SqliteConfig::sweep_interval`]; reads never
+/// see expired rows in between. [`StateStore::destroy`] stops the thread and closes the file.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store_core::Error> {
+/// # let dir = std::env::temp_dir().join(format!("doc-{}", std::process::id()));
+/// use state_store_sqlite::{SqliteConfig, SqliteStateStore};
+///
+/// let store = SqliteStateStore::open(SqliteConfig::new(dir.join("state.db"))).await?.into_store();
+/// let visits = store.increment("visits", 1, None).await?;
+/// assert!(visits >= 1);
+/// store.destroy().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqliteStateStore {
+    sender: mpsc::Sender<Message>,
+    config: SqliteConfig,
+}
+
+impl fmt::Debug for SqliteStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStateStore")
+            .field("path", &self.config.path)
+            .field("durability", &self.config.durability)
+            .finish()
+    }
+}
+
+impl SqliteStateStore {
+    /// Opens (or creates) the database and starts the store's thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the path cannot be created or opened, the file is not a SQLite
+    /// database, or its schema is newer than this release (the file is left untouched);
+    /// [`Error::Unavailable`] when another process holds a lock past the busy timeout.
+    pub async fn open(config: SqliteConfig) -> Result<Self> {
+        let (sender, receiver) = mpsc::channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread_config = config.clone();
+        std::thread::Builder::new()
+            .name("state-store-sqlite".into())
+            .spawn(move || match open_connection(&thread_config) {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(conn, &receiver, thread_config.sweep_interval);
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                }
+            })
+            .map_err(|e| Error::config_with("cannot start the SQLite thread", e))?;
+        ready_rx.await.map_err(|_| closed())??;
+        Ok(SqliteStateStore { sender, config })
+    }
+
+    /// Opens the store and wraps it in a [`StateStore`] handle with the default config.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStateStore::open`].
+    pub async fn connect(config: SqliteConfig) -> Result<StateStore> {
+        Ok(Self::open(config).await?.into_store())
+    }
+
+    /// A [`StateStore`] handle over this store with the default config.
+    pub fn into_store(self) -> StateStore {
+        StateStore::new(self)
+    }
+
+    /// A [`StateStore`] handle over this store with `config`.
+    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
+        StateStore::with_config(self, config)
+    }
+
+    /// Runs `f` on the store's thread and awaits its result.
+    async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.sender.send(Message::Job(job)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+fn open_connection(config: &SqliteConfig) -> Result<Connection> {
+    let path = &config.path;
+    if config.create_dirs {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::config_with(format!("cannot create directory {}", parent.display()), e)
+            })?;
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::config_with(format!("cannot open {}", path.display()), e)
+    })?;
+    conn.busy_timeout(config.busy_timeout).map_err(map)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // Read-only checks first, so a foreign or newer file is refused before anything is written.
+    if let Some(found) = stored_schema_version(&conn)? {
+        check_schema(found)?;
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(map)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::config(format!(
+            "SQLite refused WAL mode (journal mode is {mode}); processes could not share the file"
+        )));
+    }
+    let synchronous = match config.durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(map)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn stored_schema_version(conn: &Connection) -> Result<Option<i64>> {
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'state_store_meta'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(map)?
+        > 0;
+    if !has_meta {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value FROM state_store_meta WHERE name = 'schema_version'",
+        [],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(map)
+}
+
+fn check_schema(found: i64) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(Error::config(format!(
+            "the database has state-store schema version {found}, newer than this release's \
+             {SCHEMA_VERSION}; upgrade state-store-sqlite (the file was left untouched)"
+        )));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS state_store_meta (
+             name TEXT PRIMARY KEY,
+             value INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )
+    .map_err(map)?;
+    match stored_schema_version(&tx)? {
+        Some(found) => check_schema(found)?,
+        None => {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS state_store (
+                     key TEXT PRIMARY KEY,
+                     value TEXT NOT NULL,
+                     version INTEGER NOT NULL,
+                     expires_at INTEGER
+                 ) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS state_store_expires_at
+                     ON state_store (expires_at) WHERE expires_at IS NOT NULL;",
+            )
+            .map_err(map)?;
+            tx.execute(
+                "INSERT INTO state_store_meta (name, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(map)?;
+        }
+    }
+    tx.commit().map_err(map)
+}
+
+/// The store thread: runs jobs in order, sweeps expired rows between them.
+fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Duration) {
+    let mut conn = conn;
+    let mut next_sweep = Instant::now() + sweep_every;
+    loop {
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(wait) {
+            Ok(Message::Job(job)) => job(&mut conn),
+            Ok(Message::Close(done)) => {
+                if let Err((_, err)) = conn.close() {
+                    tracing::warn!(error = %err, "closing the SQLite connection failed");
+                }
+                let _ = done.send(());
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_sweep {
+            if let Err(err) = sweep(&conn) {
+                // Another process may hold the lock; the next sweep tries again.
+                tracing::debug!(error = %err, "sweeping expired state failed");
+            }
+            next_sweep = Instant::now() + sweep_every;
+        }
+    }
+}
+
+fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM state_store WHERE key IN (
+             SELECT key FROM state_store WHERE expires_at <= ?1 LIMIT ?2)",
+    )?
+    .execute(params![now_ms(), SWEEP_BATCH as i64])
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The deadline of a write made now with `ttl`, in Unix milliseconds, rounded up.
+fn deadline(now: i64, ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|ttl| {
+        let ms = ttl.as_nanos().div_ceil(1_000_000);
+        now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+    })
+}
+
+fn new_version() -> i64 {
+    rand::random_range(1..i64::MAX)
+}
+
+fn version(v: i64) -> Version {
+    Version::new(v.to_string())
+}
+
+/// A version that cannot be ours (not a number) matches no row.
+fn expected_version(v: &Version) -> i64 {
+    v.as_str().parse().unwrap_or(0)
+}
+
+fn text(value: Vec<u8>) -> Result<String> {
+    String::from_utf8(value).map_err(|e| Error::backend(STORE, e))
+}
+
+fn read_value(value: ValueRef<'_>) -> Vec<u8> {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
+        ValueRef::Integer(n) => n.to_string().into_bytes(),
+        ValueRef::Real(x) => x.to_string().into_bytes(),
+        ValueRef::Null => b"null".to_vec(),
+    }
+}
+
+fn get_many(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<Entry>>> {
+    let now = now_ms();
+    let mut found: HashMap<String, Entry> = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(READ_CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT key, value, version, expires_at FROM state_store
+             WHERE key IN ({placeholders}) AND (expires_at IS NULL OR expires_at > ?)"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let params = chunk
+            .iter()
+            .map(|k| k as &dyn rusqlite::ToSql)
+            .chain(std::iter::once(&now as &dyn rusqlite::ToSql));
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            let expires_at: Option<i64> = row.get(3)?;
+            let entry = Entry {
+                value: read_value(row.get_ref(1)?),
+                version: version(row.get(2)?),
+                expires_in: expires_at
+                    .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0))),
+            };
+            found.insert(row.get(0)?, entry);
+        }
+    }
+    Ok(keys.iter().map(|key| found.remove(key)).collect())
+}
+
+fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Result<Version> {
+    let now = now_ms();
+    let expires_at = deadline(now, options.ttl);
+    let next = new_version();
+    let written = match &options.mode {
+        SetMode::Upsert => conn
+            .prepare_cached(
+                "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET
+                     value = excluded.value, version = excluded.version,
+                     expires_at = excluded.expires_at",
+            )
+            .and_then(|mut s| s.execute(params![key, value, next, expires_at])),
+        // An expired row counts as absent: it is replaced.
+        SetMode::Create => conn
+            .prepare_cached(
+                "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET
+                     value = excluded.value, version = excluded.version,
+                     expires_at = excluded.expires_at
+                 WHERE state_store.expires_at <= ?5",
+            )
+            .and_then(|mut s| s.execute(params![key, value, next, expires_at, now])),
+        SetMode::Update(expected) => conn
+            .prepare_cached(
+                "UPDATE state_store SET value = ?2, version = ?3, expires_at = ?4
+                 WHERE key = ?1 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![key, value, next, expires_at, expected_version(expected), now])
+            }),
+    }
+    .map_err(map)?;
+    if written == 0 {
+        return Err(Error::Conflict { key: key.to_owned() });
+    }
+    Ok(version(next))
+}
+
+fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> Result<bool> {
+    let now = now_ms();
+    let removed = match expected {
+        None => conn
+            .prepare_cached(
+                "DELETE FROM state_store WHERE key = ?1 RETURNING expires_at IS NULL OR expires_at > ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, now], |row| row.get::<_, bool>(0))
+                    .optional()
+            })
+            .map(|live| live.unwrap_or(false)),
+        Some(expected) => conn
+            .prepare_cached(
+                "DELETE FROM state_store
+                 WHERE key = ?1 AND version = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+            )
+            .and_then(|mut s| s.execute(params![key, expected_version(expected), now]))
+            .map(|n| n > 0),
+    }
+    .map_err(map)?;
+    Ok(removed)
+}
+
+/// One statement: insert the counter, or add to it when it is a live canonical integer and the
+/// sum stays an integer (SQLite turns an overflowing sum into a REAL). An expired row restarts.
+fn increment(conn: &Connection, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+    let now = now_ms();
+    let value = conn
+        .prepare_cached(
+            "INSERT INTO state_store (key, value, version, expires_at)
+                 VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 value = CASE WHEN state_store.expires_at <= ?5 THEN CAST(?2 AS TEXT)
+                         ELSE CAST(CAST(state_store.value AS INTEGER) + ?2 AS TEXT) END,
+                 version = ?3,
+                 expires_at = CASE WHEN state_store.expires_at <= ?5 THEN ?4
+                              ELSE state_store.expires_at END
+             WHERE state_store.expires_at <= ?5
+                OR (printf('%d', CAST(state_store.value AS INTEGER)) = state_store.value
+                    AND typeof(CAST(state_store.value AS INTEGER) + ?2) = 'integer')
+             RETURNING CAST(value AS INTEGER)",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![key, delta, new_version(), deadline(now, ttl), now],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map_err(map)?;
+    value.ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })
+}
+
+#[async_trait]
+impl Backend for SqliteStateStore {
+    fn name(&self) -> &str {
+        STORE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full().with_max_value_len(256 * 1024 * 1024)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        let keys = keys.to_vec();
+        self.call(move |conn| get_many(conn, &keys).map_err(map)).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        let key = key.to_owned();
+        let value = text(value)?;
+        let options = options.clone();
+        self.call(move |conn| set(conn, &key, &value, &options)).await
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+        let key = key.to_owned();
+        let expected = expected.cloned();
+        self.call(move |conn| remove(conn, &key, expected.as_ref())).await
+    }
+
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        let key = key.to_owned();
+        self.call(move |conn| increment(conn, &key, delta, ttl)).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.sender.send(Message::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_the_millisecond() {
+        assert_eq!(deadline(1000, Some(Duration::from_micros(1))), Some(1001));
+        assert_eq!(deadline(1000, Some(Duration::from_millis(5))), Some(1005));
+        assert_eq!(deadline(1000, None), None);
+        assert_eq!(deadline(1000, Some(Duration::MAX)), Some(i64::MAX));
+    }
+}
