@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use state_store_core::{
-    async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore,
-    StoreConfig, Version,
+    async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore, StoreConfig,
+    Version,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -44,7 +44,11 @@ impl Backend for MapStore {
         let map = self.lock();
         Ok(keys
             .iter()
-            .map(|k| map.values.get(k).map(|(v, n)| Entry::new(v.clone(), version(*n))))
+            .map(|k| {
+                map.values
+                    .get(k)
+                    .map(|(v, n)| Entry::new(v.clone(), version(*n)))
+            })
             .collect())
     }
 

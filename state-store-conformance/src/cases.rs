@@ -3,6 +3,9 @@
 //! Cases that need a capability the store does not declare assert that the store refuses it
 //! with [`Error::Unsupported`] instead of passing silently.
 
+// A test suite reports a misbehaving store by panicking, like `assert!`.
+#![allow(clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -116,19 +119,39 @@ pub async fn set_get_remove_object(ctx: Context) {
 
 /// With `enable_get` off, reads fail with PURISTA's exact message.
 pub async fn get_disabled(ctx: Context) {
-    let store = ctx.store_with(StoreConfig::default().with_enable_get(false)).await;
+    let store = ctx
+        .store_with(StoreConfig::default().with_enable_get(false))
+        .await;
     let err = expect_err(store.get_state(&["x"]).await, "disabled get");
-    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Get }));
-    assert_eq!(err.to_string(), "get state from store is disabled by config");
+    assert!(matches!(
+        err,
+        Error::OperationDisabled {
+            operation: Operation::Get
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "get state from store is disabled by config"
+    );
     let err = expect_err(store.get::<Value>("x").await, "disabled typed get");
-    assert_eq!(err.to_string(), "get state from store is disabled by config");
+    assert_eq!(
+        err.to_string(),
+        "get state from store is disabled by config"
+    );
 }
 
 /// With `enable_set` off, writes fail with PURISTA's exact message and write nothing.
 pub async fn set_disabled(ctx: Context) {
-    let store = ctx.store_with(StoreConfig::default().with_enable_set(false)).await;
+    let store = ctx
+        .store_with(StoreConfig::default().with_enable_set(false))
+        .await;
     let err = expect_err(store.set_state("x", &json!(1)).await, "disabled set");
-    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Set }));
+    assert!(matches!(
+        err,
+        Error::OperationDisabled {
+            operation: Operation::Set
+        }
+    ));
     assert_eq!(err.to_string(), "set state at store is disabled by config");
     let err = expect_err(store.increment("x", 1, None).await, "disabled increment");
     assert_eq!(err.to_string(), "set state at store is disabled by config");
@@ -139,10 +162,20 @@ pub async fn set_disabled(ctx: Context) {
 pub async fn remove_disabled(ctx: Context) {
     let writer = ctx.store().await;
     write(&writer, "x", json!("kept")).await;
-    let store = ctx.store_with(StoreConfig::default().with_enable_remove(false)).await;
+    let store = ctx
+        .store_with(StoreConfig::default().with_enable_remove(false))
+        .await;
     let err = expect_err(store.remove_state("x").await, "disabled remove");
-    assert!(matches!(err, Error::OperationDisabled { operation: Operation::Remove }));
-    assert_eq!(err.to_string(), "remove state from store is disabled by config");
+    assert!(matches!(
+        err,
+        Error::OperationDisabled {
+            operation: Operation::Remove
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "remove state from store is disabled by config"
+    );
     assert_eq!(read(&writer, "x").await, Some(json!("kept")));
 }
 
@@ -207,8 +240,16 @@ pub async fn get_state_many(ctx: Context) {
 /// A second write replaces the first, and the version changes.
 pub async fn overwrite_replaces(ctx: Context) {
     let store = ctx.store().await;
-    let v1 = ok(store.set_with("k", &json!({"a": 1}), SetOptions::new()).await, "set");
-    let v2 = ok(store.set_with("k", &json!([2]), SetOptions::new()).await, "set");
+    let v1 = ok(
+        store
+            .set_with("k", &json!({"a": 1}), SetOptions::new())
+            .await,
+        "set",
+    );
+    let v2 = ok(
+        store.set_with("k", &json!([2]), SetOptions::new()).await,
+        "set",
+    );
     assert_ne!(v1, v2, "every write must give a new version");
     assert_eq!(read(&store, "k").await, Some(json!([2])));
     let entry = ok(store.get_entry("k").await, "get_entry").expect("written");
@@ -231,11 +272,19 @@ pub async fn awkward_keys_round_trip(ctx: Context) {
         write(&store, key, json!({ "i": i })).await;
     }
     for (i, key) in AWKWARD_KEYS.iter().enumerate() {
-        assert_eq!(read(&store, key).await, Some(json!({ "i": i })), "key {key:?}");
+        assert_eq!(
+            read(&store, key).await,
+            Some(json!({ "i": i })),
+            "key {key:?}"
+        );
     }
     let state = ok(store.get_state(AWKWARD_KEYS).await, "get_state");
     for (i, key) in AWKWARD_KEYS.iter().enumerate() {
-        assert_eq!(state[*key], Some(json!({ "i": i })), "key {key:?} via get_state");
+        assert_eq!(
+            state[*key],
+            Some(json!({ "i": i })),
+            "key {key:?} via get_state"
+        );
     }
     for key in AWKWARD_KEYS {
         ok(store.remove_state(key).await, "remove");
@@ -267,7 +316,9 @@ pub async fn key_limits(ctx: Context) {
 
 /// A value over the limit gives `ValueTooLarge` and writes nothing; the old value stays.
 pub async fn value_limit(ctx: Context) {
-    let store = ctx.store_with(StoreConfig::default().with_max_value_len(1000)).await;
+    let store = ctx
+        .store_with(StoreConfig::default().with_max_value_len(1000))
+        .await;
     write(&store, "v", json!("small")).await;
     let big = json!("x".repeat(2000));
     let err = expect_err(store.set_state("v", &big).await, "oversized set");
@@ -276,7 +327,10 @@ pub async fn value_limit(ctx: Context) {
         "{}",
         report(&err)
     );
-    assert!(!err.to_string().contains("xxxx"), "error messages never carry values");
+    assert!(
+        !err.to_string().contains("xxxx"),
+        "error messages never carry values"
+    );
     assert_eq!(read(&store, "v").await, Some(json!("small")));
     let fits = json!("y".repeat(998));
     write(&store, "v", fits.clone()).await;
@@ -291,11 +345,17 @@ pub async fn create_conflicts(ctx: Context) {
     if !declared_or_unsupported(store.capabilities().conditional, result, "create") {
         return;
     }
-    let err = expect_err(store.set_with("c", &json!(2), create.clone()).await, "second create");
+    let err = expect_err(
+        store.set_with("c", &json!(2), create.clone()).await,
+        "second create",
+    );
     assert!(err.is_conflict(), "{}", report(&err));
     assert_eq!(read(&store, "c").await, Some(json!(1)));
     ok(store.remove_state("c").await, "remove");
-    ok(store.set_with("c", &json!(3), create).await, "create after remove");
+    ok(
+        store.set_with("c", &json!(3), create).await,
+        "create after remove",
+    );
     assert_eq!(read(&store, "c").await, Some(json!(3)));
 }
 
@@ -303,23 +363,38 @@ pub async fn create_conflicts(ctx: Context) {
 /// `Conflict` and writes nothing.
 pub async fn update_checks_version(ctx: Context) {
     let store = ctx.store().await;
-    let v1 = ok(store.set_with("u", &json!("one"), SetOptions::new()).await, "set");
+    let v1 = ok(
+        store.set_with("u", &json!("one"), SetOptions::new()).await,
+        "set",
+    );
     let result = store
-        .set_with("u", &json!("two"), SetOptions::new().mode(SetMode::Update(v1.clone())))
+        .set_with(
+            "u",
+            &json!("two"),
+            SetOptions::new().mode(SetMode::Update(v1.clone())),
+        )
         .await;
     if !declared_or_unsupported(store.capabilities().conditional, result, "update") {
         return;
     }
     assert_eq!(read(&store, "u").await, Some(json!("two")));
     let stale = SetOptions::new().mode(SetMode::Update(v1));
-    let err = expect_err(store.set_with("u", &json!("three"), stale.clone()).await, "stale");
+    let err = expect_err(
+        store.set_with("u", &json!("three"), stale.clone()).await,
+        "stale",
+    );
     assert!(err.is_conflict(), "{}", report(&err));
     assert_eq!(read(&store, "u").await, Some(json!("two")));
 
-    let current = ok(store.get_entry("u").await, "get_entry").expect("written").version;
+    let current = ok(store.get_entry("u").await, "get_entry")
+        .expect("written")
+        .version;
     ok(store.remove_state("u").await, "remove");
     let gone = SetOptions::new().mode(SetMode::Update(current));
-    let err = expect_err(store.set_with("u", &json!("four"), gone).await, "update removed");
+    let err = expect_err(
+        store.set_with("u", &json!("four"), gone).await,
+        "update removed",
+    );
     assert!(err.is_conflict(), "{}", report(&err));
     assert_eq!(read(&store, "u").await, None);
 }
@@ -333,7 +408,11 @@ pub async fn update_after_plain_set(ctx: Context) {
     };
     assert_eq!(entry.value, json!({"n": 1}));
     let result = store
-        .set_with("p", &json!({"n": 2}), SetOptions::new().mode(SetMode::Update(entry.version)))
+        .set_with(
+            "p",
+            &json!({"n": 2}),
+            SetOptions::new().mode(SetMode::Update(entry.version)),
+        )
         .await;
     if declared_or_unsupported(store.capabilities().conditional, result, "update") {
         assert_eq!(read(&store, "p").await, Some(json!({"n": 2})));
@@ -343,8 +422,14 @@ pub async fn update_after_plain_set(ctx: Context) {
 /// `remove_if` removes only at the expected version; otherwise `Conflict`, value kept.
 pub async fn conditional_remove(ctx: Context) {
     let store = ctx.store().await;
-    let v1 = ok(store.set_with("r", &json!(1), SetOptions::new()).await, "set");
-    let v2 = ok(store.set_with("r", &json!(2), SetOptions::new()).await, "set");
+    let v1 = ok(
+        store.set_with("r", &json!(1), SetOptions::new()).await,
+        "set",
+    );
+    let v2 = ok(
+        store.set_with("r", &json!(2), SetOptions::new()).await,
+        "set",
+    );
     let stale = store.remove_if("r", &v1).await;
     if !declared_or_unsupported(store.capabilities().conditional, stale, "remove_if") {
         return;
@@ -404,7 +489,11 @@ pub async fn increment_semantics(ctx: Context) {
     for name in ["s", "f", "o", "max"] {
         let before = read(&store, name).await;
         let err = expect_err(store.increment(name, 1, None).await, "bad increment");
-        assert!(matches!(err, Error::NotAnInteger { .. }), "{name}: {}", report(&err));
+        assert!(
+            matches!(err, Error::NotAnInteger { .. }),
+            "{name}: {}",
+            report(&err)
+        );
         assert_eq!(read(&store, name).await, before, "{name} changed");
     }
 }
@@ -418,7 +507,10 @@ pub async fn ttl_expires(ctx: Context) {
         return;
     }
     let long = SetOptions::new().ttl(Duration::from_secs(3600));
-    ok(store.set_with("long", &json!("stays"), long).await, "set long TTL");
+    ok(
+        store.set_with("long", &json!("stays"), long).await,
+        "set long TTL",
+    );
     assert_eq!(read(&store, "long").await, Some(json!("stays")));
     wait_until_missing(&store, "t").await;
     assert_eq!(read(&store, "long").await, Some(json!("stays")));
@@ -447,7 +539,9 @@ pub async fn plain_set_clears_ttl(ctx: Context) {
 pub async fn increment_ttl_on_create_only(ctx: Context) {
     let store = ctx.store().await;
     let caps = store.capabilities().clone();
-    let result = store.increment("window", 1, Some(Duration::from_secs(1))).await;
+    let result = store
+        .increment("window", 1, Some(Duration::from_secs(1)))
+        .await;
     if !caps.increment {
         declared_or_unsupported(false, result, "increment");
         return;
@@ -457,8 +551,16 @@ pub async fn increment_ttl_on_create_only(ctx: Context) {
     }
     ok(store.increment("forever", 1, None).await, "increment");
     let later = Some(Duration::from_secs(3600));
-    assert_eq!(ok(store.increment("window", 1, later).await, "increment"), 2);
-    ok(store.increment("forever", 1, Some(Duration::from_secs(1))).await, "increment");
+    assert_eq!(
+        ok(store.increment("window", 1, later).await, "increment"),
+        2
+    );
+    ok(
+        store
+            .increment("forever", 1, Some(Duration::from_secs(1)))
+            .await,
+        "increment",
+    );
     // The window keeps its 1 s deadline despite the later 1 h TTL.
     wait_until_missing(&store, "window").await;
     // Once the window is gone the counter starts over.
@@ -466,7 +568,11 @@ pub async fn increment_ttl_on_create_only(ctx: Context) {
     // The counter created without a TTL did not get one; give a marker time to prove it.
     ok(
         store
-            .set_with("marker", &json!(0), SetOptions::new().ttl(Duration::from_secs(1)))
+            .set_with(
+                "marker",
+                &json!(0),
+                SetOptions::new().ttl(Duration::from_secs(1)),
+            )
             .await,
         "set marker",
     );
@@ -481,15 +587,25 @@ struct Tally {
 
 /// `update::<T>` under 8 concurrent writers on 2 handles loses no update.
 pub async fn update_loses_nothing(ctx: Context) {
-    let store = ctx.store_with(StoreConfig::default().with_update_retries(10_000)).await;
-    let first = store.update("tally", |old: Option<Tally>| old.unwrap_or_default()).await;
+    let store = ctx
+        .store_with(StoreConfig::default().with_update_retries(10_000))
+        .await;
+    let first = store
+        .update("tally", |old: Option<Tally>| old.unwrap_or_default())
+        .await;
     if !declared_or_unsupported(store.capabilities().conditional, first, "update") {
         return;
     }
-    let other = ctx.store_with(StoreConfig::default().with_update_retries(10_000)).await;
+    let other = ctx
+        .store_with(StoreConfig::default().with_update_retries(10_000))
+        .await;
     let mut tasks = Vec::new();
     for writer in 0..8u32 {
-        let store = if writer % 2 == 0 { store.clone() } else { other.clone() };
+        let store = if writer % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
                 let n = writer * 100 + i;
@@ -543,20 +659,36 @@ pub async fn capabilities_are_truthful(ctx: Context) {
     let store = ctx.store().await;
     let caps = store.capabilities().clone();
     let ttl = store
-        .set_with("cap-ttl", &json!(1), SetOptions::new().ttl(Duration::from_secs(60)))
+        .set_with(
+            "cap-ttl",
+            &json!(1),
+            SetOptions::new().ttl(Duration::from_secs(60)),
+        )
         .await;
     if declared_or_unsupported(caps.ttl, ttl, "TTL") {
         assert_eq!(read(&store, "cap-ttl").await, Some(json!(1)));
     } else {
-        assert_eq!(read(&store, "cap-ttl").await, None, "a refused TTL write wrote");
+        assert_eq!(
+            read(&store, "cap-ttl").await,
+            None,
+            "a refused TTL write wrote"
+        );
     }
     let create = store
-        .set_with("cap-create", &json!(1), SetOptions::new().mode(SetMode::Create))
+        .set_with(
+            "cap-create",
+            &json!(1),
+            SetOptions::new().mode(SetMode::Create),
+        )
         .await;
     if declared_or_unsupported(caps.conditional, create, "Create") {
         assert_eq!(read(&store, "cap-create").await, Some(json!(1)));
     } else {
-        assert_eq!(read(&store, "cap-create").await, None, "a refused Create wrote");
+        assert_eq!(
+            read(&store, "cap-create").await,
+            None,
+            "a refused Create wrote"
+        );
     }
     let incr = store.increment("cap-incr", 3, None).await;
     if declared_or_unsupported(caps.increment, incr, "increment") {
@@ -579,8 +711,12 @@ pub async fn handles_share_state(ctx: Context) {
 
 /// Handles with different prefixes do not see each other's names.
 pub async fn prefixes_isolate(ctx: Context) {
-    let a = ctx.store_with(StoreConfig::default().with_prefix("svc-a:")).await;
-    let b = ctx.store_with(StoreConfig::default().with_prefix("svc-b:")).await;
+    let a = ctx
+        .store_with(StoreConfig::default().with_prefix("svc-a:"))
+        .await;
+    let b = ctx
+        .store_with(StoreConfig::default().with_prefix("svc-b:"))
+        .await;
     write(&a, "name", json!("a")).await;
     write(&b, "name", json!("b")).await;
     assert_eq!(read(&a, "name").await, Some(json!("a")));
@@ -604,7 +740,10 @@ pub async fn destroy_then_fail(ctx: Context) {
         expect_err(clone.get_state(&["before"]).await, "get after destroy"),
         expect_err(clone.set_state("x", &json!(1)).await, "set after destroy"),
         expect_err(clone.remove_state("before").await, "remove after destroy"),
-        expect_err(clone.increment("n", 1, None).await, "increment after destroy"),
+        expect_err(
+            clone.increment("n", 1, None).await,
+            "increment after destroy",
+        ),
     ];
     for err in errors {
         assert!(

@@ -95,7 +95,8 @@ impl Context {
 
     /// Destroys every handle this context opened.
     pub async fn close(&self) {
-        let opened = std::mem::take(&mut *self.opened.lock().unwrap_or_else(PoisonError::into_inner));
+        let opened =
+            std::mem::take(&mut *self.opened.lock().unwrap_or_else(PoisonError::into_inner));
         for store in opened {
             let _ = store.destroy().await;
         }

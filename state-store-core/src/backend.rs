@@ -55,7 +55,11 @@ pub struct Entry {
 impl Entry {
     /// An entry without a known TTL.
     pub fn new(value: Vec<u8>, version: Version) -> Self {
-        Entry { value, version, expires_in: None }
+        Entry {
+            value,
+            version,
+            expires_in: None,
+        }
     }
 }
 
@@ -322,20 +326,31 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
     for attempt in 0..CAS_RETRIES {
         let current = backend.get_many(&keys).await?.pop().flatten();
         let (next, options) = match current {
-            None => (delta, SetOptions { mode: SetMode::Create, ttl }),
+            None => (
+                delta,
+                SetOptions {
+                    mode: SetMode::Create,
+                    ttl,
+                },
+            ),
             Some(entry) => {
                 let old = parse_counter(key, &entry.value)?;
-                let next = old
-                    .checked_add(delta)
-                    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })?;
+                let next = old.checked_add(delta).ok_or_else(|| Error::NotAnInteger {
+                    key: key.to_owned(),
+                })?;
                 let options = SetOptions {
                     mode: SetMode::Update(entry.version),
-                    ttl: entry.expires_in.map(|left| left.max(Duration::from_millis(1))),
+                    ttl: entry
+                        .expires_in
+                        .map(|left| left.max(Duration::from_millis(1))),
                 };
                 (next, options)
             }
         };
-        match backend.set(key, next.to_string().into_bytes(), &options).await {
+        match backend
+            .set(key, next.to_string().into_bytes(), &options)
+            .await
+        {
             Ok(_) => return Ok(next),
             Err(Error::Conflict { .. }) => {
                 if attempt % 8 == 7 {
@@ -345,7 +360,9 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
             Err(other) => return Err(other),
         }
     }
-    Err(Error::Conflict { key: key.to_owned() })
+    Err(Error::Conflict {
+        key: key.to_owned(),
+    })
 }
 
 /// Parses a stored counter: JSON text that is an integer within `i64`.
@@ -358,7 +375,9 @@ pub fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
         Ok(serde_json::Value::Number(n)) => n.as_i64(),
         _ => None,
     }
-    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })
+    .ok_or_else(|| Error::NotAnInteger {
+        key: key.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -369,7 +388,14 @@ mod tests {
     fn counters_parse_only_integers() {
         assert_eq!(parse_counter("k", b"42").ok(), Some(42));
         assert_eq!(parse_counter("k", b" -7 ").ok(), Some(-7));
-        for bad in [&b"1.5"[..], b"\"1\"", b"{}", b"null", b"18446744073709551615", b"x"] {
+        for bad in [
+            &b"1.5"[..],
+            b"\"1\"",
+            b"{}",
+            b"null",
+            b"18446744073709551615",
+            b"x",
+        ] {
             assert!(matches!(
                 parse_counter("k", bad),
                 Err(Error::NotAnInteger { .. })

@@ -218,18 +218,18 @@ impl Error {
         }
     }
 
-    pub(crate) fn decode(key: &str, target: &'static str, source: serde_json::Error) -> Self {
+    pub(crate) fn decode(key: &str, target: &'static str, source: &serde_json::Error) -> Self {
         Error::Decode {
             key: shorten(key),
             target,
-            source: JsonError::redacted(&source),
+            source: JsonError::redacted(source),
         }
     }
 
-    pub(crate) fn serialization(key: &str, source: serde_json::Error) -> Self {
+    pub(crate) fn serialization(key: &str, source: &serde_json::Error) -> Self {
         Error::Serialization {
             key: shorten(key),
-            source: JsonError::redacted(&source),
+            source: JsonError::redacted(source),
         }
     }
 }
@@ -346,7 +346,10 @@ mod tests {
             msg(Operation::Get),
             "get state from store is disabled by config"
         );
-        assert_eq!(msg(Operation::Set), "set state at store is disabled by config");
+        assert_eq!(
+            msg(Operation::Set),
+            "set state at store is disabled by config"
+        );
         assert_eq!(
             msg(Operation::Remove),
             "remove state from store is disabled by config"

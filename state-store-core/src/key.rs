@@ -49,9 +49,18 @@ mod tests {
 
     #[test]
     fn empty_and_long_names_are_refused() {
-        assert!(matches!(full_key("", "", 10, 20), Err(Error::InvalidKey { .. })));
-        assert!(matches!(full_key("", "abcdefghijk", 10, 20), Err(Error::InvalidKey { .. })));
-        assert!(matches!(full_key("0123456789", "abcdefghijk", 20, 20), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            full_key("", "", 10, 20),
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            full_key("", "abcdefghijk", 10, 20),
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            full_key("0123456789", "abcdefghijk", 20, 20),
+            Err(Error::InvalidKey { .. })
+        ));
         assert!(full_key("", "abcdefghij", 10, 10).is_ok());
     }
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::backend::{
-    parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions, Version,
-};
+use crate::backend::{parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions, Version};
 use crate::error::{Error, Result};
 
 /// How often the background sweep runs by default.
@@ -86,7 +84,14 @@ impl State {
         if let Some(at) = expires_at {
             self.deadlines.insert((at, version, key.to_owned()));
         }
-        self.slots.insert(key.to_owned(), Slot { value, version, expires_at });
+        self.slots.insert(
+            key.to_owned(),
+            Slot {
+                value,
+                version,
+                expires_at,
+            },
+        );
         version
     }
 
@@ -250,7 +255,9 @@ impl Backend for DefaultStateStore {
             (SetMode::Update(_), None) => false,
         };
         if !allowed {
-            return Err(Error::Conflict { key: key.to_owned() });
+            return Err(Error::Conflict {
+                key: key.to_owned(),
+            });
         }
         Ok(version(state.write(key, value, deadline(now, options.ttl))))
     }
@@ -261,7 +268,9 @@ impl Backend for DefaultStateStore {
         match (expected, current) {
             (_, None) => Ok(false),
             (Some(expected), Some(current)) if expected.as_str() != current.to_string() => {
-                Err(Error::Conflict { key: key.to_owned() })
+                Err(Error::Conflict {
+                    key: key.to_owned(),
+                })
             }
             _ => Ok(state.remove(key).is_some()),
         }
@@ -275,7 +284,9 @@ impl Backend for DefaultStateStore {
             Some(slot) => {
                 let next = parse_counter(key, &slot.value)?
                     .checked_add(delta)
-                    .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })?;
+                    .ok_or_else(|| Error::NotAnInteger {
+                        key: key.to_owned(),
+                    })?;
                 (next, slot.expires_at)
             }
         };
@@ -304,7 +315,10 @@ mod tests {
         for i in 0..5 {
             store.set(&format!("k{i}"), b"1".to_vec(), &ttl).await.ok();
         }
-        store.set("keep", b"1".to_vec(), &SetOptions::new()).await.ok();
+        store
+            .set("keep", b"1".to_vec(), &SetOptions::new())
+            .await
+            .ok();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.sweep_expired(3), 3);
         assert_eq!(store.sweep_expired(100), 2);
@@ -329,7 +343,11 @@ mod tests {
     async fn rewriting_a_key_drops_its_old_deadline() {
         let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
         store
-            .set("k", b"1".to_vec(), &SetOptions::new().ttl(Duration::from_millis(1)))
+            .set(
+                "k",
+                b"1".to_vec(),
+                &SetOptions::new().ttl(Duration::from_millis(1)),
+            )
             .await
             .ok();
         store.set("k", b"2".to_vec(), &SetOptions::new()).await.ok();

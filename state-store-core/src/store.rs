@@ -275,7 +275,9 @@ impl StateStore {
             .await?
         {
             true => Ok(()),
-            false => Err(Error::Conflict { key: name.to_owned() }),
+            false => Err(Error::Conflict {
+                key: name.to_owned(),
+            }),
         }
     }
 
@@ -382,7 +384,9 @@ impl StateStore {
     fn check_ttl(&self, name: &str, ttl: Option<Duration>) -> Result<()> {
         match ttl {
             None => Ok(()),
-            Some(ttl) if ttl.is_zero() => Err(Error::InvalidTtl { key: name.to_owned() }),
+            Some(ttl) if ttl.is_zero() => Err(Error::InvalidTtl {
+                key: name.to_owned(),
+            }),
             Some(_) => self.require(self.inner.capabilities.ttl, "atomic expiry"),
         }
     }
@@ -395,7 +399,7 @@ impl StateStore {
     }
 
     pub(crate) fn encode<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(value).map_err(|e| Error::serialization(name, e))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::serialization(name, &e))?;
         let limit = self
             .inner
             .config
@@ -466,5 +470,5 @@ impl StateStore {
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::decode(name, std::any::type_name::<T>(), e))
+    serde_json::from_slice(bytes).map_err(|e| Error::decode(name, std::any::type_name::<T>(), &e))
 }

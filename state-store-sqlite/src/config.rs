@@ -76,7 +76,11 @@ impl SqliteConfig {
                         .map_err(|_| Error::config(format!("bad busy_timeout_ms: {ms:?}")))?;
                     config.busy_timeout = Duration::from_millis(ms);
                 }
-                _ => return Err(Error::config(format!("unknown sqlite URL parameter {pair:?}"))),
+                _ => {
+                    return Err(Error::config(format!(
+                        "unknown sqlite URL parameter {pair:?}"
+                    )))
+                }
             }
         }
         Ok(config)
@@ -84,7 +88,8 @@ impl SqliteConfig {
 
     /// Reads `STATE_STORE_SQLITE_PATH`, defaulting to `./state.db`.
     pub fn from_env() -> Self {
-        let path = std::env::var_os("STATE_STORE_SQLITE_PATH").unwrap_or_else(|| "./state.db".into());
+        let path =
+            std::env::var_os("STATE_STORE_SQLITE_PATH").unwrap_or_else(|| "./state.db".into());
         SqliteConfig::new(PathBuf::from(path))
     }
 

@@ -9,9 +9,7 @@ pub(crate) const STORE: &str = "sqlite";
 /// file that is not a database, or cannot be opened, is `Config`; the rest is `Backend`.
 pub(crate) fn map(err: rusqlite::Error) -> Error {
     match err.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            Error::unavailable(STORE, err)
-        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::unavailable(STORE, err),
         Some(ErrorCode::NotADatabase) => {
             Error::config_with("the file is not a SQLite database (left untouched)", err)
         }

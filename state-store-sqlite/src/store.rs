@@ -152,9 +152,8 @@ fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::config_with(format!("cannot open {}", path.display()), e)
-    })?;
+    let mut conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::config_with(format!("cannot open {}", path.display()), e))?;
     conn.busy_timeout(config.busy_timeout).map_err(map)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Read-only checks first, so a foreign or newer file is refused before anything is written.
@@ -379,12 +378,21 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
                  WHERE key = ?1 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)",
             )
             .and_then(|mut s| {
-                s.execute(params![key, value, next, expires_at, expected_version(expected), now])
+                s.execute(params![
+                    key,
+                    value,
+                    next,
+                    expires_at,
+                    expected_version(expected),
+                    now
+                ])
             }),
     }
     .map_err(map)?;
     if written == 0 {
-        return Err(Error::Conflict { key: key.to_owned() });
+        return Err(Error::Conflict {
+            key: key.to_owned(),
+        });
     }
     Ok(version(next))
 }
@@ -440,7 +448,9 @@ fn increment(conn: &Connection, key: &str, delta: i64, ttl: Option<Duration>) ->
             .optional()
         })
         .map_err(map)?;
-    value.ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })
+    value.ok_or_else(|| Error::NotAnInteger {
+        key: key.to_owned(),
+    })
 }
 
 #[async_trait]
@@ -455,25 +465,29 @@ impl Backend for SqliteStateStore {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let keys = keys.to_vec();
-        self.call(move |conn| get_many(conn, &keys).map_err(map)).await
+        self.call(move |conn| get_many(conn, &keys).map_err(map))
+            .await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         let key = key.to_owned();
         let value = text(value)?;
         let options = options.clone();
-        self.call(move |conn| set(conn, &key, &value, &options)).await
+        self.call(move |conn| set(conn, &key, &value, &options))
+            .await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
         let key = key.to_owned();
         let expected = expected.cloned();
-        self.call(move |conn| remove(conn, &key, expected.as_ref())).await
+        self.call(move |conn| remove(conn, &key, expected.as_ref()))
+            .await
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         let key = key.to_owned();
-        self.call(move |conn| increment(conn, &key, delta, ttl)).await
+        self.call(move |conn| increment(conn, &key, delta, ttl))
+            .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -12,7 +12,8 @@ state_store_conformance::conformance_suite!({
     move |config: StoreConfig| {
         let dir = Arc::clone(&dir);
         async move {
-            let store = SqliteStateStore::open(SqliteConfig::new(dir.path().join("state.db"))).await?;
+            let store =
+                SqliteStateStore::open(SqliteConfig::new(dir.path().join("state.db"))).await?;
             Ok(store.into_store_with(config))
         }
     }

@@ -1,0 +1,115 @@
+//! Bad files and paths give typed errors and leave the file as it was.
+
+use std::time::Duration;
+
+use serde_json::json;
+use state_store_conformance::harness::TempDir;
+use state_store_core::Error;
+use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+
+#[tokio::test]
+async fn a_path_that_cannot_be_created_is_a_config_error() {
+    let dir = TempDir::new("sqlite-bad-path");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let err = SqliteStateStore::open(SqliteConfig::new(file.join("sub").join("state.db")))
+        .await
+        .expect_err("a file as parent directory");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&file).expect("read"), b"not a directory");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = TempDir::new("sqlite-not-db");
+    let path = dir.path().join("state.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &garbage).expect("write");
+    let err = SqliteStateStore::open(SqliteConfig::new(&path))
+        .await
+        .expect_err("garbage file");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&path).expect("read"), garbage);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_untouched() {
+    let dir = TempDir::new("sqlite-newer");
+    let path = dir.path().join("state.db");
+    let store = SqliteStateStore::connect(SqliteConfig::new(&path))
+        .await
+        .expect("open");
+    store.set_state("kept", &json!("value")).await.expect("set");
+    store.destroy().await.expect("destroy");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("raw open");
+        conn.execute(
+            "UPDATE state_store_meta SET value = 99 WHERE name = 'schema_version'",
+            [],
+        )
+        .expect("bump schema");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = SqliteStateStore::open(SqliteConfig::new(&path))
+        .await
+        .expect_err("newer schema");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("newer"), "{err}");
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let kept: String = conn
+        .query_row(
+            "SELECT value FROM state_store WHERE key = 'kept'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row kept");
+    assert_eq!(kept, "\"value\"");
+}
+
+#[tokio::test]
+async fn a_lock_held_past_the_busy_timeout_is_unavailable_and_loses_nothing() {
+    let dir = TempDir::new("sqlite-locked");
+    let path = dir.path().join("state.db");
+    let config = SqliteConfig::new(&path).busy_timeout(Duration::from_millis(200));
+    let store = SqliteStateStore::connect(config).await.expect("open");
+    store.set_state("k", &json!(1)).await.expect("set");
+
+    // Another "process" takes the write lock and keeps it.
+    let mut other = rusqlite::Connection::open(&path).expect("raw open");
+    let tx = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .expect("lock");
+    let err = store.set_state("k", &json!(2)).await.expect_err("locked");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(matches!(err, Error::Unavailable { .. }));
+    let err = store.increment("n", 1, None).await.expect_err("locked");
+    assert!(err.is_transient(), "{err:?}");
+    tx.rollback().expect("release");
+
+    assert_eq!(store.get::<i64>("k").await.expect("get"), Some(1));
+    store
+        .set_state("k", &json!(3))
+        .await
+        .expect("set after release");
+    assert_eq!(store.get::<i64>("k").await.expect("get"), Some(3));
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn durability_full_and_urls_work() {
+    let dir = TempDir::new("sqlite-url");
+    let url = format!(
+        "sqlite://{}?durability=full&busy_timeout_ms=100",
+        dir.path().join("state.db").display()
+    );
+    let store = SqliteStateStore::connect(SqliteConfig::from_url(&url).expect("url"))
+        .await
+        .expect("open");
+    store.set_state("k", &json!(true)).await.expect("set");
+    assert_eq!(store.get::<bool>("k").await.expect("get"), Some(true));
+    store.destroy().await.expect("destroy");
+    assert!(SqliteConfig::from_url("redis://x").is_err());
+    assert!(SqliteConfig::from_url("sqlite://x?nope=1").is_err());
+}
