@@ -203,3 +203,5 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
+
+pub mod redis;

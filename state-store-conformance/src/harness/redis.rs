@@ -1,0 +1,218 @@
+//! `redis-server` on loopback: shared per test binary, owned for fault tests, or a 3-master
+//! cluster.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::{find_binary, free_port, unavailable, wait_for_port, ServerProcess, TempDir};
+
+/// Env var with the URL of a Redis to use instead of spawning one.
+pub const REDIS_URL_VAR: &str = "STATE_STORE_TEST_REDIS_URL";
+/// Env var with the URL of a Redis Cluster to use instead of spawning one.
+pub const REDIS_CLUSTER_URL_VAR: &str = "STATE_STORE_TEST_REDIS_CLUSTER_URL";
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn redis_server() -> Result<PathBuf, String> {
+    find_binary("redis-server", "STATE_STORE_REDIS_SERVER_BIN", &[])
+        .ok_or_else(|| "redis-server not found on PATH (apt-get install redis-server)".to_owned())
+}
+
+/// A `redis-server` this test owns, on a free loopback port, with its own directory.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: Option<ServerProcess>,
+    port: u16,
+    args: Vec<String>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server; `extra` are more `redis-server` arguments (`["--requirepass", "x"]`).
+    ///
+    /// # Errors
+    ///
+    /// When the binary is missing or the server does not come up.
+    pub fn spawn(extra: &[&str]) -> Result<Self, String> {
+        Self::spawn_on(free_port(), extra)
+    }
+
+    fn spawn_on(port: u16, extra: &[&str]) -> Result<Self, String> {
+        let dir = TempDir::new("redis");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        let mut server = RedisServer {
+            process: None,
+            port,
+            args,
+            dir,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let log = self.dir.path().join("redis.log");
+        let process = ServerProcess::spawn(&redis_server()?, &self.args, &log)
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        if !wait_for_port(self.port, START_TIMEOUT) {
+            return Err(format!("redis-server did not start: {}", process.log()));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn crash(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.crash();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    ///
+    /// # Errors
+    ///
+    /// When it does not come up.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.crash();
+        self.start()
+    }
+}
+
+/// The URL of a Redis for this test binary: [`REDIS_URL_VAR`], else one `redis-server`
+/// spawned once and shared by every test in the binary. `None` (after a loud notice) when
+/// neither works; a panic instead under `STATE_STORE_REQUIRE_BACKENDS=1`.
+pub fn redis_url() -> Option<String> {
+    if let Ok(url) = std::env::var(REDIS_URL_VAR) {
+        return Some(url);
+    }
+    static SHARED: OnceLock<Result<RedisServer, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| RedisServer::spawn(&[])) {
+        Ok(server) => Some(server.url()),
+        Err(why) => unavailable("redis", why),
+    }
+}
+
+/// Three `redis-server --cluster-enabled yes` masters joined with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts and joins the cluster, waiting for `cluster_state:ok`.
+    ///
+    /// # Errors
+    ///
+    /// When a binary is missing or the cluster does not form.
+    pub fn spawn() -> Result<Self, String> {
+        let cli = find_binary("redis-cli", "STATE_STORE_REDIS_CLI_BIN", &[])
+            .ok_or("redis-cli not found on PATH (apt-get install redis-tools)")?;
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = cluster_port();
+            let conf = format!("nodes-{port}.conf");
+            nodes.push(RedisServer::spawn_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !created.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            ));
+        }
+        let started = Instant::now();
+        loop {
+            let ready = nodes.iter().all(|node| {
+                Command::new(&cli)
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ready {
+                return Ok(RedisCluster { nodes });
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err("the Redis cluster did not reach cluster_state:ok".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=…`.
+    pub fn url(&self) -> String {
+        let mut ports = self.nodes.iter().map(|n| n.port);
+        let first = ports.next().unwrap_or_default();
+        let rest: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
+    }
+}
+
+/// A free port whose cluster bus port (port + 10000) is valid and free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The URL of a Redis Cluster for this test binary: [`REDIS_CLUSTER_URL_VAR`], else a spawned
+/// 3-master cluster shared by the binary's tests; `None` or a panic as [`redis_url`].
+pub fn redis_cluster_url() -> Option<String> {
+    if let Ok(url) = std::env::var(REDIS_CLUSTER_URL_VAR) {
+        return Some(url);
+    }
+    static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+    match SHARED.get_or_init(RedisCluster::spawn) {
+        Ok(cluster) => Some(cluster.url()),
+        Err(why) => unavailable("redis cluster", why),
+    }
+}

@@ -1,0 +1,133 @@
+//! How to connect: a URL, the environment, or a ready fred client.
+
+use std::fmt;
+use std::time::Duration;
+
+use fred::types::config::{Config, ServerConfig};
+use state_store_core::{Error, Result};
+
+use crate::error::map;
+
+/// Settings of a [`RedisStateStore`](crate::RedisStateStore) built by this crate.
+///
+/// ```
+/// use std::time::Duration;
+/// use state_store_redis::RedisConfig;
+///
+/// let config = RedisConfig::from_url("redis://user:s3cret@127.0.0.1:6379/0")?
+///     .command_timeout(Duration::from_secs(2));
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), state_store_core::Error>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    pub(crate) fred: Config,
+    pub(crate) command_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) reconnect_max_attempts: u32,
+    pub(crate) reconnect_max_delay: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = match &self.fred.server {
+            ServerConfig::Centralized { server } => vec![server.to_string()],
+            ServerConfig::Clustered { hosts, .. } => hosts.iter().map(ToString::to_string).collect(),
+            _ => vec!["(other)".to_owned()],
+        };
+        f.debug_struct("RedisConfig")
+            .field("servers", &servers)
+            .field("cluster", &self.fred.server.is_clustered())
+            .field("username", &self.fred.username)
+            .field("password", &self.fred.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.fred.database)
+            .field("tls", &self.tls())
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_max_attempts", &self.reconnect_max_attempts)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// Parses a Redis URL: `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS, with
+    /// the `rustls` feature), or `redis-cluster://host:port?node=host2:port2` (cluster).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a URL fred cannot parse (the URL is not repeated: it may hold a
+    /// password).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let fred = Config::from_url(url).map_err(map)?;
+        Ok(RedisConfig {
+            fred,
+            command_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_max_attempts: 0,
+            reconnect_max_delay: Duration::from_secs(2),
+        })
+    }
+
+    /// Reads `REDIS_URL`, defaulting to `redis://127.0.0.1:6379`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisConfig::from_url`].
+    pub fn from_env() -> Result<Self> {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        Self::from_url(&url)
+    }
+
+    /// Sets the ACL user and password (overriding the URL's).
+    pub fn credentials(mut self, username: Option<String>, password: Option<String>) -> Self {
+        self.fred.username = username;
+        self.fred.password = password;
+        self
+    }
+
+    /// How long a command may take, including waiting for a reconnect, before it fails with
+    /// `Unavailable` (default 5 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Reconnect policy after a lost connection: at most `max_attempts` tries (0 = forever, the
+    /// default), backing off exponentially up to `max_delay` (default 2 s).
+    pub fn reconnect(mut self, max_attempts: u32, max_delay: Duration) -> Self {
+        self.reconnect_max_attempts = max_attempts;
+        self.reconnect_max_delay = max_delay;
+        self
+    }
+
+    /// True for a cluster URL.
+    pub fn is_cluster(&self) -> bool {
+        self.fred.server.is_clustered()
+    }
+
+    fn tls(&self) -> bool {
+        #[cfg(feature = "rustls")]
+        {
+            self.fred.tls.is_some()
+        }
+        #[cfg(not(feature = "rustls"))]
+        {
+            false
+        }
+    }
+
+    /// Checks what this build can do.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::config("Redis timeouts must be positive"));
+        }
+        Ok(())
+    }
+}

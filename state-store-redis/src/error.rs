@@ -1,0 +1,61 @@
+//! The one mapping from fred errors into the core [`Error`].
+
+use fred::error::{Error as FredError, ErrorKind};
+use state_store_core::Error;
+
+pub(crate) const STORE: &str = "redis";
+
+/// Maps a command failure. Lost connections and timeouts are `Unavailable` (transient); a
+/// refused login is `Config`; everything else is `Backend`. The fred error stays the source.
+pub(crate) fn map(err: FredError) -> Error {
+    match err.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing => Error::unavailable(STORE, err),
+        ErrorKind::Auth => Error::config_with("Redis refused the credentials", err),
+        ErrorKind::Config | ErrorKind::Url => Error::config_with("invalid Redis configuration", err),
+        _ if is_auth_failure(&err) => Error::config_with("Redis refused the credentials", err),
+        _ => Error::backend(STORE, err),
+    }
+}
+
+fn is_auth_failure(err: &FredError) -> bool {
+    let details = err.details();
+    details.contains("WRONGPASS") || details.contains("NOAUTH") || details.contains("invalid password")
+}
+
+/// Redis reports a non-integer or overflowing `INCRBY` as a plain error reply.
+pub(crate) fn is_not_an_integer(err: &FredError) -> bool {
+    let details = err.details();
+    details.contains("not an integer") || details.contains("overflow")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_the_right_variants() {
+        assert!(map(FredError::new(ErrorKind::IO, "reset")).is_transient());
+        assert!(map(FredError::new(ErrorKind::Timeout, "slow")).is_transient());
+        assert!(matches!(
+            map(FredError::new(ErrorKind::Auth, "WRONGPASS")),
+            Error::Config { .. }
+        ));
+        assert!(matches!(
+            map(FredError::new(ErrorKind::Unknown, "WRONGPASS invalid username-password pair")),
+            Error::Config { .. }
+        ));
+        assert!(matches!(
+            map(FredError::new(ErrorKind::Unknown, "WRONGTYPE")),
+            Error::Backend { .. }
+        ));
+        assert!(is_not_an_integer(&FredError::new(
+            ErrorKind::Unknown,
+            "ERR value is not an integer or out of range"
+        )));
+    }
+}

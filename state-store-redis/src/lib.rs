@@ -1,0 +1,31 @@
+//! `RedisStateStore`: state in Redis over [fred](https://docs.rs/fred), wire-compatible with
+//! PURISTA's `@purista/redis-state-store`.
+//!
+//! ```no_run
+//! use state_store_redis::{RedisConfig, RedisStateStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), state_store_core::Error> {
+//! let store = RedisStateStore::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?)
+//!     .await?
+//!     .into_store();
+//! let hits = store.increment("rate:ada", 1, Some(std::time::Duration::from_secs(60))).await?;
+//! println!("{hits} requests this minute");
+//! store.destroy().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Build from a URL or `REDIS_URL` with [`RedisConfig`], or wrap your own fred client with
+//! [`RedisStateStore::from_client`]. Standalone and cluster (`redis-cluster://`) both pass the
+//! conformance suite; TLS (`rediss://`) needs the `rustls` feature.
+
+mod config;
+mod error;
+mod store;
+
+pub use config::RedisConfig;
+pub use store::RedisStateStore;
+
+/// Re-exported so your fred version matches ours.
+pub use fred;

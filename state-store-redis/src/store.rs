@@ -1,0 +1,329 @@
+//! `RedisStateStore`: the backend over a fred client.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::ReconnectPolicy;
+use fred::types::scripts::Script;
+use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
+use futures_util::future::try_join_all;
+use state_store_core::{
+    Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore, StoreConfig,
+    Version,
+};
+
+use crate::config::RedisConfig;
+use crate::error::{is_not_an_integer, map, STORE};
+
+/// `Update(version)`: write only if the digest of the current value is the expected version.
+static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local cur = redis.call('GET', KEYS[1])
+if not cur or redis.sha1hex(cur) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
+return 1",
+    )
+});
+
+/// Conditional remove: 1 removed, 0 missing, -1 changed.
+static REMOVE_IF: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if redis.sha1hex(cur) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+return 1",
+    )
+});
+
+/// `INCRBY` whose TTL applies only when it creates the counter, atomically.
+static INCREMENT_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local existed = redis.call('EXISTS', KEYS[1])
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if existed == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v",
+    )
+});
+
+/// The Redis state store.
+///
+/// # Wire format (shared with PURISTA)
+///
+/// The Redis key is the state name (after the handle's optional prefix) and the value is the
+/// JSON text as a plain Redis string — exactly what `@purista/redis-state-store` writes with
+/// `SET name JSON.stringify(value)`. A PURISTA service and a Rust service read each other's
+/// state in one Redis, and a value another client wrote with a plain `SET` is a valid base for
+/// compare-and-set.
+///
+/// That is why a [`Version`] here is the SHA-1 of the stored value (what Lua's
+/// `redis.sha1hex` computes server-side), not a counter in a side key another client would not
+/// maintain: rewriting the identical value keeps the version, any change gives a new one.
+///
+/// # Operations
+///
+/// One round trip each: `get_state` of N names is one `MGET` (in a cluster one `MGET` per hash
+/// slot, sent concurrently, answers in request order); a write is `SET` (`PX` for a TTL,
+/// `NX` for `Create`); `Update` and conditional remove are one Lua script each; `increment` is
+/// `INCRBY`, or a script making the TTL-on-create atomic with it.
+///
+/// A client built by this crate does not resend a command after a lost connection (fred's
+/// default is to retry up to three times, which could apply an `INCRBY` twice): the call fails
+/// with [`Error::Unavailable`] and the outcome is unknown, as with any network store.
+///
+/// # Example
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_redis::{RedisConfig, RedisStateStore};
+///
+/// let store = RedisStateStore::connect(RedisConfig::from_env()?).await?.into_store();
+/// store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RedisStateStore {
+    client: Client,
+    clustered: bool,
+    closed: AtomicBool,
+}
+
+impl RedisStateStore {
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for refused credentials or settings; [`Error::Unavailable`] when no
+    /// server answers within the connect timeout.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let mut builder = Builder::from_config(config.fred.clone());
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = config.connect_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(
+                config.reconnect_max_attempts,
+                50,
+                u32::try_from(config.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX),
+                2,
+            ));
+        let client = builder.build().map_err(map)?;
+        let connected = tokio::time::timeout(config.connect_timeout, client.init()).await;
+        match connected {
+            Ok(Ok(_)) => Ok(Self::from_client(client)),
+            Ok(Err(err)) => {
+                let _ = client.quit().await;
+                Err(map(err))
+            }
+            Err(elapsed) => {
+                let _ = client.quit().await;
+                Err(Error::unavailable(STORE, elapsed))
+            }
+        }
+    }
+
+    /// Wraps a ready, connected fred client (standalone or cluster). Its own timeout and retry
+    /// settings apply; see the type docs about command retries.
+    pub fn from_client(client: Client) -> Self {
+        let clustered = client.is_clustered();
+        RedisStateStore {
+            client,
+            clustered,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The fred client, for commands this crate does not offer.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A [`StateStore`] handle with the default config.
+    pub fn into_store(self) -> StateStore {
+        StateStore::new(self)
+    }
+
+    /// A [`StateStore`] handle with `config`.
+    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
+        StateStore::with_config(self, config)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                store: STORE.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn mget(&self, keys: Vec<&String>) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+        let values: Vec<Option<fred::bytes::Bytes>> = if keys.len() == 1 {
+            vec![self.client.get(keys[0]).await.map_err(map)?]
+        } else {
+            self.client.mget(keys).await.map_err(map)?
+        };
+        Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
+    }
+}
+
+/// The version of a stored value: its SHA-1, as `redis.sha1hex` computes it.
+pub(crate) fn digest(value: &[u8]) -> Version {
+    Version::new(sha1_smol::Sha1::from(value).digest().to_string())
+}
+
+/// Milliseconds for `PX`, rounded up so a sub-millisecond TTL still expires.
+fn px(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+fn text(value: &[u8]) -> Result<&str> {
+    std::str::from_utf8(value).map_err(|e| Error::backend(STORE, e))
+}
+
+#[async_trait]
+impl Backend for RedisStateStore {
+    fn name(&self) -> &str {
+        STORE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full().with_max_value_len(512 * 1024 * 1024)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        self.check_open()?;
+        let values = if self.clustered && keys.len() > 1 {
+            // MGET across hash slots fails with CROSSSLOT: one MGET per slot, concurrently.
+            let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                let slot = fred::util::redis_keyslot(key.as_bytes());
+                match groups.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((slot, vec![i])),
+                }
+            }
+            let answers = try_join_all(
+                groups
+                    .iter()
+                    .map(|(_, members)| self.mget(members.iter().map(|&i| &keys[i]).collect())),
+            )
+            .await?;
+            let mut values = vec![None; keys.len()];
+            for ((_, members), answer) in groups.iter().zip(answers) {
+                for (&i, value) in members.iter().zip(answer) {
+                    values[i] = value;
+                }
+            }
+            values
+        } else {
+            self.mget(keys.iter().collect()).await?
+        };
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                v.map(|value| {
+                    let version = digest(&value);
+                    Entry::new(value, version)
+                })
+            })
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        self.check_open()?;
+        let version = digest(&value);
+        let value = text(&value)?;
+        let expire = options.ttl.map(|ttl| Expiration::PX(px(ttl)));
+        match &options.mode {
+            SetMode::Upsert => {
+                self.client
+                    .set::<(), _, _>(key, value, expire, None, false)
+                    .await
+                    .map_err(map)?;
+            }
+            SetMode::Create => {
+                let written: Option<String> = self
+                    .client
+                    .set(key, value, expire, Some(FredSetOptions::NX), false)
+                    .await
+                    .map_err(map)?;
+                if written.is_none() {
+                    return Err(Error::Conflict { key: key.to_owned() });
+                }
+            }
+            SetMode::Update(expected) => {
+                let ttl = options.ttl.map(|t| px(t).to_string()).unwrap_or_default();
+                let written: i64 = UPDATE
+                    .evalsha_with_reload(&self.client, key, vec![value, expected.as_str(), &ttl])
+                    .await
+                    .map_err(map)?;
+                if written == 0 {
+                    return Err(Error::Conflict { key: key.to_owned() });
+                }
+            }
+        }
+        Ok(version)
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+        self.check_open()?;
+        match expected {
+            None => {
+                let removed: i64 = self.client.del(key).await.map_err(map)?;
+                Ok(removed > 0)
+            }
+            Some(expected) => {
+                let outcome: i64 = REMOVE_IF
+                    .evalsha_with_reload(&self.client, key, expected.as_str())
+                    .await
+                    .map_err(map)?;
+                match outcome {
+                    1 => Ok(true),
+                    0 => Ok(false),
+                    _ => Err(Error::Conflict { key: key.to_owned() }),
+                }
+            }
+        }
+    }
+
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        self.check_open()?;
+        let result = match ttl {
+            None => self.client.incr_by(key, delta).await,
+            Some(ttl) => {
+                INCREMENT_WITH_TTL
+                    .evalsha_with_reload(&self.client, key, vec![delta, px(ttl)])
+                    .await
+            }
+        };
+        result.map_err(|err| {
+            if is_not_an_integer(&err) {
+                Error::NotAnInteger { key: key.to_owned() }
+            } else {
+                map(err)
+            }
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.client.quit().await.map_err(map)
+    }
+}
