@@ -18,6 +18,8 @@ pub(crate) fn map(err: FredError) -> Error {
         ErrorKind::Auth => Error::config_with("Redis refused the credentials", err),
         ErrorKind::Config | ErrorKind::Url => Error::config_with("invalid Redis configuration", err),
         _ if is_auth_failure(&err) => Error::config_with("Redis refused the credentials", err),
+        // fred reports a command it could not send to any connection as `Unknown`.
+        _ if is_unroutable(&err) => Error::unavailable(STORE, err),
         _ => Error::backend(STORE, err),
     }
 }
@@ -25,6 +27,11 @@ pub(crate) fn map(err: FredError) -> Error {
 fn is_auth_failure(err: &FredError) -> bool {
     let details = err.details();
     details.contains("WRONGPASS") || details.contains("NOAUTH") || details.contains("invalid password")
+}
+
+fn is_unroutable(err: &FredError) -> bool {
+    let details = err.details();
+    details.contains("Failed to route") || details.contains("onnection closed")
 }
 
 /// Redis reports a non-integer or overflowing `INCRBY` as a plain error reply.

@@ -123,7 +123,7 @@ pid=$!
 echo "$pid"
 read _ignored
 kill "$pid" 2>/dev/null
-wait "$pid"
+wait "$pid" 2>/dev/null
 "#;
 
 impl ServerProcess {
