@@ -77,6 +77,7 @@
 //! spawns on a free loopback port with a temporary directory, else it says so loudly and skips —
 //! or fails, when `STATE_STORE_REQUIRE_BACKENDS=1`. Spawned servers die with the test process.
 
+pub mod bench;
 pub mod cases;
 mod context;
 pub mod harness;

@@ -1,5 +1,5 @@
 // Copyright 2023 The Dapr Authors; Apache License 2.0.
-// Adapted from github.com/dapr/dapr v1.18.3 cmd/daprd/app/app.go: the same runtime start-up,
+// Adapted from github.com/dapr/dapr v1.18.1 cmd/daprd/app/app.go: the same runtime start-up,
 // with only the state.in-memory and state.redis components registered (see components.go).
 
 package main
@@ -162,7 +162,6 @@ func runWithContext(ctx context.Context, opts *options.Options) error {
 				AppID:                         opts.AppID,
 				ActorsService:                 opts.ActorsService,
 				ActorsDisseminationTimeout:    opts.ActorsDisseminationTimeout,
-				HotReloadReconcileInterval:    opts.HotReloadReconcileInterval,
 				RemindersService:              opts.RemindersService,
 				SchedulerAddress:              opts.SchedulerAddress,
 				SchedulerStreams:              opts.SchedulerJobStreams,
@@ -199,7 +198,6 @@ func runWithContext(ctx context.Context, opts *options.Options) error {
 				EnableAPILogging:              opts.EnableAPILogging,
 				Config:                        opts.Config,
 				DisableInitEndpoints:          opts.DisableInitEndpoints,
-				AppBindingOptionsTimeout:      opts.AppBindingOptionsTimeout,
 				Metrics: metrics.Options{
 					Enabled:       opts.Metrics.Enabled(),
 					Log:           log,

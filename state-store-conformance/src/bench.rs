@@ -1,0 +1,165 @@
+//! Adapter-versus-raw-client benchmarks, measured the way this noisy machine needs: both in
+//! one process on one server, interleaved short rounds (A B B A …) after a warm-up, reporting
+//! the mean throughput ratio with its 95% interval, p50/p99 latency and ops/s.
+//!
+//! Settings from the environment: `BENCH_ROUNDS` (default 10) and `BENCH_ROUND_MS` (default
+//! 1000).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One operation under test; the argument counts calls, to vary keys.
+pub type Op = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Wraps an async closure as an [`Op`].
+pub fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |i| Box::pin(f(i)))
+}
+
+/// A comparison: the adapter's operation and the raw client's equivalent.
+pub struct Case {
+    /// What is measured (`get`, `set`, `get_state ×10`…).
+    pub name: String,
+    /// Tasks running the operation at once.
+    pub concurrency: usize,
+    /// Through the adapter.
+    pub adapter: Op,
+    /// Through the raw client, doing the same JSON work.
+    pub raw: Op,
+}
+
+impl Case {
+    /// A case.
+    pub fn new(name: impl Into<String>, concurrency: usize, adapter: Op, raw: Op) -> Self {
+        Case {
+            name: name.into(),
+            concurrency,
+            adapter,
+            raw,
+        }
+    }
+}
+
+struct Round {
+    ops_per_sec: f64,
+    latencies_ns: Vec<u64>,
+}
+
+async fn round(op: &Op, concurrency: usize, length: Duration, counter: &Arc<AtomicU64>) -> Round {
+    let deadline = Instant::now() + length;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let op = Arc::clone(op);
+            let counter = Arc::clone(counter);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(4096);
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    op(i).await;
+                    latencies.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies_ns = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(mut l) => latencies_ns.append(&mut l),
+            Err(err) => panic!("a benchmark task failed: {err}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Round {
+        ops_per_sec: latencies_ns.len() as f64 / elapsed,
+        latencies_ns,
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Student's t for a two-sided 95% interval with `df` degrees of freedom.
+fn t95(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    TABLE.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
+}
+
+/// Runs every case and prints a Markdown table. Returns the mean ratios (adapter ÷ raw
+/// throughput) in case order.
+pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
+    let rounds = env_or("BENCH_ROUNDS", 10).max(2) as usize;
+    let length = Duration::from_millis(env_or("BENCH_ROUND_MS", 1000));
+    let counter = Arc::new(AtomicU64::new(0));
+    println!("\n{title}: {rounds} interleaved rounds of {length:?} per side, after a warm-up\n");
+    println!("| operation | tasks | adapter ops/s | raw ops/s | adapter ÷ raw (95% CI) | adapter p50 / p99 µs | raw p50 / p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut means = Vec::new();
+    for case in cases {
+        let warm = length / 2;
+        round(&case.adapter, case.concurrency, warm, &counter).await;
+        round(&case.raw, case.concurrency, warm, &counter).await;
+        let (mut ratios, mut a_ops, mut r_ops) = (Vec::new(), 0.0, 0.0);
+        let (mut a_lat, mut r_lat) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let (a, b) = if r % 2 == 0 {
+                let a = round(&case.adapter, case.concurrency, length, &counter).await;
+                (a, round(&case.raw, case.concurrency, length, &counter).await)
+            } else {
+                let b = round(&case.raw, case.concurrency, length, &counter).await;
+                (round(&case.adapter, case.concurrency, length, &counter).await, b)
+            };
+            ratios.push(a.ops_per_sec / b.ops_per_sec);
+            a_ops += a.ops_per_sec / rounds as f64;
+            r_ops += b.ops_per_sec / rounds as f64;
+            a_lat.extend(a.latencies_ns);
+            r_lat.extend(b.latencies_ns);
+        }
+        a_lat.sort_unstable();
+        r_lat.sort_unstable();
+        let n = ratios.len() as f64;
+        let mean = ratios.iter().sum::<f64>() / n;
+        let var = ratios.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let half = t95(ratios.len() - 1) * (var / n).sqrt();
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.3} ± {:.3} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            case.name,
+            case.concurrency,
+            a_ops,
+            r_ops,
+            mean,
+            half,
+            percentile(&a_lat, 0.5),
+            percentile(&a_lat, 0.99),
+            percentile(&r_lat, 0.5),
+            percentile(&r_lat, 0.99),
+        );
+        means.push(mean);
+    }
+    means
+}

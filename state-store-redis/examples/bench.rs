@@ -1,0 +1,138 @@
+//! Adapter vs raw fred, same process, same server, same JSON work.
+//!
+//! ```text
+//! cargo run --release -p state-store-redis --example bench
+//! ```
+//!
+//! Uses `STATE_STORE_TEST_REDIS_URL` if set, else spawns `redis-server` on loopback.
+
+#![allow(clippy::expect_used)] // a benchmark stops on the first failure
+
+use std::sync::Arc;
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use serde_json::{json, Value};
+use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::harness::redis::redis_url;
+use state_store_redis::{fred, RedisConfig, RedisStateStore};
+
+const KEYS: u64 = 1000;
+
+fn key(i: u64) -> String {
+    format!("bench:k{}", i % KEYS)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = redis_url().ok_or("no redis-server available")?;
+    let store = RedisStateStore::connect(RedisConfig::from_url(&url)?).await?.into_store();
+    let raw = fred::clients::Client::new(fred::types::config::Config::from_url(&url)?, None, None, None);
+    raw.init().await?;
+    let raw = Arc::new(raw);
+    let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
+    for i in 0..KEYS {
+        store.set_state(&key(i), &value).await?;
+    }
+    let names10: Vec<String> = (0..10).map(key).collect();
+
+    let get = |tasks| {
+        let (s, r) = (store.clone(), raw.clone());
+        Case::new(
+            "get",
+            tasks,
+            op(move |i| {
+                let s = s.clone();
+                async move {
+                    s.get::<Value>(&key(i)).await.expect("get");
+                }
+            }),
+            op(move |i| {
+                let r = r.clone();
+                async move {
+                    let v: Option<fred::bytes::Bytes> = r.get(key(i)).await.expect("get");
+                    let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
+                }
+            }),
+        )
+    };
+    let set = |tasks| {
+        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
+        Case::new(
+            "set",
+            tasks,
+            op(move |i| {
+                let (s, v) = (s.clone(), v1.clone());
+                async move { s.set_state(&key(i), &v).await.expect("set") }
+            }),
+            op(move |i| {
+                let (r, v) = (r.clone(), v2.clone());
+                async move {
+                    let text = serde_json::to_string(&v).expect("json");
+                    r.set::<(), _, _>(key(i), text, None, None, false).await.expect("set");
+                }
+            }),
+        )
+    };
+    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let get_state = Case::new(
+        "get_state ×10 vs raw MGET",
+        1,
+        op(move |_| {
+            let (s, n) = (s.clone(), n1.clone());
+            async move {
+                s.get_state(&n).await.expect("get_state");
+            }
+        }),
+        op(move |_| {
+            let (r, n) = (r.clone(), n2.clone());
+            async move {
+                let vs: Vec<Option<fred::bytes::Bytes>> = r.mget(n).await.expect("mget");
+                for v in vs.into_iter().flatten() {
+                    let _: Value = serde_json::from_slice(&v).expect("json");
+                }
+            }
+        }),
+    );
+    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let vs_purista = Case::new(
+        "get_state ×10 vs 10 sequential GETs (PURISTA)",
+        1,
+        op(move |_| {
+            let (s, n) = (s.clone(), n1.clone());
+            async move {
+                s.get_state(&n).await.expect("get_state");
+            }
+        }),
+        op(move |_| {
+            let (r, n) = (r.clone(), n2.clone());
+            async move {
+                for name in n {
+                    let v: Option<fred::bytes::Bytes> = r.get(name).await.expect("get");
+                    let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
+                }
+            }
+        }),
+    );
+    let (s, r) = (store.clone(), raw.clone());
+    let increment = Case::new(
+        "increment",
+        1,
+        op(move |i| {
+            let s = s.clone();
+            async move {
+                s.increment(&format!("bench:c{}", i % 10), 1, None).await.expect("incr");
+            }
+        }),
+        op(move |i| {
+            let r = r.clone();
+            async move {
+                let _: i64 = r.incr_by(format!("bench:c{}", i % 10), 1).await.expect("incr");
+            }
+        }),
+    );
+    let cases = [get(1), set(1), get(64), set(64), get_state, vs_purista, increment];
+    bench::run("RedisStateStore vs raw fred", &cases).await;
+    store.destroy().await?;
+    raw.quit().await?;
+    Ok(())
+}
