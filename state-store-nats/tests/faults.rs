@@ -1,0 +1,131 @@
+//! Servers that crash, restart, lose a node, or refuse credentials.
+
+use std::time::Duration;
+
+use serde_json::json;
+use state_store_conformance::harness::nats::{NatsCluster, NatsServer};
+use state_store_conformance::harness::unavailable;
+use state_store_core::{Error, StateStore};
+use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
+
+fn server(extra: &[&str]) -> Option<NatsServer> {
+    NatsServer::spawn(extra).map_or_else(|why| unavailable("nats-server", &why), Some)
+}
+
+async fn connect(config: NatsConfig) -> StateStore {
+    NatsStateStore::connect(config).await.expect("connect").into_store()
+}
+
+/// Retries `op` until it succeeds, for at most 30 s (a reconnect or an election).
+async fn eventually<T, F, Fut>(mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut last = None;
+    for _ in 0..150 {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("never recovered: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_data() {
+    let Some(mut server) = server(&[]) else { return };
+    let config = NatsConfig::new(server.url()).request_timeout(Duration::from_secs(1));
+    let store = connect(config).await;
+    store.set_state("session:abc", &json!({ "user": "ada" })).await.expect("set");
+
+    server.crash();
+    for _ in 0..3 {
+        let read = tokio::time::timeout(Duration::from_secs(30), store.get_state(&["session:abc"]))
+            .await
+            .expect("a read hung with the server down");
+        let err = read.expect_err("server is down");
+        assert!(err.is_transient(), "{err:?}");
+        let write = tokio::time::timeout(Duration::from_secs(30), store.set_state("x", &json!(1)))
+            .await
+            .expect("a write hung with the server down");
+        assert!(matches!(write, Err(Error::Unavailable { .. })), "{write:?}");
+    }
+
+    server.restart().expect("restart");
+    let value: Option<serde_json::Value> = eventually(|| store.get("session:abc")).await;
+    assert_eq!(value, Some(json!({ "user": "ada" })), "file storage keeps state across restarts");
+    eventually(|| store.set_state("after", &json!(true))).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn a_new_instance_after_a_restart_sees_earlier_writes() {
+    let Some(mut server) = server(&[]) else { return };
+    let store = connect(NatsConfig::new(server.url())).await;
+    store.set_state("job:1", &json!({ "status": "done" })).await.expect("set");
+    assert_eq!(store.increment("visits", 5, None).await.expect("incr"), 5);
+    store.destroy().await.expect("destroy");
+
+    server.stop();
+    server.restart().expect("restart");
+    let store = connect(NatsConfig::new(server.url())).await;
+    let state = store.get_state(&["job:1", "visits"]).await.expect("get");
+    assert_eq!(state["job:1"], Some(json!({ "status": "done" })));
+    assert_eq!(state["visits"], Some(json!(5)));
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_at_connect_with_a_config_error() {
+    let Some(server) = server(&["--user", "svc", "--pass", "right-pass"]) else { return };
+    let wrong = NatsConfig::new(server.url()).credentials(Credentials::UserPassword {
+        user: "svc".into(),
+        password: "wrong-pass".into(),
+    });
+    assert!(!format!("{wrong:?}").contains("wrong-pass"));
+    let err = NatsStateStore::connect(wrong).await.expect_err("wrong password");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("wrong-pass"));
+
+    let right = NatsConfig::new(server.url()).credentials(Credentials::UserPassword {
+        user: "svc".into(),
+        password: "right-pass".into(),
+    });
+    let store = connect(right).await;
+    store.set_state("k", &json!(1)).await.expect("set");
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_r3_bucket_keeps_serving_after_a_node_dies() {
+    let mut cluster = match NatsCluster::spawn() {
+        Ok(cluster) => cluster,
+        Err(why) => return unavailable::<()>("nats cluster", &why).unwrap_or(()),
+    };
+    let config = NatsConfig::new(cluster.url())
+        .bucket("r3-failover")
+        .replicas(3)
+        .request_timeout(Duration::from_secs(2));
+    let store = eventually(|| NatsStateStore::connect(config.clone())).await.into_store();
+    for i in 0..20 {
+        let (name, value) = (format!("k{i}"), json!(i));
+        eventually(|| store.set_state(&name, &value)).await;
+    }
+    eventually(|| store.increment("n", 1, None)).await;
+
+    cluster.crash(0);
+    for i in 20..40 {
+        let (name, value) = (format!("k{i}"), json!(i));
+        eventually(|| store.set_state(&name, &value)).await;
+    }
+    eventually(|| store.increment("n", 1, None)).await;
+    let names: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let state = eventually(|| store.get_state(&names)).await;
+    for i in 0..40 {
+        assert_eq!(state[&format!("k{i}")], Some(json!(i)), "k{i}");
+    }
+    assert_eq!(eventually(|| store.get::<i64>("n")).await, Some(2));
+    store.destroy().await.expect("destroy");
+}
