@@ -237,5 +237,6 @@ impl Drop for ServerProcess {
     }
 }
 
+pub mod dapr;
 pub mod nats;
 pub mod redis;

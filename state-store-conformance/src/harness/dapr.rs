@@ -1,0 +1,173 @@
+//! A real `daprd` on loopback with a `state.in-memory` or `state.redis` component.
+//!
+//! The binary comes from `STATE_STORE_DAPRD_BIN`, else `daprd` on `PATH`; this repository's
+//! `scripts/build-daprd` builds one from Go modules (see `state-store-dapr/daprd`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::redis::RedisServer;
+use super::{find_binary, free_port, http_status, unavailable, wait_for, ServerProcess, TempDir};
+
+/// Env var with the gRPC endpoint of a running sidecar to use instead of spawning one (its
+/// state store component must be named [`COMPONENT`]).
+pub const DAPR_ENDPOINT_VAR: &str = "STATE_STORE_TEST_DAPR_GRPC_ENDPOINT";
+/// The name of the state store component the harness configures.
+pub const COMPONENT: &str = "statestore";
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which state store component the sidecar runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// `state.in-memory`.
+    InMemory,
+    /// `state.redis`, backed by a `redis-server` the harness starts first.
+    Redis,
+}
+
+fn daprd() -> Result<PathBuf, String> {
+    find_binary("daprd", "STATE_STORE_DAPRD_BIN", &[])
+        .ok_or_else(|| "daprd not found (set STATE_STORE_DAPRD_BIN; scripts/build-daprd builds one)".to_owned())
+}
+
+/// A `daprd` this test owns, with its component files and (for Redis) its own `redis-server`.
+#[derive(Debug)]
+pub struct Daprd {
+    process: Option<ServerProcess>,
+    grpc_port: u16,
+    http_port: u16,
+    args: Vec<String>,
+    dir: TempDir,
+    // Kept alive (and killed on drop) with the sidecar that uses it.
+    _redis: Option<RedisServer>,
+}
+
+impl Daprd {
+    /// Starts `daprd` standalone on loopback with `component`, and waits for `/v1.0/healthz`.
+    ///
+    /// # Errors
+    ///
+    /// When a binary is missing or the sidecar does not become healthy.
+    pub fn spawn(component: Component) -> Result<Self, String> {
+        let dir = TempDir::new("daprd");
+        let resources = dir.path().join("resources");
+        std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
+        let (redis, yaml) = match component {
+            Component::InMemory => (None, component_yaml("state.in-memory", "")),
+            Component::Redis => {
+                let redis = RedisServer::spawn(&[])?;
+                let metadata = format!(
+                    "    - name: redisHost\n      value: \"127.0.0.1:{}\"\n",
+                    redis.port()
+                );
+                (Some(redis), component_yaml("state.redis", &metadata))
+            }
+        };
+        std::fs::write(resources.join("statestore.yaml"), yaml).map_err(|e| e.to_string())?;
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let args: Vec<String> = [
+            "--app-id",
+            "state-store-test",
+            "--resources-path",
+            &resources.display().to_string(),
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+            "--dapr-grpc-port",
+            &grpc_port.to_string(),
+            "--dapr-http-port",
+            &http_port.to_string(),
+            "--dapr-internal-grpc-port",
+            &free_port().to_string(),
+            "--dapr-internal-grpc-listen-address",
+            "127.0.0.1",
+            "--dapr-public-port",
+            &free_port().to_string(),
+            "--dapr-public-listen-address",
+            "127.0.0.1",
+            "--profile-port",
+            &free_port().to_string(),
+            "--enable-metrics=false",
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let mut daprd = Daprd {
+            process: None,
+            grpc_port,
+            http_port,
+            args,
+            dir,
+            _redis: redis,
+        };
+        daprd.start()?;
+        Ok(daprd)
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let log = self.dir.path().join("daprd.log");
+        let process = ServerProcess::spawn(&daprd()?, &self.args, &log)
+            .map_err(|e| format!("cannot start daprd: {e}"))?;
+        let port = self.http_port;
+        if !wait_for(START_TIMEOUT, || http_status(port, "/v1.0/healthz") == Some(204)) {
+            return Err(format!("daprd did not become healthy: {}", process.log()));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<grpc port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Kills `daprd` with SIGKILL (its Redis keeps running).
+    pub fn crash(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.crash();
+        }
+    }
+
+    /// Starts `daprd` again on the same ports.
+    ///
+    /// # Errors
+    ///
+    /// When it does not become healthy.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.crash();
+        self.start()
+    }
+}
+
+fn component_yaml(kind: &str, metadata: &str) -> String {
+    let metadata = if metadata.is_empty() {
+        "  metadata: []\n".to_owned()
+    } else {
+        format!("  metadata:\n{metadata}")
+    };
+    format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {COMPONENT}\nspec:\n  type: {kind}\n  version: v1\n{metadata}"
+    )
+}
+
+/// The gRPC endpoint of a sidecar with `component` for this test binary: [`DAPR_ENDPOINT_VAR`],
+/// else a `daprd` spawned once per component and shared by the binary's tests; `None` after a
+/// loud notice, or a panic under `STATE_STORE_REQUIRE_BACKENDS=1`.
+pub fn dapr_endpoint(component: Component) -> Option<String> {
+    if let Ok(endpoint) = std::env::var(DAPR_ENDPOINT_VAR) {
+        return Some(endpoint);
+    }
+    static IN_MEMORY: OnceLock<Result<Daprd, String>> = OnceLock::new();
+    static REDIS: OnceLock<Result<Daprd, String>> = OnceLock::new();
+    let cell = match component {
+        Component::InMemory => &IN_MEMORY,
+        Component::Redis => &REDIS,
+    };
+    match cell.get_or_init(|| Daprd::spawn(component)) {
+        Ok(daprd) => Some(daprd.endpoint()),
+        Err(why) => unavailable("daprd", why),
+    }
+}
