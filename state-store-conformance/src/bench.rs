@@ -129,10 +129,16 @@ pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
         for r in 0..rounds {
             let (a, b) = if r % 2 == 0 {
                 let a = round(&case.adapter, case.concurrency, length, &counter).await;
-                (a, round(&case.raw, case.concurrency, length, &counter).await)
+                (
+                    a,
+                    round(&case.raw, case.concurrency, length, &counter).await,
+                )
             } else {
                 let b = round(&case.raw, case.concurrency, length, &counter).await;
-                (round(&case.adapter, case.concurrency, length, &counter).await, b)
+                (
+                    round(&case.adapter, case.concurrency, length, &counter).await,
+                    b,
+                )
             };
             ratios.push(a.ops_per_sec / b.ops_per_sec);
             a_ops += a.ops_per_sec / rounds as f64;

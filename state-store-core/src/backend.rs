@@ -96,7 +96,7 @@ pub enum SetMode {
 /// let opts = SetOptions::new().mode(SetMode::Create).ttl(Duration::from_secs(30));
 /// assert_eq!(opts.ttl, Some(Duration::from_secs(30)));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SetOptions {
     /// Condition of the write.
@@ -104,6 +104,21 @@ pub struct SetOptions {
     /// Time to live. `None` keeps the value until it is removed, and clears any TTL an earlier
     /// write set. Backends counting in whole seconds round up.
     pub ttl: Option<Duration>,
+    /// Whether the caller uses the returned [`Version`] (default true). The handle clears it
+    /// for writes that discard the version (`set_state`, `set`, `update`), so a backend that
+    /// needs an extra round trip to learn a write's version (Dapr) may skip it and return
+    /// any version.
+    pub want_version: bool,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        SetOptions {
+            mode: SetMode::Upsert,
+            ttl: None,
+            want_version: true,
+        }
+    }
 }
 
 impl SetOptions {
@@ -331,6 +346,7 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
                 SetOptions {
                     mode: SetMode::Create,
                     ttl,
+                    want_version: false,
                 },
             ),
             Some(entry) => {
@@ -343,6 +359,7 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
                     ttl: entry
                         .expires_in
                         .map(|left| left.max(Duration::from_millis(1))),
+                    want_version: false,
                 };
                 (next, options)
             }

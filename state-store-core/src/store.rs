@@ -213,6 +213,7 @@ impl StateStore {
         let options = SetOptions {
             mode: SetMode::Upsert,
             ttl: self.inner.config.default_ttl,
+            want_version: false,
         };
         self.set_with(name, value, options).await.map(drop)
     }

@@ -57,6 +57,7 @@ impl StateStore {
         let options = SetOptions {
             mode: SetMode::Upsert,
             ttl: self.config().default_ttl,
+            want_version: false,
         };
         self.set_with(name, value, options).await.map(drop)
     }
@@ -106,6 +107,7 @@ impl StateStore {
             &SetOptions {
                 mode: SetMode::Create,
                 ttl,
+                want_version: false,
             },
         )?;
         let attempts = self.config().update_retries;
@@ -120,7 +122,12 @@ impl StateStore {
                 };
                 let new = f(old);
                 let bytes = self.encode(name, &new)?;
-                match self.raw_set(&key, bytes, &SetOptions { mode, ttl }).await {
+                let options = SetOptions {
+                    mode,
+                    ttl,
+                    want_version: false,
+                };
+                match self.raw_set(&key, bytes, &options).await {
                     Ok(_) => return Ok(new),
                     Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
                     Err(other) => return Err(other),

@@ -57,7 +57,9 @@ impl DaprConfig {
             format!("http://127.0.0.1:{port}")
         });
         let mut config = DaprConfig::new(endpoint, store_name);
-        config.api_token = std::env::var("DAPR_API_TOKEN").ok().filter(|t| !t.is_empty());
+        config.api_token = std::env::var("DAPR_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         config
     }
 
@@ -81,7 +83,9 @@ impl DaprConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if self.store_name.is_empty() {
-            return Err(Error::config("the Dapr state store component name is required"));
+            return Err(Error::config(
+                "the Dapr state store component name is required",
+            ));
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::config("Dapr timeouts must be positive"));

@@ -10,17 +10,28 @@ pub(crate) const STORE: &str = "dapr";
 /// unknown component `Config`; the rest `Backend`. The status stays the source.
 pub(crate) fn map(key: &str, status: Status) -> Error {
     match status.code() {
-        Code::Aborted => Error::Conflict { key: key.to_owned() },
-        Code::InvalidArgument if mentions_etag(&status) => Error::Conflict { key: key.to_owned() },
+        Code::Aborted => Error::Conflict {
+            key: key.to_owned(),
+        },
+        Code::InvalidArgument if mentions_etag(&status) => Error::Conflict {
+            key: key.to_owned(),
+        },
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             Error::unavailable(STORE, status)
         }
         Code::Unauthenticated | Code::PermissionDenied => {
             Error::config_with("the Dapr sidecar refused the API token", status)
         }
-        Code::Unknown if status.message().contains("transport") => Error::unavailable(STORE, status),
-        _ if status.message().contains("is not found") || status.message().contains("not configured") => {
-            Error::config_with("the Dapr sidecar does not know this state store component", status)
+        Code::Unknown if status.message().contains("transport") => {
+            Error::unavailable(STORE, status)
+        }
+        _ if status.message().contains("is not found")
+            || status.message().contains("not configured") =>
+        {
+            Error::config_with(
+                "the Dapr sidecar does not know this state store component",
+                status,
+            )
         }
         _ => Error::backend(STORE, status),
     }
@@ -46,9 +57,15 @@ mod tests {
             Error::Config { .. }
         ));
         assert!(matches!(
-            map("k", Status::invalid_argument("state store nope is not found")),
+            map(
+                "k",
+                Status::invalid_argument("state store nope is not found")
+            ),
             Error::Config { .. }
         ));
-        assert!(matches!(map("k", Status::internal("boom")), Error::Backend { .. }));
+        assert!(matches!(
+            map("k", Status::internal("boom")),
+            Error::Backend { .. }
+        ));
     }
 }

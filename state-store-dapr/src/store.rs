@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dapr::dapr::proto::common::v1::{state_options::StateConcurrency, Etag, StateItem, StateOptions};
+use dapr::dapr::proto::common::v1::{
+    state_options::StateConcurrency, Etag, StateItem, StateOptions,
+};
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{
-    DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest,
-    SaveStateRequest,
+    DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest, SaveStateRequest,
 };
 use state_store_core::{
     parse_counter, Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore,
@@ -34,7 +35,9 @@ pub(crate) struct Token(Option<MetadataValue<tonic::metadata::Ascii>>);
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("dapr-api-token", token.clone());
+            request
+                .metadata_mut()
+                .insert("dapr-api-token", token.clone());
         }
         Ok(request)
     }
@@ -96,7 +99,11 @@ pub struct DaprStateStore {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Token(<redacted>)" } else { "Token(None)" })
+        f.write_str(if self.0.is_some() {
+            "Token(<redacted>)"
+        } else {
+            "Token(None)"
+        })
     }
 }
 
@@ -201,7 +208,9 @@ impl DaprStateStore {
                 // of a key that is gone. (A removal landing between this read and the write
                 // can still be undone by it; the component offers nothing atomic for that.)
                 if create == CreateWith::ImpossibleEtag && self.read(key).await?.is_none() {
-                    return Err(Error::Conflict { key: key.to_owned() });
+                    return Err(Error::Conflict {
+                        key: key.to_owned(),
+                    });
                 }
                 first_write(Some(version.as_str().to_owned()))
             }
@@ -255,7 +264,8 @@ fn entry(data: Vec<u8>, etag: String, metadata: &HashMap<String, String>) -> Opt
         return None;
     }
     let expires_in = metadata.get(TTL_EXPIRE_TIME).and_then(|at| {
-        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
+        let at =
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
         let left = at - time::OffsetDateTime::now_utc();
         Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
     });
@@ -360,7 +370,8 @@ impl Backend for DaprStateStore {
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         self.check_open()?;
         let ttl = TtlChange::from_write(options.ttl);
-        self.write(key, value, &options.mode, ttl, true).await
+        self.write(key, value, &options.mode, ttl, options.want_version)
+            .await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
@@ -404,7 +415,9 @@ impl Backend for DaprStateStore {
                 Some(entry) => {
                     let next = parse_counter(key, &entry.value)?
                         .checked_add(delta)
-                        .ok_or_else(|| Error::NotAnInteger { key: key.to_owned() })?;
+                        .ok_or_else(|| Error::NotAnInteger {
+                            key: key.to_owned(),
+                        })?;
                     let ttl = entry.expires_in.map_or(TtlChange::Keep, |left| {
                         TtlChange::Set(left.max(Duration::from_millis(1)))
                     });
@@ -418,7 +431,9 @@ impl Backend for DaprStateStore {
                 Err(other) => return Err(other),
             }
         }
-        Err(Error::Conflict { key: key.to_owned() })
+        Err(Error::Conflict {
+            key: key.to_owned(),
+        })
     }
 
     async fn close(&self) -> Result<()> {
@@ -435,8 +450,14 @@ mod tests {
     fn ttls_round_up_clear_with_minus_one_and_keep_by_omission() {
         let secs = |change: TtlChange| change.metadata().get(TTL).cloned();
         assert_eq!(secs(TtlChange::Clear).as_deref(), Some("-1"));
-        assert_eq!(secs(TtlChange::Set(Duration::from_millis(200))).as_deref(), Some("1"));
-        assert_eq!(secs(TtlChange::Set(Duration::from_millis(1500))).as_deref(), Some("2"));
+        assert_eq!(
+            secs(TtlChange::Set(Duration::from_millis(200))).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            secs(TtlChange::Set(Duration::from_millis(1500))).as_deref(),
+            Some("2")
+        );
         assert_eq!(secs(TtlChange::Keep), None);
     }
 

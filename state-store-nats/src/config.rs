@@ -97,11 +97,18 @@ impl NatsConfig {
     /// `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY` or `NATS_CREDS` (a file path).
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok();
-        let mut config = NatsConfig::new(var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()));
+        let mut config =
+            NatsConfig::new(var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()));
         if let Some(bucket) = var("NATS_BUCKET") {
             config.bucket = bucket;
         }
-        config.credentials = match (var("NATS_USER"), var("NATS_PASSWORD"), var("NATS_TOKEN"), var("NATS_NKEY"), var("NATS_CREDS")) {
+        config.credentials = match (
+            var("NATS_USER"),
+            var("NATS_PASSWORD"),
+            var("NATS_TOKEN"),
+            var("NATS_NKEY"),
+            var("NATS_CREDS"),
+        ) {
             (Some(user), Some(password), ..) => Credentials::UserPassword { user, password },
             (_, _, Some(token), ..) => Credentials::Token(token),
             (_, _, _, Some(seed), _) => Credentials::NKey(seed),
@@ -150,7 +157,11 @@ impl NatsConfig {
 
     /// Keep a bucket this store creates in memory instead of files (default: files).
     pub fn memory_storage(mut self, on: bool) -> Self {
-        self.storage = if on { StorageType::Memory } else { StorageType::File };
+        self.storage = if on {
+            StorageType::Memory
+        } else {
+            StorageType::File
+        };
         self
     }
 
@@ -170,7 +181,10 @@ impl NatsConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let valid_bucket = !self.bucket.is_empty()
-            && self.bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_bucket {
             return Err(Error::config(format!(
                 "invalid NATS KV bucket name {:?} (use [A-Za-z0-9_-])",

@@ -27,11 +27,13 @@ pub(crate) fn connect(err: async_nats::ConnectError) -> Error {
 /// `Unavailable`; the rest `Backend`.
 pub(crate) fn publish(key: &str, err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
-        PublishErrorKind::WrongLastSequence => Error::Conflict { key: key.to_owned() },
+        PublishErrorKind::WrongLastSequence => Error::Conflict {
+            key: key.to_owned(),
+        },
         // Replicated streams answer with error code 10164, which the client reports as `Other`.
-        _ if err.to_string().contains("wrong last sequence") => {
-            Error::Conflict { key: key.to_owned() }
-        }
+        _ if err.to_string().contains("wrong last sequence") => Error::Conflict {
+            key: key.to_owned(),
+        },
         // No stream answering (a cluster electing a leader, a server restarting) is transient.
         PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe

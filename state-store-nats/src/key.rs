@@ -19,7 +19,9 @@ pub fn is_valid_nats_key(key: &str) -> bool {
     !key.is_empty()
         && !key.starts_with('.')
         && !key.ends_with('.')
-        && key.bytes().all(|b| is_plain_byte(b) || matches!(b, b'=' | b'.'))
+        && key
+            .bytes()
+            .all(|b| is_plain_byte(b) || matches!(b, b'=' | b'.'))
 }
 
 /// The NATS key for a state key.
@@ -67,7 +69,9 @@ pub fn decode(stored: &str) -> Option<String> {
 }
 
 fn hex_value(b: u8) -> Option<u8> {
-    HEX.iter().position(|&h| h == b).and_then(|p| u8::try_from(p).ok())
+    HEX.iter()
+        .position(|&h| h == b)
+        .and_then(|p| u8::try_from(p).ok())
 }
 
 /// Longest encoded key for a state key of `len` bytes.
@@ -88,7 +92,18 @@ mod tests {
 
     #[test]
     fn awkward_keys_are_escaped_into_valid_keys() {
-        for key in ["session:abc", "a b", ".lead", "trail.", "*", ">", "%", "ü", "🦀", "_E_x"] {
+        for key in [
+            "session:abc",
+            "a b",
+            ".lead",
+            "trail.",
+            "*",
+            ">",
+            "%",
+            "ü",
+            "🦀",
+            "_E_x",
+        ] {
             let stored = encode(key);
             assert!(is_valid_nats_key(&stored), "{key:?} -> {stored:?}");
             assert!(stored.starts_with(ESCAPE));

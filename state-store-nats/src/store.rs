@@ -200,10 +200,7 @@ impl NatsStateStore {
     }
 
     /// The last message on the key's subject, tombstones included.
-    async fn last_message(
-        &self,
-        key: &str,
-    ) -> Result<Option<jetstream::message::StreamMessage>> {
+    async fn last_message(&self, key: &str) -> Result<Option<jetstream::message::StreamMessage>> {
         let subject = format!("{}{}", self.kv.prefix, encode(key));
         match self.kv.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message)),
@@ -284,7 +281,9 @@ fn parse_ttl(text: &str) -> Option<Duration> {
         let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
         let value: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -344,9 +343,9 @@ impl Backend for NatsStateStore {
         let expected = match &options.mode {
             SetMode::Upsert => None,
             SetMode::Create => Some(0),
-            SetMode::Update(version) => {
-                Some(revision(version).ok_or_else(|| Error::Conflict { key: key.to_owned() })?)
-            }
+            SetMode::Update(version) => Some(revision(version).ok_or_else(|| Error::Conflict {
+                key: key.to_owned(),
+            })?),
         };
         let Some(mut expected) = expected else {
             let seq = self.publish(key, headers, payload).await?;
@@ -356,7 +355,10 @@ impl Backend for NatsStateStore {
         // markers come and go.
         for _ in 0..4 {
             let mut attempt = headers.clone();
-            attempt.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(expected));
+            attempt.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                HeaderValue::from(expected),
+            );
             match self.publish(key, attempt, payload.clone()).await {
                 Ok(seq) => return Ok(Version::new(seq.to_string())),
                 Err(Error::Conflict { .. }) if options.mode == SetMode::Create => {
@@ -369,7 +371,9 @@ impl Backend for NatsStateStore {
                 Err(other) => return Err(other),
             }
         }
-        Err(Error::Conflict { key: key.to_owned() })
+        Err(Error::Conflict {
+            key: key.to_owned(),
+        })
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
@@ -381,8 +385,13 @@ impl Backend for NatsStateStore {
             headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(ttl)));
         }
         if let Some(version) = expected {
-            let revision = revision(version).ok_or_else(|| Error::Conflict { key: key.to_owned() })?;
-            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, HeaderValue::from(revision));
+            let revision = revision(version).ok_or_else(|| Error::Conflict {
+                key: key.to_owned(),
+            })?;
+            headers.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                HeaderValue::from(revision),
+            );
         }
         self.publish(key, headers, Bytes::new()).await?;
         // Without a read first NATS cannot tell whether the key existed; the handle does not

@@ -9,7 +9,11 @@ use state_store_nats::{NatsConfig, NatsStateStore};
 fn factory(config: NatsConfig) -> impl StoreFactory {
     move |store_config: StoreConfig| {
         let config = config.clone();
-        async move { Ok(NatsStateStore::connect(config).await?.into_store_with(store_config)) }
+        async move {
+            Ok(NatsStateStore::connect(config)
+                .await?
+                .into_store_with(store_config))
+        }
     }
 }
 

@@ -13,7 +13,10 @@ fn server(extra: &[&str]) -> Option<NatsServer> {
 }
 
 async fn connect(config: NatsConfig) -> StateStore {
-    NatsStateStore::connect(config).await.expect("connect").into_store()
+    NatsStateStore::connect(config)
+        .await
+        .expect("connect")
+        .into_store()
 }
 
 /// Retries `op` until it succeeds, for at most 30 s (a reconnect or an election).
@@ -35,10 +38,15 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_data() {
-    let Some(mut server) = server(&[]) else { return };
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
     let config = NatsConfig::new(server.url()).request_timeout(Duration::from_secs(1));
     let store = connect(config).await;
-    store.set_state("session:abc", &json!({ "user": "ada" })).await.expect("set");
+    store
+        .set_state("session:abc", &json!({ "user": "ada" }))
+        .await
+        .expect("set");
 
     server.crash();
     for _ in 0..3 {
@@ -55,16 +63,25 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_
 
     server.restart().expect("restart");
     let value: Option<serde_json::Value> = eventually(|| store.get("session:abc")).await;
-    assert_eq!(value, Some(json!({ "user": "ada" })), "file storage keeps state across restarts");
+    assert_eq!(
+        value,
+        Some(json!({ "user": "ada" })),
+        "file storage keeps state across restarts"
+    );
     eventually(|| store.set_state("after", &json!(true))).await;
     store.destroy().await.expect("destroy");
 }
 
 #[tokio::test]
 async fn a_new_instance_after_a_restart_sees_earlier_writes() {
-    let Some(mut server) = server(&[]) else { return };
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
     let store = connect(NatsConfig::new(server.url())).await;
-    store.set_state("job:1", &json!({ "status": "done" })).await.expect("set");
+    store
+        .set_state("job:1", &json!({ "status": "done" }))
+        .await
+        .expect("set");
     assert_eq!(store.increment("visits", 5, None).await.expect("incr"), 5);
     store.destroy().await.expect("destroy");
 
@@ -79,13 +96,17 @@ async fn a_new_instance_after_a_restart_sees_earlier_writes() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_at_connect_with_a_config_error() {
-    let Some(server) = server(&["--user", "svc", "--pass", "right-pass"]) else { return };
+    let Some(server) = server(&["--user", "svc", "--pass", "right-pass"]) else {
+        return;
+    };
     let wrong = NatsConfig::new(server.url()).credentials(Credentials::UserPassword {
         user: "svc".into(),
         password: "wrong-pass".into(),
     });
     assert!(!format!("{wrong:?}").contains("wrong-pass"));
-    let err = NatsStateStore::connect(wrong).await.expect_err("wrong password");
+    let err = NatsStateStore::connect(wrong)
+        .await
+        .expect_err("wrong password");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-pass"));
 
@@ -108,7 +129,9 @@ async fn an_r3_bucket_keeps_serving_after_a_node_dies() {
         .bucket("r3-failover")
         .replicas(3)
         .request_timeout(Duration::from_secs(2));
-    let store = eventually(|| NatsStateStore::connect(config.clone())).await.into_store();
+    let store = eventually(|| NatsStateStore::connect(config.clone()))
+        .await
+        .into_store();
     for i in 0..20 {
         let (name, value) = (format!("k{i}"), json!(i));
         eventually(|| store.set_state(&name, &value)).await;

@@ -9,7 +9,10 @@ use state_store_nats::{async_nats, NatsConfig, NatsStateStore, DEFAULT_BUCKET};
 #[tokio::test]
 async fn purista_and_rust_read_each_other() {
     let Some(url) = nats_url() else { return };
-    let store = NatsStateStore::connect(NatsConfig::new(url.clone())).await.expect("connect").into_store();
+    let store = NatsStateStore::connect(NatsConfig::new(url.clone()))
+        .await
+        .expect("connect")
+        .into_store();
     let client = async_nats::connect(url).await.expect("raw connect");
     let kv = async_nats::jetstream::new(client)
         .get_key_value(DEFAULT_BUCKET)
@@ -18,11 +21,19 @@ async fn purista_and_rust_read_each_other() {
     let name = format!("interop-{}", std::process::id());
 
     // PURISTA writes JSON bytes under the plain name; Rust reads them.
-    kv.put(&name, r#"{"user":"grace"}"#.into()).await.expect("raw put");
-    assert_eq!(store.get_state(&[&name]).await.expect("get")[&name], Some(json!({ "user": "grace" })));
+    kv.put(&name, r#"{"user":"grace"}"#.into())
+        .await
+        .expect("raw put");
+    assert_eq!(
+        store.get_state(&[&name]).await.expect("get")[&name],
+        Some(json!({ "user": "grace" }))
+    );
 
     // Rust writes; PURISTA reads JSON text under the same plain key.
-    store.set_state(&name, &json!({ "user": "ada", "n": 1 })).await.expect("set");
+    store
+        .set_state(&name, &json!({ "user": "ada", "n": 1 }))
+        .await
+        .expect("set");
     let raw = kv.get(&name).await.expect("raw get").expect("present");
     let parsed: serde_json::Value = serde_json::from_slice(&raw).expect("JSON bytes");
     assert_eq!(parsed, json!({ "user": "ada", "n": 1 }));
@@ -32,7 +43,10 @@ async fn purista_and_rust_read_each_other() {
     assert_eq!(kv.get(&name).await.expect("raw get"), None);
 
     // A name NATS cannot hold still works, under its escaped key.
-    store.set_state("session:abc", &json!(1)).await.expect("set");
+    store
+        .set_state("session:abc", &json!(1))
+        .await
+        .expect("set");
     assert!(kv.get("_E_session=3Aabc").await.expect("raw get").is_some());
     store.remove_state("session:abc").await.expect("remove");
     store.destroy().await.expect("destroy");

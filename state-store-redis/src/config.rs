@@ -33,14 +33,19 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let servers: Vec<String> = match &self.fred.server {
             ServerConfig::Centralized { server } => vec![server.to_string()],
-            ServerConfig::Clustered { hosts, .. } => hosts.iter().map(ToString::to_string).collect(),
+            ServerConfig::Clustered { hosts, .. } => {
+                hosts.iter().map(ToString::to_string).collect()
+            }
             _ => vec!["(other)".to_owned()],
         };
         f.debug_struct("RedisConfig")
             .field("servers", &servers)
             .field("cluster", &self.fred.server.is_clustered())
             .field("username", &self.fred.username)
-            .field("password", &self.fred.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password",
+                &self.fred.password.as_ref().map(|_| "<redacted>"),
+            )
             .field("database", &self.fred.database)
             .field("tls", &self.tls())
             .field("command_timeout", &self.command_timeout)

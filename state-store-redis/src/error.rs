@@ -16,7 +16,9 @@ pub(crate) fn map(err: FredError) -> Error {
         | ErrorKind::Cluster
         | ErrorKind::Routing => Error::unavailable(STORE, err),
         ErrorKind::Auth => Error::config_with("Redis refused the credentials", err),
-        ErrorKind::Config | ErrorKind::Url => Error::config_with("invalid Redis configuration", err),
+        ErrorKind::Config | ErrorKind::Url => {
+            Error::config_with("invalid Redis configuration", err)
+        }
         _ if is_auth_failure(&err) => Error::config_with("Redis refused the credentials", err),
         // fred reports a command it could not send to any connection as `Unknown`.
         _ if is_unroutable(&err) => Error::unavailable(STORE, err),
@@ -26,7 +28,9 @@ pub(crate) fn map(err: FredError) -> Error {
 
 fn is_auth_failure(err: &FredError) -> bool {
     let details = err.details();
-    details.contains("WRONGPASS") || details.contains("NOAUTH") || details.contains("invalid password")
+    details.contains("WRONGPASS")
+        || details.contains("NOAUTH")
+        || details.contains("invalid password")
 }
 
 fn is_unroutable(err: &FredError) -> bool {
@@ -53,7 +57,10 @@ mod tests {
             Error::Config { .. }
         ));
         assert!(matches!(
-            map(FredError::new(ErrorKind::Unknown, "WRONGPASS invalid username-password pair")),
+            map(FredError::new(
+                ErrorKind::Unknown,
+                "WRONGPASS invalid username-password pair"
+            )),
             Error::Config { .. }
         ));
         assert!(matches!(

@@ -263,7 +263,9 @@ impl Backend for RedisStateStore {
                     .await
                     .map_err(map)?;
                 if written.is_none() {
-                    return Err(Error::Conflict { key: key.to_owned() });
+                    return Err(Error::Conflict {
+                        key: key.to_owned(),
+                    });
                 }
             }
             SetMode::Update(expected) => {
@@ -273,7 +275,9 @@ impl Backend for RedisStateStore {
                     .await
                     .map_err(map)?;
                 if written == 0 {
-                    return Err(Error::Conflict { key: key.to_owned() });
+                    return Err(Error::Conflict {
+                        key: key.to_owned(),
+                    });
                 }
             }
         }
@@ -295,7 +299,9 @@ impl Backend for RedisStateStore {
                 match outcome {
                     1 => Ok(true),
                     0 => Ok(false),
-                    _ => Err(Error::Conflict { key: key.to_owned() }),
+                    _ => Err(Error::Conflict {
+                        key: key.to_owned(),
+                    }),
                 }
             }
         }
@@ -313,7 +319,9 @@ impl Backend for RedisStateStore {
         };
         result.map_err(|err| {
             if is_not_an_integer(&err) {
-                Error::NotAnInteger { key: key.to_owned() }
+                Error::NotAnInteger {
+                    key: key.to_owned(),
+                }
             } else {
                 map(err)
             }

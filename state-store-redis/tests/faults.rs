@@ -14,12 +14,17 @@ fn server(extra: &[&str]) -> Option<RedisServer> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
-    let Some(mut server) = server(&[]) else { return };
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
     let config = RedisConfig::from_url(&server.url())
         .expect("url")
         .command_timeout(Duration::from_secs(1))
         .reconnect(0, Duration::from_millis(200));
-    let store = RedisStateStore::connect(config).await.expect("connect").into_store();
+    let store = RedisStateStore::connect(config)
+        .await
+        .expect("connect")
+        .into_store();
     store.set_state("k", &json!("before")).await.expect("set");
 
     server.crash();
@@ -27,7 +32,9 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
     // turns a hang into a failure instead of a stuck test.
     for _ in 0..3 {
         let call = tokio::time::timeout(Duration::from_secs(30), store.get_state(&["k"])).await;
-        let err = call.expect("a call hung with the server down").expect_err("server is down");
+        let err = call
+            .expect("a call hung with the server down")
+            .expect_err("server is down");
         assert!(err.is_transient(), "{err:?}");
         assert!(matches!(err, Error::Unavailable { .. }));
         let write = tokio::time::timeout(Duration::from_secs(30), store.increment("n", 1, None))
@@ -46,20 +53,31 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(recovered, "the handle did not recover after the server restarted");
-    assert_eq!(store.get::<String>("k").await.expect("get").as_deref(), Some("after"));
+    assert!(
+        recovered,
+        "the handle did not recover after the server restarted"
+    );
+    assert_eq!(
+        store.get::<String>("k").await.expect("get").as_deref(),
+        Some("after")
+    );
     store.destroy().await.expect("destroy");
 }
 
 #[tokio::test]
 async fn wrong_password_fails_at_connect_with_a_config_error() {
-    let Some(server) = server(&["--requirepass", "right-password"]) else { return };
+    let Some(server) = server(&["--requirepass", "right-password"]) else {
+        return;
+    };
     let url = server.url().replace("redis://", "redis://:wrong-password@");
     let err = RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))
         .await
         .expect_err("wrong password");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
-    assert!(!format!("{err} {err:?}").contains("wrong-password"), "{err:?}");
+    assert!(
+        !format!("{err} {err:?}").contains("wrong-password"),
+        "{err:?}"
+    );
 
     let url = server.url().replace("redis://", "redis://:right-password@");
     let store = RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))

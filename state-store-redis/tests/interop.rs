@@ -24,7 +24,10 @@ async fn purista_and_rust_read_each_other_and_cas_works_on_foreign_writes() {
     let name = format!("interop:{}", std::process::id());
 
     // Rust writes, PURISTA reads: GET name, JSON.parse.
-    store.set_state(&name, &json!({ "user": "ada", "n": 1 })).await.expect("set");
+    store
+        .set_state(&name, &json!({ "user": "ada", "n": 1 }))
+        .await
+        .expect("set");
     let raw_value: String = raw.get(&name).await.expect("raw get");
     let parsed: serde_json::Value = serde_json::from_str(&raw_value).expect("plain JSON text");
     assert_eq!(parsed, json!({ "user": "ada", "n": 1 }));
@@ -38,19 +41,35 @@ async fn purista_and_rust_read_each_other_and_cas_works_on_foreign_writes() {
 
     // That foreign write is a valid base for compare-and-set...
     let update = SetOptions::new().mode(SetMode::Update(entry.version.clone()));
-    store.set_with(&name, &json!({ "n": 3 }), update.clone()).await.expect("cas");
+    store
+        .set_with(&name, &json!({ "n": 3 }), update.clone())
+        .await
+        .expect("cas");
     // ...and a foreign write in between makes the stale version conflict.
     let entry = store.get_entry(&name).await.expect("get").expect("present");
-    raw.set::<(), _, _>(&name, r#"{"n":99}"#, None, None, false).await.expect("raw set");
+    raw.set::<(), _, _>(&name, r#"{"n":99}"#, None, None, false)
+        .await
+        .expect("raw set");
     let stale = SetOptions::new().mode(SetMode::Update(entry.version));
-    let err = store.set_with(&name, &json!({ "n": 4 }), stale).await.expect_err("stale");
+    let err = store
+        .set_with(&name, &json!({ "n": 4 }), stale)
+        .await
+        .expect_err("stale");
     assert!(err.is_conflict());
     let raw_value: String = raw.get(&name).await.expect("raw get");
     assert_eq!(raw_value, r#"{"n":99}"#);
 
     // A PURISTA counter is a JSON number: INCRBY works on it.
-    raw.set::<(), _, _>(format!("{name}:count"), "41", None, None, false).await.expect("raw set");
-    assert_eq!(store.increment(&format!("{name}:count"), 1, None).await.expect("incr"), 42);
+    raw.set::<(), _, _>(format!("{name}:count"), "41", None, None, false)
+        .await
+        .expect("raw set");
+    assert_eq!(
+        store
+            .increment(&format!("{name}:count"), 1, None)
+            .await
+            .expect("incr"),
+        42
+    );
 
     store.remove_state(&name).await.expect("remove");
     let gone: Option<String> = raw.get(&name).await.expect("raw get");

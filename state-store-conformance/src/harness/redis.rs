@@ -153,7 +153,10 @@ impl RedisCluster {
                 ],
             )?);
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let created = Command::new(&cli)
             .arg("--cluster")
             .arg("create")

@@ -1,7 +1,7 @@
 //! Adapter vs raw fred, same process, same server, same JSON work.
 //!
 //! ```text
-//! cargo run --release -p state-store-redis --example bench
+//! cargo run --release -p state-store-redis --example redis_bench
 //! ```
 //!
 //! Uses `STATE_STORE_TEST_REDIS_URL` if set, else spawns `redis-server` on loopback.
@@ -25,8 +25,15 @@ fn key(i: u64) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = redis_url().ok_or("no redis-server available")?;
-    let store = RedisStateStore::connect(RedisConfig::from_url(&url)?).await?.into_store();
-    let raw = fred::clients::Client::new(fred::types::config::Config::from_url(&url)?, None, None, None);
+    let store = RedisStateStore::connect(RedisConfig::from_url(&url)?)
+        .await?
+        .into_store();
+    let raw = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&url)?,
+        None,
+        None,
+        None,
+    );
     raw.init().await?;
     let raw = Arc::new(raw);
     let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
@@ -68,7 +75,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let (r, v) = (r.clone(), v2.clone());
                 async move {
                     let text = serde_json::to_string(&v).expect("json");
-                    r.set::<(), _, _>(key(i), text, None, None, false).await.expect("set");
+                    r.set::<(), _, _>(key(i), text, None, None, false)
+                        .await
+                        .expect("set");
                 }
             }),
         )
@@ -120,17 +129,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         op(move |i| {
             let s = s.clone();
             async move {
-                s.increment(&format!("bench:c{}", i % 10), 1, None).await.expect("incr");
+                s.increment(&format!("bench:c{}", i % 10), 1, None)
+                    .await
+                    .expect("incr");
             }
         }),
         op(move |i| {
             let r = r.clone();
             async move {
-                let _: i64 = r.incr_by(format!("bench:c{}", i % 10), 1).await.expect("incr");
+                let _: i64 = r
+                    .incr_by(format!("bench:c{}", i % 10), 1)
+                    .await
+                    .expect("incr");
             }
         }),
     );
-    let cases = [get(1), set(1), get(64), set(64), get_state, vs_purista, increment];
+    let cases = [
+        get(1),
+        set(1),
+        get(64),
+        set(64),
+        get_state,
+        vs_purista,
+        increment,
+    ];
     bench::run("RedisStateStore vs raw fred", &cases).await;
     store.destroy().await?;
     raw.quit().await?;

@@ -1,7 +1,7 @@
 //! Adapter vs raw async-nats KV, same process, same server, same JSON work.
 //!
 //! ```text
-//! cargo run --release -p state-store-nats --example bench
+//! cargo run --release -p state-store-nats --example nats_bench
 //! ```
 //!
 //! Uses `STATE_STORE_TEST_NATS_URL` if set, else spawns `nats-server -js` on loopback.
@@ -25,7 +25,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = NatsConfig::new(url.clone()).bucket("bench");
     let store = NatsStateStore::connect(config).await?.into_store();
     let client = async_nats::connect(url).await?;
-    let kv = async_nats::jetstream::new(client).get_key_value("bench").await?;
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("bench")
+        .await?;
     let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
     for i in 0..KEYS {
         store.set_state(&key(i), &value).await?;
@@ -97,7 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         op(move |i| {
             let s = s.clone();
             async move {
-                s.increment(&format!("bench.c{}", i % 10), 1, None).await.expect("incr");
+                s.increment(&format!("bench.c{}", i % 10), 1, None)
+                    .await
+                    .expect("incr");
             }
         }),
         op(move |i| {
@@ -111,7 +115,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     Some(e) => {
                         let n: i64 = serde_json::from_slice(&e.value).expect("int");
-                        r.update(&name, (n + 1).to_string().into(), e.revision).await.expect("update");
+                        r.update(&name, (n + 1).to_string().into(), e.revision)
+                            .await
+                            .expect("update");
                     }
                 }
             }

@@ -1,0 +1,187 @@
+//! Adapter vs the raw generated Dapr gRPC client, same process, same sidecar, same JSON work.
+//!
+//! ```text
+//! STATE_STORE_DAPRD_BIN=$(scripts/build-daprd) cargo run --release -p state-store-dapr --example dapr_bench
+//! ```
+//!
+//! Spawns `daprd` with `state.redis` (and a `redis-server`) on loopback, or uses
+//! `STATE_STORE_TEST_DAPR_GRPC_ENDPOINT`.
+
+#![allow(clippy::expect_used)] // a benchmark stops on the first failure
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::harness::dapr::{dapr_endpoint, Component, COMPONENT};
+use state_store_dapr::dapr::dapr::proto::common::v1::{
+    state_options, Etag, StateItem, StateOptions,
+};
+use state_store_dapr::dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use state_store_dapr::dapr::dapr::proto::runtime::v1::{
+    GetBulkStateRequest, GetStateRequest, SaveStateRequest,
+};
+use state_store_dapr::{DaprConfig, DaprStateStore};
+
+const KEYS: u64 = 1000;
+
+fn key(i: u64) -> String {
+    format!("bench:k{}", i % KEYS)
+}
+
+fn save(key: String, value: Vec<u8>, etag: Option<String>) -> SaveStateRequest {
+    let options = etag.as_ref().map(|_| StateOptions {
+        concurrency: state_options::StateConcurrency::ConcurrencyFirstWrite as i32,
+        ..StateOptions::default()
+    });
+    SaveStateRequest {
+        store_name: COMPONENT.into(),
+        states: vec![StateItem {
+            key,
+            value,
+            etag: etag.map(|value| Etag { value }),
+            metadata: HashMap::from([("ttlInSeconds".to_owned(), "-1".to_owned())]),
+            options,
+        }],
+    }
+}
+
+fn get(key: String) -> GetStateRequest {
+    GetStateRequest {
+        store_name: COMPONENT.into(),
+        key,
+        ..GetStateRequest::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let endpoint = dapr_endpoint(Component::Redis).ok_or("no daprd available")?;
+    let store = DaprStateStore::connect(DaprConfig::new(endpoint.clone(), COMPONENT))
+        .await?
+        .into_store();
+    let raw = DaprClient::connect(endpoint).await?;
+    let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
+    for i in 0..KEYS {
+        store.set_state(&key(i), &value).await?;
+    }
+    let names10: Vec<String> = (0..10).map(key).collect();
+
+    let get_case = |tasks| {
+        let (s, r) = (store.clone(), raw.clone());
+        Case::new(
+            "get",
+            tasks,
+            op(move |i| {
+                let s = s.clone();
+                async move {
+                    s.get::<Value>(&key(i)).await.expect("get");
+                }
+            }),
+            op(move |i| {
+                let mut r = r.clone();
+                async move {
+                    let data = r
+                        .get_state(get(key(i)))
+                        .await
+                        .expect("get")
+                        .into_inner()
+                        .data;
+                    let _: Value = serde_json::from_slice(&data).expect("json");
+                }
+            }),
+        )
+    };
+    let set_case = |tasks| {
+        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
+        Case::new(
+            "set",
+            tasks,
+            op(move |i| {
+                let (s, v) = (s.clone(), v1.clone());
+                async move { s.set_state(&key(i), &v).await.expect("set") }
+            }),
+            op(move |i| {
+                let (mut r, v) = (r.clone(), v2.clone());
+                async move {
+                    let bytes = serde_json::to_vec(&v).expect("json");
+                    r.save_state(save(key(i), bytes, None)).await.expect("save");
+                }
+            }),
+        )
+    };
+    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let bulk = Case::new(
+        "get_state ×10 vs raw GetBulkState",
+        1,
+        op(move |_| {
+            let (s, n) = (s.clone(), n1.clone());
+            async move {
+                s.get_state(&n).await.expect("get_state");
+            }
+        }),
+        op(move |_| {
+            let (mut r, n) = (r.clone(), n2.clone());
+            async move {
+                let request = GetBulkStateRequest {
+                    store_name: COMPONENT.into(),
+                    keys: n,
+                    ..GetBulkStateRequest::default()
+                };
+                for item in r
+                    .get_bulk_state(request)
+                    .await
+                    .expect("bulk")
+                    .into_inner()
+                    .items
+                {
+                    let _: Value = serde_json::from_slice(&item.data).expect("json");
+                }
+            }
+        }),
+    );
+    let (s, r) = (store.clone(), raw.clone());
+    let increment = Case::new(
+        "increment vs raw get + save(etag)",
+        1,
+        op(move |i| {
+            let s = s.clone();
+            async move {
+                s.increment(&format!("bench:c{}", i % 10), 1, None)
+                    .await
+                    .expect("incr");
+            }
+        }),
+        op(move |i| {
+            let mut r = r.clone();
+            async move {
+                let name = format!("bench:r{}", i % 10);
+                let current = r
+                    .get_state(get(name.clone()))
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let n: i64 = if current.data.is_empty() {
+                    0
+                } else {
+                    serde_json::from_slice(&current.data).expect("int")
+                };
+                let etag = (!current.etag.is_empty()).then_some(current.etag);
+                r.save_state(save(name, (n + 1).to_string().into_bytes(), etag))
+                    .await
+                    .expect("save");
+            }
+        }),
+    );
+    let cases = [
+        get_case(1),
+        set_case(1),
+        get_case(16),
+        set_case(16),
+        bulk,
+        increment,
+    ];
+    bench::run("DaprStateStore vs raw Dapr gRPC (state.redis)", &cases).await;
+    store.destroy().await?;
+    Ok(())
+}

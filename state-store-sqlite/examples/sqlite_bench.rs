@@ -1,0 +1,196 @@
+//! Adapter vs raw rusqlite running the same statements, in one process, on one file.
+//!
+//! ```text
+//! cargo run --release -p state-store-sqlite --example sqlite_bench
+//! ```
+//!
+//! The raw side calls rusqlite directly from the task, on one connection behind a mutex: the
+//! cheapest correct way to share one connection, and it blocks the runtime (what the adapter
+//! exists to avoid). The adapter hands each call to its own thread and awaits the answer.
+
+#![allow(clippy::expect_used)] // a benchmark stops on the first failure
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, params_from_iter, Connection};
+use serde_json::{json, Value};
+use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::harness::TempDir;
+use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+
+const KEYS: u64 = 1000;
+
+fn key(i: u64) -> String {
+    format!("bench:k{}", i % KEYS)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const GET: &str = "SELECT key, value, version, expires_at FROM state_store
+     WHERE key IN (?) AND (expires_at IS NULL OR expires_at > ?)";
+const SET: &str =
+    "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (key) DO UPDATE SET
+         value = excluded.value, version = excluded.version, expires_at = excluded.expires_at";
+const INCREMENT: &str = "INSERT INTO state_store (key, value, version, expires_at)
+         VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
+     ON CONFLICT (key) DO UPDATE SET
+         value = CASE WHEN state_store.expires_at <= ?5 THEN CAST(?2 AS TEXT)
+                 ELSE CAST(CAST(state_store.value AS INTEGER) + ?2 AS TEXT) END,
+         version = ?3,
+         expires_at = CASE WHEN state_store.expires_at <= ?5 THEN ?4
+                      ELSE state_store.expires_at END
+     WHERE state_store.expires_at <= ?5
+        OR (printf('%d', CAST(state_store.value AS INTEGER)) = state_store.value
+            AND typeof(CAST(state_store.value AS INTEGER) + ?2) = 'integer')
+     RETURNING CAST(value AS INTEGER)";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = TempDir::new("sqlite-bench");
+    let path = dir.path().join("state.db");
+    let store = SqliteStateStore::connect(SqliteConfig::new(&path)).await?;
+    let conn = Connection::open(&path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let raw = Arc::new(Mutex::new(conn));
+    let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
+    for i in 0..KEYS {
+        store.set_state(&key(i), &value).await?;
+    }
+    let names10: Vec<String> = (0..10).map(key).collect();
+
+    let get = |tasks| {
+        let (s, r) = (store.clone(), raw.clone());
+        Case::new(
+            "get",
+            tasks,
+            op(move |i| {
+                let s = s.clone();
+                async move {
+                    s.get::<Value>(&key(i)).await.expect("get");
+                }
+            }),
+            op(move |i| {
+                let r = r.clone();
+                async move {
+                    let conn = r.lock().expect("lock");
+                    let mut stmt = conn.prepare_cached(GET).expect("prepare");
+                    let text: String = stmt
+                        .query_row(params![key(i), now_ms()], |row| row.get(1))
+                        .expect("row");
+                    let _: Value = serde_json::from_str(&text).expect("json");
+                }
+            }),
+        )
+    };
+    let set = |tasks| {
+        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
+        Case::new(
+            "set",
+            tasks,
+            op(move |i| {
+                let (s, v) = (s.clone(), v1.clone());
+                async move { s.set_state(&key(i), &v).await.expect("set") }
+            }),
+            op(move |i| {
+                let (r, v) = (r.clone(), v2.clone());
+                async move {
+                    let text = serde_json::to_string(&v).expect("json");
+                    let conn = r.lock().expect("lock");
+                    let version: i64 = rand::random_range(1..i64::MAX);
+                    conn.prepare_cached(SET)
+                        .expect("prepare")
+                        .execute(params![key(i), text, version, None::<i64>])
+                        .expect("set");
+                }
+            }),
+        )
+    };
+    let get_state = |tasks| {
+        let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+        Case::new(
+            "get_state ×10",
+            tasks,
+            op(move |_| {
+                let (s, n) = (s.clone(), n1.clone());
+                async move {
+                    s.get_state(&n).await.expect("get_state");
+                }
+            }),
+            op(move |_| {
+                let (r, n) = (r.clone(), n2.clone());
+                async move {
+                    let sql =
+                        GET.replace("IN (?)", &format!("IN ({})", vec!["?"; n.len()].join(",")));
+                    let conn = r.lock().expect("lock");
+                    let mut stmt = conn.prepare_cached(&sql).expect("prepare");
+                    let now = now_ms();
+                    let args = n
+                        .iter()
+                        .map(|k| k as &dyn rusqlite::ToSql)
+                        .chain([&now as &dyn rusqlite::ToSql]);
+                    let mut rows = stmt.query(params_from_iter(args)).expect("query");
+                    while let Some(row) = rows.next().expect("row") {
+                        let text: String = row.get(1).expect("value");
+                        let _: Value = serde_json::from_str(&text).expect("json");
+                    }
+                }
+            }),
+        )
+    };
+    let increment = |tasks| {
+        let (s, r) = (store.clone(), raw.clone());
+        Case::new(
+            "increment",
+            tasks,
+            op(move |i| {
+                let s = s.clone();
+                async move {
+                    s.increment(&format!("bench:c{}", i % 10), 1, None)
+                        .await
+                        .expect("incr");
+                }
+            }),
+            op(move |i| {
+                let r = r.clone();
+                async move {
+                    let conn = r.lock().expect("lock");
+                    let version: i64 = rand::random_range(1..i64::MAX);
+                    let _: i64 = conn
+                        .prepare_cached(INCREMENT)
+                        .expect("prepare")
+                        .query_row(
+                            params![
+                                format!("bench:r{}", i % 10),
+                                1,
+                                version,
+                                None::<i64>,
+                                now_ms()
+                            ],
+                            |row| row.get(0),
+                        )
+                        .expect("incr");
+                }
+            }),
+        )
+    };
+    let cases = [
+        get(1),
+        set(1),
+        get_state(1),
+        increment(1),
+        get(16),
+        set(16),
+        get_state(16),
+        increment(16),
+    ];
+    bench::run("SqliteStateStore vs raw rusqlite", &cases).await;
+    store.destroy().await?;
+    Ok(())
+}
