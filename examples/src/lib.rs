@@ -1,13 +1,17 @@
 //! Shared by the example programs: choosing a store from the command line or environment.
 
 use state_store_core::{DefaultStateStore, Error, StateStore};
+use state_store_dapr::{DaprConfig, DaprStateStore};
+use state_store_nats::{NatsConfig, NatsStateStore};
+use state_store_redis::{RedisConfig, RedisStateStore};
 use state_store_sqlite::{SqliteConfig, SqliteStateStore};
 
 /// Where the examples keep state unless told otherwise.
 pub const DEFAULT_URL: &str = "sqlite://./state.db";
 
-/// The store URL: `--store <url>` on the command line, else `STATE_STORE_URL`, else
-/// [`DEFAULT_URL`].
+/// The store URL, first found of: `--store <url>`; `STATE_STORE_URL`; `REDIS_URL`; `NATS_URL`;
+/// `DAPR_GRPC_ENDPOINT` (as `dapr://host:port/<component>`, the component from
+/// `DAPR_STATE_STORE`, default `statestore`); else [`DEFAULT_URL`].
 pub fn store_url() -> String {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -19,20 +23,48 @@ pub fn store_url() -> String {
             return url.to_owned();
         }
     }
-    std::env::var("STATE_STORE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    if let Some(url) = var("STATE_STORE_URL")
+        .or_else(|| var("REDIS_URL"))
+        .or_else(|| var("NATS_URL"))
+    {
+        return url;
+    }
+    if let Some(endpoint) = var("DAPR_GRPC_ENDPOINT") {
+        let host = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, rest)| rest);
+        let component = var("DAPR_STATE_STORE").unwrap_or_else(|| "statestore".to_owned());
+        return format!("dapr://{}/{component}", host.trim_end_matches('/'));
+    }
+    DEFAULT_URL.to_owned()
 }
 
-/// Opens the store a URL names: `sqlite://<path>` or `memory://`.
+/// Opens the store a URL names: `sqlite://<path>`, `memory://`, `redis://…` (also `rediss://`,
+/// `redis-cluster://`), `nats://…`, or `dapr://host:port/<component>`.
 ///
 /// # Errors
 ///
 /// [`Error::Config`] for an unknown scheme; whatever opening the store reports.
 pub async fn open(url: &str) -> Result<StateStore, Error> {
-    match url.split_once(':').map(|(scheme, _)| scheme) {
-        Some("sqlite") => SqliteStateStore::connect(SqliteConfig::from_url(url)?).await,
-        Some("memory") => Ok(StateStore::new(DefaultStateStore::new())),
+    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "sqlite" => SqliteStateStore::connect(SqliteConfig::from_url(url)?).await,
+        "memory" => Ok(StateStore::new(DefaultStateStore::new())),
+        "redis" | "rediss" | "redis-cluster" => {
+            Ok(RedisStateStore::connect(RedisConfig::from_url(url)?).await?.into_store())
+        }
+        "nats" | "tls" => Ok(NatsStateStore::connect(NatsConfig::new(url)).await?.into_store()),
+        "dapr" => {
+            let rest = url.trim_start_matches("dapr://");
+            let (host, component) = rest
+                .split_once('/')
+                .ok_or_else(|| Error::config("a dapr URL is dapr://host:port/<component>"))?;
+            let config = DaprConfig::new(format!("http://{host}"), component);
+            Ok(DaprStateStore::connect(config).await?.into_store())
+        }
         _ => Err(Error::config(format!(
-            "unknown store URL {url:?}; use sqlite://<path> or memory://"
+            "unknown store URL scheme {scheme:?}; use sqlite://, memory://, redis://, nats:// or dapr://"
         ))),
     }
 }

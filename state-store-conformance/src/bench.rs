@@ -2,8 +2,8 @@
 //! one process on one server, interleaved short rounds (A B B A …) after a warm-up, reporting
 //! the mean throughput ratio with its 95% interval, p50/p99 latency and ops/s.
 //!
-//! Settings from the environment: `BENCH_ROUNDS` (default 10) and `BENCH_ROUND_MS` (default
-//! 1000).
+//! Settings from the environment: `BENCH_ROUNDS` (default 10), `BENCH_ROUND_MS` (default
+//! 1000) and `BENCH_FILTER` (run only cases whose name contains it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -120,7 +120,8 @@ pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
     println!("| operation | tasks | adapter ops/s | raw ops/s | adapter ÷ raw (95% CI) | adapter p50 / p99 µs | raw p50 / p99 µs |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut means = Vec::new();
-    for case in cases {
+    let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+    for case in cases.iter().filter(|c| c.name.contains(filter.as_str())) {
         let warm = length / 2;
         round(&case.adapter, case.concurrency, warm, &counter).await;
         round(&case.raw, case.concurrency, warm, &counter).await;

@@ -245,14 +245,18 @@ impl Capabilities {
 ///   they are; return them as they were.
 /// - `get_many` returns one slot per requested key, in request order; a missing or expired key
 ///   is `None`.
-/// - Every successful write returns a new [`Version`]; `get_many` returns the current one.
+/// - A successful write that changes the value returns a new [`Version`]; `get_many` returns
+///   the current one. (Rewriting identical bytes may keep the version: Redis derives it from
+///   the value so that writes by other clients stay valid bases for compare-and-set.)
 /// - `set` with [`SetMode::Create`] fails with [`Error::Conflict`] if the key exists;
 ///   [`SetMode::Update`] fails with `Conflict` if the current version differs or the key is
 ///   gone. A failed condition writes nothing.
 /// - A `ttl` of `None` stores the value without expiry and clears an earlier TTL. An expired
 ///   key reads as missing.
-/// - `remove` of a missing key is `Ok(false)`. With `expected`, the removal happens only if the
-///   current version is `expected`; otherwise `Conflict`.
+/// - `remove` of a missing key is `Ok`; the flag says whether the key existed, where the
+///   backend can tell without another round trip (NATS and Dapr report `true`). With
+///   `expected`, the removal happens only if the current version is `expected`; otherwise
+///   `Conflict` (or `Ok(false)` when the key is missing).
 /// - `increment` is atomic across processes; a missing key starts at 0 and, only then, gets
 ///   `ttl`. A value that is not a JSON integer, or an overflow, is [`Error::NotAnInteger`].
 /// - A feature the backend does not declare in [`Capabilities`] returns
@@ -276,7 +280,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Writes one key and returns the new version.
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version>;
 
-    /// Removes one key; `Ok(true)` if it existed.
+    /// Removes one key; `Ok(true)` if it existed (or the backend cannot tell cheaply).
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool>;
 
     /// Adds `delta` to the integer at `key` and returns the new value.

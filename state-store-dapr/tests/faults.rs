@@ -1,5 +1,7 @@
 //! A sidecar that dies and comes back, an unknown component, a missing sidecar.
 
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
 use std::time::Duration;
 
 use serde_json::json;

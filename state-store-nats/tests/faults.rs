@@ -1,5 +1,7 @@
 //! Servers that crash, restart, lose a node, or refuse credentials.
 
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
 use std::time::Duration;
 
 use serde_json::json;

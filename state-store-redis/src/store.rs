@@ -171,19 +171,28 @@ impl RedisStateStore {
     }
 
     async fn mget(&self, keys: Vec<&String>) -> Result<Vec<Option<Vec<u8>>>> {
-        let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
-        let values: Vec<Option<fred::bytes::Bytes>> = if keys.len() == 1 {
-            vec![self.client.get(keys[0]).await.map_err(map)?]
-        } else {
-            self.client.mget(keys).await.map_err(map)?
+        let values: Vec<Option<fred::bytes::Bytes>> = match keys.as_slice() {
+            [key] => vec![self.client.get(key.as_str()).await.map_err(map)?],
+            _ => {
+                let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+                self.client.mget(keys).await.map_err(map)?
+            }
         };
-        Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
+        // Zero-copy when fred holds the only reference to the buffer.
+        Ok(values.into_iter().map(|v| v.map(Vec::from)).collect())
     }
 }
 
 /// The version of a stored value: its SHA-1, as `redis.sha1hex` computes it.
 pub(crate) fn digest(value: &[u8]) -> Version {
-    Version::new(sha1_smol::Sha1::from(value).digest().to_string())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = sha1_smol::Sha1::from(value).digest().bytes();
+    let mut hex = String::with_capacity(40);
+    for b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    Version::new(hex)
 }
 
 /// Milliseconds for `PX`, rounded up so a sub-millisecond TTL still expires.
@@ -333,5 +342,23 @@ impl Backend for RedisStateStore {
             return Ok(());
         }
         self.client.quit().await.map_err(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_the_sha1_redis_computes() {
+        // redis-cli EVAL "return redis.sha1hex(ARGV[1])" 0 '{"a":1}'
+        assert_eq!(
+            digest(br#"{"a":1}"#).as_str(),
+            "9f89c740ceb46d7418c924a78ac57941d5e96520"
+        );
+        assert_eq!(
+            digest(b"").as_str(),
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! A server that goes away, comes back, or refuses the password.
 
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
 use std::time::Duration;
 
 use serde_json::json;

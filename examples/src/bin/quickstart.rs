@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run -p examples --bin quickstart                 # SQLite file ./state.db
 //! cargo run -p examples --bin quickstart -- --store memory://
+//! cargo run -p examples --bin quickstart -- --store redis://127.0.0.1:6379
+//! REDIS_URL=… / NATS_URL=… / DAPR_GRPC_ENDPOINT=… cargo run -p examples --bin quickstart
 //! ```
 //!
 //! Run it twice: the second run prints what the first one left.
