@@ -1,6 +1,7 @@
 //! The trait an adapter (or your own store) implements: bytes in, bytes out, with versions.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,6 +321,37 @@ macro_rules! forward_backend {
 }
 
 forward_backend!(Box, Arc);
+
+/// Whether a backend was closed: for [`Backend`] implementors, so that every handle sharing a
+/// backend fails with [`Error::Closed`] after one of them closes it.
+#[derive(Debug, Default)]
+pub struct CloseFlag(AtomicBool);
+
+impl CloseFlag {
+    /// A flag for an open backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `Ok` while open; [`Error::Closed`] naming `store` after [`CloseFlag::close`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once closed.
+    pub fn check(&self, store: &str) -> Result<()> {
+        if self.0.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                store: store.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the backend closed; true the first time, so only one caller closes connections.
+    pub fn close(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+}
 
 /// How many times [`increment_with_cas`] retries a lost race before giving up.
 pub const CAS_RETRIES: usize = 1000;

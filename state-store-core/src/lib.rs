@@ -56,8 +56,8 @@ mod store;
 mod typed;
 
 pub use backend::{
-    increment_with_cas, parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions, Version,
-    CAS_RETRIES,
+    increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode,
+    SetOptions, Version, CAS_RETRIES,
 };
 pub use config::{StoreConfig, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES};
 pub use error::{BoxError, Error, JsonError, Operation, Result};

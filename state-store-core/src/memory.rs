@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::backend::{parse_counter, Backend, Capabilities, Entry, SetMode, SetOptions, Version};
+use crate::backend::{
+    parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version,
+};
 use crate::error::{Error, Result};
 
 /// How often the background sweep runs by default.
@@ -43,7 +44,7 @@ pub struct DefaultStateStore {
 
 struct Shared {
     state: Mutex<State>,
-    closed: AtomicBool,
+    closed: CloseFlag,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -129,7 +130,7 @@ impl fmt::Debug for DefaultStateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultStateStore")
             .field("keys", &self.lock().slots.len())
-            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("closed", &self.shared.closed.check("memory").is_err())
             .finish()
     }
 }
@@ -145,7 +146,7 @@ impl DefaultStateStore {
         let store = DefaultStateStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                closed: AtomicBool::new(false),
+                closed: CloseFlag::new(),
                 sweeper: Mutex::new(None),
             }),
         };
@@ -172,11 +173,7 @@ impl DefaultStateStore {
     }
 
     fn open(&self) -> Result<MutexGuard<'_, State>> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                store: "memory".to_owned(),
-            });
-        }
+        self.shared.closed.check("memory")?;
         Ok(self.lock())
     }
 }
@@ -295,7 +292,7 @@ impl Backend for DefaultStateStore {
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed.close();
         if let Some(task) = lock(&self.shared.sweeper).take() {
             task.abort();
         }

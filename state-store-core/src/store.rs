@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::backend::{Backend, Capabilities, Entry, SetMode, SetOptions, Version};
+use crate::backend::{Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version};
 use crate::config::StoreConfig;
 use crate::error::{Error, Operation, Result};
 use crate::key::full_key;
@@ -92,7 +91,7 @@ struct Inner {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
     capabilities: Capabilities,
-    closed: Arc<AtomicBool>,
+    closed: Arc<CloseFlag>,
 }
 
 impl fmt::Debug for StateStore {
@@ -124,7 +123,7 @@ impl StateStore {
                 backend,
                 config,
                 capabilities,
-                closed: Arc::new(AtomicBool::new(false)),
+                closed: Arc::new(CloseFlag::new()),
             }),
         }
     }
@@ -315,7 +314,7 @@ impl StateStore {
     ///
     /// What the backend reports while closing.
     pub async fn destroy(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        if !self.inner.closed.close() {
             return Ok(());
         }
         self.inner
@@ -347,11 +346,7 @@ impl StateStore {
     }
 
     pub(crate) fn check(&self, operation: Operation) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                store: self.name().to_owned(),
-            });
-        }
+        self.inner.closed.check(self.name())?;
         let config = &self.inner.config;
         let enabled = match operation {
             Operation::Get => config.enable_get,

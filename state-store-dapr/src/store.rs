@@ -1,7 +1,6 @@
 //! `DaprStateStore`: the backend over the sidecar's gRPC state API.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,8 +12,8 @@ use dapr::dapr::proto::runtime::v1::{
     DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest, SaveStateRequest,
 };
 use state_store_core::{
-    parse_counter, Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore,
-    StoreConfig, Version, CAS_RETRIES,
+    parse_counter, Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions,
+    StateStore, StoreConfig, Version, CAS_RETRIES,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -94,7 +93,7 @@ pub struct DaprStateStore {
     store_name: String,
     create: Option<CreateWith>,
     persistent: bool,
-    closed: AtomicBool,
+    closed: CloseFlag,
 }
 
 impl std::fmt::Debug for Token {
@@ -166,7 +165,7 @@ impl DaprStateStore {
             store_name: config.store_name,
             create,
             persistent: component.r#type != "state.in-memory",
-            closed: AtomicBool::new(false),
+            closed: CloseFlag::new(),
         })
     }
 
@@ -181,12 +180,7 @@ impl DaprStateStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                store: STORE.to_owned(),
-            });
-        }
-        Ok(())
+        self.closed.check(STORE)
     }
 
     /// One `SaveState`. With `want_version` it reads the key back for the new ETag.
@@ -437,7 +431,7 @@ impl Backend for DaprStateStore {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
+        self.closed.close();
         Ok(())
     }
 }

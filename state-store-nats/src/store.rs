@@ -1,6 +1,5 @@
 //! `NatsStateStore`: the backend over a JetStream KV bucket.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
@@ -10,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use state_store_core::{
-    increment_with_cas, Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions,
-    StateStore, StoreConfig, Version,
+    increment_with_cas, Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
+    SetOptions, StateStore, StoreConfig, Version,
 };
 
 use crate::config::{Credentials, NatsConfig};
@@ -72,7 +71,7 @@ pub struct NatsStateStore {
     marker_ttl: Option<Duration>,
     persistent: bool,
     max_value_len: usize,
-    closed: AtomicBool,
+    closed: CloseFlag,
 }
 
 impl NatsStateStore {
@@ -171,7 +170,7 @@ impl NatsStateStore {
             ttl,
             marker_ttl: ttl.then_some(config.marker_ttl),
             max_value_len,
-            closed: AtomicBool::new(false),
+            closed: CloseFlag::new(),
         })
     }
 
@@ -191,12 +190,7 @@ impl NatsStateStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                store: STORE.to_owned(),
-            });
-        }
-        Ok(())
+        self.closed.check(STORE)
     }
 
     /// The last message on the key's subject, tombstones included.
@@ -405,7 +399,7 @@ impl Backend for NatsStateStore {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.closed.close() {
             return Ok(());
         }
         if let Some(client) = &self.client {

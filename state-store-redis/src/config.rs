@@ -64,6 +64,18 @@ impl RedisConfig {
     /// [`Error::Config`] for a URL fred cannot parse (the URL is not repeated: it may hold a
     /// password).
     pub fn from_url(url: &str) -> Result<Self> {
+        // fred takes any scheme for a plain server; a typo should not silently connect.
+        const SCHEMES: [&str; 4] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "redis-sentinel://",
+        ];
+        if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(Error::config(
+                "a Redis URL starts with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+            ));
+        }
         let fred = Config::from_url(url).map_err(map)?;
         Ok(RedisConfig {
             fred,
@@ -134,5 +146,36 @@ impl RedisConfig {
             return Err(Error::config("Redis timeouts must be positive"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = format!("{err} {err:?}");
+        let mut source = err.source();
+        while let Some(cause) = source {
+            out.push_str(&format!(" {cause} {cause:?}"));
+            source = cause.source();
+        }
+        out
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_and_errors() {
+        let config = RedisConfig::from_url("redis://ada:pa55word@127.0.0.1:6379/2").expect("url");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        for bad in [
+            "redis://ada:pa55word@127.0.0.1:notaport",
+            "ftp://ada:pa55word@host",
+        ] {
+            let err = RedisConfig::from_url(bad).expect_err("bad url");
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+            assert!(!chain(&err).contains("pa55word"), "{}", chain(&err));
+        }
     }
 }

@@ -1,6 +1,5 @@
 //! `RedisStateStore`: the backend over a fred client.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore, StoreConfig,
-    Version,
+    Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions, StateStore,
+    StoreConfig, Version,
 };
 
 use crate::config::RedisConfig;
@@ -92,7 +91,7 @@ return v",
 pub struct RedisStateStore {
     client: Client,
     clustered: bool,
-    closed: AtomicBool,
+    closed: CloseFlag,
 }
 
 impl RedisStateStore {
@@ -142,7 +141,7 @@ impl RedisStateStore {
         RedisStateStore {
             client,
             clustered,
-            closed: AtomicBool::new(false),
+            closed: CloseFlag::new(),
         }
     }
 
@@ -162,12 +161,7 @@ impl RedisStateStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed {
-                store: STORE.to_owned(),
-            });
-        }
-        Ok(())
+        self.closed.check(STORE)
     }
 
     async fn mget(&self, keys: Vec<&String>) -> Result<Vec<Option<Vec<u8>>>> {
@@ -338,7 +332,7 @@ impl Backend for RedisStateStore {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.closed.close() {
             return Ok(());
         }
         self.client.quit().await.map_err(map)

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::redis::RedisServer;
-use super::{find_binary, free_port, http_status, unavailable, wait_for, ServerProcess, TempDir};
+use super::{find_binary, free_port, http_status, unavailable, Supervised, TempDir};
 
 /// Env var with the gRPC endpoint of a running sidecar to use instead of spawning one (its
 /// state store component must be named [`COMPONENT`]).
@@ -36,11 +36,11 @@ fn daprd() -> Result<PathBuf, String> {
 /// A `daprd` this test owns, with its component files and (for Redis) its own `redis-server`.
 #[derive(Debug)]
 pub struct Daprd {
-    process: Option<ServerProcess>,
+    server: Supervised,
     grpc_port: u16,
     http_port: u16,
-    args: Vec<String>,
-    dir: TempDir,
+    // Removed when the sidecar is dropped.
+    _dir: TempDir,
     // Kept alive (and killed on drop) with the sidecar that uses it.
     _redis: Option<RedisServer>,
 }
@@ -96,12 +96,12 @@ impl Daprd {
         .iter()
         .map(ToString::to_string)
         .collect();
+        let log = dir.path().join("daprd.log");
         let mut daprd = Daprd {
-            process: None,
+            server: Supervised::new(daprd()?, args, log),
             grpc_port,
             http_port,
-            args,
-            dir,
+            _dir: dir,
             _redis: redis,
         };
         daprd.start()?;
@@ -109,17 +109,10 @@ impl Daprd {
     }
 
     fn start(&mut self) -> Result<(), String> {
-        let log = self.dir.path().join("daprd.log");
-        let process = ServerProcess::spawn(&daprd()?, &self.args, &log)
-            .map_err(|e| format!("cannot start daprd: {e}"))?;
         let port = self.http_port;
-        if !wait_for(START_TIMEOUT, || {
+        self.server.start(START_TIMEOUT, || {
             http_status(port, "/v1.0/healthz") == Some(204)
-        }) {
-            return Err(format!("daprd did not become healthy: {}", process.log()));
-        }
-        self.process = Some(process);
-        Ok(())
+        })
     }
 
     /// `http://127.0.0.1:<grpc port>`.
@@ -129,9 +122,7 @@ impl Daprd {
 
     /// Kills `daprd` with SIGKILL (its Redis keeps running).
     pub fn crash(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.crash();
-        }
+        self.server.crash();
     }
 
     /// Starts `daprd` again on the same ports.

@@ -234,6 +234,60 @@ impl ServerProcess {
     }
 }
 
+/// A server that can be crashed and started again with the same command line.
+#[derive(Debug)]
+pub struct Supervised {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    process: Option<ServerProcess>,
+}
+
+impl Supervised {
+    /// A server run as `program args…`, logging to `log`; not started yet.
+    pub fn new(program: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
+        Supervised {
+            program,
+            args,
+            log,
+            process: None,
+        }
+    }
+
+    /// Starts the process and waits up to `timeout` for `ready`.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot start or is not ready in time (with its log).
+    pub fn start(&mut self, timeout: Duration, ready: impl FnMut() -> bool) -> Result<(), String> {
+        let name = self
+            .program
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let process = ServerProcess::spawn(&self.program, &self.args, &self.log)
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        if !wait_for(timeout, ready) {
+            return Err(format!("{name} did not become ready: {}", process.log()));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn crash(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.crash();
+        }
+    }
+
+    /// Stops the process with SIGTERM.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::{
-    find_binary, free_port, http_get, http_status, unavailable, wait_for, ServerProcess, TempDir,
+    find_binary, free_port, http_get, http_status, unavailable, wait_for, wait_for_port,
+    Supervised, TempDir,
 };
 
 /// Env var with the URL of a NATS server (JetStream enabled) to use instead of spawning one.
@@ -43,12 +44,11 @@ fn nats_server() -> Result<PathBuf, String> {
 /// A `nats-server -js` this test owns, with file storage in its own directory.
 #[derive(Debug)]
 pub struct NatsServer {
-    process: Option<ServerProcess>,
+    server: Supervised,
     port: u16,
     monitor: u16,
-    args: Vec<String>,
-    dir: TempDir,
-    name: String,
+    // Removed when the server is dropped.
+    _dir: TempDir,
 }
 
 impl NatsServer {
@@ -58,10 +58,11 @@ impl NatsServer {
     ///
     /// When the binary is missing or the server does not become healthy.
     pub fn spawn(extra: &[&str]) -> Result<Self, String> {
-        Self::spawn_node("single", free_port(), extra)
+        Self::spawn_node("single", free_port(), extra, true)
     }
 
-    fn spawn_node(name: &str, port: u16, extra: &[&str]) -> Result<Self, String> {
+    /// A node alone in a cluster has no JetStream quorum: then wait for its port only.
+    fn spawn_node(name: &str, port: u16, extra: &[&str], healthy: bool) -> Result<Self, String> {
         let dir = TempDir::new("nats");
         let monitor = free_port();
         let mut args: Vec<String> = [
@@ -81,39 +82,28 @@ impl NatsServer {
         .map(ToString::to_string)
         .collect();
         args.extend(extra.iter().map(ToString::to_string));
+        let log = dir.path().join(format!("{name}.log"));
         let mut server = NatsServer {
-            process: None,
+            server: Supervised::new(nats_server()?, args, log),
             port,
             monitor,
-            args,
-            dir,
-            name: name.to_owned(),
+            _dir: dir,
         };
-        server.start(true)?;
+        if healthy {
+            server.start()?;
+        } else {
+            server.server.start(START_TIMEOUT, || {
+                wait_for_port(port, Duration::from_millis(200))
+            })?;
+        }
         Ok(server)
     }
 
-    fn start(&mut self, wait_healthy: bool) -> Result<(), String> {
-        let log = self.dir.path().join(format!("{}.log", self.name));
-        let process = ServerProcess::spawn(&nats_server()?, &self.args, &log)
-            .map_err(|e| format!("cannot start nats-server: {e}"))?;
+    fn start(&mut self) -> Result<(), String> {
         let monitor = self.monitor;
-        let healthy = || http_status(monitor, "/healthz?js-enabled-only=true") == Some(200);
-        let up = if wait_healthy {
-            wait_for(START_TIMEOUT, healthy)
-        } else {
-            wait_for(START_TIMEOUT, || {
-                super::wait_for_port(self.port, Duration::from_millis(100))
-            })
-        };
-        if !up {
-            return Err(format!(
-                "nats-server did not become ready: {}",
-                process.log()
-            ));
-        }
-        self.process = Some(process);
-        Ok(())
+        self.server.start(START_TIMEOUT, || {
+            http_status(monitor, "/healthz?js-enabled-only=true") == Some(200)
+        })
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -123,16 +113,12 @@ impl NatsServer {
 
     /// Kills the server with SIGKILL.
     pub fn crash(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.crash();
-        }
+        self.server.crash();
     }
 
     /// Stops the server gracefully (SIGTERM).
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.server.stop();
     }
 
     /// Starts the server again on the same port and storage directory (its data survives).
@@ -142,7 +128,7 @@ impl NatsServer {
     /// When it does not come back.
     pub fn restart(&mut self) -> Result<(), String> {
         self.crash();
-        self.start(true)
+        self.start()
     }
 }
 
@@ -194,33 +180,7 @@ impl NatsCluster {
                 &routes,
             ];
             let name = format!("node-{i}");
-            // A node alone has no JetStream quorum: wait for its port only, health after all.
-            let mut node = NatsServer {
-                process: None,
-                port: ports[i],
-                monitor: free_port(),
-                args: Vec::new(),
-                dir: TempDir::new("nats-cluster"),
-                name: name.clone(),
-            };
-            node.args = [
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &ports[i].to_string(),
-                "-m",
-                &node.monitor.to_string(),
-                "-sd",
-                &node.dir.path().display().to_string(),
-                "-n",
-                &name,
-            ]
-            .iter()
-            .map(ToString::to_string)
-            .chain(extra.iter().map(ToString::to_string))
-            .collect();
-            node.start(false)?;
+            let node = NatsServer::spawn_node(&name, ports[i], &extra, false)?;
             nodes.push(node);
         }
         // Healthy, and every node sees a meta leader and both other peers as current: before

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{find_binary, free_port, unavailable, wait_for_port, ServerProcess, TempDir};
+use super::{find_binary, free_port, unavailable, wait_for_port, Supervised, TempDir};
 
 /// Env var with the URL of a Redis to use instead of spawning one.
 pub const REDIS_URL_VAR: &str = "STATE_STORE_TEST_REDIS_URL";
@@ -23,10 +23,10 @@ fn redis_server() -> Result<PathBuf, String> {
 /// A `redis-server` this test owns, on a free loopback port, with its own directory.
 #[derive(Debug)]
 pub struct RedisServer {
-    process: Option<ServerProcess>,
+    server: Supervised,
     port: u16,
-    args: Vec<String>,
-    dir: TempDir,
+    // Removed when the server is dropped.
+    _dir: TempDir,
 }
 
 impl RedisServer {
@@ -59,25 +59,21 @@ impl RedisServer {
         .map(ToString::to_string)
         .collect();
         args.extend(extra.iter().map(ToString::to_string));
+        let log = dir.path().join("redis.log");
         let mut server = RedisServer {
-            process: None,
+            server: Supervised::new(redis_server()?, args, log),
             port,
-            args,
-            dir,
+            _dir: dir,
         };
         server.start()?;
         Ok(server)
     }
 
     fn start(&mut self) -> Result<(), String> {
-        let log = self.dir.path().join("redis.log");
-        let process = ServerProcess::spawn(&redis_server()?, &self.args, &log)
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        if !wait_for_port(self.port, START_TIMEOUT) {
-            return Err(format!("redis-server did not start: {}", process.log()));
-        }
-        self.process = Some(process);
-        Ok(())
+        let port = self.port;
+        self.server.start(START_TIMEOUT, || {
+            wait_for_port(port, Duration::from_millis(200))
+        })
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -92,9 +88,7 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL.
     pub fn crash(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.crash();
-        }
+        self.server.crash();
     }
 
     /// Starts the server again on the same port.
