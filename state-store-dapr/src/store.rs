@@ -184,6 +184,8 @@ impl DaprStateStore {
     }
 
     /// One `SaveState`. With `want_version` it reads the key back for the new ETag.
+    /// `just_read` says the caller read the key's version a moment ago, so re-checking that the
+    /// key exists would cost a round trip without narrowing the race it guards against.
     async fn write(
         &self,
         key: &str,
@@ -191,6 +193,7 @@ impl DaprStateStore {
         mode: &SetMode,
         ttl: TtlChange,
         want_version: bool,
+        just_read: bool,
     ) -> Result<Version> {
         let (etag, options) = match (mode, self.create) {
             (SetMode::Upsert, _) => (None, None),
@@ -201,7 +204,8 @@ impl DaprStateStore {
                 // The Redis component writes a missing key whatever the ETag: refuse an update
                 // of a key that is gone. (A removal landing between this read and the write
                 // can still be undone by it; the component offers nothing atomic for that.)
-                if create == CreateWith::ImpossibleEtag && self.read(key).await?.is_none() {
+                let check = create == CreateWith::ImpossibleEtag && !just_read;
+                if check && self.read(key).await?.is_none() {
                     return Err(Error::Conflict {
                         key: key.to_owned(),
                     });
@@ -364,7 +368,7 @@ impl Backend for DaprStateStore {
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         self.check_open()?;
         let ttl = TtlChange::from_write(options.ttl);
-        self.write(key, value, &options.mode, ttl, options.want_version)
+        self.write(key, value, &options.mode, ttl, options.want_version, false)
             .await
     }
 
@@ -419,7 +423,7 @@ impl Backend for DaprStateStore {
                 }
             };
             let bytes = next.to_string().into_bytes();
-            match self.write(key, bytes, &mode, ttl, false).await {
+            match self.write(key, bytes, &mode, ttl, false, true).await {
                 Ok(_) => return Ok(next),
                 Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
                 Err(other) => return Err(other),

@@ -249,7 +249,12 @@ impl Backend for RedisStateStore {
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         self.check_open()?;
-        let version = digest(&value);
+        // The digest costs a SHA-1 of the value: only when the caller uses the version.
+        let version = if options.want_version {
+            digest(&value)
+        } else {
+            Version::new("")
+        };
         let value = text(&value)?;
         let expire = options.ttl.map(|ttl| Expiration::PX(px(ttl)));
         match &options.mode {
