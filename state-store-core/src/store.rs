@@ -172,13 +172,12 @@ impl StateStore {
     /// See [`StateStore`]; [`Error::Decode`] names the first key whose stored value is not JSON.
     pub async fn get_state<S: AsRef<str>>(&self, names: &[S]) -> Result<StateMap> {
         self.check(Operation::Get)?;
-        let mut unique: Vec<&str> = Vec::with_capacity(names.len());
-        for name in names {
-            let name = name.as_ref();
-            if !unique.contains(&name) {
-                unique.push(name);
-            }
-        }
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        let unique: Vec<&str> = names
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|name| seen.insert(*name))
+            .collect();
         let entries = self
             .fetch(&unique)
             .instrument(self.span("get", unique.len()))
