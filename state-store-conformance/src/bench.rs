@@ -170,3 +170,70 @@ pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
     }
     means
 }
+
+/// The adapter side of the standard cases, through the [`StateStore`] handle, so every
+/// adapter's benchmark measures the same calls. Each panics on the first error.
+///
+/// [`StateStore`]: state_store_core::StateStore
+pub mod adapter {
+    use serde_json::Value;
+    use state_store_core::StateStore;
+
+    use super::{op, Op};
+
+    fn fail(what: &str, err: &state_store_core::Error) -> ! {
+        panic!("{what} failed: {}", crate::report(err))
+    }
+
+    /// `get::<Value>(key(i))`.
+    pub fn get(store: &StateStore, key: fn(u64) -> String) -> Op {
+        let store = store.clone();
+        op(move |i| {
+            let store = store.clone();
+            async move {
+                if let Err(err) = store.get::<Value>(&key(i)).await {
+                    fail("get", &err);
+                }
+            }
+        })
+    }
+
+    /// `set_state(key(i), value)`.
+    pub fn set(store: &StateStore, key: fn(u64) -> String, value: &Value) -> Op {
+        let (store, value) = (store.clone(), value.clone());
+        op(move |i| {
+            let (store, value) = (store.clone(), value.clone());
+            async move {
+                if let Err(err) = store.set_state(&key(i), &value).await {
+                    fail("set_state", &err);
+                }
+            }
+        })
+    }
+
+    /// `get_state(names)`.
+    pub fn get_state(store: &StateStore, names: &[String]) -> Op {
+        let (store, names) = (store.clone(), names.to_vec());
+        op(move |_| {
+            let (store, names) = (store.clone(), names.clone());
+            async move {
+                if let Err(err) = store.get_state(&names).await {
+                    fail("get_state", &err);
+                }
+            }
+        })
+    }
+
+    /// `increment(key(i), 1, None)`.
+    pub fn increment(store: &StateStore, key: fn(u64) -> String) -> Op {
+        let store = store.clone();
+        op(move |i| {
+            let store = store.clone();
+            async move {
+                if let Err(err) = store.increment(&key(i), 1, None).await {
+                    fail("increment", &err);
+                }
+            }
+        })
+    }
+}

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::bench::{self, adapter, op, Case};
 use state_store_conformance::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 use state_store_dapr::dapr::dapr::proto::common::v1::{
     state_options, Etag, StateItem, StateOptions,
@@ -68,110 +68,85 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names10: Vec<String> = (0..10).map(key).collect();
 
     let get_case = |tasks| {
-        let (s, r) = (store.clone(), raw.clone());
-        Case::new(
-            "get",
-            tasks,
-            op(move |i| {
-                let s = s.clone();
-                async move {
-                    s.get::<Value>(&key(i)).await.expect("get");
-                }
-            }),
-            op(move |i| {
-                let mut r = r.clone();
-                async move {
-                    let data = r
-                        .get_state(get(key(i)))
-                        .await
-                        .expect("get")
-                        .into_inner()
-                        .data;
-                    let _: Value = serde_json::from_slice(&data).expect("json");
-                }
-            }),
-        )
+        let r = raw.clone();
+        let raw_get = op(move |i| {
+            let mut r = r.clone();
+            async move {
+                let data = r
+                    .get_state(get(key(i)))
+                    .await
+                    .expect("get")
+                    .into_inner()
+                    .data;
+                let _: Value = serde_json::from_slice(&data).expect("json");
+            }
+        });
+        Case::new("get", tasks, adapter::get(&store, key), raw_get)
     };
     let set_case = |tasks| {
-        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
-        Case::new(
-            "set",
-            tasks,
-            op(move |i| {
-                let (s, v) = (s.clone(), v1.clone());
-                async move { s.set_state(&key(i), &v).await.expect("set") }
-            }),
-            op(move |i| {
-                let (mut r, v) = (r.clone(), v2.clone());
-                async move {
-                    let bytes = serde_json::to_vec(&v).expect("json");
-                    r.save_state(save(key(i), bytes, None)).await.expect("save");
-                }
-            }),
-        )
+        let (r, v) = (raw.clone(), value.clone());
+        let raw_save = op(move |i| {
+            let (mut r, v) = (r.clone(), v.clone());
+            async move {
+                let bytes = serde_json::to_vec(&v).expect("json");
+                r.save_state(save(key(i), bytes, None)).await.expect("save");
+            }
+        });
+        Case::new("set", tasks, adapter::set(&store, key, &value), raw_save)
     };
-    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let (r, n) = (raw.clone(), names10.clone());
+    let raw_bulk = op(move |_| {
+        let (mut r, n) = (r.clone(), n.clone());
+        async move {
+            let request = GetBulkStateRequest {
+                store_name: COMPONENT.into(),
+                keys: n,
+                ..GetBulkStateRequest::default()
+            };
+            for item in r
+                .get_bulk_state(request)
+                .await
+                .expect("bulk")
+                .into_inner()
+                .items
+            {
+                let _: Value = serde_json::from_slice(&item.data).expect("json");
+            }
+        }
+    });
     let bulk = Case::new(
         "get_state ×10 vs raw GetBulkState",
         1,
-        op(move |_| {
-            let (s, n) = (s.clone(), n1.clone());
-            async move {
-                s.get_state(&n).await.expect("get_state");
-            }
-        }),
-        op(move |_| {
-            let (mut r, n) = (r.clone(), n2.clone());
-            async move {
-                let request = GetBulkStateRequest {
-                    store_name: COMPONENT.into(),
-                    keys: n,
-                    ..GetBulkStateRequest::default()
-                };
-                for item in r
-                    .get_bulk_state(request)
-                    .await
-                    .expect("bulk")
-                    .into_inner()
-                    .items
-                {
-                    let _: Value = serde_json::from_slice(&item.data).expect("json");
-                }
-            }
-        }),
+        adapter::get_state(&store, &names10),
+        raw_bulk,
     );
-    let (s, r) = (store.clone(), raw.clone());
+    let r = raw.clone();
+    let raw_increment = op(move |i| {
+        let mut r = r.clone();
+        async move {
+            let name = format!("bench:r{}", i % 10);
+            let current = r
+                .get_state(get(name.clone()))
+                .await
+                .expect("get")
+                .into_inner();
+            let n: i64 = if current.data.is_empty() {
+                0
+            } else {
+                serde_json::from_slice(&current.data).expect("int")
+            };
+            let etag = (!current.etag.is_empty()).then_some(current.etag);
+            r.save_state(save(name, (n + 1).to_string().into_bytes(), etag))
+                .await
+                .expect("save");
+        }
+    });
+    let counter = |i: u64| format!("bench:c{}", i % 10);
     let increment = Case::new(
         "increment vs raw get + save(etag)",
         1,
-        op(move |i| {
-            let s = s.clone();
-            async move {
-                s.increment(&format!("bench:c{}", i % 10), 1, None)
-                    .await
-                    .expect("incr");
-            }
-        }),
-        op(move |i| {
-            let mut r = r.clone();
-            async move {
-                let name = format!("bench:r{}", i % 10);
-                let current = r
-                    .get_state(get(name.clone()))
-                    .await
-                    .expect("get")
-                    .into_inner();
-                let n: i64 = if current.data.is_empty() {
-                    0
-                } else {
-                    serde_json::from_slice(&current.data).expect("int")
-                };
-                let etag = (!current.etag.is_empty()).then_some(current.etag);
-                r.save_state(save(name, (n + 1).to_string().into_bytes(), etag))
-                    .await
-                    .expect("save");
-            }
-        }),
+        adapter::increment(&store, counter),
+        raw_increment,
     );
     let cases = [
         get_case(1),

@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure
 
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::bench::{self, adapter, op, Case};
 use state_store_conformance::harness::nats::nats_url;
 use state_store_nats::{async_nats, NatsConfig, NatsStateStore};
 
@@ -35,93 +35,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names10: Vec<String> = (0..10).map(key).collect();
 
     let get = |tasks| {
-        let (s, r) = (store.clone(), kv.clone());
-        Case::new(
-            "get",
-            tasks,
-            op(move |i| {
-                let s = s.clone();
-                async move {
-                    s.get::<Value>(&key(i)).await.expect("get");
-                }
-            }),
-            op(move |i| {
-                let r = r.clone();
-                async move {
-                    let v = r.get(key(i)).await.expect("get").expect("present");
-                    let _: Value = serde_json::from_slice(&v).expect("json");
-                }
-            }),
-        )
+        let r = kv.clone();
+        let raw_get = op(move |i| {
+            let r = r.clone();
+            async move {
+                let v = r.get(key(i)).await.expect("get").expect("present");
+                let _: Value = serde_json::from_slice(&v).expect("json");
+            }
+        });
+        Case::new("get", tasks, adapter::get(&store, key), raw_get)
     };
     let set = |tasks| {
-        let (s, r, v1, v2) = (store.clone(), kv.clone(), value.clone(), value.clone());
-        Case::new(
-            "set",
-            tasks,
-            op(move |i| {
-                let (s, v) = (s.clone(), v1.clone());
-                async move { s.set_state(&key(i), &v).await.expect("set") }
-            }),
-            op(move |i| {
-                let (r, v) = (r.clone(), v2.clone());
-                async move {
-                    let bytes = serde_json::to_vec(&v).expect("json");
-                    r.put(key(i), bytes.into()).await.expect("put");
-                }
-            }),
-        )
+        let (r, v) = (kv.clone(), value.clone());
+        let raw_put = op(move |i| {
+            let (r, v) = (r.clone(), v.clone());
+            async move {
+                let bytes = serde_json::to_vec(&v).expect("json");
+                r.put(key(i), bytes.into()).await.expect("put");
+            }
+        });
+        Case::new("set", tasks, adapter::set(&store, key, &value), raw_put)
     };
-    let (s, r, n1, n2) = (store.clone(), kv.clone(), names10.clone(), names10.clone());
+    let (r, n) = (kv.clone(), names10.clone());
+    let sequential = op(move |_| {
+        let (r, n) = (r.clone(), n.clone());
+        async move {
+            for name in n {
+                let v = r.get(name).await.expect("get").expect("present");
+                let _: Value = serde_json::from_slice(&v).expect("json");
+            }
+        }
+    });
     let get_state = Case::new(
         "get_state ×10 vs 10 sequential gets",
         1,
-        op(move |_| {
-            let (s, n) = (s.clone(), n1.clone());
-            async move {
-                s.get_state(&n).await.expect("get_state");
-            }
-        }),
-        op(move |_| {
-            let (r, n) = (r.clone(), n2.clone());
-            async move {
-                for name in n {
-                    let v = r.get(name).await.expect("get").expect("present");
-                    let _: Value = serde_json::from_slice(&v).expect("json");
+        adapter::get_state(&store, &names10),
+        sequential,
+    );
+    let r = kv.clone();
+    let raw_increment = op(move |i| {
+        let r = r.clone();
+        async move {
+            let name = format!("bench.r{}", i % 10);
+            let entry = r.entry(&name).await.expect("entry");
+            match entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put) {
+                None => {
+                    r.put(&name, "1".into()).await.expect("put");
+                }
+                Some(e) => {
+                    let n: i64 = serde_json::from_slice(&e.value).expect("int");
+                    r.update(&name, (n + 1).to_string().into(), e.revision)
+                        .await
+                        .expect("update");
                 }
             }
-        }),
-    );
-    let (s, r) = (store.clone(), kv.clone());
+        }
+    });
+    let counter = |i: u64| format!("bench.c{}", i % 10);
     let increment = Case::new(
         "increment vs raw get+update",
         1,
-        op(move |i| {
-            let s = s.clone();
-            async move {
-                s.increment(&format!("bench.c{}", i % 10), 1, None)
-                    .await
-                    .expect("incr");
-            }
-        }),
-        op(move |i| {
-            let r = r.clone();
-            async move {
-                let name = format!("bench.r{}", i % 10);
-                let entry = r.entry(&name).await.expect("entry");
-                match entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put) {
-                    None => {
-                        r.put(&name, "1".into()).await.expect("put");
-                    }
-                    Some(e) => {
-                        let n: i64 = serde_json::from_slice(&e.value).expect("int");
-                        r.update(&name, (n + 1).to_string().into(), e.revision)
-                            .await
-                            .expect("update");
-                    }
-                }
-            }
-        }),
+        adapter::increment(&store, counter),
+        raw_increment,
     );
     let cases = [get(1), set(1), get(64), set(64), get_state, increment];
     bench::run("NatsStateStore vs raw async-nats KV", &cases).await;

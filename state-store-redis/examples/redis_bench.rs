@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use fred::interfaces::{ClientLike, KeysInterface};
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::bench::{self, adapter, op, Case};
 use state_store_conformance::harness::redis::redis_url;
 use state_store_redis::{fred, RedisConfig, RedisStateStore};
 
@@ -42,107 +42,75 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let names10: Vec<String> = (0..10).map(key).collect();
 
+    let counter = |i: u64| format!("bench:c{}", i % 10);
     let get = |tasks| {
-        let (s, r) = (store.clone(), raw.clone());
-        Case::new(
-            "get",
-            tasks,
-            op(move |i| {
-                let s = s.clone();
-                async move {
-                    s.get::<Value>(&key(i)).await.expect("get");
-                }
-            }),
-            op(move |i| {
-                let r = r.clone();
-                async move {
-                    let v: Option<fred::bytes::Bytes> = r.get(key(i)).await.expect("get");
-                    let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
-                }
-            }),
-        )
+        let r = raw.clone();
+        let raw_get = op(move |i| {
+            let r = r.clone();
+            async move {
+                let v: Option<fred::bytes::Bytes> = r.get(key(i)).await.expect("get");
+                let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
+            }
+        });
+        Case::new("get", tasks, adapter::get(&store, key), raw_get)
     };
     let set = |tasks| {
-        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
-        Case::new(
-            "set",
-            tasks,
-            op(move |i| {
-                let (s, v) = (s.clone(), v1.clone());
-                async move { s.set_state(&key(i), &v).await.expect("set") }
-            }),
-            op(move |i| {
-                let (r, v) = (r.clone(), v2.clone());
-                async move {
-                    let text = serde_json::to_string(&v).expect("json");
-                    r.set::<(), _, _>(key(i), text, None, None, false)
-                        .await
-                        .expect("set");
-                }
-            }),
-        )
+        let (r, v) = (raw.clone(), value.clone());
+        let raw_set = op(move |i| {
+            let (r, v) = (r.clone(), v.clone());
+            async move {
+                let text = serde_json::to_string(&v).expect("json");
+                r.set::<(), _, _>(key(i), text, None, None, false)
+                    .await
+                    .expect("set");
+            }
+        });
+        Case::new("set", tasks, adapter::set(&store, key, &value), raw_set)
     };
-    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let (r, n) = (raw.clone(), names10.clone());
+    let raw_mget = op(move |_| {
+        let (r, n) = (r.clone(), n.clone());
+        async move {
+            let vs: Vec<Option<fred::bytes::Bytes>> = r.mget(n).await.expect("mget");
+            for v in vs.into_iter().flatten() {
+                let _: Value = serde_json::from_slice(&v).expect("json");
+            }
+        }
+    });
     let get_state = Case::new(
         "get_state ×10 vs raw MGET",
         1,
-        op(move |_| {
-            let (s, n) = (s.clone(), n1.clone());
-            async move {
-                s.get_state(&n).await.expect("get_state");
-            }
-        }),
-        op(move |_| {
-            let (r, n) = (r.clone(), n2.clone());
-            async move {
-                let vs: Vec<Option<fred::bytes::Bytes>> = r.mget(n).await.expect("mget");
-                for v in vs.into_iter().flatten() {
-                    let _: Value = serde_json::from_slice(&v).expect("json");
-                }
-            }
-        }),
+        adapter::get_state(&store, &names10),
+        raw_mget,
     );
-    let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+    let (r, n) = (raw.clone(), names10.clone());
+    let purista = op(move |_| {
+        let (r, n) = (r.clone(), n.clone());
+        async move {
+            for name in n {
+                let v: Option<fred::bytes::Bytes> = r.get(name).await.expect("get");
+                let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
+            }
+        }
+    });
     let vs_purista = Case::new(
         "get_state ×10 vs 10 sequential GETs (PURISTA)",
         1,
-        op(move |_| {
-            let (s, n) = (s.clone(), n1.clone());
-            async move {
-                s.get_state(&n).await.expect("get_state");
-            }
-        }),
-        op(move |_| {
-            let (r, n) = (r.clone(), n2.clone());
-            async move {
-                for name in n {
-                    let v: Option<fred::bytes::Bytes> = r.get(name).await.expect("get");
-                    let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
-                }
-            }
-        }),
+        adapter::get_state(&store, &names10),
+        purista,
     );
-    let (s, r) = (store.clone(), raw.clone());
+    let r = raw.clone();
+    let raw_incr = op(move |i| {
+        let r = r.clone();
+        async move {
+            let _: i64 = r.incr_by(counter(i), 1).await.expect("incr");
+        }
+    });
     let increment = Case::new(
         "increment",
         1,
-        op(move |i| {
-            let s = s.clone();
-            async move {
-                s.increment(&format!("bench:c{}", i % 10), 1, None)
-                    .await
-                    .expect("incr");
-            }
-        }),
-        op(move |i| {
-            let r = r.clone();
-            async move {
-                let _: i64 = r
-                    .incr_by(format!("bench:c{}", i % 10), 1)
-                    .await
-                    .expect("incr");
-            }
-        }),
+        adapter::increment(&store, counter),
+        raw_incr,
     );
     let cases = [
         get(1),

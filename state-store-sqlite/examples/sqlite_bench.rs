@@ -15,8 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection};
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, op, Case};
+use state_store_conformance::bench::{self, adapter, op, Case};
 use state_store_conformance::harness::TempDir;
+use state_store_sqlite::sql::{INCREMENT, UPSERT};
 use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
 
 const KEYS: u64 = 1000;
@@ -33,23 +34,6 @@ fn now_ms() -> i64 {
 
 const GET: &str = "SELECT key, value, version, expires_at FROM state_store
      WHERE key IN (?) AND (expires_at IS NULL OR expires_at > ?)";
-const SET: &str =
-    "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT (key) DO UPDATE SET
-         value = excluded.value, version = excluded.version, expires_at = excluded.expires_at";
-const INCREMENT: &str = "INSERT INTO state_store (key, value, version, expires_at)
-         VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
-     ON CONFLICT (key) DO UPDATE SET
-         value = CASE WHEN state_store.expires_at <= ?5 THEN CAST(?2 AS TEXT)
-                 ELSE CAST(CAST(state_store.value AS INTEGER) + ?2 AS TEXT) END,
-         version = ?3,
-         expires_at = CASE WHEN state_store.expires_at <= ?5 THEN ?4
-                      ELSE state_store.expires_at END
-     WHERE state_store.expires_at <= ?5
-        OR (printf('%d', CAST(state_store.value AS INTEGER)) = state_store.value
-            AND typeof(CAST(state_store.value AS INTEGER) + ?2) = 'integer')
-     RETURNING CAST(value AS INTEGER)";
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = TempDir::new("sqlite-bench");
@@ -66,118 +50,92 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names10: Vec<String> = (0..10).map(key).collect();
 
     let get = |tasks| {
-        let (s, r) = (store.clone(), raw.clone());
-        Case::new(
-            "get",
-            tasks,
-            op(move |i| {
-                let s = s.clone();
-                async move {
-                    s.get::<Value>(&key(i)).await.expect("get");
-                }
-            }),
-            op(move |i| {
-                let r = r.clone();
-                async move {
-                    let conn = r.lock().expect("lock");
-                    let mut stmt = conn.prepare_cached(GET).expect("prepare");
-                    let text: String = stmt
-                        .query_row(params![key(i), now_ms()], |row| row.get(1))
-                        .expect("row");
-                    let _: Value = serde_json::from_str(&text).expect("json");
-                }
-            }),
-        )
+        let r = raw.clone();
+        let raw_get = op(move |i| {
+            let r = r.clone();
+            async move {
+                let conn = r.lock().expect("lock");
+                let mut stmt = conn.prepare_cached(GET).expect("prepare");
+                let text: String = stmt
+                    .query_row(params![key(i), now_ms()], |row| row.get(1))
+                    .expect("row");
+                let _: Value = serde_json::from_str(&text).expect("json");
+            }
+        });
+        Case::new("get", tasks, adapter::get(&store, key), raw_get)
     };
     let set = |tasks| {
-        let (s, r, v1, v2) = (store.clone(), raw.clone(), value.clone(), value.clone());
-        Case::new(
-            "set",
-            tasks,
-            op(move |i| {
-                let (s, v) = (s.clone(), v1.clone());
-                async move { s.set_state(&key(i), &v).await.expect("set") }
-            }),
-            op(move |i| {
-                let (r, v) = (r.clone(), v2.clone());
-                async move {
-                    let text = serde_json::to_string(&v).expect("json");
-                    let conn = r.lock().expect("lock");
-                    let version: i64 = rand::random_range(1..i64::MAX);
-                    conn.prepare_cached(SET)
-                        .expect("prepare")
-                        .execute(params![key(i), text, version, None::<i64>])
-                        .expect("set");
-                }
-            }),
-        )
+        let (r, v) = (raw.clone(), value.clone());
+        let raw_set = op(move |i| {
+            let (r, v) = (r.clone(), v.clone());
+            async move {
+                let text = serde_json::to_string(&v).expect("json");
+                let conn = r.lock().expect("lock");
+                let version: i64 = rand::random_range(1..i64::MAX);
+                conn.prepare_cached(UPSERT)
+                    .expect("prepare")
+                    .execute(params![key(i), text, version, None::<i64>])
+                    .expect("set");
+            }
+        });
+        Case::new("set", tasks, adapter::set(&store, key, &value), raw_set)
     };
     let get_state = |tasks| {
-        let (s, r, n1, n2) = (store.clone(), raw.clone(), names10.clone(), names10.clone());
+        let (r, n) = (raw.clone(), names10.clone());
+        let raw_many = op(move |_| {
+            let (r, n) = (r.clone(), n.clone());
+            async move {
+                let sql = GET.replace("IN (?)", &format!("IN ({})", vec!["?"; n.len()].join(",")));
+                let conn = r.lock().expect("lock");
+                let mut stmt = conn.prepare_cached(&sql).expect("prepare");
+                let now = now_ms();
+                let args = n
+                    .iter()
+                    .map(|k| k as &dyn rusqlite::ToSql)
+                    .chain([&now as &dyn rusqlite::ToSql]);
+                let mut rows = stmt.query(params_from_iter(args)).expect("query");
+                while let Some(row) = rows.next().expect("row") {
+                    let text: String = row.get(1).expect("value");
+                    let _: Value = serde_json::from_str(&text).expect("json");
+                }
+            }
+        });
         Case::new(
             "get_state ×10",
             tasks,
-            op(move |_| {
-                let (s, n) = (s.clone(), n1.clone());
-                async move {
-                    s.get_state(&n).await.expect("get_state");
-                }
-            }),
-            op(move |_| {
-                let (r, n) = (r.clone(), n2.clone());
-                async move {
-                    let sql =
-                        GET.replace("IN (?)", &format!("IN ({})", vec!["?"; n.len()].join(",")));
-                    let conn = r.lock().expect("lock");
-                    let mut stmt = conn.prepare_cached(&sql).expect("prepare");
-                    let now = now_ms();
-                    let args = n
-                        .iter()
-                        .map(|k| k as &dyn rusqlite::ToSql)
-                        .chain([&now as &dyn rusqlite::ToSql]);
-                    let mut rows = stmt.query(params_from_iter(args)).expect("query");
-                    while let Some(row) = rows.next().expect("row") {
-                        let text: String = row.get(1).expect("value");
-                        let _: Value = serde_json::from_str(&text).expect("json");
-                    }
-                }
-            }),
+            adapter::get_state(&store, &names10),
+            raw_many,
         )
     };
+    let counter = |i: u64| format!("bench:c{}", i % 10);
     let increment = |tasks| {
-        let (s, r) = (store.clone(), raw.clone());
+        let r = raw.clone();
+        let raw_increment = op(move |i| {
+            let r = r.clone();
+            async move {
+                let conn = r.lock().expect("lock");
+                let version: i64 = rand::random_range(1..i64::MAX);
+                let _: i64 = conn
+                    .prepare_cached(INCREMENT)
+                    .expect("prepare")
+                    .query_row(
+                        params![
+                            format!("bench:r{}", i % 10),
+                            1,
+                            version,
+                            None::<i64>,
+                            now_ms()
+                        ],
+                        |row| row.get(0),
+                    )
+                    .expect("incr");
+            }
+        });
         Case::new(
             "increment",
             tasks,
-            op(move |i| {
-                let s = s.clone();
-                async move {
-                    s.increment(&format!("bench:c{}", i % 10), 1, None)
-                        .await
-                        .expect("incr");
-                }
-            }),
-            op(move |i| {
-                let r = r.clone();
-                async move {
-                    let conn = r.lock().expect("lock");
-                    let version: i64 = rand::random_range(1..i64::MAX);
-                    let _: i64 = conn
-                        .prepare_cached(INCREMENT)
-                        .expect("prepare")
-                        .query_row(
-                            params![
-                                format!("bench:r{}", i % 10),
-                                1,
-                                version,
-                                None::<i64>,
-                                now_ms()
-                            ],
-                            |row| row.get(0),
-                        )
-                        .expect("incr");
-                }
-            }),
+            adapter::increment(&store, counter),
+            raw_increment,
         )
     };
     let cases = [

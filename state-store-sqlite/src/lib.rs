@@ -27,6 +27,8 @@ mod error;
 mod store;
 
 pub use config::{Durability, SqliteConfig};
+#[doc(hidden)]
+pub use store::sql;
 pub use store::SqliteStateStore;
 
 /// Re-exported so versions match.

@@ -32,6 +32,32 @@ enum Message {
     Close(oneshot::Sender<()>),
 }
 
+/// Statements the store runs, public so the benchmark's raw-rusqlite side runs the very same.
+#[doc(hidden)]
+pub mod sql {
+    /// Unconditional write: `(key, value, version, expires_at)`.
+    pub const UPSERT: &str =
+        "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (key) DO UPDATE SET
+     value = excluded.value, version = excluded.version,
+     expires_at = excluded.expires_at";
+
+    /// Atomic increment: `(key, delta, version, expires_at if created, now)`, returning the new
+    /// value; no row when the stored value is not a canonical integer or the sum overflows.
+    pub const INCREMENT: &str = "INSERT INTO state_store (key, value, version, expires_at)
+     VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
+     ON CONFLICT (key) DO UPDATE SET
+     value = CASE WHEN state_store.expires_at <= ?5 THEN CAST(?2 AS TEXT)
+     ELSE CAST(CAST(state_store.value AS INTEGER) + ?2 AS TEXT) END,
+     version = ?3,
+     expires_at = CASE WHEN state_store.expires_at <= ?5 THEN ?4
+     ELSE state_store.expires_at END
+     WHERE state_store.expires_at <= ?5
+     OR (printf('%d', CAST(state_store.value AS INTEGER)) = state_store.value
+     AND typeof(CAST(state_store.value AS INTEGER) + ?2) = 'integer')
+     RETURNING CAST(value AS INTEGER)";
+}
+
 /// The persistent embedded state store: a SQLite file, no server.
 ///
 /// Several processes on one host share one file safely (WAL mode, a busy timeout); state
@@ -389,12 +415,7 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
     let next = new_version();
     let written = match &options.mode {
         SetMode::Upsert => conn
-            .prepare_cached(
-                "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO UPDATE SET
-                     value = excluded.value, version = excluded.version,
-                     expires_at = excluded.expires_at",
-            )
+            .prepare_cached(sql::UPSERT)
             .and_then(|mut s| s.execute(params![key, value, next, expires_at])),
         // An expired row counts as absent: it is replaced.
         SetMode::Create => conn
@@ -460,20 +481,7 @@ fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> Result<bo
 fn increment(conn: &Connection, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
     let now = now_ms();
     let value = conn
-        .prepare_cached(
-            "INSERT INTO state_store (key, value, version, expires_at)
-                 VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET
-                 value = CASE WHEN state_store.expires_at <= ?5 THEN CAST(?2 AS TEXT)
-                         ELSE CAST(CAST(state_store.value AS INTEGER) + ?2 AS TEXT) END,
-                 version = ?3,
-                 expires_at = CASE WHEN state_store.expires_at <= ?5 THEN ?4
-                              ELSE state_store.expires_at END
-             WHERE state_store.expires_at <= ?5
-                OR (printf('%d', CAST(state_store.value AS INTEGER)) = state_store.value
-                    AND typeof(CAST(state_store.value AS INTEGER) + ?2) = 'integer')
-             RETURNING CAST(value AS INTEGER)",
-        )
+        .prepare_cached(sql::INCREMENT)
         .and_then(|mut s| {
             s.query_row(
                 params![key, delta, new_version(), deadline(now, ttl), now],
