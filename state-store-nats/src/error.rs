@@ -55,6 +55,16 @@ pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> 
     }
 }
 
+/// A failed read through the stream leader.
+pub(crate) fn leader_get(err: async_nats::jetstream::stream::LastRawMessageError) -> Error {
+    let text = err.to_string();
+    if text.contains("timed out") || text.contains("request") || text.contains("no responders") {
+        Error::unavailable(STORE, err)
+    } else {
+        Error::backend(STORE, err)
+    }
+}
+
 /// Setting up the bucket: timeouts are `Unavailable`, everything else `Config`.
 pub(crate) fn setup<K>(what: &str, err: NatsError<K>) -> Error
 where

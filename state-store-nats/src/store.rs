@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
-use async_nats::jetstream::{self, kv, stream::DirectGetErrorKind, Context};
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::{self, kv, Context};
 use async_nats::{ConnectOptions, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -46,8 +47,10 @@ const HEADER_ROOM: usize = 1024;
 ///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
 /// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
 ///   created with a TTL keeps its deadline (to within the second NATS rounds to).
-/// - `get_state` of N names sends N direct gets at once over the one connection: about one
-///   round trip of latency, N messages (NATS has no multi-key read before 2.11's batch API).
+/// - `get_state` of N names sends N gets at once over the one connection: about one round trip
+///   of latency, N messages (NATS has no multi-key read before 2.11's batch API). Replicated
+///   buckets read through the stream leader rather than with direct gets, which any replica may
+///   answer stale: every read sees the writes before it.
 ///
 /// # Example
 ///
@@ -70,6 +73,10 @@ pub struct NatsStateStore {
     ttl: bool,
     marker_ttl: Option<Duration>,
     persistent: bool,
+    /// Replicated buckets read through the stream leader: a direct get may be answered by a
+    /// follower that has not applied the latest write yet, and a state store must read its
+    /// own writes.
+    leader_reads: bool,
     max_value_len: usize,
     closed: CloseFlag,
 }
@@ -165,6 +172,7 @@ impl NatsStateStore {
             client: None,
             put_prefix: kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone()),
             persistent: stream.storage == jetstream::stream::StorageType::File,
+            leader_reads: stream.num_replicas > 1,
             js,
             kv,
             ttl,
@@ -196,6 +204,20 @@ impl NatsStateStore {
     /// The last message on the key's subject, tombstones included.
     async fn last_message(&self, key: &str) -> Result<Option<jetstream::message::StreamMessage>> {
         let subject = format!("{}{}", self.kv.prefix, encode(key));
+        if self.leader_reads {
+            return match self
+                .kv
+                .stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(message) => Ok(Some(message)),
+                Err(err) if matches!(err.kind(), LastRawMessageErrorKind::NoMessageFound) => {
+                    Ok(None)
+                }
+                Err(err) => Err(error::leader_get(err)),
+            };
+        }
         match self.kv.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message)),
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
