@@ -339,12 +339,17 @@ impl CloseFlag {
     ///
     /// [`Error::Closed`] once closed.
     pub fn check(&self, store: &str) -> Result<()> {
-        if self.0.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(Error::Closed {
                 store: store.to_owned(),
             });
         }
         Ok(())
+    }
+
+    /// True after [`CloseFlag::close`].
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 
     /// Marks the backend closed; true the first time, so only one caller closes connections.

@@ -130,7 +130,7 @@ impl fmt::Debug for DefaultStateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultStateStore")
             .field("keys", &self.lock().slots.len())
-            .field("closed", &self.shared.closed.check("memory").is_err())
+            .field("closed", &self.shared.closed.is_closed())
             .finish()
     }
 }

@@ -57,8 +57,7 @@ pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> 
 
 /// A failed read through the stream leader.
 pub(crate) fn leader_get(err: async_nats::jetstream::stream::LastRawMessageError) -> Error {
-    let text = err.to_string();
-    if text.contains("timed out") || text.contains("request") || text.contains("no responders") {
+    if is_unreachable(&err) {
         Error::unavailable(STORE, err)
     } else {
         Error::backend(STORE, err)
@@ -70,10 +69,16 @@ pub(crate) fn setup<K>(what: &str, err: NatsError<K>) -> Error
 where
     K: Clone + Debug + Display + PartialEq + Send + Sync + 'static,
 {
-    let text = err.to_string();
-    if text.contains("timed out") || text.contains("request") || text.contains("no responders") {
+    if is_unreachable(&err) {
         Error::unavailable(STORE, err)
     } else {
         Error::config_with(what.to_owned(), err)
     }
+}
+
+/// These errors carry their cause only as text: a timeout, a failed request or no responder
+/// means the server could not be reached.
+fn is_unreachable(err: &dyn std::error::Error) -> bool {
+    let text = err.to_string();
+    text.contains("timed out") || text.contains("request") || text.contains("no responders")
 }

@@ -25,7 +25,13 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Spawns this test binary running only `test`, as a child process doing `role`.
 fn spawn_child(test: &str, role: &str, db: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().expect("current exe"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, role)
         .env(DB, db)
         .stdout(Stdio::null())
@@ -40,6 +46,7 @@ fn wait_ok(mut child: std::process::Child) {
 
 /// The child side: does its role and exits. A no-op when run as a normal test.
 #[test]
+#[ignore = "the child side of a multi-process test; run by its parent"]
 fn child() {
     let (Ok(role), Some(db)) = (std::env::var(CHILD), std::env::var_os(DB)) else {
         return;
