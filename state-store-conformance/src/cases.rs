@@ -61,15 +61,6 @@ async fn write(store: &StateStore, name: &str, value: Value) {
     ok(store.set_state(name, &value).await, "set_state");
 }
 
-/// The longest name this store accepts under `store`'s prefix.
-fn name_limit(store: &StateStore) -> usize {
-    let by_backend = store
-        .capabilities()
-        .max_key_len
-        .saturating_sub(store.config().key_prefix.len());
-    store.config().max_key_len.min(by_backend)
-}
-
 /// Polls until `name` reads as missing; panics after [`EXPIRY_DEADLINE`].
 async fn wait_until_missing(store: &StateStore, name: &str) {
     let started = std::time::Instant::now();
@@ -296,7 +287,7 @@ pub async fn awkward_keys_round_trip(ctx: Context) {
 /// nothing.
 pub async fn key_limits(ctx: Context) {
     let store = ctx.store().await;
-    let limit = name_limit(&store);
+    let limit = store.max_name_len();
     let longest = "k".repeat(limit);
     write(&store, &longest, json!("max")).await;
     assert_eq!(read(&store, &longest).await, Some(json!("max")));

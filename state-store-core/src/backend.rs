@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
+use crate::retry::Backoff;
 
 /// An opaque version of a stored value: a counter, a stream revision or an ETag.
 ///
@@ -49,7 +50,8 @@ pub struct Entry {
     /// The version of this value.
     pub version: Version,
     /// Time left before the value expires, where the backend knows it; `None` for no TTL or
-    /// unknown. [`increment_with_cas`] carries it over so a rewrite keeps the deadline.
+    /// unknown. Informational: a rewrite that must keep the deadline says so with
+    /// [`SetOptions::keep_ttl`] instead of copying this.
     pub expires_in: Option<Duration>,
 }
 
@@ -103,8 +105,14 @@ pub struct SetOptions {
     /// Condition of the write.
     pub mode: SetMode,
     /// Time to live. `None` keeps the value until it is removed, and clears any TTL an earlier
-    /// write set. Backends counting in whole seconds round up.
+    /// write set. Backends counting in whole seconds round up. At most [`MAX_TTL`].
     pub ttl: Option<Duration>,
+    /// Keep the expiry the key has now (default false). When the write replaces a live value,
+    /// that value's deadline stays as it was (or its absence of one), and `ttl` is ignored;
+    /// when the write creates the key, `ttl` applies. This is how a read-modify-write
+    /// ([`StateStore::update`](crate::StateStore::update), [`increment_with_cas`]) keeps a
+    /// session's or a rate-limit window's deadline fixed: rewrites never push it later.
+    pub keep_ttl: bool,
     /// Whether the caller uses the returned [`Version`] (default true). The handle clears it
     /// for writes that discard the version (`set_state`, `set`, `update`), so a backend that
     /// needs an extra round trip to learn a write's version (Dapr) may skip it and return
@@ -117,6 +125,7 @@ impl Default for SetOptions {
         SetOptions {
             mode: SetMode::Upsert,
             ttl: None,
+            keep_ttl: false,
             want_version: true,
         }
     }
@@ -139,7 +148,19 @@ impl SetOptions {
         self.ttl = Some(ttl);
         self
     }
+
+    /// Sets [`SetOptions::keep_ttl`].
+    pub fn keep_ttl(mut self, keep: bool) -> Self {
+        self.keep_ttl = keep;
+        self
+    }
 }
+
+/// The longest TTL any store accepts: 10 years (365-day years). Longer TTLs are refused with
+/// [`Error::InvalidTtl`] on every backend, before anything is written: some servers overflow
+/// on larger ones (NATS acknowledges a 1000-year TTL and drops the value at once), and a value
+/// meant to live that long should have no TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 /// What a backend supports natively. The [`StateStore`](crate::StateStore) handle refuses an
 /// undeclared feature with [`Error::Unsupported`] before calling the backend.
@@ -156,6 +177,11 @@ pub struct Capabilities {
     pub batch_get: bool,
     /// Data outlives the process (a server or a file).
     pub persistent: bool,
+    /// Versions are derived from the stored bytes (Redis: the SHA-1 of the value, so that a
+    /// value written by another client is a valid compare-and-set base). Rewriting identical
+    /// bytes, or removing and re-creating them, gives the same version again. False
+    /// everywhere else: a version then never matches a value it was not read from.
+    pub versions_from_value: bool,
     /// Longest key in bytes, after the prefix is applied.
     pub max_key_len: usize,
     /// Largest value in bytes (JSON text).
@@ -171,6 +197,7 @@ impl Capabilities {
             increment: false,
             batch_get: false,
             persistent: false,
+            versions_from_value: false,
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
         }
@@ -206,6 +233,12 @@ impl Capabilities {
         self
     }
 
+    /// Sets [`Capabilities::versions_from_value`].
+    pub fn with_versions_from_value(mut self, on: bool) -> Self {
+        self.versions_from_value = on;
+        self
+    }
+
     /// Sets [`Capabilities::max_key_len`].
     pub fn with_max_key_len(mut self, bytes: usize) -> Self {
         self.max_key_len = bytes;
@@ -226,6 +259,7 @@ impl Capabilities {
             increment: true,
             batch_get: true,
             persistent: true,
+            versions_from_value: false,
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
         }
@@ -252,8 +286,13 @@ impl Capabilities {
 /// - `set` with [`SetMode::Create`] fails with [`Error::Conflict`] if the key exists;
 ///   [`SetMode::Update`] fails with `Conflict` if the current version differs or the key is
 ///   gone. A failed condition writes nothing.
-/// - A `ttl` of `None` stores the value without expiry and clears an earlier TTL. An expired
-///   key reads as missing.
+/// - A `ttl` of `None` stores the value without expiry and clears an earlier TTL, unless
+///   [`SetOptions::keep_ttl`] asks to keep the current deadline of a live value. An expired
+///   key reads as missing. TTLs arrive non-zero and at most [`MAX_TTL`].
+/// - A version never matches a value it was not read from: after a remove or an expiry, a
+///   re-created key does not accept an old version (Redis, which derives versions from the
+///   value for PURISTA interop, is the documented exception for identical bytes; see
+///   [`Capabilities::versions_from_value`]).
 /// - `remove` of a missing key is `Ok`; the flag says whether the key existed, where the
 ///   backend can tell without another round trip (NATS and Dapr report `true`). With
 ///   `expected`, the removal happens only if the current version is `expected`; otherwise
@@ -358,20 +397,24 @@ impl CloseFlag {
     }
 }
 
-/// How many times [`increment_with_cas`] retries a lost race before giving up.
+/// How many times [`increment_with_cas`] tries before giving up with [`Error::Conflict`].
 pub const CAS_RETRIES: usize = 1000;
+
+/// How long [`increment_with_cas`] keeps retrying lost races before giving up.
+pub const CAS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Atomic increment for a backend that has compare-and-set but no native increment.
 ///
-/// Reads the counter, writes `old + delta` with [`SetMode::Update`] (or [`SetMode::Create`]
-/// when missing, with `ttl`), and retries on [`Error::Conflict`]. Atomic across processes
-/// because every write is conditional. A rewrite carries over [`Entry::expires_in`], so a
-/// counter created with a TTL keeps its original deadline (fixed-window rate limits).
+/// Reads the counter, writes `old + delta` with [`SetMode::Update`] and
+/// [`SetOptions::keep_ttl`] (or [`SetMode::Create`] with `ttl` when missing), and on
+/// [`Error::Conflict`] backs off (exponentially, with jitter) and tries again. Atomic across
+/// processes because every write is conditional; a counter created with a TTL keeps its
+/// original deadline (fixed-window rate limits).
 ///
 /// # Errors
 ///
 /// [`Error::NotAnInteger`] for a non-integer value or on overflow; [`Error::Conflict`] after
-/// [`CAS_RETRIES`] lost races; anything `get_many` or `set` return.
+/// [`CAS_RETRIES`] lost races or [`CAS_DEADLINE`]; anything `get_many` or `set` return.
 pub async fn increment_with_cas<B: Backend + ?Sized>(
     backend: &B,
     key: &str,
@@ -379,48 +422,34 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
     ttl: Option<Duration>,
 ) -> Result<i64> {
     let keys = [key.to_owned()];
-    for attempt in 0..CAS_RETRIES {
+    let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
+    loop {
         let current = backend.get_many(&keys).await?.pop().flatten();
-        let (next, options) = match current {
-            None => (
-                delta,
-                SetOptions {
-                    mode: SetMode::Create,
-                    ttl,
-                    want_version: false,
-                },
-            ),
+        let (next, mode) = match current {
+            None => (delta, SetMode::Create),
             Some(entry) => {
                 let old = parse_counter(key, &entry.value)?;
                 let next = old.checked_add(delta).ok_or_else(|| Error::NotAnInteger {
                     key: key.to_owned(),
                 })?;
-                let options = SetOptions {
-                    mode: SetMode::Update(entry.version),
-                    ttl: entry
-                        .expires_in
-                        .map(|left| left.max(Duration::from_millis(1))),
-                    want_version: false,
-                };
-                (next, options)
+                (next, SetMode::Update(entry.version))
             }
+        };
+        let options = SetOptions {
+            mode,
+            ttl,
+            keep_ttl: true,
+            want_version: false,
         };
         match backend
             .set(key, next.to_string().into_bytes(), &options)
             .await
         {
             Ok(_) => return Ok(next),
-            Err(Error::Conflict { .. }) => {
-                if attempt % 8 == 7 {
-                    tokio::task::yield_now().await;
-                }
-            }
+            Err(Error::Conflict { .. }) if backoff.wait().await => {}
             Err(other) => return Err(other),
         }
     }
-    Err(Error::Conflict {
-        key: key.to_owned(),
-    })
 }
 
 /// Parses a stored counter: JSON text that is an integer within `i64`.

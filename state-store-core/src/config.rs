@@ -33,8 +33,11 @@ pub struct StoreConfig {
     pub enable_set: bool,
     /// Allow removals.
     pub enable_remove: bool,
-    /// Prepended to every state name: a namespace per service or tenant. Empty by default, so
-    /// the stored key is the state name, as in PURISTA.
+    /// A namespace per service or tenant: a path of segments separated by `:`
+    /// ([`PREFIX_SEPARATOR`](crate::PREFIX_SEPARATOR)), empty segments ignored (`"billing:"`
+    /// is `"billing"`). The stored key is `prefix:name`, so handles whose prefixes are not
+    /// nested never see each other's keys (`t1` + `2:x` and `t12` + `:x` are different keys).
+    /// Empty by default: the stored key is then the state name, as in PURISTA.
     pub key_prefix: String,
     /// Longest state name in bytes (without the prefix). The backend's own limit on the full
     /// key applies as well.

@@ -104,8 +104,9 @@ pub enum Error {
         feature: &'static str,
     },
 
-    /// A TTL was zero. Use no TTL to keep a value forever.
-    #[error("invalid TTL for key {key:?}: it must be at least one millisecond")]
+    /// A TTL was zero, or longer than [`MAX_TTL`](crate::MAX_TTL). Use no TTL to keep a value
+    /// forever. Nothing was written.
+    #[error("invalid TTL for key {key:?}: it must be between one millisecond and 10 years")]
     InvalidTtl {
         /// The state name.
         key: String,
@@ -216,6 +217,25 @@ impl Error {
             key: shorten(key),
             reason: reason.into(),
         }
+    }
+
+    /// The same error naming `rename(key)` instead of `key`, for the variants that name one.
+    pub(crate) fn rename_key(mut self, rename: impl FnOnce(&str) -> Option<String>) -> Self {
+        match &mut self {
+            Error::InvalidKey { key, .. }
+            | Error::ValueTooLarge { key, .. }
+            | Error::Serialization { key, .. }
+            | Error::Decode { key, .. }
+            | Error::Conflict { key }
+            | Error::NotAnInteger { key }
+            | Error::InvalidTtl { key } => {
+                if let Some(name) = rename(key) {
+                    *key = shorten(&name);
+                }
+            }
+            _ => {}
+        }
+        self
     }
 
     pub(crate) fn decode(key: &str, target: &'static str, source: &serde_json::Error) -> Self {

@@ -1,8 +1,41 @@
-//! State names and the keys backends see.
+//! State names, key prefixes, and the keys backends see.
+//!
+//! # Stored key layout
+//!
+//! A prefix is a path of segments separated by [`PREFIX_SEPARATOR`] (`"billing"`,
+//! `"tenant-7:sessions"`); empty segments are dropped, so `"billing:"` and `"billing"` are the
+//! same prefix. The stored key is the prefix, the separator, then the name:
+//! `tenant-7:sessions:abc`. Without a prefix the stored key is the name itself (what PURISTA
+//! stores). A segment never contains the separator, so two handles whose prefix paths differ
+//! in some segment can never produce the same key, whatever their names (`t1` + `2:x` is
+//! `t1:2:x`, `t12` + `:x` is `t12::x`). A handle whose prefix path is the start of another's
+//! (no prefix at all, or `t1` next to `t1:2`) sees that handle's keys as names with the rest
+//! of the path in front — nesting, as `with_prefix` builds it.
 
 use crate::error::{Error, Result};
 
-/// Checks a state name and returns the full key: `prefix + name`.
+/// Separates the segments of a key prefix, and the prefix from the name.
+pub const PREFIX_SEPARATOR: char = ':';
+
+/// A prefix in canonical form: its non-empty segments joined by [`PREFIX_SEPARATOR`].
+pub(crate) fn normalize_prefix(prefix: &str) -> String {
+    join_prefix("", prefix)
+}
+
+/// `outer` (canonical) followed by the segments of `inner`, in canonical form.
+pub(crate) fn join_prefix(outer: &str, inner: &str) -> String {
+    let mut out = String::with_capacity(outer.len() + inner.len() + 1);
+    out.push_str(outer);
+    for segment in inner.split(PREFIX_SEPARATOR).filter(|s| !s.is_empty()) {
+        if !out.is_empty() {
+            out.push(PREFIX_SEPARATOR);
+        }
+        out.push_str(segment);
+    }
+    out
+}
+
+/// Checks a state name and returns the full key under a canonical `prefix`.
 ///
 /// # Errors
 ///
@@ -23,7 +56,8 @@ pub(crate) fn full_key(
             format!("longer than the limit of {max_name_len} bytes"),
         ));
     }
-    let full_len = prefix.len() + name.len();
+    let separator = if prefix.is_empty() { 0 } else { 1 };
+    let full_len = prefix.len() + separator + name.len();
     if full_len > max_key_len {
         return Err(Error::invalid_key(
             name,
@@ -33,7 +67,10 @@ pub(crate) fn full_key(
         ));
     }
     let mut key = String::with_capacity(full_len);
-    key.push_str(prefix);
+    if !prefix.is_empty() {
+        key.push_str(prefix);
+        key.push(PREFIX_SEPARATOR);
+    }
     key.push_str(name);
     Ok(key)
 }
@@ -42,9 +79,26 @@ pub(crate) fn full_key(
 mod tests {
     use super::*;
 
+    fn key(prefix: &str, name: &str) -> String {
+        full_key(&normalize_prefix(prefix), name, 100, 200).unwrap_or_default()
+    }
+
     #[test]
-    fn prefix_is_prepended() {
-        assert_eq!(full_key("svc:", "a", 10, 20).ok().as_deref(), Some("svc:a"));
+    fn prefix_and_name_are_separated() {
+        assert_eq!(key("svc", "a"), "svc:a");
+        assert_eq!(key("svc:", "a"), "svc:a");
+        assert_eq!(key("", "a:b"), "a:b");
+        assert_eq!(key("::a::b:", "c"), "a:b:c");
+    }
+
+    #[test]
+    fn prefixes_that_are_not_nested_never_collide() {
+        assert_ne!(key("t1", "2:x"), key("t12", ":x"));
+        assert_ne!(key("a", "b"), key("ab", "b"));
+        // Nesting is the one way to share keys.
+        assert_eq!(key("t1", "2:x"), key("t1:2", "x"));
+        assert_eq!(join_prefix("a", "b:"), "a:b");
+        assert_eq!(join_prefix("", "::"), "");
     }
 
     #[test]
@@ -58,9 +112,10 @@ mod tests {
             Err(Error::InvalidKey { .. })
         ));
         assert!(matches!(
-            full_key("0123456789", "abcdefghijk", 20, 20),
+            full_key("012345678", "abcdefghijk", 20, 20),
             Err(Error::InvalidKey { .. })
         ));
         assert!(full_key("", "abcdefghij", 10, 10).is_ok());
+        assert!(full_key("a", "abcdefgh", 10, 10).is_ok());
     }
 }

@@ -52,16 +52,19 @@ mod config;
 mod error;
 mod key;
 mod memory;
+mod retry;
 mod store;
 mod typed;
 
 pub use backend::{
     increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode,
-    SetOptions, Version, CAS_RETRIES,
+    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };
 pub use config::{StoreConfig, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES};
 pub use error::{BoxError, Error, JsonError, Operation, Result};
+pub use key::PREFIX_SEPARATOR;
 pub use memory::DefaultStateStore;
+pub use retry::Backoff;
 pub use store::{StateEntry, StateMap, StateStore};
 
 /// Re-exported so `async_trait` versions match when you implement [`Backend`].

@@ -244,7 +244,14 @@ impl Backend for DefaultStateStore {
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         let mut state = self.open()?;
         let now = Instant::now();
-        let current = state.live(key, now).map(|slot| slot.version);
+        let current = state
+            .live(key, now)
+            .map(|slot| (slot.version, slot.expires_at));
+        let expires_at = match current {
+            Some((_, kept)) if options.keep_ttl => kept,
+            _ => deadline(now, options.ttl),
+        };
+        let current = current.map(|(version, _)| version);
         let allowed = match (&options.mode, current) {
             (SetMode::Upsert, _) => true,
             (SetMode::Create, current) => current.is_none(),
@@ -256,7 +263,7 @@ impl Backend for DefaultStateStore {
                 key: key.to_owned(),
             });
         }
-        Ok(version(state.write(key, value, deadline(now, options.ttl))))
+        Ok(version(state.write(key, value, expires_at)))
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {

@@ -9,10 +9,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::backend::{Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version};
+use crate::backend::{
+    Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version, MAX_TTL,
+};
 use crate::config::StoreConfig;
 use crate::error::{Error, Operation, Result};
-use crate::key::full_key;
+use crate::key::{full_key, join_prefix, normalize_prefix, PREFIX_SEPARATOR};
 
 /// The answer of [`StateStore::get_state`]: one entry per requested name; `None` when the name
 /// is not stored, `Some(Value::Null)` when a JSON `null` is.
@@ -46,7 +48,9 @@ impl<T> fmt::Debug for StateEntry<T> {
 /// # Contract
 ///
 /// - A name is any non-empty UTF-8 string within the key limit; it round-trips on every
-///   backend. The stored key is `key_prefix + name`.
+///   backend. Without a prefix the stored key is the name (what PURISTA stores); with one it
+///   is `prefix:name`, and handles whose prefixes are not nested never see each other's keys
+///   (see [`StoreConfig::key_prefix`]). Errors name the caller's name, never the stored key.
 /// - Values are JSON. A missing name reads as `None`; a stored `null` as `Some(Value::Null)`.
 ///   Reads return copies, never live references.
 /// - Removing a missing name is `Ok`.
@@ -116,7 +120,8 @@ impl StateStore {
 
     /// A handle over a shared backend, for several handles (say, with different configs) over
     /// one set of connections.
-    pub fn from_arc(backend: Arc<dyn Backend>, config: StoreConfig) -> Self {
+    pub fn from_arc(backend: Arc<dyn Backend>, mut config: StoreConfig) -> Self {
+        config.key_prefix = normalize_prefix(&config.key_prefix);
         let capabilities = backend.capabilities();
         StateStore {
             inner: Arc::new(Inner {
@@ -128,11 +133,12 @@ impl StateStore {
         }
     }
 
-    /// Another handle over the same backend whose names live under `prefix` appended to this
-    /// handle's prefix. Destroying either destroys both.
+    /// Another handle over the same backend whose names live under `prefix`, nested inside
+    /// this handle's prefix: `store.with_prefix("a").with_prefix("b")` is
+    /// `store.with_prefix("a:b")`. Destroying either destroys both.
     pub fn with_prefix(&self, prefix: &str) -> Self {
         let mut config = self.inner.config.clone();
-        config.key_prefix.push_str(prefix);
+        config.key_prefix = join_prefix(&config.key_prefix, prefix);
         StateStore {
             inner: Arc::new(Inner {
                 backend: Arc::clone(&self.inner.backend),
@@ -156,6 +162,21 @@ impl StateStore {
     /// The config this handle applies.
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// The longest name (in bytes) this handle accepts: the config's limit, or what the
+    /// backend's key limit leaves after the prefix, whichever is smaller.
+    pub fn max_name_len(&self) -> usize {
+        let prefix = &self.inner.config.key_prefix;
+        let taken = if prefix.is_empty() {
+            0
+        } else {
+            prefix.len() + 1
+        };
+        self.inner
+            .config
+            .max_key_len
+            .min(self.inner.capabilities.max_key_len.saturating_sub(taken))
     }
 
     /// The backend, for calls the handle does not offer.
@@ -211,6 +232,7 @@ impl StateStore {
         let options = SetOptions {
             mode: SetMode::Upsert,
             ttl: self.inner.config.default_ttl,
+            keep_ttl: false,
             want_version: false,
         };
         self.set_with(name, value, options).await.map(drop)
@@ -238,6 +260,7 @@ impl StateStore {
             .set(&key, bytes, &options)
             .instrument(self.span("set", 1))
             .await
+            .map_err(|e| self.rename(e))
     }
 
     /// Removes `name` (PURISTA's `removeState`). Removing a missing name is `Ok`.
@@ -254,6 +277,7 @@ impl StateStore {
             .instrument(self.span("remove", 1))
             .await
             .map(drop)
+            .map_err(|e| self.rename(e))
     }
 
     /// Removes `name` only if its current version is `expected`.
@@ -271,7 +295,8 @@ impl StateStore {
             .backend
             .remove(&key, Some(expected))
             .instrument(self.span("remove_if", 1))
-            .await?
+            .await
+            .map_err(|e| self.rename(e))?
         {
             true => Ok(()),
             false => Err(Error::Conflict {
@@ -304,6 +329,7 @@ impl StateStore {
             .increment(&key, delta, ttl_on_create)
             .instrument(self.span("increment", 1))
             .await
+            .map_err(|e| self.rename(e))
     }
 
     /// Closes the backend gracefully. Every later call on this handle, its clones and its
@@ -379,7 +405,7 @@ impl StateStore {
     fn check_ttl(&self, name: &str, ttl: Option<Duration>) -> Result<()> {
         match ttl {
             None => Ok(()),
-            Some(ttl) if ttl.is_zero() => Err(Error::InvalidTtl {
+            Some(ttl) if ttl.is_zero() || ttl > MAX_TTL => Err(Error::InvalidTtl {
                 key: name.to_owned(),
             }),
             Some(_) => self.require(self.inner.capabilities.ttl, "atomic expiry"),
@@ -420,7 +446,12 @@ impl StateStore {
             .iter()
             .map(|name| self.key(name))
             .collect::<Result<Vec<_>>>()?;
-        let entries = self.inner.backend.get_many(&keys).await?;
+        let entries = self
+            .inner
+            .backend
+            .get_many(&keys)
+            .await
+            .map_err(|e| self.rename(e))?;
         if entries.len() != keys.len() {
             return Err(Error::backend(
                 self.name(),
@@ -439,7 +470,8 @@ impl StateStore {
             .inner
             .backend
             .get_many(&[key.to_owned()])
-            .await?
+            .await
+            .map_err(|e| self.rename(e))?
             .pop()
             .flatten())
     }
@@ -450,7 +482,25 @@ impl StateStore {
         bytes: Vec<u8>,
         options: &SetOptions,
     ) -> Result<Version> {
-        self.inner.backend.set(key, bytes, options).await
+        self.inner
+            .backend
+            .set(key, bytes, options)
+            .await
+            .map_err(|e| self.rename(e))
+    }
+
+    /// A backend error naming a stored key, made to name the caller's name: another tenant's
+    /// prefix (or a backend's escaping) never shows in this handle's errors.
+    fn rename(&self, error: Error) -> Error {
+        let prefix = self.inner.config.key_prefix.as_str();
+        if prefix.is_empty() {
+            return error;
+        }
+        error.rename_key(|key| {
+            key.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix(PREFIX_SEPARATOR))
+                .map(str::to_owned)
+        })
     }
 
     pub(crate) fn span(&self, operation: &'static str, keys: usize) -> tracing::Span {

@@ -4,8 +4,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::backend::{SetMode, SetOptions};
+use crate::backend::{SetMode, SetOptions, CAS_DEADLINE};
 use crate::error::{Error, Operation, Result};
+use crate::retry::Backoff;
 use crate::store::{decode, StateEntry, StateStore};
 
 impl StateStore {
@@ -57,6 +58,7 @@ impl StateStore {
         let options = SetOptions {
             mode: SetMode::Upsert,
             ttl: self.config().default_ttl,
+            keep_ttl: false,
             want_version: false,
         };
         self.set_with(name, value, options).await.map(drop)
@@ -64,8 +66,13 @@ impl StateStore {
 
     /// Read-modify-write without lost updates: reads `name`, calls `f` with the current value
     /// (`None` when missing), and writes the result only if nobody wrote in between; on a lost
-    /// race it reads again and calls `f` again, up to [`StoreConfig::update_retries`] times.
+    /// race it backs off (exponentially, with jitter) and tries again, up to
+    /// [`StoreConfig::update_retries`] attempts within [`CAS_DEADLINE`](crate::CAS_DEADLINE).
     /// Returns the value written. `f` may run several times, so keep it free of side effects.
+    ///
+    /// The value keeps its TTL: an update of a value that expires in a minute still expires
+    /// then (a session does not become permanent by being touched). A value created here gets
+    /// the config's default TTL.
     ///
     /// [`StoreConfig::update_retries`]: crate::StoreConfig::update_retries
     ///
@@ -107,12 +114,14 @@ impl StateStore {
             &SetOptions {
                 mode: SetMode::Create,
                 ttl,
+                keep_ttl: false,
                 want_version: false,
             },
         )?;
         let attempts = self.config().update_retries;
         async {
-            for _ in 0..attempts {
+            let mut backoff = Backoff::new(attempts, CAS_DEADLINE);
+            loop {
                 let (old, mode) = match self.raw_entry(&key).await? {
                     None => (None, SetMode::Create),
                     Some(entry) => (
@@ -125,17 +134,15 @@ impl StateStore {
                 let options = SetOptions {
                     mode,
                     ttl,
+                    keep_ttl: true,
                     want_version: false,
                 };
                 match self.raw_set(&key, bytes, &options).await {
                     Ok(_) => return Ok(new),
-                    Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
+                    Err(Error::Conflict { .. }) if backoff.wait().await => {}
                     Err(other) => return Err(other),
                 }
             }
-            Err(Error::Conflict {
-                key: name.to_owned(),
-            })
         }
         .instrument(self.span("update", 1))
         .await

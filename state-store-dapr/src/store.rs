@@ -12,8 +12,8 @@ use dapr::dapr::proto::runtime::v1::{
     DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest, SaveStateRequest,
 };
 use state_store_core::{
-    parse_counter, Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions,
-    StateStore, StoreConfig, Version, CAS_RETRIES,
+    increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
+    SetOptions, StateStore, StoreConfig, Version, CAS_DEADLINE, CAS_RETRIES,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -44,33 +44,30 @@ impl tonic::service::Interceptor for Token {
 
 type Client = DaprClient<InterceptedService<Channel, Token>>;
 
-/// How `SetMode::Create` is made a real create-if-absent on a component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CreateWith {
-    /// `state.in-memory`: first-write concurrency without an ETag refuses an existing key.
-    FirstWriteWithoutEtag,
-    /// `state.redis`: first-write without an ETag overwrites keys written last-write, so send
-    /// an ETag no key ever has (versions start at 1): the component's script then writes only
-    /// when the key is absent.
-    ImpossibleEtag,
-}
-
 /// The Dapr state store: state through a sidecar's gRPC API.
 ///
 /// # Contract over Dapr
 ///
-/// - A [`Version`] is the component's ETag. `Update` and conditional remove send it with
-///   first-write concurrency (the Redis component ignores ETags under last-write).
-/// - `Create` is a real create-if-absent for the components this crate knows, `state.redis`
-///   and `state.in-memory` (each needs its own mapping; see the crate README). For any other
-///   component type conditional writes (and so `increment` and `update`) are declared
-///   unsupported rather than risked.
+/// - What a component supports is declared from what it can do atomically, never assumed:
+///   - `state.in-memory`: everything. A [`Version`] is the component's ETag (a fresh UUID per
+///     write, so never reused after a remove); `Update`, `Create` and conditional remove are
+///     checked by the component under one lock; TTL is set with the value.
+///   - `state.redis`: plain get/set/remove only. Its ETags are per-key counters that restart
+///     at 1 after a remove (an old version would match a re-created value), a write or delete
+///     with an ETag succeeds on a missing key (sixteen concurrent conditional removes would all
+///     "win"), a first-write save poisons later plain saves of the key, and its TTL is a
+///     separate `EXPIRE` after the write. Conditional writes, `increment`, `update` and TTL
+///     therefore fail with `Unsupported` rather than give wrong answers.
+///   - any other component: plain get/set/remove.
 /// - Dapr returns no ETag from a write, so a write reads the key back in the same call and
 ///   returns its ETag only if the value read is the one written; if another writer got in
 ///   between, it returns a version that matches nothing, so a compare-and-set based on it
 ///   fails with `Conflict` and is retried, never applied over the other write.
-/// - TTL is the `ttlInSeconds` metadata, rounded up to whole seconds; a write without TTL sends
-///   `-1`, which clears an earlier TTL.
+/// - TTL is the `ttlInSeconds` metadata in whole seconds; the component reports deadlines
+///   truncated to the second, so a write asks for one second more than the TTL rounded up and
+///   the reported deadline is the exact one: a value reads as missing from then on, and a
+///   rewrite that keeps the TTL (`update`, `increment`) carries that deadline over unchanged.
+///   A write without TTL sends `-1`, which clears an earlier TTL.
 /// - `get_state` is one `GetBulkState`. `increment` is an ETag compare-and-set loop, atomic
 ///   across processes.
 /// - Dapr refuses keys containing `||`; they are stored escaped (see [`crate::key`]).
@@ -91,7 +88,9 @@ enum CreateWith {
 pub struct DaprStateStore {
     client: Client,
     store_name: String,
-    create: Option<CreateWith>,
+    /// Atomic conditional writes with ETags never reused, and TTL set with the value: only
+    /// `state.in-memory` among the components this crate knows (see the type docs).
+    atomic: bool,
     persistent: bool,
     closed: CloseFlag,
 }
@@ -149,21 +148,18 @@ impl DaprStateStore {
                     config.store_name
                 ))
             })?;
-        let create = match component.r#type.as_str() {
-            "state.in-memory" => Some(CreateWith::FirstWriteWithoutEtag),
-            "state.redis" => Some(CreateWith::ImpossibleEtag),
-            other if other.starts_with("state.") => None,
-            other => {
-                return Err(Error::config(format!(
-                    "Dapr component {:?} is a {other}, not a state store",
-                    config.store_name
-                )))
-            }
-        };
+        if !component.r#type.starts_with("state.") {
+            return Err(Error::config(format!(
+                "Dapr component {:?} is a {}, not a state store",
+                config.store_name, component.r#type
+            )));
+        }
+        let declares = |feature: &str| component.capabilities.iter().any(|c| c == feature);
+        let atomic = component.r#type == "state.in-memory" && declares("ETAG") && declares("TTL");
         Ok(DaprStateStore {
             client,
             store_name: config.store_name,
-            create,
+            atomic,
             persistent: component.r#type != "state.in-memory",
             closed: CloseFlag::new(),
         })
@@ -183,9 +179,8 @@ impl DaprStateStore {
         self.closed.check(STORE)
     }
 
-    /// One `SaveState`. With `want_version` it reads the key back for the new ETag.
-    /// `just_read` says the caller read the key's version a moment ago, so re-checking that the
-    /// key exists would cost a round trip without narrowing the race it guards against.
+    /// One `SaveState` (conditional per `mode`). With `want_version` it reads the key back for
+    /// the new ETag.
     async fn write(
         &self,
         key: &str,
@@ -193,25 +188,22 @@ impl DaprStateStore {
         mode: &SetMode,
         ttl: TtlChange,
         want_version: bool,
-        just_read: bool,
     ) -> Result<Version> {
-        let (etag, options) = match (mode, self.create) {
-            (SetMode::Upsert, _) => (None, None),
-            (_, None) => return Err(Error::unsupported(STORE, "conditional writes")),
-            (SetMode::Create, Some(CreateWith::FirstWriteWithoutEtag)) => first_write(None),
-            (SetMode::Create, Some(CreateWith::ImpossibleEtag)) => first_write(Some("-1".into())),
-            (SetMode::Update(version), Some(create)) => {
-                // The Redis component writes a missing key whatever the ETag: refuse an update
-                // of a key that is gone. (A removal landing between this read and the write
-                // can still be undone by it; the component offers nothing atomic for that.)
-                let check = create == CreateWith::ImpossibleEtag && !just_read;
-                if check && self.read(key).await?.is_none() {
+        let (etag, options) = match mode {
+            SetMode::Upsert => (None, None),
+            _ if !self.atomic => return Err(Error::unsupported(STORE, "conditional writes")),
+            SetMode::Create => match self.read_raw(key).await? {
+                // An expired value the component has not dropped yet (it reports deadlines
+                // to the second): replace exactly that one.
+                Some(stored) if !stored.live() => first_write(Some(stored.etag)),
+                Some(_) => {
                     return Err(Error::Conflict {
                         key: key.to_owned(),
-                    });
+                    })
                 }
-                first_write(Some(version.as_str().to_owned()))
-            }
+                None => first_write(None),
+            },
+            SetMode::Update(version) => first_write(Some(version.as_str().to_owned())),
         };
         let written = want_version.then(|| value.clone());
         let item = StateItem {
@@ -240,7 +232,39 @@ impl DaprStateStore {
         }
     }
 
+    /// A write keeping the key's deadline: read it, then write conditionally on that read.
+    async fn write_keeping_ttl(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        options: &SetOptions,
+    ) -> Result<Version> {
+        let stored = self.read_raw(key).await?.filter(Stored::live);
+        let (mode, ttl) = match (&options.mode, stored) {
+            (SetMode::Update(v), Some(s)) if v.as_str() == s.etag => {
+                (SetMode::Update(Version::new(s.etag.as_str())), s.kept_ttl())
+            }
+            (SetMode::Update(_), _) => {
+                return Err(Error::Conflict {
+                    key: key.to_owned(),
+                })
+            }
+            (_, Some(s)) => (SetMode::Update(Version::new(s.etag.as_str())), s.kept_ttl()),
+            (_, None) => (SetMode::Create, TtlChange::from_write(options.ttl)),
+        };
+        self.write(key, value, &mode, ttl, options.want_version)
+            .await
+    }
+
     async fn read(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self
+            .read_raw(key)
+            .await?
+            .filter(Stored::live)
+            .map(Stored::into_entry))
+    }
+
+    async fn read_raw(&self, key: &str) -> Result<Option<Stored>> {
         let response = self
             .client
             .clone()
@@ -252,38 +276,81 @@ impl DaprStateStore {
             .await
             .map_err(|s| map(key, s))?
             .into_inner();
-        Ok(entry(response.data, response.etag, &response.metadata))
+        Ok(Stored::new(
+            response.data,
+            response.etag,
+            &response.metadata,
+        ))
     }
 }
 
-/// A missing key reads as empty data and an empty ETag.
-fn entry(data: Vec<u8>, etag: String, metadata: &HashMap<String, String>) -> Option<Entry> {
-    if data.is_empty() && etag.is_empty() {
-        return None;
+/// A value as the component holds it, expired or not.
+struct Stored {
+    data: Vec<u8>,
+    etag: String,
+    /// The reported deadline (whole seconds): the value's exact deadline, see [`TtlChange`].
+    expires_at: Option<time::OffsetDateTime>,
+}
+
+impl Stored {
+    /// A missing key reads as empty data and an empty ETag.
+    fn new(data: Vec<u8>, etag: String, metadata: &HashMap<String, String>) -> Option<Self> {
+        if data.is_empty() && etag.is_empty() {
+            return None;
+        }
+        let expires_at = metadata.get(TTL_EXPIRE_TIME).and_then(|at| {
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+        });
+        Some(Stored {
+            data,
+            etag,
+            expires_at,
+        })
     }
-    let expires_in = metadata.get(TTL_EXPIRE_TIME).and_then(|at| {
-        let at =
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
-        let left = at - time::OffsetDateTime::now_utc();
-        Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
-    });
-    Some(Entry {
-        value: data,
-        version: Version::new(etag),
-        expires_in,
-    })
+
+    fn left(&self) -> Option<time::Duration> {
+        self.expires_at
+            .map(|at| at - time::OffsetDateTime::now_utc())
+    }
+
+    fn live(&self) -> bool {
+        self.left().is_none_or(time::Duration::is_positive)
+    }
+
+    fn kept_ttl(&self) -> TtlChange {
+        match self.left() {
+            None => TtlChange::Clear,
+            Some(left) => TtlChange::Until(Duration::try_from(left).unwrap_or(Duration::ZERO)),
+        }
+    }
+
+    fn into_entry(self) -> Entry {
+        let expires_in = self
+            .left()
+            .map(|left| Duration::try_from(left).unwrap_or(Duration::ZERO));
+        Entry {
+            value: self.data,
+            version: Version::new(self.etag),
+            expires_in,
+        }
+    }
 }
 
 /// What a write does to the key's TTL.
+///
+/// The component stores `now + ttlInSeconds` and reports it truncated to the second. Asking
+/// for one second more than needed makes the reported (truncated) deadline never earlier than
+/// the one wanted, so it can serve as the exact deadline; a rewrite asking for
+/// `floor(left) + 1` seconds lands within the same second, so the reported deadline stays
+/// the same however often the value is rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TtlChange {
-    /// Expire after this long (`ttlInSeconds`, whole seconds rounded up).
+    /// Expire after this long, rounded up to whole seconds.
     Set(Duration),
+    /// Keep the reported deadline, this far away.
+    Until(Duration),
     /// Keep forever (`ttlInSeconds: -1`), clearing an earlier TTL.
     Clear,
-    /// Send no TTL: the Redis component then leaves the key's deadline as it is. Used to
-    /// rewrite a counter whose deadline the component does not report.
-    Keep,
 }
 
 impl TtlChange {
@@ -293,9 +360,9 @@ impl TtlChange {
 
     fn metadata(self) -> HashMap<String, String> {
         let seconds = match self {
-            TtlChange::Keep => return HashMap::new(),
             TtlChange::Clear => "-1".to_owned(),
-            TtlChange::Set(ttl) => ttl.as_nanos().div_ceil(1_000_000_000).max(1).to_string(),
+            TtlChange::Set(ttl) => (ttl.as_nanos().div_ceil(1_000_000_000) + 1).to_string(),
+            TtlChange::Until(left) => (left.as_secs() + 1).to_string(),
         };
         HashMap::from([(TTL.to_owned(), seconds)])
     }
@@ -319,10 +386,10 @@ impl Backend for DaprStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let conditional = self.create.is_some();
         Capabilities::full()
-            .with_conditional(conditional)
-            .with_increment(conditional)
+            .with_ttl(self.atomic)
+            .with_conditional(self.atomic)
+            .with_increment(self.atomic)
             .with_persistent(self.persistent)
             .with_max_value_len(3 * 1024 * 1024)
     }
@@ -360,31 +427,42 @@ impl Backend for DaprStateStore {
             .map(|k| {
                 by_key
                     .remove(k)
-                    .and_then(|item| entry(item.data, item.etag, &item.metadata))
+                    .and_then(|item| Stored::new(item.data, item.etag, &item.metadata))
+                    .filter(Stored::live)
+                    .map(Stored::into_entry)
             })
             .collect())
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         self.check_open()?;
-        let ttl = TtlChange::from_write(options.ttl);
-        self.write(key, value, &options.mode, ttl, options.want_version, false)
-            .await
+        if options.ttl.is_some() && !self.atomic {
+            return Err(Error::unsupported(STORE, "atomic expiry"));
+        }
+        if !options.keep_ttl || !self.atomic {
+            let ttl = TtlChange::from_write(options.ttl);
+            return self
+                .write(key, value, &options.mode, ttl, options.want_version)
+                .await;
+        }
+        // An upsert keeping the TTL is conditional on what it read; losing that race is no
+        // conflict for the caller, only a reason to read again.
+        let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
+        loop {
+            match self.write_keeping_ttl(key, value.clone(), options).await {
+                Err(Error::Conflict { .. })
+                    if options.mode == SetMode::Upsert && backoff.wait().await => {}
+                other => return other,
+            }
+        }
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
         self.check_open()?;
         let (etag, options) = match expected {
             None => (None, None),
-            Some(_) if self.create.is_none() => {
-                return Err(Error::unsupported(STORE, "conditional writes"))
-            }
-            // The Redis component deletes a missing key without complaint even with an ETag,
-            // so a conditional removal checks that the key exists first.
-            Some(version) => match self.read(key).await? {
-                None => return Ok(false),
-                Some(_) => first_write(Some(version.as_str().to_owned())),
-            },
+            Some(_) if !self.atomic => return Err(Error::unsupported(STORE, "conditional writes")),
+            Some(version) => first_write(Some(version.as_str().to_owned())),
         };
         self.client
             .clone()
@@ -400,38 +478,12 @@ impl Backend for DaprStateStore {
         Ok(true)
     }
 
-    /// A compare-and-set loop on the ETag. Unlike the core helper it can rewrite a counter
-    /// without touching its TTL, which the Redis component needs: it does not report deadlines.
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         self.check_open()?;
-        if self.create.is_none() {
+        if !self.atomic {
             return Err(Error::unsupported(STORE, "atomic increment"));
         }
-        for _ in 0..CAS_RETRIES {
-            let (next, mode, ttl) = match self.read(key).await? {
-                None => (delta, SetMode::Create, TtlChange::from_write(ttl)),
-                Some(entry) => {
-                    let next = parse_counter(key, &entry.value)?
-                        .checked_add(delta)
-                        .ok_or_else(|| Error::NotAnInteger {
-                            key: key.to_owned(),
-                        })?;
-                    let ttl = entry.expires_in.map_or(TtlChange::Keep, |left| {
-                        TtlChange::Set(left.max(Duration::from_millis(1)))
-                    });
-                    (next, SetMode::Update(entry.version), ttl)
-                }
-            };
-            let bytes = next.to_string().into_bytes();
-            match self.write(key, bytes, &mode, ttl, false, true).await {
-                Ok(_) => return Ok(next),
-                Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
-                Err(other) => return Err(other),
-            }
-        }
-        Err(Error::Conflict {
-            key: key.to_owned(),
-        })
+        increment_with_cas(self, key, delta, ttl).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -445,24 +497,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ttls_round_up_clear_with_minus_one_and_keep_by_omission() {
+    fn ttls_round_up_plus_a_second_and_clear_with_minus_one() {
         let secs = |change: TtlChange| change.metadata().get(TTL).cloned();
         assert_eq!(secs(TtlChange::Clear).as_deref(), Some("-1"));
         assert_eq!(
             secs(TtlChange::Set(Duration::from_millis(200))).as_deref(),
-            Some("1")
+            Some("2")
         );
         assert_eq!(
             secs(TtlChange::Set(Duration::from_millis(1500))).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            secs(TtlChange::Until(Duration::from_millis(1500))).as_deref(),
             Some("2")
         );
-        assert_eq!(secs(TtlChange::Keep), None);
     }
 
     #[test]
     fn empty_data_and_etag_is_missing() {
-        assert!(entry(Vec::new(), String::new(), &HashMap::new()).is_none());
-        let e = entry(b"1".to_vec(), "3".into(), &HashMap::new()).expect("present");
-        assert_eq!(e.version.as_str(), "3");
+        assert!(Stored::new(Vec::new(), String::new(), &HashMap::new()).is_none());
+        let e = Stored::new(b"1".to_vec(), "3".into(), &HashMap::new()).map(Stored::into_entry);
+        assert_eq!(e.map(|e| e.version), Some(Version::new("3")));
     }
 }

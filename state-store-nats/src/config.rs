@@ -58,7 +58,7 @@ impl fmt::Debug for Credentials {
 ///     .credentials(Credentials::Token("s3cret".into()));
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
     pub(crate) url: String,
@@ -72,6 +72,45 @@ pub struct NatsConfig {
     pub(crate) history: i64,
     pub(crate) max_value_size: i32,
     pub(crate) marker_ttl: Duration,
+    pub(crate) enable_message_ttl: bool,
+}
+
+impl fmt::Debug for NatsConfig {
+    // A URL may carry a user and password (`nats://user:secret@host`): never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("bucket", &self.bucket)
+            .field("credentials", &self.credentials)
+            .field("require_tls", &self.require_tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("storage", &self.storage)
+            .field("replicas", &self.replicas)
+            .field("history", &self.history)
+            .field("max_value_size", &self.max_value_size)
+            .field("marker_ttl", &self.marker_ttl)
+            .field("enable_message_ttl", &self.enable_message_ttl)
+            .finish()
+    }
+}
+
+/// `url` (comma-separated servers) with the user information of each replaced by `***`.
+fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| match server.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once("://").map_or("", |(scheme, _)| scheme);
+                if scheme.is_empty() {
+                    format!("***@{host}")
+                } else {
+                    format!("{scheme}://***@{host}")
+                }
+            }
+            None => server.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl NatsConfig {
@@ -90,6 +129,7 @@ impl NatsConfig {
             history: 1,
             max_value_size: 1024 * 1024,
             marker_ttl: Duration::from_secs(60),
+            enable_message_ttl: false,
         }
     }
 
@@ -179,6 +219,17 @@ impl NatsConfig {
         self
     }
 
+    /// Turn per-message TTL on when the bucket exists without it (default off). PURISTA creates
+    /// its bucket without per-message TTL; on such a bucket TTL writes fail with
+    /// `Unsupported` (never stored forever) unless this is on, in which case opening the store
+    /// updates the bucket's stream once (`allow_msg_ttl`, and delete markers kept for
+    /// [`NatsConfig::marker_ttl`]). nats-server allows turning it on, not off again; PURISTA
+    /// keeps working on the updated bucket.
+    pub fn enable_message_ttl(mut self, on: bool) -> Self {
+        self.enable_message_ttl = on;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let valid_bucket = !self.bucket.is_empty()
             && self
@@ -195,5 +246,23 @@ impl NatsConfig {
             return Err(Error::config("NATS timeouts must be positive"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_passwords_in_urls() {
+        let config =
+            NatsConfig::new("nats://ada:hunter2@127.0.0.1:4222,tls://bob:pw@h:1,nats://h:2");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pw@"),
+            "{shown}"
+        );
+        assert!(shown.contains("nats://***@127.0.0.1:4222"), "{shown}");
+        assert!(shown.contains("nats://h:2"), "{shown}");
     }
 }

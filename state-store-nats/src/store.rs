@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use state_store_core::{
-    increment_with_cas, Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
-    SetOptions, StateStore, StoreConfig, Version,
+    increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
+    SetOptions, StateStore, StoreConfig, Version, CAS_DEADLINE, CAS_RETRIES,
 };
 
 use crate::config::{Credentials, NatsConfig};
@@ -22,6 +22,10 @@ const KV_OPERATION: &str = "KV-Operation";
 const NATS_TTL: &str = "Nats-TTL";
 const NATS_ROLLUP: &str = "Nats-Rollup";
 const MARKER_REASON: &str = "Nats-Marker-Reason";
+/// Our own header on a value written with a TTL: its deadline in Unix milliseconds. NATS
+/// keeps TTLs in whole seconds and restarts them on every write; this keeps a deadline exact
+/// and fixed across rewrites ([`SetOptions::keep_ttl`]).
+const EXPIRES_AT: &str = "State-Store-Expires-At";
 /// Room left for headers below the server's payload limit.
 const HEADER_ROOM: usize = 1024;
 
@@ -130,7 +134,7 @@ impl NatsStateStore {
     /// As [`NatsStateStore::connect`].
     pub async fn open(js: Context, config: &NatsConfig) -> Result<Self> {
         config.validate()?;
-        let kv = match js.get_key_value(&config.bucket).await {
+        let mut kv = match js.get_key_value(&config.bucket).await {
             Ok(kv) => kv,
             Err(_) => match js.create_key_value(bucket_config(config)).await {
                 Ok(kv) => kv,
@@ -141,6 +145,18 @@ impl NatsStateStore {
                     .map_err(|_| error::setup("cannot create the NATS KV bucket", create))?,
             },
         };
+        if !kv.stream.cached_info().config.allow_message_ttl && config.enable_message_ttl {
+            let mut stream = kv.stream.cached_info().config.clone();
+            stream.allow_message_ttl = true;
+            stream.subject_delete_marker_ttl = Some(config.marker_ttl);
+            js.update_stream(stream).await.map_err(|e| {
+                error::setup("cannot turn on per-message TTL on the NATS KV bucket", e)
+            })?;
+            kv = js
+                .get_key_value(&config.bucket)
+                .await
+                .map_err(|e| error::setup("cannot reopen the NATS KV bucket", e))?;
+        }
         let stream = &kv.stream.cached_info().config;
         if !stream.allow_direct {
             return Err(Error::config(format!(
@@ -158,7 +174,7 @@ impl NatsStateStore {
         if !ttl {
             tracing::warn!(
                 bucket = config.bucket.as_str(),
-                "NATS KV bucket has no per-message TTL (created without limit_markers): TTL writes will fail with Unsupported"
+                "NATS KV bucket has no per-message TTL (created without limit_markers, as PURISTA does): TTL writes will fail with Unsupported; NatsConfig::enable_message_ttl turns it on"
             );
         }
         let server_max = js_max_payload(&js);
@@ -229,15 +245,12 @@ impl NatsStateStore {
         let Some(message) = self.last_message(key).await? else {
             return Ok(None);
         };
-        if is_tombstone(&message.headers) {
+        let now = now_ms();
+        if !is_live(&message, now) {
             return Ok(None);
         }
-        let expires_in = message_ttl(&message.headers).map(|ttl| {
-            let written = message.time.unix_timestamp_nanos();
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-            let left = written + i128::try_from(ttl.as_nanos()).unwrap_or(i128::MAX) - now;
-            Duration::from_nanos(u64::try_from(left).unwrap_or(0))
-        });
+        let expires_in = deadline_ms(&message)
+            .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
         Ok(Some(Entry {
             value: message.payload.to_vec(),
             version: Version::new(message.sequence.to_string()),
@@ -245,7 +258,37 @@ impl NatsStateStore {
         }))
     }
 
+    /// The deadline a write keeping the key's TTL carries over, and the revision it must
+    /// expect: for `Update(v)`, `Conflict` unless the live value is at `v`.
+    async fn kept_deadline(&self, key: &str, mode: &SetMode) -> Result<(u64, Option<i128>)> {
+        let message = self.last_message(key).await?;
+        let now = now_ms();
+        let live = message.as_ref().filter(|m| is_live(m, now));
+        let conflict = || Error::Conflict {
+            key: key.to_owned(),
+        };
+        match (mode, live) {
+            (SetMode::Update(version), Some(m)) if revision(version) == Some(m.sequence) => {
+                Ok((m.sequence, deadline_ms(m)))
+            }
+            (SetMode::Update(_), _) => Err(conflict()),
+            (_, Some(m)) => Ok((m.sequence, deadline_ms(m))),
+            (_, None) => Ok((message.map_or(0, |m| m.sequence), None)),
+        }
+    }
+
     async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+        // While the client is reconnecting, async-nats queues publishes and sends them once it
+        // is back, even after the caller gave up on the ack: a write reported as failed would
+        // land later, over newer data. Refuse instead of queueing.
+        if let Some(client) = &self.client {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return Err(Error::unavailable(
+                    STORE,
+                    "not connected to the NATS server",
+                ));
+            }
+        }
         let subject = format!("{}{}", self.put_prefix, encode(key));
         let ack = self
             .js
@@ -255,6 +298,71 @@ impl NatsStateStore {
             .await
             .map_err(|e| error::publish(key, e))?;
         Ok(ack.sequence)
+    }
+
+    /// One attempt of [`Backend::set`].
+    async fn set_once(&self, key: &str, payload: &Bytes, options: &SetOptions) -> Result<Version> {
+        let payload = payload.clone();
+        let now = now_ms();
+        let new_deadline = options
+            .ttl
+            .map(|ttl| now + i128::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(0));
+        // Keeping the TTL needs the current deadline: one read, then a write conditional on
+        // what was read, so no other write slips in between.
+        let (expected, deadline) = match &options.mode {
+            SetMode::Create => (Some(0), new_deadline),
+            mode if options.keep_ttl && self.ttl => {
+                let (seq, kept) = self.kept_deadline(key, mode).await?;
+                let deadline = if seq != 0 && kept.is_some() {
+                    kept
+                } else if matches!(mode, SetMode::Update(_)) {
+                    None
+                } else {
+                    new_deadline
+                };
+                (Some(seq), deadline)
+            }
+            SetMode::Upsert => (None, new_deadline),
+            SetMode::Update(version) => (
+                Some(revision(version).ok_or_else(|| Error::Conflict {
+                    key: key.to_owned(),
+                })?),
+                new_deadline,
+            ),
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(at) = deadline {
+            insert_deadline(&mut headers, at, now);
+        }
+        let Some(mut expected) = expected else {
+            let seq = self.publish(key, headers, payload).await?;
+            return Ok(Version::new(seq.to_string()));
+        };
+        // A `Create` may replace a removal marker, an expiry marker or an expired value: up
+        // to a few tries as markers come and go.
+        for _ in 0..4 {
+            let mut attempt = headers.clone();
+            attempt.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                HeaderValue::from(expected),
+            );
+            match self.publish(key, attempt, payload.clone()).await {
+                Ok(seq) => return Ok(Version::new(seq.to_string())),
+                Err(Error::Conflict { .. }) if options.mode == SetMode::Create => {
+                    match self.last_message(key).await? {
+                        Some(message) if !is_live(&message, now_ms()) => {
+                            expected = message.sequence;
+                        }
+                        None => expected = 0,
+                        Some(_) => break,
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Error::Conflict {
+            key: key.to_owned(),
+        })
     }
 }
 
@@ -280,6 +388,43 @@ fn is_tombstone(headers: &HeaderMap) -> bool {
         || headers
             .get(KV_OPERATION)
             .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
+}
+
+/// The client clock in Unix milliseconds.
+fn now_ms() -> i128 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+}
+
+/// When a stored value expires, in Unix milliseconds: our exact deadline header, else the
+/// server's `Nats-TTL` from the message's time (values PURISTA or older releases wrote).
+fn deadline_ms(message: &jetstream::message::StreamMessage) -> Option<i128> {
+    if let Some(at) = message
+        .headers
+        .get(EXPIRES_AT)
+        .and_then(|v| v.as_str().parse::<i128>().ok())
+    {
+        return Some(at);
+    }
+    let ttl = message_ttl(&message.headers)?;
+    let written = message.time.unix_timestamp_nanos() / 1_000_000;
+    Some(written + i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX))
+}
+
+/// A value that has not been removed and whose deadline has not passed. The server drops an
+/// expired message up to a second or so after its deadline; until then it reads as missing.
+fn is_live(message: &jetstream::message::StreamMessage, now: i128) -> bool {
+    !is_tombstone(&message.headers) && deadline_ms(message).is_none_or(|at| at > now)
+}
+
+/// Headers giving a value the deadline `at` (Unix ms): ours, exact, and the server's
+/// `Nats-TTL`, rounded up to whole seconds (at least one) so the server never drops it early.
+fn insert_deadline(headers: &mut HeaderMap, at: i128, now: i128) {
+    let left = u64::try_from(at - now).unwrap_or(0);
+    headers.insert(
+        NATS_TTL,
+        HeaderValue::from(ttl_secs(Duration::from_millis(left))),
+    );
+    headers.insert(EXPIRES_AT, HeaderValue::from(at.to_string().as_str()));
 }
 
 /// The `Nats-TTL` of a message: whole seconds (`"5"`) or a Go duration (`"1m30s"`, `"500ms"`).
@@ -348,48 +493,20 @@ impl Backend for NatsStateStore {
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         self.check_open()?;
+        if options.ttl.is_some() && !self.ttl {
+            return Err(Error::unsupported(STORE, "atomic expiry"));
+        }
         let payload = Bytes::from(value);
-        let mut headers = HeaderMap::new();
-        if let Some(ttl) = options.ttl {
-            if !self.ttl {
-                return Err(Error::unsupported(STORE, "atomic expiry"));
-            }
-            headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(ttl)));
-        }
-        let expected = match &options.mode {
-            SetMode::Upsert => None,
-            SetMode::Create => Some(0),
-            SetMode::Update(version) => Some(revision(version).ok_or_else(|| Error::Conflict {
-                key: key.to_owned(),
-            })?),
-        };
-        let Some(mut expected) = expected else {
-            let seq = self.publish(key, headers, payload).await?;
-            return Ok(Version::new(seq.to_string()));
-        };
-        // A `Create` may replace a removal marker (or an expiry marker): up to a few tries as
-        // markers come and go.
-        for _ in 0..4 {
-            let mut attempt = headers.clone();
-            attempt.insert(
-                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                HeaderValue::from(expected),
-            );
-            match self.publish(key, attempt, payload.clone()).await {
-                Ok(seq) => return Ok(Version::new(seq.to_string())),
-                Err(Error::Conflict { .. }) if options.mode == SetMode::Create => {
-                    match self.last_message(key).await? {
-                        Some(marker) if is_tombstone(&marker.headers) => expected = marker.sequence,
-                        None => expected = 0,
-                        Some(_) => break,
-                    }
-                }
-                Err(other) => return Err(other),
+        // An upsert keeping the TTL is conditional on what it read; losing that race is no
+        // conflict for the caller, only a reason to read again.
+        let retry = options.mode == SetMode::Upsert && options.keep_ttl && self.ttl;
+        let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
+        loop {
+            match self.set_once(key, &payload, options).await {
+                Err(Error::Conflict { .. }) if retry && backoff.wait().await => {}
+                other => return other,
             }
         }
-        Err(Error::Conflict {
-            key: key.to_owned(),
-        })
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {

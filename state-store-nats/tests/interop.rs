@@ -47,7 +47,7 @@ async fn purista_and_rust_read_each_other() {
         .set_state("session:abc", &json!(1))
         .await
         .expect("set");
-    assert!(kv.get("_E_session=3Aabc").await.expect("raw get").is_some());
+    assert!(kv.get("_E_.session.abc").await.expect("raw get").is_some());
     store.remove_state("session:abc").await.expect("remove");
     store.destroy().await.expect("destroy");
 }

@@ -19,13 +19,24 @@ use crate::config::RedisConfig;
 use crate::error::{is_not_an_integer, map, STORE};
 
 /// `Update(version)`: write only if the digest of the current value is the expected version.
+/// `ARGV[4] == '1'` keeps the key's TTL.
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r"local cur = redis.call('GET', KEYS[1])
 if not cur or redis.sha1hex(cur) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+elseif ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
 else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
 return 1",
+    )
+});
+
+/// Upsert keeping an existing key's TTL, with `PX ARGV[2]` when it creates the key.
+static UPSERT_KEEP_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then
+return redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
+return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])",
     )
 });
 
@@ -40,13 +51,14 @@ return 1",
     )
 });
 
-/// `INCRBY` whose TTL applies only when it creates the counter, atomically.
+/// `INCRBY` whose TTL applies only when it creates the counter, atomically. The counter is
+/// created by one `SET … PX`, so a TTL Redis refuses fails the call before anything changed.
 static INCREMENT_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
-        r"local existed = redis.call('EXISTS', KEYS[1])
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if existed == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return v",
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then
+return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return tonumber(ARGV[1])",
     )
 });
 
@@ -205,7 +217,9 @@ impl Backend for RedisStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full().with_max_value_len(512 * 1024 * 1024)
+        Capabilities::full()
+            .with_versions_from_value(true)
+            .with_max_value_len(512 * 1024 * 1024)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
@@ -258,6 +272,24 @@ impl Backend for RedisStateStore {
         let value = text(&value)?;
         let expire = options.ttl.map(|ttl| Expiration::PX(px(ttl)));
         match &options.mode {
+            SetMode::Upsert if options.keep_ttl => match options.ttl {
+                None => {
+                    self.client
+                        .set::<(), _, _>(key, value, Some(Expiration::KEEPTTL), None, false)
+                        .await
+                        .map_err(map)?;
+                }
+                Some(ttl) => {
+                    UPSERT_KEEP_TTL
+                        .evalsha_with_reload::<(), _, _>(
+                            &self.client,
+                            key,
+                            vec![value, &px(ttl).to_string()],
+                        )
+                        .await
+                        .map_err(map)?;
+                }
+            },
             SetMode::Upsert => {
                 self.client
                     .set::<(), _, _>(key, value, expire, None, false)
@@ -278,8 +310,13 @@ impl Backend for RedisStateStore {
             }
             SetMode::Update(expected) => {
                 let ttl = options.ttl.map(|t| px(t).to_string()).unwrap_or_default();
+                let keep = if options.keep_ttl { "1" } else { "0" };
                 let written: i64 = UPDATE
-                    .evalsha_with_reload(&self.client, key, vec![value, expected.as_str(), &ttl])
+                    .evalsha_with_reload(
+                        &self.client,
+                        key,
+                        vec![value, expected.as_str(), &ttl, keep],
+                    )
                     .await
                     .map_err(map)?;
                 if written == 0 {

@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use state_store_core::{Error, Result};
 
+/// The longest [`SqliteConfig::busy_timeout`]: SQLite counts it in `int` milliseconds.
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// The longest [`SqliteConfig::sweep_interval`].
+pub const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 /// How hard SQLite works to survive a power cut (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -74,7 +79,7 @@ impl SqliteConfig {
                     let ms = ms
                         .parse()
                         .map_err(|_| Error::config(format!("bad busy_timeout_ms: {ms:?}")))?;
-                    config.busy_timeout = Duration::from_millis(ms);
+                    config = config.busy_timeout(Duration::from_millis(ms));
                 }
                 _ => {
                     return Err(Error::config(format!(
@@ -105,16 +110,17 @@ impl SqliteConfig {
     }
 
     /// How long a call waits for another process's write lock before failing with
-    /// `Unavailable` (default 5 s).
+    /// `Unavailable` (default 5 s; at most [`MAX_BUSY_TIMEOUT`], SQLite's own limit).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+        self.busy_timeout = timeout.min(MAX_BUSY_TIMEOUT);
         self
     }
 
-    /// How often expired rows are deleted in the background (default 30 s). Expired rows are
-    /// invisible to reads either way.
+    /// How often expired rows are deleted in the background (default 30 s, between 10 ms and
+    /// a day). Each sweep deletes every row expired by then, in batches between calls. Expired
+    /// rows are invisible to reads either way.
     pub fn sweep_interval(mut self, every: Duration) -> Self {
-        self.sweep_interval = every.max(Duration::from_millis(10));
+        self.sweep_interval = every.clamp(Duration::from_millis(10), MAX_SWEEP_INTERVAL);
         self
     }
 

@@ -26,7 +26,7 @@ mod config;
 mod error;
 mod store;
 
-pub use config::{Durability, SqliteConfig};
+pub use config::{Durability, SqliteConfig, MAX_BUSY_TIMEOUT, MAX_SWEEP_INTERVAL};
 #[doc(hidden)]
 pub use store::sql;
 pub use store::SqliteStateStore;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use state_store_core::{
     Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore, StoreConfig,
     Version,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::{Durability, SqliteConfig};
 use crate::error::{closed, map, STORE};
@@ -22,6 +22,9 @@ use crate::error::{closed, map, STORE};
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// Keys per `SELECT … IN (…)`: well under SQLite's variable limit.
 const READ_CHUNK: usize = 500;
+/// Calls queued for the store's thread at most; more callers wait (asynchronously) for room,
+/// so a burst cannot grow the queue, and memory, without bound.
+const MAX_QUEUED: usize = 1024;
 /// Rows one background sweep deletes at most, so a sweep never holds the write lock for long.
 const SWEEP_BATCH: usize = 1000;
 
@@ -41,6 +44,15 @@ pub mod sql {
      ON CONFLICT (key) DO UPDATE SET
      value = excluded.value, version = excluded.version,
      expires_at = excluded.expires_at";
+
+    /// Unconditional write keeping a live row's deadline: `(key, value, version, expires_at if
+    /// created, now)`.
+    pub const UPSERT_KEEP_TTL: &str =
+        "INSERT INTO state_store (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (key) DO UPDATE SET
+     value = excluded.value, version = excluded.version,
+     expires_at = CASE WHEN state_store.expires_at IS NULL OR state_store.expires_at > ?5
+     THEN state_store.expires_at ELSE excluded.expires_at END";
 
     /// Atomic increment: `(key, delta, version, expires_at if created, now)`, returning the new
     /// value; no row when the stored value is not a canonical integer or the sum overflows.
@@ -92,6 +104,7 @@ pub mod sql {
 /// ```
 pub struct SqliteStateStore {
     sender: mpsc::Sender<Message>,
+    queue: Arc<Semaphore>,
     config: SqliteConfig,
 }
 
@@ -129,7 +142,11 @@ impl SqliteStateStore {
             })
             .map_err(|e| Error::config_with("cannot start the SQLite thread", e))?;
         ready_rx.await.map_err(|_| closed())??;
-        Ok(SqliteStateStore { sender, config })
+        Ok(SqliteStateStore {
+            sender,
+            queue: Arc::new(Semaphore::new(MAX_QUEUED)),
+            config,
+        })
     }
 
     /// Opens the store and wraps it in a [`StateStore`] handle with the default config.
@@ -158,8 +175,13 @@ impl SqliteStateStore {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let place = Arc::clone(&self.queue)
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
         let job: Job = Box::new(move |conn| {
             let _ = tx.send(f(conn));
+            drop(place);
         });
         self.sender.send(Message::Job(job)).map_err(|_| closed())?;
         // Most calls finish in a few microseconds. Yielding (not blocking: other tasks run
@@ -285,7 +307,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// The store thread: runs jobs in order, sweeps expired rows between them.
 fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Duration) {
     let mut conn = conn;
-    let mut next_sweep = Instant::now() + sweep_every;
+    let mut next_sweep = later(sweep_every);
     loop {
         let wait = next_sweep.saturating_duration_since(Instant::now());
         match next_message(receiver, wait) {
@@ -301,13 +323,28 @@ fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Dura
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if Instant::now() >= next_sweep {
-            if let Err(err) = sweep(&conn) {
-                // Another process may hold the lock; the next sweep tries again.
-                tracing::debug!(error = %err, "sweeping expired state failed");
-            }
-            next_sweep = Instant::now() + sweep_every;
+            next_sweep = match sweep(&conn) {
+                // A full batch: more rows may have expired. Sweep again as soon as the
+                // calls already waiting have run, so expired rows never pile up faster than
+                // they are deleted, and no call waits behind one long delete.
+                Ok(removed) if removed >= SWEEP_BATCH => Instant::now(),
+                Ok(_) => later(sweep_every),
+                Err(err) => {
+                    // Another process may hold the lock; the next sweep tries again.
+                    tracing::debug!(error = %err, "sweeping expired state failed");
+                    later(sweep_every)
+                }
+            };
         }
     }
+}
+
+/// `now + every`, or far in the future when that does not fit an `Instant`.
+fn later(every: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(every)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// How long the thread polls for the next call before it sleeps. A caller awaiting one call
@@ -414,6 +451,9 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
     let expires_at = deadline(now, options.ttl);
     let next = new_version();
     let written = match &options.mode {
+        SetMode::Upsert if options.keep_ttl => conn
+            .prepare_cached(sql::UPSERT_KEEP_TTL)
+            .and_then(|mut s| s.execute(params![key, value, next, expires_at, now])),
         SetMode::Upsert => conn
             .prepare_cached(sql::UPSERT)
             .and_then(|mut s| s.execute(params![key, value, next, expires_at])),
@@ -429,7 +469,8 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
             .and_then(|mut s| s.execute(params![key, value, next, expires_at, now])),
         SetMode::Update(expected) => conn
             .prepare_cached(
-                "UPDATE state_store SET value = ?2, version = ?3, expires_at = ?4
+                "UPDATE state_store SET value = ?2, version = ?3,
+                     expires_at = CASE WHEN ?7 THEN expires_at ELSE ?4 END
                  WHERE key = ?1 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)",
             )
             .and_then(|mut s| {
@@ -439,7 +480,8 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
                     next,
                     expires_at,
                     expected_version(expected),
-                    now
+                    now,
+                    options.keep_ttl
                 ])
             }),
     }
