@@ -9,11 +9,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreConfig};
+use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreConfig, MAX_TTL};
 
 use crate::context::Context;
+pub use crate::model::{model_concurrent, model_sequences};
 use crate::report;
 
 /// The keys every backend must round-trip (DESIGN.md's set, plus a few more awkward ones).
@@ -37,6 +39,15 @@ pub const AWKWARD_KEYS: &[&str] = &[
     "back\\slash",
     "quote\"d",
     "tab\tand\nnewline",
+    "..",
+    "a...b",
+    ".",
+    ":",
+    "a::b",
+    "trail:",
+    "_E_.x",
+    "_E_session=3Aabc",
+    "~e~a%7C%7Cb",
     "-",
     "_",
 ];
@@ -96,6 +107,20 @@ fn declared_or_unsupported<T: std::fmt::Debug>(
         report(&err)
     );
     false
+}
+
+/// The value of `result` when `declared`; otherwise asserts `Unsupported` and gives `None`.
+fn declared_then<T: std::fmt::Debug>(
+    declared: bool,
+    result: Result<T, Error>,
+    feature: &str,
+) -> Option<T> {
+    if declared {
+        Some(ok(result, feature))
+    } else {
+        declared_or_unsupported(false, result, feature);
+        None
+    }
 }
 
 /// PURISTA's own case: an object is set, read back equal, removed, and then missing.
@@ -576,29 +601,26 @@ struct Tally {
     seen: Vec<u32>,
 }
 
-/// `update::<T>` under 8 concurrent writers on 2 handles loses no update.
+/// `update::<T>` under 32 concurrent writers on 2 handles, with the default retries, loses
+/// no update and gives up on none.
 pub async fn update_loses_nothing(ctx: Context) {
-    let store = ctx
-        .store_with(StoreConfig::default().with_update_retries(10_000))
-        .await;
+    let store = ctx.store().await;
     let first = store
         .update("tally", |old: Option<Tally>| old.unwrap_or_default())
         .await;
     if !declared_or_unsupported(store.capabilities().conditional, first, "update") {
         return;
     }
-    let other = ctx
-        .store_with(StoreConfig::default().with_update_retries(10_000))
-        .await;
+    let other = ctx.store().await;
     let mut tasks = Vec::new();
-    for writer in 0..8u32 {
+    for writer in 0..32u32 {
         let store = if writer % 2 == 0 {
             store.clone()
         } else {
             other.clone()
         };
         tasks.push(tokio::spawn(async move {
-            for i in 0..10 {
+            for i in 0..5 {
                 let n = writer * 100 + i;
                 ok(
                     store
@@ -620,8 +642,8 @@ pub async fn update_loses_nothing(ctx: Context) {
     }
     let tally: Tally = ok(store.get("tally").await, "get").expect("written");
     let seen: HashSet<u32> = tally.seen.iter().copied().collect();
-    assert_eq!(tally.seen.len(), 80, "no update lost, none applied twice");
-    assert_eq!(seen.len(), 80);
+    assert_eq!(tally.seen.len(), 160, "no update lost, none applied twice");
+    assert_eq!(seen.len(), 160);
 }
 
 /// A stored value that does not fit `T` is a `Decode` error naming the key, with no value in
@@ -742,5 +764,369 @@ pub async fn destroy_then_fail(ctx: Context) {
             "{}",
             report(&err)
         );
+    }
+}
+
+/// Handles whose prefixes are not nested never see each other's keys, whatever the names:
+/// `t1` reading `2:x` does not see what `t12` wrote under `:x`, nor any of many generated
+/// prefix and name pairs. Nested prefixes (`t1` and `t1:2`) do share keys, by design.
+pub async fn prefixes_never_collide(ctx: Context) {
+    let root = ctx.store().await;
+    let t1 = root.with_prefix("t1");
+    let t12 = root.with_prefix("t12");
+    write(&t12, ":x", json!("tenant t12")).await;
+    assert_eq!(read(&t1, "2:x").await, None, "t1 sees t12's key");
+    assert_eq!(read(&t12, ":x").await, Some(json!("tenant t12")));
+    write(&t1, "2:y", json!("t1")).await;
+    assert_eq!(read(&t12, ":y").await, None, "t12 sees t1's key");
+    assert_eq!(
+        read(&root.with_prefix("t1:2"), "y").await,
+        Some(json!("t1")),
+        "a nested prefix shares its parent's keys"
+    );
+
+    // Generated: prefixes and names from a small alphabet, so near misses are common. Every
+    // (prefix, name) pair must read exactly what was last written under its stored key
+    // `prefix:name`: nothing leaks between prefixes that are not nested.
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let alphabet = ["a", "b", ":", "1", "."];
+    let draw = |rng: &mut rand::rngs::StdRng| -> String {
+        let len = rng.random_range(1..=4);
+        (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect()
+    };
+    let mut stored: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    let mut prefixes = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..24 {
+        let handle = root.with_prefix(&draw(&mut rng));
+        let name = draw(&mut rng);
+        write(&handle, &name, json!(i)).await;
+        let path = handle.config().key_prefix.clone();
+        stored.insert(format!("{path}:{name}"), i);
+        prefixes.push(handle);
+        names.push(name);
+    }
+    for handle in &prefixes {
+        let state = ok(handle.get_state(&names).await, "get_state");
+        let path = &handle.config().key_prefix;
+        for name in &names {
+            let want = stored.get(&format!("{path}:{name}")).map(|i| json!(i));
+            assert_eq!(
+                state[name], want,
+                "prefix {path:?} name {name:?} (seed {seed})"
+            );
+        }
+    }
+}
+
+/// Errors name the caller's name, never the stored key: another tenant's prefix does not
+/// show in messages.
+pub async fn errors_name_the_callers_name(ctx: Context) {
+    let store = ctx.store().await.with_prefix("tenant-secret");
+    write(&store, "n", json!("text")).await;
+    if store.capabilities().conditional {
+        let err = expect_err(
+            store
+                .set_with("n", &json!(1), SetOptions::new().mode(SetMode::Create))
+                .await,
+            "create over existing",
+        );
+        assert!(
+            matches!(&err, Error::Conflict { key } if key == "n"),
+            "{}",
+            report(&err)
+        );
+    }
+    if store.capabilities().increment {
+        let err = expect_err(store.increment("n", 1, None).await, "increment text");
+        assert!(
+            matches!(&err, Error::NotAnInteger { key } if key == "n"),
+            "{}",
+            report(&err)
+        );
+        assert!(!report(&err).contains("tenant-secret"), "{}", report(&err));
+    }
+}
+
+/// Awkward names round-trip without any prefix too (the stored key is the name, as PURISTA
+/// stores it), one by one and all in one `get_state`; one odd name never fails a batch.
+pub async fn unprefixed_awkward_keys_round_trip(ctx: Context) {
+    let store = ctx.store_without_prefix().await;
+    let names: Vec<String> = AWKWARD_KEYS
+        .iter()
+        .map(|k| format!("{k}{}", ctx.id()))
+        .chain(AWKWARD_KEYS.iter().map(|k| format!("{}{k}", ctx.id())))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        write(&store, name, json!(i)).await;
+        assert_eq!(read(&store, name).await, Some(json!(i)), "name {name:?}");
+    }
+    let state = ok(store.get_state(&names).await, "get_state of every name");
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(state[name], Some(json!(i)), "name {name:?} via get_state");
+    }
+    for name in &names {
+        ok(store.remove_state(name).await, "remove");
+    }
+    let state = ok(store.get_state(&names).await, "get_state after remove");
+    assert!(state.values().all(Option::is_none));
+}
+
+/// `update` keeps a value's TTL: a session touched by `update` still expires at its
+/// deadline; a value created by `update` gets none (the config has no default TTL).
+pub async fn update_keeps_ttl(ctx: Context) {
+    let store = ctx.store().await;
+    let written = store
+        .set_with(
+            "session",
+            &json!({ "n": 0 }),
+            SetOptions::new().ttl(Duration::from_secs(2)),
+        )
+        .await;
+    if !declared_or_unsupported(store.capabilities().ttl, written, "TTL") {
+        return;
+    }
+    let updated = store
+        .update("session", |old: Option<Value>| {
+            json!({ "n": old.and_then(|v| v["n"].as_i64()).unwrap_or(-1) + 1 })
+        })
+        .await;
+    if !declared_or_unsupported(store.capabilities().conditional, updated, "update") {
+        return;
+    }
+    assert_eq!(read(&store, "session").await, Some(json!({ "n": 1 })));
+    wait_until_missing(&store, "session").await;
+    ok(
+        store
+            .update("fresh", |_: Option<Value>| json!("no ttl"))
+            .await,
+        "update creating",
+    );
+    assert_eq!(read(&store, "fresh").await, Some(json!("no ttl")));
+}
+
+/// A fixed window closes under steady traffic: `increment(.., ttl 2 s)` every 200 ms starts
+/// again from the delta once the window created by the first increment has passed, and never
+/// counts more than one window's worth.
+pub async fn fixed_window_closes_under_traffic(ctx: Context) {
+    let store = ctx.store().await;
+    let window = Duration::from_secs(2);
+    let first = store.increment("rl", 1, Some(window)).await;
+    let caps = store.capabilities();
+    if !declared_or_unsupported(caps.increment && caps.ttl, first, "increment with TTL") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut highest = 1;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = ok(store.increment("rl", 1, Some(window)).await, "increment");
+        if n == 1 {
+            break;
+        }
+        highest = highest.max(n);
+        assert!(
+            started.elapsed() < EXPIRY_DEADLINE,
+            "the window never closed: the counter reached {highest}"
+        );
+    }
+    // 2 s of increments every 200 ms, plus the backends' rounding to whole seconds.
+    assert!(highest <= 25, "one window counted {highest}");
+}
+
+/// A plain write works after a conditional write and after an increment on the same key,
+/// and replaces the value.
+pub async fn plain_write_after_conditional_write(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let created = store
+        .set_with(
+            "c",
+            &json!("created"),
+            SetOptions::new().mode(SetMode::Create),
+        )
+        .await;
+    if declared_or_unsupported(caps.conditional, created, "Create") {
+        write(&store, "c", json!("plain")).await;
+        assert_eq!(read(&store, "c").await, Some(json!("plain")));
+        let entry = ok(store.get_entry("c").await, "get_entry").expect("written");
+        ok(
+            store
+                .set_with(
+                    "c",
+                    &json!("cas"),
+                    SetOptions::new().mode(SetMode::Update(entry.version)),
+                )
+                .await,
+            "update",
+        );
+        write(&store, "c", json!("plain again")).await;
+        assert_eq!(read(&store, "c").await, Some(json!("plain again")));
+    }
+    let counted = store.increment("n", 1, None).await;
+    if declared_or_unsupported(caps.increment, counted, "increment") {
+        write(&store, "n", json!("plain")).await;
+        assert_eq!(read(&store, "n").await, Some(json!("plain")));
+    }
+}
+
+/// A version never matches a value it was not read from: after a remove (or an expiry) and
+/// a re-create, the old version is refused by `remove_if` and `Update`.
+pub async fn versions_are_never_reused(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let created = store
+        .set_with("lock", &json!("A"), SetOptions::new().mode(SetMode::Create))
+        .await;
+    let Some(old) = declared_then(caps.conditional, created, "Create") else {
+        return;
+    };
+    ok(store.remove_state("lock").await, "remove");
+    // Identical bytes give the same version where versions are derived from the value.
+    let again = if caps.versions_from_value { "B" } else { "A" };
+    ok(
+        store
+            .set_with(
+                "lock",
+                &json!(again),
+                SetOptions::new().mode(SetMode::Create),
+            )
+            .await,
+        "re-create",
+    );
+    let err = expect_err(
+        store.remove_if("lock", &old).await,
+        "remove_if with old version",
+    );
+    assert!(err.is_conflict(), "{}", report(&err));
+    let err = expect_err(
+        store
+            .set_with(
+                "lock",
+                &json!("C"),
+                SetOptions::new().mode(SetMode::Update(old.clone())),
+            )
+            .await,
+        "update with old version",
+    );
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "lock").await, Some(json!(again)));
+
+    if !caps.ttl {
+        return;
+    }
+    let short = SetOptions::new()
+        .mode(SetMode::Create)
+        .ttl(Duration::from_secs(1));
+    let old = ok(
+        store.set_with("lease", &json!("A"), short.clone()).await,
+        "create with TTL",
+    );
+    wait_until_missing(&store, "lease").await;
+    ok(
+        store
+            .set_with(
+                "lease",
+                &json!(again),
+                SetOptions::new().mode(SetMode::Create),
+            )
+            .await,
+        "re-create after expiry",
+    );
+    let err = expect_err(
+        store.remove_if("lease", &old).await,
+        "remove_if after expiry",
+    );
+    assert!(err.is_conflict(), "{}", report(&err));
+    assert_eq!(read(&store, "lease").await, Some(json!(again)));
+}
+
+/// Of 16 concurrent `remove_if` calls with the current version, exactly one removes the
+/// value; the other 15 get `Conflict`.
+pub async fn conditional_remove_has_one_winner(ctx: Context) {
+    let store = ctx.store().await;
+    let created = store
+        .set_with(
+            "job",
+            &json!("take me"),
+            SetOptions::new().mode(SetMode::Create),
+        )
+        .await;
+    let Some(version) = declared_then(store.capabilities().conditional, created, "Create") else {
+        return;
+    };
+    let other = ctx.store().await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                store.clone()
+            } else {
+                other.clone()
+            };
+            let version = version.clone();
+            tokio::spawn(async move { store.remove_if("job", &version).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.expect("remove_if task") {
+            Ok(()) => winners += 1,
+            Err(err) => assert!(err.is_conflict(), "{}", report(&err)),
+        }
+    }
+    assert_eq!(
+        winners, 1,
+        "exactly one caller may be told it removed the value"
+    );
+    assert_eq!(read(&store, "job").await, None);
+}
+
+/// TTLs longer than [`MAX_TTL`] are refused with `InvalidTtl` before anything is written, on
+/// writes and increments alike; `MAX_TTL` itself is accepted and the value stays.
+pub async fn huge_ttl_is_refused(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    write(&store, "v", json!("old")).await;
+    for ttl in [Duration::MAX, MAX_TTL + Duration::from_secs(1)] {
+        let err = expect_err(
+            store
+                .set_with("v", &json!("new"), SetOptions::new().ttl(ttl))
+                .await,
+            "huge TTL",
+        );
+        assert!(matches!(err, Error::InvalidTtl { .. }), "{}", report(&err));
+        let err = expect_err(
+            store.increment("n", 5, Some(ttl)).await,
+            "huge TTL increment",
+        );
+        assert!(
+            matches!(err, Error::InvalidTtl { .. })
+                || (!caps.increment && matches!(err, Error::Unsupported { .. })),
+            "{}",
+            report(&err)
+        );
+    }
+    assert_eq!(read(&store, "v").await, Some(json!("old")));
+    assert_eq!(read(&store, "n").await, None, "a refused increment counted");
+    let longest = store
+        .set_with("v", &json!("long"), SetOptions::new().ttl(MAX_TTL))
+        .await;
+    if declared_or_unsupported(caps.ttl, longest, "TTL") {
+        let counted = store.increment("n", 5, Some(MAX_TTL)).await;
+        if declared_or_unsupported(caps.increment, counted, "increment") {
+            assert_eq!(
+                ok(store.increment("n", 1, Some(MAX_TTL)).await, "increment"),
+                6
+            );
+        }
+        // A server that overflowed would drop the value within moments.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(read(&store, "v").await, Some(json!("long")));
+        if caps.increment {
+            assert_eq!(read(&store, "n").await, Some(json!(6)));
+        }
     }
 }

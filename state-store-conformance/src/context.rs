@@ -46,6 +46,7 @@ where
 #[derive(Clone)]
 pub struct Context {
     factory: Arc<dyn StoreFactory>,
+    id: String,
     prefix: String,
     opened: Arc<Mutex<Vec<StateStore>>>,
 }
@@ -56,14 +57,31 @@ impl Context {
         let id = Alphanumeric.sample_string(&mut rand::rng(), 12);
         Context {
             factory: Arc::new(factory),
-            prefix: format!("conformance:{id}:"),
+            prefix: format!("conformance:{id}"),
+            id,
             opened: Arc::default(),
         }
     }
 
-    /// The prefix every handle of this case uses.
+    /// The prefix every handle of this case uses (`conformance:<id>`).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// This case's random id: put it in every name written through
+    /// [`Context::store_without_prefix`], so runs sharing a server stay apart.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A new handle with no key prefix at all: names are stored as they are, as PURISTA
+    /// stores them. Cases use it to test unprefixed keys, with [`Context::id`] in every name.
+    ///
+    /// # Panics
+    ///
+    /// When the factory fails: the case cannot run.
+    pub async fn store_without_prefix(&self) -> StateStore {
+        self.open(StoreConfig::default()).await
     }
 
     /// A new handle with the default config (under the case prefix).
@@ -81,7 +99,11 @@ impl Context {
     ///
     /// When the factory fails: the case cannot run.
     pub async fn store_with(&self, mut config: StoreConfig) -> StateStore {
-        config.key_prefix = format!("{}{}", self.prefix, config.key_prefix);
+        config.key_prefix = format!("{}:{}", self.prefix, config.key_prefix);
+        self.open(config).await
+    }
+
+    async fn open(&self, config: StoreConfig) -> StateStore {
         let store = match self.factory.open(config).await {
             Ok(store) => store,
             Err(err) => panic!("the store factory failed: {}", crate::report(&err)),

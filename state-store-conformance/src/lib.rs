@@ -81,6 +81,7 @@ pub mod bench;
 pub mod cases;
 mod context;
 pub mod harness;
+mod model;
 
 pub use context::{run_case, Context, StoreFactory};
 
@@ -113,7 +114,11 @@ macro_rules! conformance_suite {
             update_after_plain_set conditional_remove concurrent_increments increment_semantics
             ttl_expires plain_set_clears_ttl increment_ttl_on_create_only update_loses_nothing
             typed_decode_error capabilities_are_truthful handles_share_state prefixes_isolate
-            destroy_then_fail);
+            destroy_then_fail prefixes_never_collide errors_name_the_callers_name
+            unprefixed_awkward_keys_round_trip update_keeps_ttl fixed_window_closes_under_traffic
+            plain_write_after_conditional_write versions_are_never_reused
+            conditional_remove_has_one_winner huge_ttl_is_refused model_sequences
+            model_concurrent);
     };
     (@cases ($make:expr) $($case:ident)*) => {
         $(

@@ -53,12 +53,15 @@ return 1",
 
 /// `INCRBY` whose TTL applies only when it creates the counter, atomically. The counter is
 /// created by one `SET … PX`, so a TTL Redis refuses fails the call before anything changed.
+/// The new value is returned as the stored text: Lua numbers are doubles, which would round
+/// counters beyond 2^53.
 static INCREMENT_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r"if redis.call('EXISTS', KEYS[1]) == 1 then
-return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1]) end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return tonumber(ARGV[1])",
+return ARGV[1]",
     )
 });
 
@@ -356,11 +359,17 @@ impl Backend for RedisStateStore {
         self.check_open()?;
         let result = match ttl {
             None => self.client.incr_by(key, delta).await,
-            Some(ttl) => {
-                INCREMENT_WITH_TTL
-                    .evalsha_with_reload(&self.client, key, vec![delta, px(ttl)])
-                    .await
-            }
+            Some(ttl) => INCREMENT_WITH_TTL
+                .evalsha_with_reload::<String, _, _>(&self.client, key, vec![delta, px(ttl)])
+                .await
+                .and_then(|text| {
+                    text.parse().map_err(|_| {
+                        fred::error::Error::new(
+                            fred::error::ErrorKind::Parse,
+                            "INCRBY left a non-integer",
+                        )
+                    })
+                }),
         };
         result.map_err(|err| {
             if is_not_an_integer(&err) {
