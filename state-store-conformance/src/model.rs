@@ -12,7 +12,7 @@
 //! # Replaying a failure
 //!
 //! A failure prints its seed. `STATE_STORE_MODEL_SEED=<seed>` replays exactly that sequence;
-//! `STATE_STORE_MODEL_SEEDS` (default 6) and `STATE_STORE_MODEL_OPS` (default 120) set how
+//! `STATE_STORE_MODEL_SEEDS` (default 12) and `STATE_STORE_MODEL_OPS` (default 200) set how
 //! many sequences of how many operations a run tries.
 
 // A test suite reports a misbehaving store by panicking, like `assert!`.
@@ -431,11 +431,11 @@ pub async fn model_sequences(ctx: Context) {
         .and_then(|s| s.parse().ok());
     let seeds: Vec<u64> = match replay {
         Some(seed) => vec![seed],
-        None => (0..env_number("STATE_STORE_MODEL_SEEDS", 6))
+        None => (0..env_number("STATE_STORE_MODEL_SEEDS", 12))
             .map(|_| rand::random())
             .collect(),
     };
-    let ops = env_number("STATE_STORE_MODEL_OPS", 120);
+    let ops = env_number("STATE_STORE_MODEL_OPS", 200);
     let started = Instant::now();
     for &seed in &seeds {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -584,8 +584,14 @@ pub async fn model_concurrent(ctx: Context) {
         let stored = a.get::<u64>("once").await.expect("read once");
         assert_eq!(stored, winners.first().copied());
     }
+    let checked = match (caps.increment, caps.conditional) {
+        (true, true) => "counter, compare-and-set register, racing creates",
+        (true, false) => "counter",
+        (false, true) => "compare-and-set register, racing creates",
+        (false, false) => "nothing (no increment, no conditional writes)",
+    };
     println!(
-        "model_concurrent on {}: {TASKS} tasks over 2 handles in {:.1?}",
+        "model_concurrent on {}: {TASKS} tasks over 2 handles, {checked}, in {:.1?}",
         a.name(),
         started.elapsed()
     );

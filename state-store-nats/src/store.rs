@@ -45,8 +45,20 @@ const HEADER_ROOM: usize = 1024;
 ///   remove are one publish with `Nats-Expected-Last-Subject-Sequence`; `Create` over a removed
 ///   key expects the removal marker.
 /// - TTL is per message (`Nats-TTL`, nats-server ≥ 2.11, in whole seconds, rounded up) on new
-///   and existing keys alike. A bucket without per-message TTL declares `ttl: false`, and TTL
-///   writes fail with `Unsupported` rather than being stored forever.
+///   and existing keys alike, plus a `State-Store-Expires-At` header with the exact deadline:
+///   a value reads as missing from its deadline on (the server drops it up to a second
+///   later), and a rewrite keeping the TTL (`update`, `increment`) carries the deadline over
+///   instead of restarting it, so a fixed window closes on time under traffic. Deadlines use
+///   the writer's clock: instances with skewed clocks disagree on expiry by that skew. A
+///   version read before the deadline may still be used by `Update` until the server drops
+///   the value. A bucket without per-message TTL (PURISTA creates it so) declares
+///   `ttl: false`, and TTL writes fail with `Unsupported` rather than being stored forever;
+///   [`NatsConfig::enable_message_ttl`] turns it on.
+/// - A write is refused with `Unavailable` while the client is reconnecting, rather than
+///   queued: async-nats would send a queued write once reconnected, after the caller was told
+///   it failed, over whatever was written meanwhile. The one window left is a write sent in
+///   the instant the connection drops, before the client has noticed; make writes that must
+///   never land late conditional (`Update`, `remove_if`).
 /// - `remove` publishes a purge marker with a TTL of [`NatsConfig::marker_ttl`], so removed
 ///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
 /// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
@@ -280,14 +292,13 @@ impl NatsStateStore {
     async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
         // While the client is reconnecting, async-nats queues publishes and sends them once it
         // is back, even after the caller gave up on the ack: a write reported as failed would
-        // land later, over newer data. Refuse instead of queueing.
-        if let Some(client) = &self.client {
-            if client.connection_state() != async_nats::connection::State::Connected {
-                return Err(Error::unavailable(
-                    STORE,
-                    "not connected to the NATS server",
-                ));
-            }
+        // land later, over newer data. Refuse instead of queueing. (What remains: a publish
+        // racing with the moment the connection drops, before the client has noticed.)
+        if self.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::unavailable(
+                STORE,
+                "not connected to the NATS server (reconnecting)",
+            ));
         }
         let subject = format!("{}{}", self.put_prefix, encode(key));
         let ack = self

@@ -154,3 +154,40 @@ async fn an_r3_bucket_keeps_serving_after_a_node_dies() {
     assert_eq!(eventually(|| store.get::<i64>("n")).await, Some(2));
     store.destroy().await.expect("destroy");
 }
+
+/// A write that failed while the server was down never lands later: after the restart,
+/// another instance's newer value stays, even once the failed writer has reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_does_not_land_after_reconnecting() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).request_timeout(Duration::from_secs(1));
+    let a = connect(config.clone()).await;
+    a.set_state("k", &json!("v0")).await.expect("set");
+
+    server.crash();
+    // The client has noticed the lost connection and is reconnecting when the write comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed = tokio::time::timeout(Duration::from_secs(30), a.set_state("k", &json!("old")))
+        .await
+        .expect("a write hung with the server down");
+    assert!(failed.is_err(), "a write succeeded with the server down");
+
+    server.restart().expect("restart");
+    let b = eventually(|| NatsStateStore::connect(config.clone()))
+        .await
+        .into_store();
+    b.set_state("k", &json!("new")).await.expect("set by b");
+    // Once `a` answers again, anything its client had queued has been sent before.
+    let one = json!(1);
+    eventually(|| a.set_state("probe", &one)).await;
+    let _: Option<i32> = eventually(|| a.get("probe")).await;
+    assert_eq!(
+        b.get::<String>("k").await.expect("read").as_deref(),
+        Some("new"),
+        "the failed write landed after the reconnect, over newer data"
+    );
+    a.destroy().await.expect("destroy");
+    b.destroy().await.expect("destroy");
+}

@@ -2,8 +2,11 @@
 //! `purista-state-store`, key = state name (verbatim when NATS allows it), value = JSON bytes,
 //! a removed key reads as missing. Raw async-nats plays the PURISTA service here.
 
+use std::time::Duration;
+
 use serde_json::json;
 use state_store_conformance::harness::nats::nats_url;
+use state_store_core::{Error, SetOptions};
 use state_store_nats::{async_nats, NatsConfig, NatsStateStore, DEFAULT_BUCKET};
 
 #[tokio::test]
@@ -50,4 +53,57 @@ async fn purista_and_rust_read_each_other() {
     assert!(kv.get("_E_.session.abc").await.expect("raw get").is_some());
     store.remove_state("session:abc").await.expect("remove");
     store.destroy().await.expect("destroy");
+}
+
+/// PURISTA creates its bucket without per-message TTL: TTL writes are refused there (never
+/// stored forever), until the store is opened with `enable_message_ttl`, which turns it on
+/// for the existing bucket; PURISTA's plain values stay readable.
+#[tokio::test]
+async fn a_bucket_made_by_purista_gets_ttl_when_asked() {
+    let Some(url) = nats_url() else { return };
+    let client = async_nats::connect(url.clone()).await.expect("raw connect");
+    let js = async_nats::jetstream::new(client);
+    let bucket = format!("purista-made-{}", std::process::id());
+    // What nats.js creates with client defaults: history 1, no limit markers.
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("create bucket as PURISTA does");
+    kv.put("plain", "1".into()).await.expect("raw put");
+
+    let config = NatsConfig::new(url).bucket(bucket.as_str());
+    let store = NatsStateStore::connect(config.clone())
+        .await
+        .expect("connect")
+        .into_store();
+    assert!(!store.capabilities().ttl);
+    let ttl = SetOptions::new().ttl(Duration::from_secs(1));
+    let err = store.set_with("k", &json!(1), ttl.clone()).await;
+    assert!(matches!(err, Err(Error::Unsupported { .. })), "{err:?}");
+    assert_eq!(store.get_state(&["k"]).await.expect("get")["k"], None);
+
+    let store = NatsStateStore::connect(config.enable_message_ttl(true))
+        .await
+        .expect("connect enabling TTL")
+        .into_store();
+    assert!(store.capabilities().ttl);
+    store
+        .set_with("k", &json!(1), ttl)
+        .await
+        .expect("TTL write");
+    assert_eq!(store.get::<i32>("plain").await.expect("get"), Some(1));
+    let mut gone = false;
+    for _ in 0..100 {
+        if store.get::<i32>("k").await.expect("get").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the TTL'd value never expired");
+    js.delete_key_value(&bucket).await.expect("delete bucket");
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use state_store_core::Error;
+use state_store_core::{Error, SetOptions};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -44,28 +44,45 @@ async fn main() -> Result<(), Error> {
         }
     }
 
+    // Not every backend does everything atomically (Dapr's Redis component has neither TTL
+    // nor compare-and-set); such a store says so with `Unsupported` instead of risking it.
+    let caps = store.capabilities().clone();
+
     // A session that expires a day after its last write.
-    store
-        .set_with(
-            "session:ada",
-            &json!({ "user": "ada", "theme": "dark" }),
-            state_store_core::SetOptions::new().ttl(Duration::from_secs(24 * 3600)),
-        )
-        .await?;
+    let mut session = SetOptions::new();
+    if caps.ttl {
+        session = session.ttl(Duration::from_secs(24 * 3600));
+    } else {
+        println!("(no atomic TTL on this store: the session is kept until removed)");
+    }
+    let ada = json!({ "user": "ada", "theme": "dark" });
+    store.set_with("session:ada", &ada, session).await?;
 
     // An atomic counter: exact even with many instances writing at once.
-    let visits = store.increment("visits", 1, None).await?;
+    let visits = if caps.increment {
+        store.increment("visits", 1, None).await?
+    } else {
+        println!("(no atomic increment on this store: counting with a plain read and write)");
+        let visits = store.get::<i64>("visits").await?.unwrap_or(0) + 1;
+        store.set("visits", &visits).await?;
+        visits
+    };
 
     // A job status updated with compare-and-set: no lost update between instances.
-    let job = store
-        .update("job:nightly-report", |old: Option<Job>| {
-            let runs = old.map_or(0, |job| job.runs) + 1;
-            Job {
-                status: format!("done (run {runs})"),
-                runs,
-            }
-        })
-        .await?;
+    let next = |old: Option<Job>| {
+        let runs = old.map_or(0, |job| job.runs) + 1;
+        Job {
+            status: format!("done (run {runs})"),
+            runs,
+        }
+    };
+    let job = if caps.conditional {
+        store.update("job:nightly-report", next).await?
+    } else {
+        let job = next(store.get("job:nightly-report").await?);
+        store.set("job:nightly-report", &job).await?;
+        job
+    };
 
     println!(
         "this run: visit #{visits}, job is {:?}, session saved",
