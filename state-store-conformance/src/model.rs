@@ -518,6 +518,34 @@ pub async fn model_concurrent(ctx: Context) {
             (1..=n).collect::<Vec<_>>(),
             "each count returned once"
         );
+
+        // Creation is the racy moment of a counter: many rounds of every task incrementing a
+        // fresh counter once, with and without a TTL on create.
+        for round in 0..12 {
+            let name = format!("fresh-{round}");
+            let ttl = (caps.ttl && round % 2 == 1).then_some(Duration::from_secs(3600));
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|i| {
+                    let store = pick(i);
+                    let name = name.clone();
+                    tokio::spawn(async move { store.increment(&name, 1, ttl).await })
+                })
+                .collect();
+            let mut returned = Vec::new();
+            for task in tasks {
+                match task.await.expect("increment task") {
+                    Ok(v) => returned.push(v),
+                    Err(err) => panic!("increment failed: {}", report(&err)),
+                }
+            }
+            returned.sort_unstable();
+            let n = i64::try_from(TASKS).expect("small");
+            assert_eq!(
+                returned,
+                (1..=n).collect::<Vec<_>>(),
+                "racing first increments of {name:?} (ttl {ttl:?}): one was lost"
+            );
+        }
     }
 
     if caps.conditional {
@@ -585,8 +613,8 @@ pub async fn model_concurrent(ctx: Context) {
         assert_eq!(stored, winners.first().copied());
     }
     let checked = match (caps.increment, caps.conditional) {
-        (true, true) => "counter, compare-and-set register, racing creates",
-        (true, false) => "counter",
+        (true, true) => "counters, compare-and-set register, racing creates",
+        (true, false) => "counters",
         (false, true) => "compare-and-set register, racing creates",
         (false, false) => "nothing (no increment, no conditional writes)",
     };

@@ -22,7 +22,8 @@ const SWEEP_BATCH: usize = 10_000;
 /// A real implementation of the contract, not a test double: values are stored as JSON text
 /// (a read never returns a live reference), every write gets a new version, `Create`/`Update`
 /// conflicts and `increment` are atomic, and TTLs expire. Expired keys are dropped lazily on
-/// access and by a bounded background sweep (when created inside a Tokio runtime), which
+/// access and by a background sweep (when created inside a Tokio runtime) that deletes them in
+/// bounded batches, releasing the lock in between, which
 /// [`StateStore::destroy`](crate::StateStore::destroy) stops.
 ///
 /// **It loses everything when the process exits, and each process has its own.** Use it for
@@ -190,7 +191,12 @@ async fn sweep_forever(shared: Weak<Shared>, every: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        lock(&shared.state).sweep(Instant::now(), SWEEP_BATCH);
+        // Batch after batch until nothing expired is left, letting callers take the lock in
+        // between: keys expiring faster than one batch per interval never pile up.
+        let now = Instant::now();
+        while lock(&shared.state).sweep(now, SWEEP_BATCH) == SWEEP_BATCH {
+            tokio::task::yield_now().await;
+        }
     }
 }
 

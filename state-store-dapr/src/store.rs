@@ -239,6 +239,13 @@ impl DaprStateStore {
         value: Vec<u8>,
         options: &SetOptions,
     ) -> Result<Version> {
+        if options.mode == SetMode::Create {
+            // Nothing to keep: a create that finds the key must conflict, not overwrite it.
+            let ttl = TtlChange::from_write(options.ttl);
+            return self
+                .write(key, value, &SetMode::Create, ttl, options.want_version)
+                .await;
+        }
         let stored = self.read_raw(key).await?.filter(Stored::live);
         let (mode, ttl) = match (&options.mode, stored) {
             (SetMode::Update(v), Some(s)) if v.as_str() == s.etag => {
