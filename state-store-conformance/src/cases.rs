@@ -784,6 +784,22 @@ pub async fn prefixes_never_collide(ctx: Context) {
         Some(json!("t1")),
         "a nested prefix shares its parent's keys"
     );
+    // The documented layout, spelled out: `prefix:name`, no prefix → the name itself.
+    let bare = ctx.store_without_prefix().await;
+    let case = ctx.prefix();
+    assert_eq!(
+        read(&bare, &format!("{case}:t12::x")).await,
+        Some(json!("tenant t12"))
+    );
+    assert_eq!(
+        read(&bare, &format!("{case}:t1:2:y")).await,
+        Some(json!("t1"))
+    );
+    assert_eq!(
+        read(&root.with_prefix("::t12::"), ":x").await,
+        Some(json!("tenant t12")),
+        "empty prefix segments are ignored"
+    );
 
     // Generated: prefixes and names from a small alphabet, so near misses are common. Every
     // (prefix, name) pair must read exactly what was last written under its stored key
@@ -875,20 +891,23 @@ pub async fn unprefixed_awkward_keys_round_trip(ctx: Context) {
     assert!(state.values().all(Option::is_none));
 }
 
-/// `update` keeps a value's TTL: a session touched by `update` still expires at its
-/// deadline; a value created by `update` gets none (the config has no default TTL).
+/// `update` keeps a value's TTL: a session touched by `update` a second after it was written
+/// keeps its first deadline (where the backend reports deadlines), and does expire;
+/// a value created by `update` gets none (the config has no default TTL).
 pub async fn update_keeps_ttl(ctx: Context) {
     let store = ctx.store().await;
     let written = store
         .set_with(
             "session",
             &json!({ "n": 0 }),
-            SetOptions::new().ttl(Duration::from_secs(2)),
+            SetOptions::new().ttl(Duration::from_secs(3)),
         )
         .await;
     if !declared_or_unsupported(store.capabilities().ttl, written, "TTL") {
         return;
     }
+    let before = deadline(&store, "session").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let updated = store
         .update("session", |old: Option<Value>| {
             json!({ "n": old.and_then(|v| v["n"].as_i64()).unwrap_or(-1) + 1 })
@@ -898,6 +917,13 @@ pub async fn update_keeps_ttl(ctx: Context) {
         return;
     }
     assert_eq!(read(&store, "session").await, Some(json!({ "n": 1 })));
+    if let (Some(before), Some(after)) = (before, deadline(&store, "session").await) {
+        assert!(
+            after <= before + Duration::from_millis(100),
+            "update pushed the deadline {:?} later",
+            after - before
+        );
+    }
     wait_until_missing(&store, "session").await;
     ok(
         store
@@ -908,9 +934,9 @@ pub async fn update_keeps_ttl(ctx: Context) {
     assert_eq!(read(&store, "fresh").await, Some(json!("no ttl")));
 }
 
-/// A fixed window closes under steady traffic: `increment(.., ttl 2 s)` every 200 ms starts
-/// again from the delta once the window created by the first increment has passed, and never
-/// counts more than one window's worth.
+/// A fixed window closes under heavy traffic: `increment(.., ttl 2 s)` back to back (so that
+/// rewrites land at every point of every second) starts again from the delta once the window
+/// created by the first increment has passed.
 pub async fn fixed_window_closes_under_traffic(ctx: Context) {
     let store = ctx.store().await;
     let window = Duration::from_secs(2);
@@ -920,21 +946,82 @@ pub async fn fixed_window_closes_under_traffic(ctx: Context) {
         return;
     }
     let started = std::time::Instant::now();
+    // Where the backend reports deadlines, the window's must never move later.
+    let first_deadline = deadline(&store, "rl").await;
     let mut highest = 1;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
         let n = ok(store.increment("rl", 1, Some(window)).await, "increment");
         if n == 1 {
             break;
         }
         highest = highest.max(n);
+        if let (Some(first), Some(now)) = (first_deadline, deadline(&store, "rl").await) {
+            assert!(
+                now <= first + Duration::from_millis(100),
+                "increment {n} moved the window's deadline {:?} later",
+                now - first
+            );
+        }
         assert!(
             started.elapsed() < EXPIRY_DEADLINE,
             "the window never closed: the counter reached {highest}"
         );
     }
-    // 2 s of increments every 200 ms, plus the backends' rounding to whole seconds.
-    assert!(highest <= 25, "one window counted {highest}");
+}
+
+/// When `name` expires, where the backend reports it (read through the backend, bypassing
+/// the handle, which does not expose deadlines).
+async fn deadline(store: &StateStore, name: &str) -> Option<std::time::Instant> {
+    let key = format!("{}:{name}", store.config().key_prefix);
+    let entry = ok(store.backend().get_many(&[key]).await, "get_many")
+        .pop()
+        .flatten()?;
+    Some(std::time::Instant::now() + entry.expires_in?)
+}
+
+/// `keep_ttl` keeps a live value's deadline — or its lack of one — whatever `ttl` says, on
+/// upserts and updates; a write that creates the key applies `ttl`.
+pub async fn keep_ttl_keeps_deadlines(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let two = SetOptions::new().ttl(Duration::from_secs(2));
+    let first = store.set_with("expiring", &json!(0), two.clone()).await;
+    if !declared_or_unsupported(caps.ttl, first, "TTL") {
+        return;
+    }
+    write(&store, "permanent", json!(0)).await;
+    let keep = |ttl: u64| {
+        SetOptions::new()
+            .keep_ttl(true)
+            .ttl(Duration::from_secs(ttl))
+    };
+    let set = |name: &'static str, options: SetOptions| {
+        let store = store.clone();
+        async move { ok(store.set_with(name, &json!(1), options).await, name) }
+    };
+    set("expiring", keep(3600)).await;
+    set("permanent", keep(1)).await;
+    if caps.conditional {
+        ok(store.set_with("u-expiring", &json!(0), two).await, "set");
+        write(&store, "u-permanent", json!(0)).await;
+        for (name, ttl) in [("u-expiring", 3600), ("u-permanent", 1)] {
+            let entry = ok(store.get_entry(name).await, "get_entry").expect("written");
+            set(name, keep(ttl).mode(SetMode::Update(entry.version))).await;
+        }
+        set("created-by-create", keep(1).mode(SetMode::Create)).await;
+    }
+    set("created-by-upsert", keep(1)).await;
+    wait_until_missing(&store, "expiring").await;
+    wait_until_missing(&store, "created-by-upsert").await;
+    // Written before `created-by-upsert` with the same TTL, a wrongly set deadline would have
+    // passed by now.
+    assert_eq!(read(&store, "permanent").await, Some(json!(1)));
+    if caps.conditional {
+        wait_until_missing(&store, "u-expiring").await;
+        wait_until_missing(&store, "created-by-create").await;
+        assert_eq!(read(&store, "u-permanent").await, Some(json!(1)));
+    }
 }
 
 /// A plain write works after a conditional write and after an increment on the same key,

@@ -116,7 +116,7 @@ macro_rules! conformance_suite {
             typed_decode_error capabilities_are_truthful handles_share_state prefixes_isolate
             destroy_then_fail prefixes_never_collide errors_name_the_callers_name
             unprefixed_awkward_keys_round_trip update_keeps_ttl fixed_window_closes_under_traffic
-            plain_write_after_conditional_write versions_are_never_reused
+            plain_write_after_conditional_write versions_are_never_reused keep_ttl_keeps_deadlines
             conditional_remove_has_one_winner huge_ttl_is_refused model_sequences
             model_concurrent);
     };

@@ -203,7 +203,7 @@ impl DaprStateStore {
                 }
                 None => first_write(None),
             },
-            SetMode::Update(version) => first_write(Some(version.as_str().to_owned())),
+            SetMode::Update(version) => first_write(Some(live_etag(key, version)?.to_owned())),
         };
         let written = want_version.then(|| value.clone());
         let item = StateItem {
@@ -232,32 +232,42 @@ impl DaprStateStore {
         }
     }
 
-    /// A write keeping the key's deadline: read it, then write conditionally on that read.
+    /// A write keeping the key's deadline. An update takes it from its version; an upsert
+    /// reads it, then writes conditionally on that read.
     async fn write_keeping_ttl(
         &self,
         key: &str,
         value: Vec<u8>,
         options: &SetOptions,
     ) -> Result<Version> {
-        if options.mode == SetMode::Create {
+        let conflict = || Error::Conflict {
+            key: key.to_owned(),
+        };
+        let (mode, ttl) = match &options.mode {
             // Nothing to keep: a create that finds the key must conflict, not overwrite it.
-            let ttl = TtlChange::from_write(options.ttl);
-            return self
-                .write(key, value, &SetMode::Create, ttl, options.want_version)
-                .await;
-        }
-        let stored = self.read_raw(key).await?.filter(Stored::live);
-        let (mode, ttl) = match (&options.mode, stored) {
-            (SetMode::Update(v), Some(s)) if v.as_str() == s.etag => {
-                (SetMode::Update(Version::new(s.etag.as_str())), s.kept_ttl())
+            SetMode::Create => (SetMode::Create, TtlChange::from_write(options.ttl)),
+            SetMode::Update(version) => {
+                let (_, deadline) = parse_version(version);
+                let ttl = match deadline {
+                    None => TtlChange::Clear,
+                    Some(at) => TtlChange::Until(settle(at).await.ok_or_else(conflict)?),
+                };
+                (SetMode::Update(version.clone()), ttl)
             }
-            (SetMode::Update(_), _) => {
-                return Err(Error::Conflict {
-                    key: key.to_owned(),
-                })
-            }
-            (_, Some(s)) => (SetMode::Update(Version::new(s.etag.as_str())), s.kept_ttl()),
-            (_, None) => (SetMode::Create, TtlChange::from_write(options.ttl)),
+            SetMode::Upsert => loop {
+                let Some(stored) = self.read_raw(key).await?.filter(Stored::live) else {
+                    break (SetMode::Create, TtlChange::from_write(options.ttl));
+                };
+                let ttl = match stored.expires_at {
+                    None => TtlChange::Clear,
+                    // Expired while settling: read again, it may be gone or replaced.
+                    Some(at) => match settle(at).await {
+                        Some(left) => TtlChange::Until(left),
+                        None => continue,
+                    },
+                };
+                break (SetMode::Update(stored.version()), ttl);
+            },
         };
         self.write(key, value, &mode, ttl, options.want_version)
             .await
@@ -283,11 +293,7 @@ impl DaprStateStore {
             .await
             .map_err(|s| map(key, s))?
             .into_inner();
-        Ok(Stored::new(
-            response.data,
-            response.etag,
-            &response.metadata,
-        ))
+        Stored::new(response.data, response.etag, &response.metadata)
     }
 }
 
@@ -301,55 +307,112 @@ struct Stored {
 
 impl Stored {
     /// A missing key reads as empty data and an empty ETag.
-    fn new(data: Vec<u8>, etag: String, metadata: &HashMap<String, String>) -> Option<Self> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] for a deadline that does not parse: taking the value for one without
+    /// a deadline would make it permanent on its next rewrite.
+    fn new(
+        data: Vec<u8>,
+        etag: String,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Option<Self>> {
         if data.is_empty() && etag.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let expires_at = metadata.get(TTL_EXPIRE_TIME).and_then(|at| {
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-        });
-        Some(Stored {
+        let expires_at = match metadata.get(TTL_EXPIRE_TIME) {
+            None => None,
+            Some(at) => Some(
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| Error::backend(STORE, e))?,
+            ),
+        };
+        Ok(Some(Stored {
             data,
             etag,
             expires_at,
-        })
-    }
-
-    fn left(&self) -> Option<time::Duration> {
-        self.expires_at
-            .map(|at| at - time::OffsetDateTime::now_utc())
+        }))
     }
 
     fn live(&self) -> bool {
-        self.left().is_none_or(time::Duration::is_positive)
+        self.expires_at
+            .is_none_or(|at| at > time::OffsetDateTime::now_utc())
     }
 
-    fn kept_ttl(&self) -> TtlChange {
-        match self.left() {
-            None => TtlChange::Clear,
-            Some(left) => TtlChange::Until(Duration::try_from(left).unwrap_or(Duration::ZERO)),
+    fn version(&self) -> Version {
+        match self.expires_at {
+            None => Version::new(self.etag.as_str()),
+            Some(at) => Version::new(format!("{}@{}", self.etag, at.unix_timestamp())),
         }
     }
 
     fn into_entry(self) -> Entry {
-        let expires_in = self
-            .left()
-            .map(|left| Duration::try_from(left).unwrap_or(Duration::ZERO));
+        let expires_in = self.expires_at.map(|at| {
+            Duration::try_from(at - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+        });
         Entry {
+            version: self.version(),
             value: self.data,
-            version: Version::new(self.etag),
             expires_in,
         }
     }
+}
+
+/// A version: the ETag, and the value's reported deadline (Unix seconds) when it has one, so
+/// that a compare-and-set knows without a read whether its value has expired, and a rewrite
+/// keeping the TTL knows the deadline to keep.
+fn parse_version(version: &Version) -> (&str, Option<time::OffsetDateTime>) {
+    let deadline = version.as_str().rsplit_once('@').and_then(|(etag, at)| {
+        let at = time::OffsetDateTime::from_unix_timestamp(at.parse().ok()?).ok()?;
+        Some((etag, at))
+    });
+    match deadline {
+        Some((etag, at)) => (etag, Some(at)),
+        // No deadline, or an ETag of another component that happens to hold an `@`.
+        None => (version.as_str(), None),
+    }
+}
+
+/// The ETag of a version whose value has not expired; `Conflict` otherwise (the component may
+/// not have dropped the value yet, but it reads as missing).
+fn live_etag<'v>(key: &str, version: &'v Version) -> Result<&'v str> {
+    match parse_version(version) {
+        (etag, at) if at.is_none_or(|at| at > time::OffsetDateTime::now_utc()) => Ok(etag),
+        _ => Err(Error::Conflict {
+            key: key.to_owned(),
+        }),
+    }
+}
+
+/// How close to a whole second of time left a rewrite may be sent (see [`TtlChange`]).
+const SECOND_MARGIN: Duration = Duration::from_millis(250);
+
+/// The time left until `at`, waiting first if it is within [`SECOND_MARGIN`] above a whole
+/// second; `None` once `at` has passed.
+async fn settle(at: time::OffsetDateTime) -> Option<Duration> {
+    for _ in 0..3 {
+        let left = Duration::try_from(at - time::OffsetDateTime::now_utc()).ok()?;
+        if left.is_zero() {
+            return None;
+        }
+        let fraction = Duration::from_nanos(u64::from(left.subsec_nanos()));
+        if fraction >= SECOND_MARGIN {
+            return Some(left);
+        }
+        tokio::time::sleep(fraction + Duration::from_millis(10)).await;
+    }
+    None
 }
 
 /// What a write does to the key's TTL.
 ///
 /// The component stores `now + ttlInSeconds` and reports it truncated to the second. Asking
 /// for one second more than needed makes the reported (truncated) deadline never earlier than
-/// the one wanted, so it can serve as the exact deadline; a rewrite asking for
-/// `floor(left) + 1` seconds lands within the same second, so the reported deadline stays
-/// the same however often the value is rewritten.
+/// the one wanted, so it can serve as the exact deadline. A rewrite with `left` until the
+/// reported deadline asks for `floor(left) + 1` seconds, which lands in the same second as
+/// long as the write reaches the component within the fraction of a second in `left`; so a
+/// rewrite waits out the last [`SECOND_MARGIN`] before a whole second of `left` ([`settle`]).
+/// The reported deadline then never moves, however often the value is rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TtlChange {
     /// Expire after this long, rounded up to whole seconds.
@@ -358,6 +421,9 @@ enum TtlChange {
     Until(Duration),
     /// Keep forever (`ttlInSeconds: -1`), clearing an earlier TTL.
     Clear,
+    /// Send no TTL: the component leaves the key's deadline alone (used where the deadline is
+    /// not known, so that a rewrite does not clear a TTL another client set).
+    Keep,
 }
 
 impl TtlChange {
@@ -367,6 +433,7 @@ impl TtlChange {
 
     fn metadata(self) -> HashMap<String, String> {
         let seconds = match self {
+            TtlChange::Keep => return HashMap::new(),
             TtlChange::Clear => "-1".to_owned(),
             TtlChange::Set(ttl) => (ttl.as_nanos().div_ceil(1_000_000_000) + 1).to_string(),
             TtlChange::Until(left) => (left.as_secs() + 1).to_string(),
@@ -429,16 +496,16 @@ impl Backend for DaprStateStore {
             }
             by_key.insert(item.key.clone(), item);
         }
-        Ok(encoded
+        encoded
             .iter()
             .map(|k| {
-                by_key
-                    .remove(k)
-                    .and_then(|item| Stored::new(item.data, item.etag, &item.metadata))
-                    .filter(Stored::live)
-                    .map(Stored::into_entry)
+                let stored = match by_key.remove(k) {
+                    None => None,
+                    Some(item) => Stored::new(item.data, item.etag, &item.metadata)?,
+                };
+                Ok(stored.filter(Stored::live).map(Stored::into_entry))
             })
-            .collect())
+            .collect()
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
@@ -447,7 +514,11 @@ impl Backend for DaprStateStore {
             return Err(Error::unsupported(STORE, "atomic expiry"));
         }
         if !options.keep_ttl || !self.atomic {
-            let ttl = TtlChange::from_write(options.ttl);
+            let ttl = if options.keep_ttl {
+                TtlChange::Keep
+            } else {
+                TtlChange::from_write(options.ttl)
+            };
             return self
                 .write(key, value, &options.mode, ttl, options.want_version)
                 .await;
@@ -469,7 +540,11 @@ impl Backend for DaprStateStore {
         let (etag, options) = match expected {
             None => (None, None),
             Some(_) if !self.atomic => return Err(Error::unsupported(STORE, "conditional writes")),
-            Some(version) => first_write(Some(version.as_str().to_owned())),
+            Some(version) => match live_etag(key, version) {
+                Ok(etag) => first_write(Some(etag.to_owned())),
+                // The value it was read from has expired: nothing to remove.
+                Err(_) => return Ok(false),
+            },
         };
         self.client
             .clone()
@@ -523,8 +598,29 @@ mod tests {
 
     #[test]
     fn empty_data_and_etag_is_missing() {
-        assert!(Stored::new(Vec::new(), String::new(), &HashMap::new()).is_none());
-        let e = Stored::new(b"1".to_vec(), "3".into(), &HashMap::new()).map(Stored::into_entry);
+        assert!(matches!(
+            Stored::new(Vec::new(), String::new(), &HashMap::new()),
+            Ok(None)
+        ));
+        let e = Stored::new(b"1".to_vec(), "3".into(), &HashMap::new());
+        let e = e.ok().flatten().map(Stored::into_entry);
         assert_eq!(e.map(|e| e.version), Some(Version::new("3")));
+        let bad = HashMap::from([(TTL_EXPIRE_TIME.to_owned(), "soon".to_owned())]);
+        assert!(Stored::new(b"1".to_vec(), "3".into(), &bad).is_err());
+    }
+
+    #[test]
+    fn versions_carry_the_deadline() {
+        let at = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).ok();
+        let stored = Stored {
+            data: b"1".to_vec(),
+            etag: "e-1".into(),
+            expires_at: at,
+        };
+        let version = stored.version();
+        assert_eq!(version.as_str(), "e-1@2000000000");
+        assert_eq!(parse_version(&version), ("e-1", at));
+        assert_eq!(parse_version(&Version::new("plain")), ("plain", None));
+        assert_eq!(parse_version(&Version::new("a@b")), ("a@b", None));
     }
 }

@@ -89,8 +89,12 @@ pub fn decode(stored: &str) -> Option<String> {
 }
 
 /// The subject filter (below the bucket's prefix) matching every key under a canonical
-/// handle prefix (`tenant:sessions`): `_E_.tenant.sessions.>`. For listing by prefix.
+/// handle prefix (`tenant:sessions`): `_E_.tenant.sessions.>`; `>` (every key) for no
+/// prefix. For listing by prefix.
 pub fn prefix_filter(prefix: &str) -> String {
+    if prefix.is_empty() {
+        return ">".to_owned();
+    }
     let mut filter = encode(&format!("{prefix}{PREFIX_SEPARATOR}"));
     // The encoding ends with the empty name's `=` token: a wildcard takes its place.
     filter.pop();
@@ -154,6 +158,7 @@ mod tests {
     fn prefixes_are_subject_tokens() {
         assert_eq!(prefix_filter("tenant:sessions"), "_E_.tenant.sessions.>");
         assert_eq!(prefix_filter("a b"), "_E_.a=20b.>");
+        assert_eq!(prefix_filter(""), ">");
         let filter = prefix_filter("t1");
         assert!(encode("t1:x.y").starts_with(filter.trim_end_matches('>')));
         assert!(!encode("t12:x").starts_with(filter.trim_end_matches('>')));

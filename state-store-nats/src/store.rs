@@ -50,8 +50,8 @@ const HEADER_ROOM: usize = 1024;
 ///   later), and a rewrite keeping the TTL (`update`, `increment`) carries the deadline over
 ///   instead of restarting it, so a fixed window closes on time under traffic. Deadlines use
 ///   the writer's clock: instances with skewed clocks disagree on expiry by that skew. A
-///   version read before the deadline may still be used by `Update` until the server drops
-///   the value. A bucket without per-message TTL (PURISTA creates it so) declares
+///   version carries its value's deadline (`<revision>@<unix ms>`), so `Update` and
+///   `remove_if` refuse an expired value without a round trip. A bucket without per-message TTL (PURISTA creates it so) declares
 ///   `ttl: false`, and TTL writes fail with `Unsupported` rather than being stored forever;
 ///   [`NatsConfig::enable_message_ttl`] turns it on.
 /// - A write is refused with `Unavailable` while the client is reconnecting, rather than
@@ -261,32 +261,23 @@ impl NatsStateStore {
         if !is_live(&message, now) {
             return Ok(None);
         }
-        let expires_in = deadline_ms(&message)
-            .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
+        let deadline = deadline_ms(&message);
         Ok(Some(Entry {
             value: message.payload.to_vec(),
-            version: Version::new(message.sequence.to_string()),
-            expires_in,
+            version: version(message.sequence, deadline),
+            expires_in: deadline.map(|at| millis(at - now)),
         }))
     }
 
-    /// The deadline a write keeping the key's TTL carries over, and the revision it must
-    /// expect: for `Update(v)`, `Conflict` unless the live value is at `v`.
-    async fn kept_deadline(&self, key: &str, mode: &SetMode) -> Result<(u64, Option<i128>)> {
+    /// For an upsert keeping the TTL: the revision to expect, and the live value's deadline
+    /// (`Some(None)`: live without one; `None`: no live value, the write creates it).
+    async fn current_deadline(&self, key: &str) -> Result<(u64, Option<Option<i128>>)> {
         let message = self.last_message(key).await?;
-        let now = now_ms();
-        let live = message.as_ref().filter(|m| is_live(m, now));
-        let conflict = || Error::Conflict {
-            key: key.to_owned(),
-        };
-        match (mode, live) {
-            (SetMode::Update(version), Some(m)) if revision(version) == Some(m.sequence) => {
-                Ok((m.sequence, deadline_ms(m)))
-            }
-            (SetMode::Update(_), _) => Err(conflict()),
-            (_, Some(m)) => Ok((m.sequence, deadline_ms(m))),
-            (_, None) => Ok((message.map_or(0, |m| m.sequence), None)),
-        }
+        Ok(match message {
+            Some(m) if is_live(&m, now_ms()) => (m.sequence, Some(deadline_ms(&m))),
+            Some(m) => (m.sequence, None),
+            None => (0, None),
+        })
     }
 
     async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
@@ -318,28 +309,30 @@ impl NatsStateStore {
         let new_deadline = options
             .ttl
             .map(|ttl| now + i128::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(0));
-        // Keeping the TTL needs the current deadline: one read, then a write conditional on
-        // what was read, so no other write slips in between.
         let (expected, deadline) = match &options.mode {
             SetMode::Create => (Some(0), new_deadline),
-            mode if options.keep_ttl && self.ttl => {
-                let (seq, kept) = self.kept_deadline(key, mode).await?;
-                let deadline = if seq != 0 && kept.is_some() {
-                    kept
-                } else if matches!(mode, SetMode::Update(_)) {
-                    None
-                } else {
-                    new_deadline
-                };
+            // An update's version carries the deadline of the value it was read from: past it,
+            // the value is gone (the server drops it up to a second later); before it, a
+            // rewrite keeping the TTL sends it on.
+            SetMode::Update(version) => {
+                let (seq, kept) = parse_version(version).ok_or_else(|| Error::Conflict {
+                    key: key.to_owned(),
+                })?;
+                if kept.is_some_and(|at| at <= now) {
+                    return Err(Error::Conflict {
+                        key: key.to_owned(),
+                    });
+                }
+                let deadline = if options.keep_ttl { kept } else { new_deadline };
                 (Some(seq), deadline)
             }
+            // Keeping the TTL needs the current deadline: one read, then a write conditional
+            // on what was read, so no other write slips in between.
+            SetMode::Upsert if options.keep_ttl && self.ttl => {
+                let (seq, live) = self.current_deadline(key).await?;
+                (Some(seq), live.unwrap_or(new_deadline))
+            }
             SetMode::Upsert => (None, new_deadline),
-            SetMode::Update(version) => (
-                Some(revision(version).ok_or_else(|| Error::Conflict {
-                    key: key.to_owned(),
-                })?),
-                new_deadline,
-            ),
         };
         let mut headers = HeaderMap::new();
         if let Some(at) = deadline {
@@ -347,7 +340,7 @@ impl NatsStateStore {
         }
         let Some(mut expected) = expected else {
             let seq = self.publish(key, headers, payload).await?;
-            return Ok(Version::new(seq.to_string()));
+            return Ok(version(seq, deadline));
         };
         // A `Create` may replace a removal marker, an expiry marker or an expired value: up
         // to a few tries as markers come and go.
@@ -358,7 +351,7 @@ impl NatsStateStore {
                 HeaderValue::from(expected),
             );
             match self.publish(key, attempt, payload.clone()).await {
-                Ok(seq) => return Ok(Version::new(seq.to_string())),
+                Ok(seq) => return Ok(version(seq, deadline)),
                 Err(Error::Conflict { .. }) if options.mode == SetMode::Create => {
                     match self.last_message(key).await? {
                         Some(message) if !is_live(&message, now_ms()) => {
@@ -430,11 +423,7 @@ fn is_live(message: &jetstream::message::StreamMessage, now: i128) -> bool {
 /// Headers giving a value the deadline `at` (Unix ms): ours, exact, and the server's
 /// `Nats-TTL`, rounded up to whole seconds (at least one) so the server never drops it early.
 fn insert_deadline(headers: &mut HeaderMap, at: i128, now: i128) {
-    let left = u64::try_from(at - now).unwrap_or(0);
-    headers.insert(
-        NATS_TTL,
-        HeaderValue::from(ttl_secs(Duration::from_millis(left))),
-    );
+    headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(millis(at - now))));
     headers.insert(EXPIRES_AT, HeaderValue::from(at.to_string().as_str()));
 }
 
@@ -465,7 +454,7 @@ fn parse_ttl(text: &str) -> Option<Duration> {
             "ns" => 1e-9,
             _ => return None,
         };
-        total += Duration::try_from_secs_f64(value * scale).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(value * scale).ok()?)?;
         rest = &rest[unit_len..];
     }
     Some(total)
@@ -479,8 +468,25 @@ fn ttl_secs(ttl: Duration) -> u64 {
         .max(1)
 }
 
-fn revision(version: &Version) -> Option<u64> {
-    version.as_str().parse().ok()
+/// A version: the revision, and the value's deadline (Unix ms) when it has one, so that a
+/// compare-and-set knows without a read whether the value it was read from has expired.
+fn version(revision: u64, deadline: Option<i128>) -> Version {
+    match deadline {
+        None => Version::new(revision.to_string()),
+        Some(at) => Version::new(format!("{revision}@{at}")),
+    }
+}
+
+fn parse_version(version: &Version) -> Option<(u64, Option<i128>)> {
+    match version.as_str().split_once('@') {
+        None => Some((version.as_str().parse().ok()?, None)),
+        Some((revision, at)) => Some((revision.parse().ok()?, Some(at.parse().ok()?))),
+    }
+}
+
+/// A span in milliseconds as a `Duration`: zero when negative, saturating when huge.
+fn millis(ms: i128) -> Duration {
+    Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
@@ -529,9 +535,13 @@ impl Backend for NatsStateStore {
             headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(ttl)));
         }
         if let Some(version) = expected {
-            let revision = revision(version).ok_or_else(|| Error::Conflict {
+            let (revision, deadline) = parse_version(version).ok_or_else(|| Error::Conflict {
                 key: key.to_owned(),
             })?;
+            if deadline.is_some_and(|at| at <= now_ms()) {
+                // The value it was read from has expired: nothing to remove.
+                return Ok(false);
+            }
             headers.insert(
                 NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 HeaderValue::from(revision),
