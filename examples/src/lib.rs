@@ -1,11 +1,5 @@
 //! Shared by the example programs: choosing a store from the command line or environment.
 
-use state_store_core::{DefaultStateStore, Error, StateStore};
-use state_store_dapr::{DaprConfig, DaprStateStore};
-use state_store_nats::{NatsConfig, NatsStateStore};
-use state_store_redis::{RedisConfig, RedisStateStore};
-use state_store_sqlite::{SqliteConfig, SqliteStateStore};
-
 /// Where the examples keep state unless told otherwise.
 pub const DEFAULT_URL: &str = "sqlite://./state.db";
 
@@ -38,33 +32,4 @@ pub fn store_url() -> String {
         return format!("dapr://{}/{component}", host.trim_end_matches('/'));
     }
     DEFAULT_URL.to_owned()
-}
-
-/// Opens the store a URL names: `sqlite://<path>`, `memory://`, `redis://…` (also `rediss://`,
-/// `redis-cluster://`), `nats://…`, or `dapr://host:port/<component>`.
-///
-/// # Errors
-///
-/// [`Error::Config`] for an unknown scheme; whatever opening the store reports.
-pub async fn open(url: &str) -> Result<StateStore, Error> {
-    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    match scheme {
-        "sqlite" => SqliteStateStore::connect(SqliteConfig::from_url(url)?).await,
-        "memory" => Ok(StateStore::new(DefaultStateStore::new())),
-        "redis" | "rediss" | "redis-cluster" => {
-            Ok(RedisStateStore::connect(RedisConfig::from_url(url)?).await?.into_store())
-        }
-        "nats" | "tls" => Ok(NatsStateStore::connect(NatsConfig::new(url)).await?.into_store()),
-        "dapr" => {
-            let rest = url.trim_start_matches("dapr://");
-            let (host, component) = rest
-                .split_once('/')
-                .ok_or_else(|| Error::config("a dapr URL is dapr://host:port/<component>"))?;
-            let config = DaprConfig::new(format!("http://{host}"), component);
-            Ok(DaprStateStore::connect(config).await?.into_store())
-        }
-        _ => Err(Error::config(format!(
-            "unknown store URL scheme {scheme:?}; use sqlite://, memory://, redis://, nats:// or dapr://"
-        ))),
-    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use state_store_core::{
+use state_store::{
     async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore, StoreConfig,
     Version,
 };

@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-use state_store_conformance::harness::dapr::{dapr_endpoint, Component, COMPONENT};
-use state_store_conformance::harness::nats::nats_url;
-use state_store_conformance::harness::redis::redis_url;
-use state_store_conformance::harness::TempDir;
+use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
+use state_store_testkit::harness::nats::nats_url;
+use state_store_testkit::harness::redis::redis_url;
+use state_store_testkit::harness::temp_dir;
 
 fn run_twice(url: &str) {
     let run = || {
@@ -38,7 +38,7 @@ fn run_twice(url: &str) {
 
 #[test]
 fn on_sqlite_state_survives_a_restart() {
-    let dir = TempDir::new("quickstart");
+    let dir = temp_dir("quickstart");
     run_twice(&format!(
         "sqlite://{}",
         dir.path().join("state.db").display()

@@ -1,4 +1,4 @@
-//! The shared conformance suite for state-store backends, and the test-server harness.
+//! The shared conformance suite for state-store backends.
 //!
 //! Every adapter in this workspace runs this suite against a real server; a third-party store
 //! runs it with one line. Each behaviour of the contract is a `pub async fn` in [`cases`]; the
@@ -71,16 +71,9 @@
 //!
 //! The same store is compiled and run as a test in this repository's `examples/tests/`.
 //!
-//! # Test servers
-//!
-//! [`harness`] finds a backend for a test: an env var with its URL, else a server binary it
-//! spawns on a free loopback port with a temporary directory, else it says so loudly and skips —
-//! or fails, when `STATE_STORE_REQUIRE_BACKENDS=1`. Spawned servers die with the test process.
-
-pub mod bench;
 pub mod cases;
 mod context;
-pub mod harness;
+pub mod faults;
 mod model;
 
 pub use context::{run_case, Context, StoreFactory};
@@ -97,28 +90,20 @@ pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Stamps out every case in [`cases`] as its own `#[test]`.
+include!(concat!(env!("OUT_DIR"), "/case_list.rs"));
+
+/// Stamps out every case in [`cases`] as its own `#[test]` (the list is generated from the
+/// case functions themselves, so none is ever left out).
 ///
 /// `conformance_suite!(factory)` — `factory` is an expression (it may `.await`) giving a
 /// [`StoreFactory`]; it is evaluated once per test.
 ///
 /// `conformance_suite!(optional: factory)` — the expression gives `Option<impl StoreFactory>`;
-/// `None` skips (use it with [`harness::unavailable`] when a server may be missing).
+/// `None` skips: for a server that may be missing, after saying so loudly.
 #[macro_export]
 macro_rules! conformance_suite {
     (optional: $factory:expr) => {
-        $crate::conformance_suite!(@cases (async { $factory })
-            set_get_remove_object get_disabled set_disabled remove_disabled missing_is_not_null
-            json_kinds_round_trip get_state_many overwrite_replaces remove_missing_is_ok
-            awkward_keys_round_trip key_limits value_limit create_conflicts update_checks_version
-            update_after_plain_set conditional_remove concurrent_increments increment_semantics
-            ttl_expires plain_set_clears_ttl increment_ttl_on_create_only update_loses_nothing
-            typed_decode_error capabilities_are_truthful handles_share_state prefixes_isolate
-            destroy_then_fail prefixes_never_collide errors_name_the_callers_name
-            unprefixed_awkward_keys_round_trip update_keeps_ttl fixed_window_closes_under_traffic
-            plain_write_after_conditional_write versions_are_never_reused keep_ttl_keeps_deadlines
-            conditional_remove_has_one_winner huge_ttl_is_refused model_sequences
-            model_concurrent);
+        $crate::__conformance_cases!(async { $factory });
     };
     (@cases ($make:expr) $($case:ident)*) => {
         $(

@@ -317,6 +317,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Reads many keys, one slot per key in request order.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>>;
 
+    /// Reads many keys' values without their versions, one slot per key in request order:
+    /// what `get_state` and typed reads need. The default calls [`Backend::get_many`];
+    /// override it where a version costs work a plain read can skip (Redis computes a
+    /// SHA-1 per value).
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(self
+            .get_many(keys)
+            .await?
+            .into_iter()
+            .map(|entry| entry.map(|e| e.value))
+            .collect())
+    }
+
     /// Writes one key and returns the new version.
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version>;
 
@@ -342,6 +355,9 @@ macro_rules! forward_backend {
             }
             async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
                 (**self).get_many(keys).await
+            }
+            async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+                (**self).get_values(keys).await
             }
             async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
                 (**self).set(key, value, options).await

@@ -86,9 +86,15 @@ impl StoreConfig {
         self
     }
 
-    /// Sets [`StoreConfig::key_prefix`].
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+    /// Nests [`StoreConfig::key_prefix`] under `prefix`, as
+    /// [`StateStore::with_prefix`](crate::StateStore::with_prefix) does:
+    /// `with_prefix("a").with_prefix("b")` is `with_prefix("a:b")`. On the default config it
+    /// simply sets the prefix.
+    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        self.key_prefix = crate::key::join_prefix(
+            &crate::key::normalize_prefix(&self.key_prefix),
+            prefix.as_ref(),
+        );
         self
     }
 
@@ -115,4 +121,62 @@ impl StoreConfig {
         self.update_retries = attempts.max(1);
         self
     }
+}
+
+/// How long connecting, and each call, may take before failing with
+/// [`Error::Unavailable`](crate::Error::Unavailable). Every adapter's config holds one and
+/// offers `with_connect_timeout` / `with_request_timeout` ([`timeout_setters!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Connecting (default 5 s).
+    pub connect: Duration,
+    /// One call, including waiting for a reconnect (default 5 s).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timeouts {
+    /// `Ok` when both are positive.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming `store` otherwise.
+    pub fn validate(&self, store: &str) -> crate::Result<()> {
+        if self.connect.is_zero() || self.request.is_zero() {
+            return Err(crate::Error::config(format!(
+                "{store} timeouts must be positive"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Adds `with_connect_timeout` and `with_request_timeout` to an adapter's config that holds a
+/// `timeouts: Timeouts` field, so every adapter offers them with the same names and docs.
+/// Use inside the config's `impl` block.
+#[macro_export]
+macro_rules! timeout_setters {
+    () => {
+        /// How long connecting may take (default 5 s).
+        pub fn with_connect_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.timeouts.connect = timeout;
+            self
+        }
+
+        /// How long one call may take, including waiting for a reconnect, before it fails
+        /// with `Unavailable` (default 5 s).
+        pub fn with_request_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.timeouts.request = timeout;
+            self
+        }
+    };
 }

@@ -60,7 +60,9 @@ pub use backend::{
     increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode,
     SetOptions, Version, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };
-pub use config::{StoreConfig, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES};
+pub use config::{
+    StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
+};
 pub use error::{BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
 pub use memory::DefaultStateStore;

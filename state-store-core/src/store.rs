@@ -107,8 +107,16 @@ impl fmt::Debug for StateStore {
     }
 }
 
-impl StateStore {
+impl<B: Backend + 'static> From<B> for StateStore {
     /// A handle over `backend` with the default [`StoreConfig`].
+    fn from(backend: B) -> Self {
+        StateStore::new(backend)
+    }
+}
+
+impl StateStore {
+    /// A handle over `backend` with the default [`StoreConfig`]. The same as
+    /// `StateStore::from(backend)`.
     pub fn new(backend: impl Backend + 'static) -> Self {
         Self::with_config(backend, StoreConfig::default())
     }
@@ -199,15 +207,15 @@ impl StateStore {
             .map(AsRef::as_ref)
             .filter(|name| seen.insert(*name))
             .collect();
-        let entries = self
-            .fetch(&unique)
+        let values = self
+            .fetch_values(&unique)
             .instrument(self.span("get", unique.len()))
             .await?;
         unique
             .into_iter()
-            .zip(entries)
-            .map(|(name, entry)| {
-                let value = entry.map(|e| decode(name, &e.value)).transpose()?;
+            .zip(values)
+            .map(|(name, value)| {
+                let value = value.map(|v| decode(name, &v)).transpose()?;
                 Ok((name.to_owned(), value))
             })
             .collect()
@@ -439,30 +447,51 @@ impl StateStore {
     /// Validates names, calls `get_many` once, and checks the backend kept its promise of one
     /// slot per key.
     async fn fetch(&self, names: &[&str]) -> Result<Vec<Option<Entry>>> {
-        if names.is_empty() {
+        let Some(keys) = self.keys(names)? else {
             return Ok(Vec::new());
-        }
-        let keys = names
-            .iter()
-            .map(|name| self.key(name))
-            .collect::<Result<Vec<_>>>()?;
+        };
         let entries = self
             .inner
             .backend
             .get_many(&keys)
             .await
             .map_err(|e| self.rename(e))?;
-        if entries.len() != keys.len() {
+        self.one_slot_per_key(entries, keys.len())
+    }
+
+    /// As [`StateStore::fetch`], without versions.
+    pub(crate) async fn fetch_values(&self, names: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let Some(keys) = self.keys(names)? else {
+            return Ok(Vec::new());
+        };
+        let values = self
+            .inner
+            .backend
+            .get_values(&keys)
+            .await
+            .map_err(|e| self.rename(e))?;
+        self.one_slot_per_key(values, keys.len())
+    }
+
+    fn keys(&self, names: &[&str]) -> Result<Option<Vec<String>>> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        names
+            .iter()
+            .map(|name| self.key(name))
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    fn one_slot_per_key<T>(&self, slots: Vec<T>, keys: usize) -> Result<Vec<T>> {
+        if slots.len() != keys {
             return Err(Error::backend(
                 self.name(),
-                format!(
-                    "get_many returned {} slots for {} keys",
-                    entries.len(),
-                    keys.len()
-                ),
+                format!("the backend returned {} slots for {keys} keys", slots.len()),
             ));
         }
-        Ok(entries)
+        Ok(slots)
     }
 
     pub(crate) async fn raw_entry(&self, key: &str) -> Result<Option<Entry>> {

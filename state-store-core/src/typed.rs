@@ -34,7 +34,14 @@ impl StateStore {
     /// # }
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        Ok(self.get_entry_as::<T>(name).await?.map(|e| e.value))
+        self.check(Operation::Get)?;
+        self.fetch_values(&[name])
+            .instrument(self.span("get", 1))
+            .await?
+            .pop()
+            .flatten()
+            .map(|value| decode(name, &value))
+            .transpose()
     }
 
     /// Reads `name` decoded into `T`, with its version.

@@ -12,8 +12,7 @@
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, adapter, op, Case};
-use state_store_conformance::harness::dapr::{dapr_endpoint, Component, COMPONENT};
+use state_store_core::StateStore;
 use state_store_dapr::dapr::dapr::proto::common::v1::{
     state_options, Etag, StateItem, StateOptions,
 };
@@ -22,6 +21,8 @@ use state_store_dapr::dapr::dapr::proto::runtime::v1::{
     GetBulkStateRequest, GetStateRequest, SaveStateRequest,
 };
 use state_store_dapr::{DaprConfig, DaprStateStore};
+use state_store_testkit::bench::{self, adapter, op, Case};
+use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 
 const KEYS: u64 = 1000;
 
@@ -57,9 +58,9 @@ fn get(key: String) -> GetStateRequest {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = dapr_endpoint(Component::Redis).ok_or("no daprd available")?;
-    let store = DaprStateStore::connect(DaprConfig::new(endpoint.clone(), COMPONENT))
-        .await?
-        .into_store();
+    let store = StateStore::from(
+        DaprStateStore::connect(DaprConfig::new(endpoint.clone(), COMPONENT)).await?,
+    );
     let raw = DaprClient::connect(endpoint).await?;
     let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
     for i in 0..KEYS {

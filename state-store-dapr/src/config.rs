@@ -1,17 +1,18 @@
 //! How to reach the sidecar.
 
+use state_store_core::{Error, Result, Timeouts};
 use std::fmt;
-use std::time::Duration;
-
-use state_store_core::{Error, Result};
 
 /// Settings of a [`DaprStateStore`](crate::DaprStateStore).
 ///
 /// ```
 /// use state_store_dapr::DaprConfig;
 ///
-/// let config = DaprConfig::new("http://127.0.0.1:50001", "statestore").api_token("s3cret");
+/// let config = DaprConfig::from_url("dapr://127.0.0.1:50001/statestore?token=s3cret")?;
 /// assert!(!format!("{config:?}").contains("s3cret"));
+/// let config = DaprConfig::new("http://127.0.0.1:50001", "statestore").with_api_token("s3cret");
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), state_store_core::Error>(())
 /// ```
 #[derive(Clone)]
 #[non_exhaustive]
@@ -19,8 +20,7 @@ pub struct DaprConfig {
     pub(crate) endpoint: String,
     pub(crate) store_name: String,
     pub(crate) api_token: Option<String>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
+    pub(crate) timeouts: Timeouts,
 }
 
 impl fmt::Debug for DaprConfig {
@@ -29,8 +29,7 @@ impl fmt::Debug for DaprConfig {
             .field("endpoint", &self.endpoint)
             .field("store_name", &self.store_name)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
+            .field("timeouts", &self.timeouts)
             .finish()
     }
 }
@@ -43,43 +42,70 @@ impl DaprConfig {
             endpoint: normalize(endpoint.into()),
             store_name: store_name.into(),
             api_token: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
+            timeouts: Timeouts::default(),
         }
     }
 
+    /// Parses `dapr://host:port/<component>[?token=…]` (the sidecar's gRPC address and the
+    /// state store component; `dapr+https://` for TLS). The token is percent-decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for another scheme, no host or component, or an unknown parameter
+    /// (the URL is not repeated: it may hold a token).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::config_with("invalid Dapr URL", e))?;
+        let scheme = match parsed.scheme() {
+            "dapr" => "http",
+            "dapr+https" => "https",
+            _ => return Err(Error::config("a Dapr URL is dapr://host:port/<component>")),
+        };
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Error::config("a Dapr URL needs the sidecar's host"))?;
+        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let component = parsed.path().trim_matches('/');
+        if component.is_empty() || component.contains('/') {
+            return Err(Error::config(
+                "a Dapr URL names one state store component: dapr://host:port/<component>",
+            ));
+        }
+        let mut config = DaprConfig::new(format!("{scheme}://{host}{port}"), component);
+        for (name, value) in parsed.query_pairs() {
+            match name.as_ref() {
+                "token" => config.api_token = Some(value.into_owned()),
+                _ => return Err(Error::config("unknown Dapr URL parameter")),
+            }
+        }
+        Ok(config)
+    }
+
     /// The endpoint from `DAPR_GRPC_ENDPOINT`, else `http://127.0.0.1:$DAPR_GRPC_PORT` (default
-    /// port 50001), and the token from `DAPR_API_TOKEN`. The component name has no standard
-    /// variable and is required.
-    pub fn from_env(store_name: impl Into<String>) -> Self {
-        let endpoint = std::env::var("DAPR_GRPC_ENDPOINT").unwrap_or_else(|_| {
-            let port = std::env::var("DAPR_GRPC_PORT").unwrap_or_else(|_| "50001".into());
+    /// port 50001), the token from `DAPR_API_TOKEN`, and the component from
+    /// `DAPR_STATE_STORE` (default `statestore`, the name Dapr's own examples use).
+    ///
+    /// # Errors
+    ///
+    /// None today; a `Result` like every adapter's `from_env`.
+    pub fn from_env() -> Result<Self> {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let endpoint = var("DAPR_GRPC_ENDPOINT").unwrap_or_else(|| {
+            let port = var("DAPR_GRPC_PORT").unwrap_or_else(|| "50001".into());
             format!("http://127.0.0.1:{port}")
         });
-        let mut config = DaprConfig::new(endpoint, store_name);
-        config.api_token = std::env::var("DAPR_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        config
+        let component = var("DAPR_STATE_STORE").unwrap_or_else(|| "statestore".into());
+        let mut config = DaprConfig::new(endpoint, component);
+        config.api_token = var("DAPR_API_TOKEN");
+        Ok(config)
     }
 
     /// The Dapr API token, sent as `dapr-api-token` on every call.
-    pub fn api_token(mut self, token: impl Into<String>) -> Self {
+    pub fn with_api_token(mut self, token: impl Into<String>) -> Self {
         self.api_token = Some(token.into());
         self
     }
 
-    /// How long connecting may take (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long one call may take before it fails with `Unavailable` (default 5 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
+    state_store_core::timeout_setters!();
 
     pub(crate) fn validate(&self) -> Result<()> {
         if self.store_name.is_empty() {
@@ -87,10 +113,7 @@ impl DaprConfig {
                 "the Dapr state store component name is required",
             ));
         }
-        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::config("Dapr timeouts must be positive"));
-        }
-        Ok(())
+        self.timeouts.validate("Dapr")
     }
 }
 
@@ -100,5 +123,30 @@ fn normalize(endpoint: String) -> String {
         endpoint
     } else {
         format!("http://{endpoint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_sidecar_the_component_and_the_token() {
+        let config =
+            DaprConfig::from_url("dapr://127.0.0.1:50001/statestore?token=t%40k").expect("url");
+        assert_eq!(config.endpoint, "http://127.0.0.1:50001");
+        assert_eq!(config.store_name, "statestore");
+        assert_eq!(config.api_token.as_deref(), Some("t@k"));
+        let config = DaprConfig::from_url("dapr+https://sidecar/orders").expect("url");
+        assert_eq!(config.endpoint, "https://sidecar");
+        for bad in [
+            "dapr://h:1",
+            "dapr://h:1/a/b",
+            "http://h:1/c",
+            "dapr://h:1/c?x=1",
+        ] {
+            let err = DaprConfig::from_url(bad).expect_err(bad);
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        }
     }
 }

@@ -3,13 +3,13 @@
 //! lacks bulk get).
 //!
 //! ```no_run
+//! use state_store_core::StateStore;
 //! use state_store_dapr::{DaprConfig, DaprStateStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), state_store_core::Error> {
-//! let store = DaprStateStore::connect(DaprConfig::new("http://127.0.0.1:50001", "statestore"))
-//!     .await?
-//!     .into_store();
+//! let config = DaprConfig::from_url("dapr://127.0.0.1:50001/statestore")?;
+//! let store = StateStore::from(DaprStateStore::connect(config).await?);
 //! store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
 //! store.destroy().await?;
 //! # Ok(())

@@ -13,7 +13,7 @@ use dapr::dapr::proto::runtime::v1::{
 };
 use state_store_core::{
     increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
-    SetOptions, StateStore, StoreConfig, Version, CAS_DEADLINE, CAS_RETRIES,
+    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -77,9 +77,10 @@ type Client = DaprClient<InterceptedService<Channel, Token>>;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_core::StateStore;
 /// use state_store_dapr::{DaprConfig, DaprStateStore};
 ///
-/// let store = DaprStateStore::connect(DaprConfig::from_env("statestore")).await?.into_store();
+/// let store = StateStore::from(DaprStateStore::connect(DaprConfig::from_env()?).await?);
 /// store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
 /// # Ok(())
 /// # }
@@ -114,6 +115,23 @@ impl DaprStateStore {
     /// refused token; [`Error::Unavailable`] when the sidecar does not answer in time.
     pub async fn connect(config: DaprConfig) -> Result<Self> {
         config.validate()?;
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| Error::config_with("invalid Dapr gRPC endpoint", e))?
+            .connect_timeout(config.timeouts.connect)
+            .timeout(config.timeouts.request)
+            .tcp_nodelay(true);
+        // Lazy: the channel connects on first use and reconnects by itself after a restart.
+        Self::from_client(endpoint.connect_lazy(), config).await
+    }
+
+    /// Uses a ready gRPC channel to the sidecar (its own timeouts apply), with `config`'s
+    /// component, token and timeouts, and checks that the sidecar has the component.
+    ///
+    /// # Errors
+    ///
+    /// As [`DaprStateStore::connect`].
+    pub async fn from_client(channel: Channel, config: DaprConfig) -> Result<Self> {
+        config.validate()?;
         let token = match &config.api_token {
             None => None,
             Some(token) => Some(
@@ -122,16 +140,9 @@ impl DaprStateStore {
                     .map_err(|e| Error::config_with("the Dapr API token is not valid ASCII", e))?,
             ),
         };
-        let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| Error::config_with("invalid Dapr gRPC endpoint", e))?
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true);
-        // Lazy: the channel connects on first use and reconnects by itself after a restart.
-        let channel = endpoint.connect_lazy();
         let mut client = DaprClient::with_interceptor(channel, Token(token));
         let metadata = tokio::time::timeout(
-            config.connect_timeout + config.request_timeout,
+            config.timeouts.connect + config.timeouts.request,
             client.get_metadata(GetMetadataRequest {}),
         )
         .await
@@ -163,16 +174,6 @@ impl DaprStateStore {
             persistent: component.r#type != "state.in-memory",
             closed: CloseFlag::new(),
         })
-    }
-
-    /// A [`StateStore`] handle with the default config.
-    pub fn into_store(self) -> StateStore {
-        StateStore::new(self)
-    }
-
-    /// A [`StateStore`] handle with `config`.
-    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
-        StateStore::with_config(self, config)
     }
 
     fn check_open(&self) -> Result<()> {

@@ -9,9 +9,10 @@
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure
 
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, adapter, op, Case};
-use state_store_conformance::harness::nats::nats_url;
+use state_store_core::StateStore;
 use state_store_nats::{async_nats, NatsConfig, NatsStateStore};
+use state_store_testkit::bench::{self, adapter, op, Case};
+use state_store_testkit::harness::nats::nats_url;
 
 const KEYS: u64 = 1000;
 
@@ -22,8 +23,8 @@ fn key(i: u64) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = nats_url().ok_or("no nats-server available")?;
-    let config = NatsConfig::new(url.clone()).bucket("bench");
-    let store = NatsStateStore::connect(config).await?.into_store();
+    let config = NatsConfig::new(url.clone()).with_bucket("bench");
+    let store = StateStore::from(NatsStateStore::connect(config).await?);
     let client = async_nats::connect(url).await?;
     let kv = async_nats::jetstream::new(client)
         .get_key_value("bench")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::StorageType;
-use state_store_core::{Error, Result};
+use state_store_core::{Error, Result, Timeouts};
 
 /// PURISTA's bucket name, so both share state by default.
 pub const DEFAULT_BUCKET: &str = "purista-state-store";
@@ -48,15 +48,20 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Settings of a [`NatsStateStore`](crate::NatsStateStore) built by this crate.
+/// Settings of a [`NatsStateStore`](crate::NatsStateStore).
 ///
 /// ```
+/// use std::time::Duration;
 /// use state_store_nats::{Credentials, NatsConfig};
 ///
-/// let config = NatsConfig::new("nats://127.0.0.1:4222")
-///     .bucket("orders-state")
-///     .credentials(Credentials::Token("s3cret".into()));
+/// let config = NatsConfig::from_url("nats://ada:s3cret@127.0.0.1:4222?bucket=orders-state")?
+///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("s3cret"));
+/// let config = NatsConfig::new("nats://127.0.0.1:4222")
+///     .with_bucket("orders-state")
+///     .with_credentials(Credentials::Token("s3cret".into()));
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), state_store_core::Error>(())
 /// ```
 #[derive(Clone)]
 #[non_exhaustive]
@@ -65,8 +70,7 @@ pub struct NatsConfig {
     pub(crate) bucket: String,
     pub(crate) credentials: Credentials,
     pub(crate) require_tls: bool,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
+    pub(crate) timeouts: Timeouts,
     pub(crate) storage: StorageType,
     pub(crate) replicas: usize,
     pub(crate) history: i64,
@@ -83,8 +87,7 @@ impl fmt::Debug for NatsConfig {
             .field("bucket", &self.bucket)
             .field("credentials", &self.credentials)
             .field("require_tls", &self.require_tls)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
+            .field("timeouts", &self.timeouts)
             .field("storage", &self.storage)
             .field("replicas", &self.replicas)
             .field("history", &self.history)
@@ -99,14 +102,10 @@ impl fmt::Debug for NatsConfig {
 fn redact_url(url: &str) -> String {
     url.split(',')
         .map(|server| match server.rsplit_once('@') {
-            Some((before, host)) => {
-                let scheme = before.split_once("://").map_or("", |(scheme, _)| scheme);
-                if scheme.is_empty() {
-                    format!("***@{host}")
-                } else {
-                    format!("{scheme}://***@{host}")
-                }
-            }
+            Some((before, host)) => match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://***@{host}"),
+                None => format!("***@{host}"),
+            },
             None => server.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -115,15 +114,15 @@ fn redact_url(url: &str) -> String {
 
 impl NatsConfig {
     /// A store on the servers in `url` (`nats://host:4222`, comma-separated for several), in
-    /// PURISTA's bucket.
+    /// PURISTA's bucket. Credentials in the URL are left to the client; [`NatsConfig::from_url`]
+    /// parses them.
     pub fn new(url: impl Into<String>) -> Self {
         NatsConfig {
             url: url.into(),
             bucket: DEFAULT_BUCKET.to_owned(),
             credentials: Credentials::None,
             require_tls: false,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
+            timeouts: Timeouts::default(),
             storage: StorageType::File,
             replicas: 1,
             history: 1,
@@ -133,16 +132,68 @@ impl NatsConfig {
         }
     }
 
-    /// Reads `NATS_URL` (default `nats://127.0.0.1:4222`), `NATS_BUCKET`, and credentials from
-    /// `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY` or `NATS_CREDS` (a file path).
-    pub fn from_env() -> Self {
-        let var = |name| std::env::var(name).ok();
-        let mut config =
-            NatsConfig::new(var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()));
+    /// Parses `nats://[user:password@|token@]host[:port][,nats://host2:port…][?bucket=name]`
+    /// (also `tls://`, `ws://`, `wss://`). Credentials are percent-decoded (`p%40ss` for
+    /// `p@ss`) and taken out of the server list; `bucket` chooses the KV bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for another scheme, a server that does not parse, or an unknown
+    /// parameter (the URL is not repeated: it may hold a password).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut servers = Vec::new();
+        let mut credentials = Credentials::None;
+        let mut bucket = None;
+        for server in url.split(',').map(str::trim) {
+            let parsed = url::Url::parse(server)
+                .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
+            if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
+                return Err(Error::config(
+                    "a NATS URL starts with nats://, tls://, ws:// or wss://",
+                ));
+            }
+            let host = parsed
+                .host_str()
+                .ok_or_else(|| Error::config("a NATS URL needs a host"))?;
+            let user = decode(parsed.username())?;
+            match (user.is_empty(), parsed.password().map(decode).transpose()?) {
+                (true, _) => {}
+                (false, Some(password)) => {
+                    credentials = Credentials::UserPassword { user, password }
+                }
+                (false, None) => credentials = Credentials::Token(user),
+            }
+            for (name, value) in parsed.query_pairs() {
+                match name.as_ref() {
+                    "bucket" => bucket = Some(value.into_owned()),
+                    _ => return Err(Error::config("unknown NATS URL parameter")),
+                }
+            }
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            servers.push(format!("{}://{host}{port}", parsed.scheme()));
+        }
+        let mut config = NatsConfig::new(servers.join(",")).with_credentials(credentials);
+        if let Some(bucket) = bucket {
+            config.bucket = bucket;
+        }
+        Ok(config)
+    }
+
+    /// [`NatsConfig::from_url`] of `NATS_URL` (default `nats://127.0.0.1:4222`), then
+    /// `NATS_BUCKET`, and credentials from `NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN`,
+    /// `NATS_NKEY` or `NATS_CREDS` (a file path) when set.
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsConfig::from_url`].
+    pub fn from_env() -> Result<Self> {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let url = var("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let mut config = NatsConfig::from_url(&url)?;
         if let Some(bucket) = var("NATS_BUCKET") {
             config.bucket = bucket;
         }
-        config.credentials = match (
+        let credentials = match (
             var("NATS_USER"),
             var("NATS_PASSWORD"),
             var("NATS_TOKEN"),
@@ -153,50 +204,39 @@ impl NatsConfig {
             (_, _, Some(token), ..) => Credentials::Token(token),
             (_, _, _, Some(seed), _) => Credentials::NKey(seed),
             (.., Some(path)) => Credentials::CredsFile(path.into()),
-            _ => Credentials::None,
+            _ => return Ok(config),
         };
-        config
+        Ok(config.with_credentials(credentials))
     }
 
     /// The KV bucket (default `purista-state-store`, PURISTA's).
-    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+    pub fn with_bucket(mut self, bucket: impl Into<String>) -> Self {
         self.bucket = bucket.into();
         self
     }
 
     /// How to authenticate.
-    pub fn credentials(mut self, credentials: Credentials) -> Self {
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
     }
 
     /// Require TLS.
-    pub fn require_tls(mut self, on: bool) -> Self {
+    pub fn with_require_tls(mut self, on: bool) -> Self {
         self.require_tls = on;
         self
     }
 
-    /// How long connecting may take (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long a read or a write may wait for the server, including while reconnecting,
-    /// before it fails with `Unavailable` (default 5 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
+    state_store_core::timeout_setters!();
 
     /// Replicas of a bucket this store creates (default 1; 3 in a cluster).
-    pub fn replicas(mut self, replicas: usize) -> Self {
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas.max(1);
         self
     }
 
     /// Keep a bucket this store creates in memory instead of files (default: files).
-    pub fn memory_storage(mut self, on: bool) -> Self {
+    pub fn with_memory_storage(mut self, on: bool) -> Self {
         self.storage = if on {
             StorageType::Memory
         } else {
@@ -206,7 +246,7 @@ impl NatsConfig {
     }
 
     /// Largest value of a bucket this store creates (default 1 MiB).
-    pub fn max_value_size(mut self, bytes: i32) -> Self {
+    pub fn with_max_value_size(mut self, bytes: i32) -> Self {
         self.max_value_size = bytes;
         self
     }
@@ -214,7 +254,7 @@ impl NatsConfig {
     /// How long removal markers (and the markers of expired keys) stay in a bucket this store
     /// creates before the server drops them (default 60 s, at least 1 s). Removing keys then
     /// never grows the stream without bound.
-    pub fn marker_ttl(mut self, ttl: Duration) -> Self {
+    pub fn with_marker_ttl(mut self, ttl: Duration) -> Self {
         self.marker_ttl = ttl.max(Duration::from_secs(1));
         self
     }
@@ -223,9 +263,9 @@ impl NatsConfig {
     /// its bucket without per-message TTL; on such a bucket TTL writes fail with
     /// `Unsupported` (never stored forever) unless this is on, in which case opening the store
     /// updates the bucket's stream once (`allow_msg_ttl`, and delete markers kept for
-    /// [`NatsConfig::marker_ttl`]). nats-server allows turning it on, not off again; PURISTA
-    /// keeps working on the updated bucket.
-    pub fn enable_message_ttl(mut self, on: bool) -> Self {
+    /// [`NatsConfig::with_marker_ttl`]). nats-server allows turning it on, not off again;
+    /// PURISTA keeps working on the updated bucket.
+    pub fn with_message_ttl(mut self, on: bool) -> Self {
         self.enable_message_ttl = on;
         self
     }
@@ -242,11 +282,16 @@ impl NatsConfig {
                 self.bucket
             )));
         }
-        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::config("NATS timeouts must be positive"));
-        }
-        Ok(())
+        self.timeouts.validate("NATS")
     }
+}
+
+/// Percent-decodes a URL's user information.
+fn decode(text: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| Error::config_with("NATS URL credentials are not UTF-8", e))
 }
 
 #[cfg(test)]
@@ -264,5 +309,24 @@ mod tests {
         );
         assert!(shown.contains("nats://***@127.0.0.1:4222"), "{shown}");
         assert!(shown.contains("nats://h:2"), "{shown}");
+    }
+
+    #[test]
+    fn urls_carry_decoded_credentials_and_the_bucket() {
+        let config =
+            NatsConfig::from_url("nats://ad%40a:p%40ss%2Fw@127.0.0.1:4222?bucket=b1").expect("url");
+        assert!(matches!(
+            &config.credentials,
+            Credentials::UserPassword { user, password } if user == "ad@a" && password == "p@ss/w"
+        ));
+        assert_eq!(config.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.bucket, "b1");
+        let config = NatsConfig::from_url("tls://t0k3n@h:1,nats://h:2").expect("url");
+        assert!(matches!(&config.credentials, Credentials::Token(t) if t == "t0k3n"));
+        assert_eq!(config.url, "tls://h:1,nats://h:2");
+        for bad in ["redis://h:1", "nats://h:1?what=1", "nats://"] {
+            let err = NatsConfig::from_url(bad).expect_err(bad);
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        }
     }
 }

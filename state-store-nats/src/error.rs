@@ -3,7 +3,8 @@
 use std::fmt::{Debug, Display};
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+use async_nats::jetstream::ErrorCode;
 use async_nats::ConnectErrorKind;
 use state_store_core::Error;
 
@@ -23,26 +24,45 @@ pub(crate) fn connect(err: async_nats::ConnectError) -> Error {
     }
 }
 
-/// A failed publish: a wrong expected revision is `Conflict`; timeouts and broken connections
-/// `Unavailable`; the rest `Backend`.
-pub(crate) fn publish(key: &str, err: async_nats::jetstream::context::PublishError) -> Error {
+/// A failed publish: a wrong expected revision is `Conflict`; a message over the server's
+/// limit `ValueTooLarge`; timeouts and broken connections `Unavailable`; the rest `Backend`.
+pub(crate) fn publish(
+    key: &str,
+    size: usize,
+    limit: usize,
+    err: async_nats::jetstream::context::PublishError,
+) -> Error {
     match err.kind() {
         PublishErrorKind::WrongLastSequence => Error::Conflict {
             key: key.to_owned(),
         },
-        // Replicated streams answer with error code 10164, which the client reports as `Other`.
-        _ if err.to_string().contains("wrong last sequence") => Error::Conflict {
-            key: key.to_owned(),
-        },
+        // Replicated streams answer a CAS miss with error code 10164, which the client
+        // reports as `Other` with the server's error as the source.
+        PublishErrorKind::Other
+            if jetstream_code(&err) == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) =>
+        {
+            Error::Conflict {
+                key: key.to_owned(),
+            }
+        }
         // No stream answering (a cluster electing a leader, a server restarting) is transient.
         PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::StreamNotFound => Error::unavailable(STORE, err),
-        PublishErrorKind::MaxPayloadExceeded => {
-            Error::config_with("the value is larger than the NATS server accepts", err)
-        }
+        PublishErrorKind::MaxPayloadExceeded => Error::ValueTooLarge {
+            key: key.to_owned(),
+            size,
+            limit,
+        },
         _ => Error::backend(STORE, err),
     }
+}
+
+/// The JetStream error code an error carries as its source, if any.
+fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+    err.source()?
+        .downcast_ref::<async_nats::jetstream::Error>()
+        .map(async_nats::jetstream::Error::error_code)
 }
 
 /// A failed direct get (not-found is handled by the caller).
@@ -55,12 +75,14 @@ pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> 
     }
 }
 
-/// A failed read through the stream leader.
+/// A failed read through the stream leader (not-found is handled by the caller): the server's
+/// own JetStream errors are `Backend`; failing to get an answer at all is `Unavailable`.
 pub(crate) fn leader_get(err: async_nats::jetstream::stream::LastRawMessageError) -> Error {
-    if is_unreachable(&err) {
-        Error::unavailable(STORE, err)
-    } else {
-        Error::backend(STORE, err)
+    match err.kind() {
+        LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
+            Error::backend(STORE, err)
+        }
+        _ => Error::unavailable(STORE, err),
     }
 }
 

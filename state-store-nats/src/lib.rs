@@ -2,13 +2,13 @@
 //! [async-nats](https://docs.rs/async-nats), sharing PURISTA's bucket and wire format.
 //!
 //! ```no_run
+//! use state_store_core::StateStore;
 //! use state_store_nats::{NatsConfig, NatsStateStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), state_store_core::Error> {
-//! let store = NatsStateStore::connect(NatsConfig::new("nats://127.0.0.1:4222"))
-//!     .await?
-//!     .into_store();
+//! let config = NatsConfig::from_url("nats://127.0.0.1:4222")?;
+//! let store = StateStore::from(NatsStateStore::connect(config).await?);
 //! store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
 //! store.destroy().await?;
 //! # Ok(())

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use state_store_core::{
     increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
-    SetOptions, StateStore, StoreConfig, Version, CAS_DEADLINE, CAS_RETRIES,
+    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES,
 };
 
 use crate::config::{Credentials, NatsConfig};
@@ -73,9 +73,10 @@ const HEADER_ROOM: usize = 1024;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_core::StateStore;
 /// use state_store_nats::{NatsConfig, NatsStateStore};
 ///
-/// let store = NatsStateStore::connect(NatsConfig::from_env()).await?.into_store();
+/// let store = StateStore::from(NatsStateStore::connect(NatsConfig::from_env()?).await?);
 /// store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
 /// # Ok(())
 /// # }
@@ -107,8 +108,8 @@ impl NatsStateStore {
     pub async fn connect(config: NatsConfig) -> Result<Self> {
         config.validate()?;
         let mut options = ConnectOptions::new()
-            .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout))
+            .connection_timeout(config.timeouts.connect)
+            .request_timeout(Some(config.timeouts.request))
             .require_tls(config.require_tls);
         options = match &config.credentials {
             Credentials::None => options,
@@ -130,25 +131,25 @@ impl NatsStateStore {
             .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
         let client = options.connect(servers).await.map_err(error::connect)?;
         let js = jetstream::ContextBuilder::new()
-            .timeout(config.request_timeout)
+            .timeout(config.timeouts.request)
             .build(client.clone());
-        let mut store = Self::open(js, &config).await?;
+        let mut store = Self::from_client(js, config).await?;
         store.client = Some(client);
         Ok(store)
     }
 
     /// Uses a ready JetStream context (its client's timeouts apply), opening the bucket named in
-    /// `config` and creating it with `config`'s settings when absent. [`StateStore::destroy`]
+    /// `config` and creating it with `config`'s settings when absent. [`StateStore::destroy`](state_store_core::StateStore::destroy)
     /// leaves the context's connection open.
     ///
     /// # Errors
     ///
     /// As [`NatsStateStore::connect`].
-    pub async fn open(js: Context, config: &NatsConfig) -> Result<Self> {
+    pub async fn from_client(js: Context, config: NatsConfig) -> Result<Self> {
         config.validate()?;
         let mut kv = match js.get_key_value(&config.bucket).await {
             Ok(kv) => kv,
-            Err(_) => match js.create_key_value(bucket_config(config)).await {
+            Err(_) => match js.create_key_value(bucket_config(&config)).await {
                 Ok(kv) => kv,
                 // Another instance may have created it meanwhile.
                 Err(create) => js
@@ -208,16 +209,6 @@ impl NatsStateStore {
             max_value_len,
             closed: CloseFlag::new(),
         })
-    }
-
-    /// A [`StateStore`] handle with the default config.
-    pub fn into_store(self) -> StateStore {
-        StateStore::new(self)
-    }
-
-    /// A [`StateStore`] handle with `config`.
-    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
-        StateStore::with_config(self, config)
     }
 
     /// The KV bucket, for calls this crate does not offer.
@@ -292,13 +283,14 @@ impl NatsStateStore {
             ));
         }
         let subject = format!("{}{}", self.put_prefix, encode(key));
+        let (size, limit) = (payload.len(), self.max_value_len);
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| error::publish(key, e))?
+            .map_err(|e| error::publish(key, size, limit, e))?
             .await
-            .map_err(|e| error::publish(key, e))?;
+            .map_err(|e| error::publish(key, size, limit, e))?;
         Ok(ack.sequence)
     }
 

@@ -1,18 +1,19 @@
 //! The whole suite against a real `nats-server -js` on loopback (file storage), on one server
 //! and on a 3-node cluster with an R3 bucket. Each handle is its own connection.
 
-use state_store_conformance::harness::nats::{nats_cluster_url, nats_url};
 use state_store_conformance::StoreFactory;
-use state_store_core::StoreConfig;
+use state_store_core::{StateStore, StoreConfig};
 use state_store_nats::{NatsConfig, NatsStateStore};
+use state_store_testkit::harness::nats::{nats_cluster_url, nats_url};
 
 fn factory(config: NatsConfig) -> impl StoreFactory {
     move |store_config: StoreConfig| {
         let config = config.clone();
         async move {
-            Ok(NatsStateStore::connect(config)
-                .await?
-                .into_store_with(store_config))
+            Ok(StateStore::with_config(
+                NatsStateStore::connect(config).await?,
+                store_config,
+            ))
         }
     }
 }
@@ -29,12 +30,14 @@ mod cluster {
     /// stream elects its leader first, and the cases should measure the store, not the election.
     async fn ready(url: String) -> NatsConfig {
         static READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-        let config = NatsConfig::new(url).bucket("state-store-r3").replicas(3);
+        let config = NatsConfig::new(url)
+            .with_bucket("state-store-r3")
+            .with_replicas(3);
         READY
             .get_or_init(|| async {
                 for _ in 0..100 {
                     if let Ok(store) = NatsStateStore::connect(config.clone()).await {
-                        let store = store.into_store();
+                        let store = StateStore::from(store);
                         let written = store.set_state("warm-up", &serde_json::json!(1)).await;
                         let _ = store.destroy().await;
                         if written.is_ok() {

@@ -5,20 +5,18 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::harness::nats::{NatsCluster, NatsServer};
-use state_store_conformance::harness::unavailable;
+use state_store_conformance::faults::{killed_server_recovers, TestServer};
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
+use state_store_testkit::harness::nats::{NatsCluster, NatsServer};
+use state_store_testkit::harness::unavailable;
 
 fn server(extra: &[&str]) -> Option<NatsServer> {
     NatsServer::spawn(extra).map_or_else(|why| unavailable("nats-server", &why), Some)
 }
 
 async fn connect(config: NatsConfig) -> StateStore {
-    NatsStateStore::connect(config)
-        .await
-        .expect("connect")
-        .into_store()
+    StateStore::from(NatsStateStore::connect(config).await.expect("connect"))
 }
 
 /// Retries `op` until it succeeds, for at most 30 s (a reconnect or an election).
@@ -43,34 +41,10 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_
     let Some(mut server) = server(&[]) else {
         return;
     };
-    let config = NatsConfig::new(server.url()).request_timeout(Duration::from_secs(1));
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
     let store = connect(config).await;
-    store
-        .set_state("session:abc", &json!({ "user": "ada" }))
-        .await
-        .expect("set");
-
-    server.crash();
-    for _ in 0..3 {
-        let read = tokio::time::timeout(Duration::from_secs(30), store.get_state(&["session:abc"]))
-            .await
-            .expect("a read hung with the server down");
-        let err = read.expect_err("server is down");
-        assert!(err.is_transient(), "{err:?}");
-        let write = tokio::time::timeout(Duration::from_secs(30), store.set_state("x", &json!(1)))
-            .await
-            .expect("a write hung with the server down");
-        assert!(matches!(write, Err(Error::Unavailable { .. })), "{write:?}");
-    }
-
-    server.restart().expect("restart");
-    let value: Option<serde_json::Value> = eventually(|| store.get("session:abc")).await;
-    assert_eq!(
-        value,
-        Some(json!({ "user": "ada" })),
-        "file storage keeps state across restarts"
-    );
-    eventually(|| store.set_state("after", &json!(true))).await;
+    // File storage: the data survives the restart.
+    killed_server_recovers(&mut server, &store, true).await;
     store.destroy().await.expect("destroy");
 }
 
@@ -101,7 +75,7 @@ async fn wrong_credentials_fail_at_connect_with_a_config_error() {
     let Some(server) = server(&["--user", "svc", "--pass", "right-pass"]) else {
         return;
     };
-    let wrong = NatsConfig::new(server.url()).credentials(Credentials::UserPassword {
+    let wrong = NatsConfig::new(server.url()).with_credentials(Credentials::UserPassword {
         user: "svc".into(),
         password: "wrong-pass".into(),
     });
@@ -112,7 +86,7 @@ async fn wrong_credentials_fail_at_connect_with_a_config_error() {
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-pass"));
 
-    let right = NatsConfig::new(server.url()).credentials(Credentials::UserPassword {
+    let right = NatsConfig::new(server.url()).with_credentials(Credentials::UserPassword {
         user: "svc".into(),
         password: "right-pass".into(),
     });
@@ -128,12 +102,10 @@ async fn an_r3_bucket_keeps_serving_after_a_node_dies() {
         Err(why) => return unavailable::<()>("nats cluster", &why).unwrap_or(()),
     };
     let config = NatsConfig::new(cluster.url())
-        .bucket("r3-failover")
-        .replicas(3)
-        .request_timeout(Duration::from_secs(2));
-    let store = eventually(|| NatsStateStore::connect(config.clone()))
-        .await
-        .into_store();
+        .with_bucket("r3-failover")
+        .with_replicas(3)
+        .with_request_timeout(Duration::from_secs(2));
+    let store = StateStore::from(eventually(|| NatsStateStore::connect(config.clone())).await);
     for i in 0..20 {
         let (name, value) = (format!("k{i}"), json!(i));
         eventually(|| store.set_state(&name, &value)).await;
@@ -163,7 +135,7 @@ async fn a_failed_write_does_not_land_after_reconnecting() {
     let Some(mut server) = server(&[]) else {
         return;
     };
-    let config = NatsConfig::new(server.url()).request_timeout(Duration::from_secs(1));
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
     let a = connect(config.clone()).await;
     a.set_state("k", &json!("v0")).await.expect("set");
 
@@ -183,9 +155,7 @@ async fn a_failed_write_does_not_land_after_reconnecting() {
     let one = json!(1);
     eventually(|| a.set_state("probe", &one)).await;
     let _: Option<i32> = eventually(|| a.get("probe")).await;
-    let b = eventually(|| NatsStateStore::connect(config.clone()))
-        .await
-        .into_store();
+    let b = StateStore::from(eventually(|| NatsStateStore::connect(config.clone())).await);
     assert_eq!(
         b.get::<String>("k").await.expect("read").as_deref(),
         Some("v0"),

@@ -5,17 +5,18 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::harness::nats::nats_url;
-use state_store_core::{Error, SetOptions};
+use state_store_core::{Error, SetOptions, StateStore};
 use state_store_nats::{async_nats, NatsConfig, NatsStateStore, DEFAULT_BUCKET};
+use state_store_testkit::harness::nats::nats_url;
 
 #[tokio::test]
 async fn purista_and_rust_read_each_other() {
     let Some(url) = nats_url() else { return };
-    let store = NatsStateStore::connect(NatsConfig::new(url.clone()))
-        .await
-        .expect("connect")
-        .into_store();
+    let store = StateStore::from(
+        NatsStateStore::connect(NatsConfig::new(url.clone()))
+            .await
+            .expect("connect"),
+    );
     let client = async_nats::connect(url).await.expect("raw connect");
     let kv = async_nats::jetstream::new(client)
         .get_key_value(DEFAULT_BUCKET)
@@ -75,21 +76,23 @@ async fn a_bucket_made_by_purista_gets_ttl_when_asked() {
         .expect("create bucket as PURISTA does");
     kv.put("plain", "1".into()).await.expect("raw put");
 
-    let config = NatsConfig::new(url).bucket(bucket.as_str());
-    let store = NatsStateStore::connect(config.clone())
-        .await
-        .expect("connect")
-        .into_store();
+    let config = NatsConfig::new(url).with_bucket(bucket.as_str());
+    let store = StateStore::from(
+        NatsStateStore::connect(config.clone())
+            .await
+            .expect("connect"),
+    );
     assert!(!store.capabilities().ttl);
     let ttl = SetOptions::new().ttl(Duration::from_secs(1));
     let err = store.set_with("k", &json!(1), ttl.clone()).await;
     assert!(matches!(err, Err(Error::Unsupported { .. })), "{err:?}");
     assert_eq!(store.get_state(&["k"]).await.expect("get")["k"], None);
 
-    let store = NatsStateStore::connect(config.enable_message_ttl(true))
-        .await
-        .expect("connect enabling TTL")
-        .into_store();
+    let store = StateStore::from(
+        NatsStateStore::connect(config.with_message_ttl(true))
+            .await
+            .expect("connectenablingTTL"),
+    );
     assert!(store.capabilities().ttl);
     store
         .set_with("k", &json!(1), ttl)

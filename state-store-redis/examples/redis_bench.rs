@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use fred::interfaces::{ClientLike, KeysInterface};
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, adapter, op, Case};
-use state_store_conformance::harness::redis::redis_url;
+use state_store_core::StateStore;
 use state_store_redis::{fred, RedisConfig, RedisStateStore};
+use state_store_testkit::bench::{self, adapter, op, Case};
+use state_store_testkit::harness::redis::redis_url;
 
 const KEYS: u64 = 1000;
 
@@ -25,9 +26,7 @@ fn key(i: u64) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = redis_url().ok_or("no redis-server available")?;
-    let store = RedisStateStore::connect(RedisConfig::from_url(&url)?)
-        .await?
-        .into_store();
+    let store = StateStore::from(RedisStateStore::connect(RedisConfig::from_url(&url)?).await?);
     let raw = fred::clients::Client::new(
         fred::types::config::Config::from_url(&url)?,
         None,

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use fred::types::config::{Config, ServerConfig};
-use state_store_core::{Error, Result};
+use state_store_core::{Error, Result, Timeouts};
 
 use crate::error::map;
 
@@ -15,7 +15,7 @@ use crate::error::map;
 /// use state_store_redis::RedisConfig;
 ///
 /// let config = RedisConfig::from_url("redis://user:s3cret@127.0.0.1:6379/0")?
-///     .command_timeout(Duration::from_secs(2));
+///     .with_request_timeout(Duration::from_secs(2));
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// # Ok::<(), state_store_core::Error>(())
 /// ```
@@ -23,8 +23,7 @@ use crate::error::map;
 #[non_exhaustive]
 pub struct RedisConfig {
     pub(crate) fred: Config,
-    pub(crate) command_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
+    pub(crate) timeouts: Timeouts,
     pub(crate) reconnect_max_attempts: u32,
     pub(crate) reconnect_max_delay: Duration,
 }
@@ -48,8 +47,7 @@ impl fmt::Debug for RedisConfig {
             )
             .field("database", &self.fred.database)
             .field("tls", &self.tls())
-            .field("command_timeout", &self.command_timeout)
-            .field("connect_timeout", &self.connect_timeout)
+            .field("timeouts", &self.timeouts)
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
             .finish()
     }
@@ -57,7 +55,8 @@ impl fmt::Debug for RedisConfig {
 
 impl RedisConfig {
     /// Parses a Redis URL: `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS, with
-    /// the `rustls` feature), or `redis-cluster://host:port?node=host2:port2` (cluster).
+    /// the `rustls` feature), or `redis-cluster://host:port?node=host2:port2` (cluster). A user
+    /// or password holding `@`, `:` or `/` is percent-encoded (`p%40ss` for `p@ss`).
     ///
     /// # Errors
     ///
@@ -79,8 +78,7 @@ impl RedisConfig {
         let fred = Config::from_url(url).map_err(map)?;
         Ok(RedisConfig {
             fred,
-            command_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
+            timeouts: Timeouts::default(),
             reconnect_max_attempts: 0,
             reconnect_max_delay: Duration::from_secs(2),
         })
@@ -97,28 +95,17 @@ impl RedisConfig {
     }
 
     /// Sets the ACL user and password (overriding the URL's).
-    pub fn credentials(mut self, username: Option<String>, password: Option<String>) -> Self {
+    pub fn with_credentials(mut self, username: Option<String>, password: Option<String>) -> Self {
         self.fred.username = username;
         self.fred.password = password;
         self
     }
 
-    /// How long a command may take, including waiting for a reconnect, before it fails with
-    /// `Unavailable` (default 5 s).
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
-        self
-    }
-
-    /// How long connecting may take (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
+    state_store_core::timeout_setters!();
 
     /// Reconnect policy after a lost connection: at most `max_attempts` tries (0 = forever, the
     /// default), backing off exponentially up to `max_delay` (default 2 s).
-    pub fn reconnect(mut self, max_attempts: u32, max_delay: Duration) -> Self {
+    pub fn with_reconnect(mut self, max_attempts: u32, max_delay: Duration) -> Self {
         self.reconnect_max_attempts = max_attempts;
         self.reconnect_max_delay = max_delay;
         self
@@ -142,10 +129,7 @@ impl RedisConfig {
 
     /// Checks what this build can do.
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::config("Redis timeouts must be positive"));
-        }
-        Ok(())
+        self.timeouts.validate("Redis")
     }
 }
 
@@ -177,5 +161,13 @@ mod tests {
             assert!(matches!(err, Error::Config { .. }), "{err:?}");
             assert!(!chain(&err).contains("pa55word"), "{}", chain(&err));
         }
+    }
+
+    #[test]
+    fn percent_encoded_credentials_are_decoded() {
+        let config =
+            RedisConfig::from_url("redis://ad%40a:p%40ss%2Fw%3Ard@127.0.0.1:6379").expect("url");
+        assert_eq!(config.fred.username.as_deref(), Some("ad@a"));
+        assert_eq!(config.fred.password.as_deref(), Some("p@ss/w:rd"));
     }
 }

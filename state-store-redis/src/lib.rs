@@ -2,13 +2,13 @@
 //! PURISTA's `@purista/redis-state-store`.
 //!
 //! ```no_run
+//! use state_store_core::StateStore;
 //! use state_store_redis::{RedisConfig, RedisStateStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), state_store_core::Error> {
-//! let store = RedisStateStore::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?)
-//!     .await?
-//!     .into_store();
+//! let config = RedisConfig::from_url("redis://127.0.0.1:6379")?;
+//! let store = StateStore::from(RedisStateStore::connect(config).await?);
 //! let hits = store.increment("rate:ada", 1, Some(std::time::Duration::from_secs(60))).await?;
 //! println!("{hits} requests this minute");
 //! store.destroy().await?;

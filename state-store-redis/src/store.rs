@@ -11,8 +11,7 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions, StateStore,
-    StoreConfig, Version,
+    Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions, Version,
 };
 
 use crate::config::RedisConfig;
@@ -95,9 +94,10 @@ return ARGV[1]",
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_core::StateStore;
 /// use state_store_redis::{RedisConfig, RedisStateStore};
 ///
-/// let store = RedisStateStore::connect(RedisConfig::from_env()?).await?.into_store();
+/// let store = StateStore::from(RedisStateStore::connect(RedisConfig::from_env()?).await?);
 /// store.set_state("session:abc", &serde_json::json!({ "user": "ada" })).await?;
 /// # Ok(())
 /// # }
@@ -121,12 +121,12 @@ impl RedisStateStore {
         let mut builder = Builder::from_config(config.fred.clone());
         builder
             .with_connection_config(|c| {
-                c.connection_timeout = config.connect_timeout;
-                c.internal_command_timeout = config.command_timeout;
+                c.connection_timeout = config.timeouts.connect;
+                c.internal_command_timeout = config.timeouts.request;
                 c.max_command_attempts = 1;
             })
             .with_performance_config(|p| {
-                p.default_command_timeout = config.command_timeout;
+                p.default_command_timeout = config.timeouts.request;
             })
             .set_policy(ReconnectPolicy::new_exponential(
                 config.reconnect_max_attempts,
@@ -135,7 +135,7 @@ impl RedisStateStore {
                 2,
             ));
         let client = builder.build().map_err(map)?;
-        let connected = tokio::time::timeout(config.connect_timeout, client.init()).await;
+        let connected = tokio::time::timeout(config.timeouts.connect, client.init()).await;
         match connected {
             Ok(Ok(_)) => Ok(Self::from_client(client)),
             Ok(Err(err)) => {
@@ -163,16 +163,6 @@ impl RedisStateStore {
     /// The fred client, for commands this crate does not offer.
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// A [`StateStore`] handle with the default config.
-    pub fn into_store(self) -> StateStore {
-        StateStore::new(self)
-    }
-
-    /// A [`StateStore`] handle with `config`.
-    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
-        StateStore::with_config(self, config)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -226,8 +216,23 @@ impl Backend for RedisStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        Ok(self
+            .get_values(keys)
+            .await?
+            .into_iter()
+            .map(|v| {
+                v.map(|value| {
+                    let version = digest(&value);
+                    Entry::new(value, version)
+                })
+            })
+            .collect())
+    }
+
+    /// `get_state` and typed reads: the values only, without a SHA-1 per value.
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_open()?;
-        let values = if self.clustered && keys.len() > 1 {
+        if self.clustered && keys.len() > 1 {
             // MGET across hash slots fails with CROSSSLOT: one MGET per slot, concurrently.
             let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
             for (i, key) in keys.iter().enumerate() {
@@ -249,19 +254,10 @@ impl Backend for RedisStateStore {
                     values[i] = value;
                 }
             }
-            values
+            Ok(values)
         } else {
-            self.mget(keys.iter().collect()).await?
-        };
-        Ok(values
-            .into_iter()
-            .map(|v| {
-                v.map(|value| {
-                    let version = digest(&value);
-                    Entry::new(value, version)
-                })
-            })
-            .collect())
+            self.mget(keys.iter().collect()).await
+        }
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::harness::redis::RedisServer;
-use state_store_conformance::harness::unavailable;
-use state_store_core::Error;
+use state_store_conformance::faults::killed_server_recovers;
+use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
+use state_store_testkit::harness::redis::RedisServer;
+use state_store_testkit::harness::unavailable;
 
 fn server(extra: &[&str]) -> Option<RedisServer> {
     RedisServer::spawn(extra).map_or_else(|why| unavailable("redis", &why), Some)
@@ -21,48 +22,11 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
     };
     let config = RedisConfig::from_url(&server.url())
         .expect("url")
-        .command_timeout(Duration::from_secs(1))
-        .reconnect(0, Duration::from_millis(200));
-    let store = RedisStateStore::connect(config)
-        .await
-        .expect("connect")
-        .into_store();
-    store.set_state("k", &json!("before")).await.expect("set");
-
-    server.crash();
-    // Bounded: each call ends by itself within the command timeout; the outer timeout only
-    // turns a hang into a failure instead of a stuck test.
-    for _ in 0..3 {
-        let call = tokio::time::timeout(Duration::from_secs(30), store.get_state(&["k"])).await;
-        let err = call
-            .expect("a call hung with the server down")
-            .expect_err("server is down");
-        assert!(err.is_transient(), "{err:?}");
-        assert!(matches!(err, Error::Unavailable { .. }));
-        let write = tokio::time::timeout(Duration::from_secs(30), store.increment("n", 1, None))
-            .await
-            .expect("a call hung with the server down");
-        assert!(write.expect_err("server is down").is_transient());
-    }
-
-    server.restart().expect("restart");
-    // Reconnecting takes a moment; the handle is never rebuilt.
-    let mut recovered = false;
-    for _ in 0..100 {
-        if store.set_state("k", &json!("after")).await.is_ok() {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        recovered,
-        "the handle did not recover after the server restarted"
-    );
-    assert_eq!(
-        store.get::<String>("k").await.expect("get").as_deref(),
-        Some("after")
-    );
+        .with_request_timeout(Duration::from_secs(1))
+        .with_reconnect(0, Duration::from_millis(200));
+    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    // No persistence configured: a restarted redis-server starts empty.
+    killed_server_recovers(&mut server, &store, false).await;
     store.destroy().await.expect("destroy");
 }
 
@@ -82,10 +46,11 @@ async fn wrong_password_fails_at_connect_with_a_config_error() {
     );
 
     let url = server.url().replace("redis://", "redis://:right-password@");
-    let store = RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))
-        .await
-        .expect("right password")
-        .into_store();
+    let store = StateStore::from(
+        RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))
+            .await
+            .expect("rightpassword"),
+    );
     store.set_state("k", &json!(1)).await.expect("set");
     assert!(!format!("{store:?}").contains("right-password"));
     store.destroy().await.expect("destroy");
@@ -93,10 +58,10 @@ async fn wrong_password_fails_at_connect_with_a_config_error() {
 
 #[tokio::test]
 async fn no_server_fails_within_the_connect_timeout() {
-    let port = state_store_conformance::harness::free_port();
+    let port = state_store_testkit::harness::free_port();
     let config = RedisConfig::from_url(&format!("redis://127.0.0.1:{port}"))
         .expect("url")
-        .connect_timeout(Duration::from_secs(1));
+        .with_connect_timeout(Duration::from_secs(1));
     let result = tokio::time::timeout(Duration::from_secs(30), RedisStateStore::connect(config))
         .await
         .expect("connect hung");

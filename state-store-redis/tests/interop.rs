@@ -3,9 +3,9 @@
 
 use fred::interfaces::{ClientLike, KeysInterface};
 use serde_json::json;
-use state_store_conformance::harness::redis::redis_url;
-use state_store_core::{SetMode, SetOptions};
+use state_store_core::{SetMode, SetOptions, StateStore};
 use state_store_redis::{fred, RedisConfig, RedisStateStore};
+use state_store_testkit::harness::redis::redis_url;
 
 #[tokio::test]
 async fn purista_and_rust_read_each_other_and_cas_works_on_foreign_writes() {
@@ -17,10 +17,11 @@ async fn purista_and_rust_read_each_other_and_cas_works_on_foreign_writes() {
         None,
     );
     raw.init().await.expect("raw connect");
-    let store = RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))
-        .await
-        .expect("connect")
-        .into_store();
+    let store = StateStore::from(
+        RedisStateStore::connect(RedisConfig::from_url(&url).expect("url"))
+            .await
+            .expect("connect"),
+    );
     let name = format!("interop:{}", std::process::id());
 
     // Rust writes, PURISTA reads: GET name, JSON.parse.

@@ -15,10 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection};
 use serde_json::{json, Value};
-use state_store_conformance::bench::{self, adapter, op, Case};
-use state_store_conformance::harness::TempDir;
+use state_store_core::StateStore;
 use state_store_sqlite::sql::{INCREMENT, UPSERT};
 use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+use state_store_testkit::bench::{self, adapter, op, Case};
+use state_store_testkit::harness::temp_dir;
 
 const KEYS: u64 = 1000;
 
@@ -36,9 +37,9 @@ const GET: &str = "SELECT key, value, version, expires_at FROM state_store
      WHERE key IN (?) AND (expires_at IS NULL OR expires_at > ?)";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = TempDir::new("sqlite-bench");
+    let dir = temp_dir("sqlite-bench");
     let path = dir.path().join("state.db");
-    let store = SqliteStateStore::connect(SqliteConfig::new(&path)).await?;
+    let store = StateStore::from(SqliteStateStore::connect(SqliteConfig::new(&path)).await?);
     let conn = Connection::open(&path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -8,11 +8,12 @@
 //!
 //! ```no_run
 //! use serde_json::json;
+//! use state_store_core::StateStore;
 //! use state_store_sqlite::{SqliteConfig, SqliteStateStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), state_store_core::Error> {
-//! let store = SqliteStateStore::connect(SqliteConfig::new("./state.db")).await?;
+//! let store = StateStore::from(SqliteStateStore::connect(SqliteConfig::new("./state.db")).await?);
 //! store.set_state("session:abc", &json!({ "user": "ada" })).await?;
 //! println!("visit #{}", store.increment("visits", 1, None).await?);
 //! store.destroy().await?;

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use state_store_core::{
-    Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, StateStore, StoreConfig,
-    Version,
-};
+use state_store_core::{Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, Version};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::{Durability, SqliteConfig};
@@ -84,7 +81,7 @@ pub mod sql {
 /// on one thread, there is no per-call hand-off to a pool, and SQLite serializes writers to
 /// one file anyway. Open more stores on the same file for parallel reads.
 ///
-/// The same thread deletes expired rows every [`SqliteConfig::sweep_interval`]; reads never
+/// The same thread deletes expired rows every [`SqliteConfig::with_sweep_interval`]; reads never
 /// see expired rows in between. [`StateStore::destroy`] stops the thread and closes the file.
 ///
 /// # Example
@@ -93,9 +90,10 @@ pub mod sql {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), state_store_core::Error> {
 /// # let dir = std::env::temp_dir().join(format!("doc-{}", std::process::id()));
+/// use state_store_core::StateStore;
 /// use state_store_sqlite::{SqliteConfig, SqliteStateStore};
 ///
-/// let store = SqliteStateStore::open(SqliteConfig::new(dir.join("state.db"))).await?.into_store();
+/// let store = StateStore::from(SqliteStateStore::connect(SqliteConfig::new(dir.join("state.db"))).await?);
 /// let visits = store.increment("visits", 1, None).await?;
 /// assert!(visits >= 1);
 /// store.destroy().await?;
@@ -125,19 +123,40 @@ impl SqliteStateStore {
     /// [`Error::Config`] when the path cannot be created or opened, the file is not a SQLite
     /// database, or its schema is newer than this release (the file is left untouched);
     /// [`Error::Unavailable`] when another process holds a lock past the busy timeout.
-    pub async fn open(config: SqliteConfig) -> Result<Self> {
+    pub async fn connect(config: SqliteConfig) -> Result<Self> {
+        Self::start(config, None).await
+    }
+
+    /// Uses a connection you opened (to a file: an in-memory database is not shared and
+    /// loses everything on close), with `config`'s busy timeout, durability and sweep. The
+    /// store sets WAL mode and creates its tables, then owns the connection on its own thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStateStore::connect`].
+    pub async fn from_client(conn: Connection, config: SqliteConfig) -> Result<Self> {
+        Self::start(config, Some(conn)).await
+    }
+
+    async fn start(config: SqliteConfig, conn: Option<Connection>) -> Result<Self> {
         let (sender, receiver) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_config = config.clone();
         std::thread::Builder::new()
             .name("state-store-sqlite".into())
-            .spawn(move || match open_connection(&thread_config) {
-                Ok(conn) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(conn, &receiver, thread_config.sweep_interval);
-                }
-                Err(err) => {
-                    let _ = ready_tx.send(Err(err));
+            .spawn(move || {
+                let opened = match conn {
+                    Some(conn) => prepare(conn, &thread_config),
+                    None => open_connection(&thread_config),
+                };
+                match opened {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(conn, &receiver, thread_config.sweep_interval);
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                    }
                 }
             })
             .map_err(|e| Error::config_with("cannot start the SQLite thread", e))?;
@@ -147,25 +166,6 @@ impl SqliteStateStore {
             queue: Arc::new(Semaphore::new(MAX_QUEUED)),
             config,
         })
-    }
-
-    /// Opens the store and wraps it in a [`StateStore`] handle with the default config.
-    ///
-    /// # Errors
-    ///
-    /// As [`SqliteStateStore::open`].
-    pub async fn connect(config: SqliteConfig) -> Result<StateStore> {
-        Ok(Self::open(config).await?.into_store())
-    }
-
-    /// A [`StateStore`] handle over this store with the default config.
-    pub fn into_store(self) -> StateStore {
-        StateStore::new(self)
-    }
-
-    /// A [`StateStore`] handle over this store with `config`.
-    pub fn into_store_with(self, config: StoreConfig) -> StateStore {
-        StateStore::with_config(self, config)
     }
 
     /// Runs `f` on the store's thread and awaits its result.
@@ -212,8 +212,13 @@ fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags)
+    let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::config_with(format!("cannot open {}", path.display()), e))?;
+    prepare(conn, config)
+}
+
+/// Makes an open connection a store's: busy timeout, WAL, durability, schema.
+fn prepare(mut conn: Connection, config: &SqliteConfig) -> Result<Connection> {
     conn.busy_timeout(config.busy_timeout).map_err(map)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Read-only checks first, so a foreign or newer file is refused before anything is written.

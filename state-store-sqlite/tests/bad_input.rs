@@ -3,16 +3,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::harness::TempDir;
-use state_store_core::Error;
+use state_store_core::{Error, StateStore};
 use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+use state_store_testkit::harness::temp_dir;
 
 #[tokio::test]
 async fn a_path_that_cannot_be_created_is_a_config_error() {
-    let dir = TempDir::new("sqlite-bad-path");
+    let dir = temp_dir("sqlite-bad-path");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").expect("write");
-    let err = SqliteStateStore::open(SqliteConfig::new(file.join("sub").join("state.db")))
+    let err = SqliteStateStore::connect(SqliteConfig::new(file.join("sub").join("state.db")))
         .await
         .expect_err("a file as parent directory");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
@@ -21,11 +21,11 @@ async fn a_path_that_cannot_be_created_is_a_config_error() {
 
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_refused_untouched() {
-    let dir = TempDir::new("sqlite-not-db");
+    let dir = temp_dir("sqlite-not-db");
     let path = dir.path().join("state.db");
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(&path, &garbage).expect("write");
-    let err = SqliteStateStore::open(SqliteConfig::new(&path))
+    let err = SqliteStateStore::connect(SqliteConfig::new(&path))
         .await
         .expect_err("garbage file");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
@@ -35,11 +35,13 @@ async fn a_file_that_is_not_a_database_is_refused_untouched() {
 
 #[tokio::test]
 async fn a_newer_schema_is_refused_untouched() {
-    let dir = TempDir::new("sqlite-newer");
+    let dir = temp_dir("sqlite-newer");
     let path = dir.path().join("state.db");
-    let store = SqliteStateStore::connect(SqliteConfig::new(&path))
-        .await
-        .expect("open");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open"),
+    );
     store.set_state("kept", &json!("value")).await.expect("set");
     store.destroy().await.expect("destroy");
     {
@@ -51,7 +53,7 @@ async fn a_newer_schema_is_refused_untouched() {
         .expect("bump schema");
     }
     let before = std::fs::read(&path).expect("read");
-    let err = SqliteStateStore::open(SqliteConfig::new(&path))
+    let err = SqliteStateStore::connect(SqliteConfig::new(&path))
         .await
         .expect_err("newer schema");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
@@ -70,10 +72,10 @@ async fn a_newer_schema_is_refused_untouched() {
 
 #[tokio::test]
 async fn a_lock_held_past_the_busy_timeout_is_unavailable_and_loses_nothing() {
-    let dir = TempDir::new("sqlite-locked");
+    let dir = temp_dir("sqlite-locked");
     let path = dir.path().join("state.db");
-    let config = SqliteConfig::new(&path).busy_timeout(Duration::from_millis(200));
-    let store = SqliteStateStore::connect(config).await.expect("open");
+    let config = SqliteConfig::new(&path).with_busy_timeout(Duration::from_millis(200));
+    let store = StateStore::from(SqliteStateStore::connect(config).await.expect("open"));
     store.set_state("k", &json!(1)).await.expect("set");
 
     // Another "process" takes the write lock and keeps it.
@@ -99,14 +101,16 @@ async fn a_lock_held_past_the_busy_timeout_is_unavailable_and_loses_nothing() {
 
 #[tokio::test]
 async fn durability_full_and_urls_work() {
-    let dir = TempDir::new("sqlite-url");
+    let dir = temp_dir("sqlite-url");
     let url = format!(
         "sqlite://{}?durability=full&busy_timeout_ms=100",
         dir.path().join("state.db").display()
     );
-    let store = SqliteStateStore::connect(SqliteConfig::from_url(&url).expect("url"))
-        .await
-        .expect("open");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::from_url(&url).expect("url"))
+            .await
+            .expect("open"),
+    );
     store.set_state("k", &json!(true)).await.expect("set");
     assert_eq!(store.get::<bool>("k").await.expect("get"), Some(true));
     store.destroy().await.expect("destroy");

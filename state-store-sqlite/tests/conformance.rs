@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use state_store_conformance::harness::TempDir;
-use state_store_core::StoreConfig;
+use state_store_core::{StateStore, StoreConfig};
 use state_store_sqlite::{SqliteConfig, SqliteStateStore};
+use state_store_testkit::harness::temp_dir;
 
 state_store_conformance::conformance_suite!({
-    let dir = Arc::new(TempDir::new("sqlite-conformance"));
+    let dir = Arc::new(temp_dir("sqlite-conformance"));
     move |config: StoreConfig| {
         let dir = Arc::clone(&dir);
         async move {
             let store =
-                SqliteStateStore::open(SqliteConfig::new(dir.path().join("state.db"))).await?;
-            Ok(store.into_store_with(config))
+                SqliteStateStore::connect(SqliteConfig::new(dir.path().join("state.db"))).await?;
+            Ok(StateStore::with_config(store, config))
         }
     }
 });

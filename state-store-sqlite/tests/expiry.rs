@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use state_store_conformance::harness::TempDir;
-use state_store_core::SetOptions;
+use state_store_core::{SetOptions, StateStore};
 use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+use state_store_testkit::harness::temp_dir;
 
 fn rows(path: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(path).expect("open");
@@ -22,10 +22,10 @@ fn rows(path: &std::path::Path) -> i64 {
 /// forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_expired_row_is_swept() {
-    let dir = TempDir::new("sqlite-sweep");
+    let dir = temp_dir("sqlite-sweep");
     let path = dir.path().join("state.db");
-    let config = SqliteConfig::new(&path).sweep_interval(Duration::from_secs(1));
-    let store = SqliteStateStore::connect(config).await.expect("open");
+    let config = SqliteConfig::new(&path).with_sweep_interval(Duration::from_secs(1));
+    let store = StateStore::from(SqliteStateStore::connect(config).await.expect("open"));
     let short = SetOptions::new().ttl(Duration::from_millis(1));
     let tasks: Vec<_> = (0..8)
         .map(|t| {
@@ -61,11 +61,11 @@ async fn every_expired_row_is_swept() {
 /// Durations too large for SQLite or for the clock are clamped: the store opens and works.
 #[tokio::test]
 async fn huge_settings_are_clamped_not_fatal() {
-    let dir = TempDir::new("sqlite-huge");
+    let dir = temp_dir("sqlite-huge");
     let config = SqliteConfig::new(dir.path().join("state.db"))
-        .busy_timeout(Duration::MAX)
-        .sweep_interval(Duration::MAX);
-    let store = SqliteStateStore::connect(config).await.expect("open");
+        .with_busy_timeout(Duration::MAX)
+        .with_sweep_interval(Duration::MAX);
+    let store = StateStore::from(SqliteStateStore::connect(config).await.expect("open"));
     store.set_state("k", &json!(1)).await.expect("set");
     assert_eq!(store.get::<i32>("k").await.expect("get"), Some(1));
     store.destroy().await.expect("destroy");
@@ -75,9 +75,11 @@ async fn huge_settings_are_clamped_not_fatal() {
         dir.path().join("url.db").display(),
         u64::MAX
     );
-    let store = SqliteStateStore::connect(SqliteConfig::from_url(&url).expect("url"))
-        .await
-        .expect("open");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::from_url(&url).expect("url"))
+            .await
+            .expect("open"),
+    );
     store.set_state("k", &json!(2)).await.expect("set");
     store.destroy().await.expect("destroy");
 }

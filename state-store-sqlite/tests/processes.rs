@@ -7,8 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use state_store_conformance::harness::TempDir;
+use state_store_core::StateStore;
 use state_store_sqlite::{SqliteConfig, SqliteStateStore};
+use state_store_testkit::harness::temp_dir;
 
 const CHILD: &str = "STATE_STORE_SQLITE_CHILD";
 const DB: &str = "STATE_STORE_SQLITE_CHILD_DB";
@@ -52,9 +53,11 @@ fn child() {
         return;
     };
     runtime().block_on(async {
-        let store = SqliteStateStore::connect(SqliteConfig::new(&db))
-            .await
-            .expect("open");
+        let store = StateStore::from(
+            SqliteStateStore::connect(SqliteConfig::new(&db))
+                .await
+                .expect("open"),
+        );
         match role.as_str() {
             "increment" => {
                 for _ in 0..INCREMENTS {
@@ -82,16 +85,18 @@ fn child() {
 
 #[test]
 fn processes_increment_exactly() {
-    let dir = TempDir::new("sqlite-processes");
+    let dir = temp_dir("sqlite-processes");
     let db = dir.path().join("state.db");
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| spawn_child("child", "increment", &db))
         .collect();
     children.into_iter().for_each(wait_ok);
     runtime().block_on(async {
-        let store = SqliteStateStore::connect(SqliteConfig::new(&db))
-            .await
-            .expect("open");
+        let store = StateStore::from(
+            SqliteStateStore::connect(SqliteConfig::new(&db))
+                .await
+                .expect("open"),
+        );
         let counter: Option<i64> = store.get("counter").await.expect("get");
         assert_eq!(counter, Some(PROCESSES as i64 * INCREMENTS));
         store.destroy().await.expect("destroy");
@@ -100,12 +105,14 @@ fn processes_increment_exactly() {
 
 #[test]
 fn processes_see_each_other_and_state_survives_restart() {
-    let dir = TempDir::new("sqlite-share");
+    let dir = temp_dir("sqlite-share");
     let db = dir.path().join("state.db");
     runtime().block_on(async {
-        let store = SqliteStateStore::connect(SqliteConfig::new(&db))
-            .await
-            .expect("open");
+        let store = StateStore::from(
+            SqliteStateStore::connect(SqliteConfig::new(&db))
+                .await
+                .expect("open"),
+        );
         store
             .set_state("from-parent", &json!("hello child"))
             .await
@@ -122,9 +129,11 @@ fn processes_see_each_other_and_state_survives_restart() {
     // A new process after everyone stopped still sees it all.
     wait_ok(spawn_child("child", "read", &db));
     runtime().block_on(async {
-        let store = SqliteStateStore::connect(SqliteConfig::new(&db))
-            .await
-            .expect("reopen");
+        let store = StateStore::from(
+            SqliteStateStore::connect(SqliteConfig::new(&db))
+                .await
+                .expect("reopen"),
+        );
         let seen = store
             .get_state(&["from-parent", "from-child"])
             .await

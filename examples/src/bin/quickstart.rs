@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use state_store_core::{Error, SetOptions};
+use state_store::{Error, SetOptions};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -24,7 +24,7 @@ struct Job {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let url = examples::store_url();
-    let store = examples::open(&url).await?;
+    let store = state_store::open(&url).await?;
     println!("state store: {url} ({})", store.name());
 
     // What earlier runs left behind: one round trip for all three names.

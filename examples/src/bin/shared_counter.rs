@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use state_store_core::Error;
+use state_store::Error;
 
 fn flag(name: &str, default: u32) -> u32 {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let increments = flag("--increments", 500);
     let counter = "shared-counter:hits";
     if std::env::args().any(|a| a == "--worker") {
-        let store = examples::open(&url).await?;
+        let store = state_store::open(&url).await?;
         for _ in 0..increments {
             store.increment(counter, 1, None).await?;
         }
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let processes = flag("--processes", 4);
-    let store = examples::open(&url).await?;
+    let store = state_store::open(&url).await?;
     store.remove_state(counter).await?;
     println!("{processes} processes × {increments} increments on {url}");
     let exe = std::env::current_exe()?;

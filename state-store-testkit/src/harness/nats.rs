@@ -6,8 +6,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use state_store_conformance::faults::TestServer;
+
 use super::{
-    find_binary, free_port, http_get, http_status, unavailable, wait_for, wait_for_port,
+    find_binary, free_port, http_get, http_status, temp_dir, unavailable, wait_for, wait_for_port,
     Supervised, TempDir,
 };
 
@@ -63,7 +65,7 @@ impl NatsServer {
 
     /// A node alone in a cluster has no JetStream quorum: then wait for its port only.
     fn spawn_node(name: &str, port: u16, extra: &[&str], healthy: bool) -> Result<Self, String> {
-        let dir = TempDir::new("nats");
+        let dir = temp_dir("nats");
         let monitor = free_port();
         let mut args: Vec<String> = [
             "-js",
@@ -111,22 +113,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server with SIGKILL.
-    pub fn crash(&mut self) {
-        self.server.crash();
-    }
-
     /// Stops the server gracefully (SIGTERM).
     pub fn stop(&mut self) {
         self.server.stop();
     }
+}
 
-    /// Starts the server again on the same port and storage directory (its data survives).
-    ///
-    /// # Errors
-    ///
-    /// When it does not come back.
-    pub fn restart(&mut self) -> Result<(), String> {
+impl TestServer for NatsServer {
+    fn crash(&mut self) {
+        self.server.crash();
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
         self.crash();
         self.start()
     }
@@ -186,18 +184,32 @@ impl NatsCluster {
         // Healthy, and every node sees a meta leader and both other peers as current: before
         // that, creating an R3 stream fails with "no suitable peers for placement".
         let healthy = wait_for(START_TIMEOUT, || {
-            let pages: Vec<Option<(u16, String)>> =
-                nodes.iter().map(|n| http_get(n.monitor, "/jsz")).collect();
+            // `/jsz`: `meta_cluster.leader` names the meta leader; `meta_cluster.replicas` lists
+            // the other peers with `current: true` once they have caught up.
+            let pages: Vec<Option<serde_json::Value>> = nodes
+                .iter()
+                .map(|n| {
+                    let (_, body) = http_get(n.monitor, "/jsz")?;
+                    serde_json::from_str(&body).ok()
+                })
+                .collect();
+            let current_peers = |page: &serde_json::Value| {
+                page["meta_cluster"]["replicas"]
+                    .as_array()
+                    .map_or(0, |peers| {
+                        peers.iter().filter(|p| p["current"] == true).count()
+                    })
+            };
             nodes
                 .iter()
                 .all(|n| http_status(n.monitor, "/healthz?js-enabled-only=true") == Some(200))
+                && pages.iter().all(|p| {
+                    p.as_ref()
+                        .is_some_and(|p| p["meta_cluster"]["leader"].is_string())
+                })
                 && pages
                     .iter()
-                    .all(|p| p.as_ref().is_some_and(|(_, b)| b.contains("\"leader\"")))
-                && pages.iter().any(|p| {
-                    p.as_ref()
-                        .is_some_and(|(_, b)| b.matches("\"current\": true").count() >= 2)
-                })
+                    .any(|p| p.as_ref().is_some_and(|p| current_peers(p) >= 2))
         });
         if !healthy {
             return Err("the NATS cluster did not become healthy".to_owned());

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use state_store_conformance::faults::TestServer;
+
 use super::redis::RedisServer;
-use super::{find_binary, free_port, http_status, unavailable, Supervised, TempDir};
+use super::{find_binary, free_port, http_status, temp_dir, unavailable, Supervised, TempDir};
 
 /// Env var with the gRPC endpoint of a running sidecar to use instead of spawning one (its
 /// state store component must be named [`COMPONENT`]).
@@ -52,7 +54,7 @@ impl Daprd {
     ///
     /// When a binary is missing or the sidecar does not become healthy.
     pub fn spawn(component: Component) -> Result<Self, String> {
-        let dir = TempDir::new("daprd");
+        let dir = temp_dir("daprd");
         let resources = dir.path().join("resources");
         std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
         let (redis, yaml) = match component {
@@ -119,18 +121,14 @@ impl Daprd {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
+}
 
-    /// Kills `daprd` with SIGKILL (its Redis keeps running).
-    pub fn crash(&mut self) {
+impl TestServer for Daprd {
+    fn crash(&mut self) {
         self.server.crash();
     }
 
-    /// Starts `daprd` again on the same ports.
-    ///
-    /// # Errors
-    ///
-    /// When it does not become healthy.
-    pub fn restart(&mut self) -> Result<(), String> {
+    fn restart(&mut self) -> Result<(), String> {
         self.crash();
         self.start()
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use state_store_conformance::harness::{wait_for, ServerProcess, TempDir};
+use state_store_testkit::harness::{temp_dir, wait_for, ServerProcess};
 
 const CHILD: &str = "STATE_STORE_HARNESS_CHILD";
 
@@ -24,7 +24,7 @@ fn sleeper(dir: &Path) -> ServerProcess {
 
 #[test]
 fn dropping_the_handle_stops_the_server() {
-    let dir = TempDir::new("harness-drop");
+    let dir = temp_dir("harness-drop");
     let server = sleeper(dir.path());
     let pid = server.pid();
     assert!(alive(pid));
@@ -42,7 +42,7 @@ fn child_that_aborts() {
     if std::env::var_os(CHILD).is_none() {
         return;
     }
-    let dir = TempDir::new("harness-abort");
+    let dir = temp_dir("harness-abort");
     let server = sleeper(dir.path());
     println!("server-pid={}", server.pid());
     std::process::abort();

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::distr::{Alphanumeric, SampleString};
-
 /// The env var that turns a missing backend from a skip into a failure.
 pub const REQUIRE_BACKENDS: &str = "STATE_STORE_REQUIRE_BACKENDS";
 
@@ -78,7 +76,9 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// `GET http://127.0.0.1:<port><path>`: status code and body, or `None` when nothing answers.
-/// Enough HTTP for health checks, without an HTTP client dependency.
+/// Written by hand on purpose: the health checks of servers on loopback need one HTTP/1.0
+/// request from synchronous code (often inside a runtime, where blocking on an async client
+/// would panic), which is not worth an HTTP client dependency.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -102,41 +102,29 @@ pub fn find_binary(name: &str, override_var: &str, extra_dirs: &[PathBuf]) -> Op
     if let Some(path) = std::env::var_os(override_var) {
         return Some(PathBuf::from(path));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(extra_dirs.iter().cloned())
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    which::which(name).ok().or_else(|| {
+        extra_dirs
+            .iter()
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// A temporary directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub type TempDir = tempfile::TempDir;
 
-impl TempDir {
-    /// Creates `$TMPDIR/state-store-<label>-<random>`.
-    ///
-    /// # Panics
-    ///
-    /// When the directory cannot be created.
-    pub fn new(label: &str) -> Self {
-        let id = Alphanumeric.sample_string(&mut rand::rng(), 10);
-        let path = std::env::temp_dir().join(format!("state-store-{label}-{id}"));
-        if let Err(err) = std::fs::create_dir_all(&path) {
-            panic!("cannot create {}: {err}", path.display());
-        }
-        TempDir(path)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Creates `$TMPDIR/state-store-<label>-<random>`, removed when the result is dropped.
+///
+/// # Panics
+///
+/// When the directory cannot be created.
+pub fn temp_dir(label: &str) -> TempDir {
+    match tempfile::Builder::new()
+        .prefix(&format!("state-store-{label}-"))
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(err) => panic!("cannot create a temporary directory: {err}"),
     }
 }
 

@@ -182,7 +182,7 @@ pub mod adapter {
     use super::{op, Op};
 
     fn fail(what: &str, err: &state_store_core::Error) -> ! {
-        panic!("{what} failed: {}", crate::report(err))
+        panic!("{what} failed: {}", state_store_conformance::report(err))
     }
 
     /// `get::<Value>(key(i))`.

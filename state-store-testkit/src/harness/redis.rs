@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{find_binary, free_port, unavailable, wait_for_port, Supervised, TempDir};
+use state_store_conformance::faults::TestServer;
+
+use super::{find_binary, free_port, temp_dir, unavailable, wait_for_port, Supervised, TempDir};
 
 /// Env var with the URL of a Redis to use instead of spawning one.
 pub const REDIS_URL_VAR: &str = "STATE_STORE_TEST_REDIS_URL";
@@ -40,7 +42,7 @@ impl RedisServer {
     }
 
     fn spawn_on(port: u16, extra: &[&str]) -> Result<Self, String> {
-        let dir = TempDir::new("redis");
+        let dir = temp_dir("redis");
         let mut args: Vec<String> = [
             "--port",
             &port.to_string(),
@@ -85,18 +87,14 @@ impl RedisServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+}
 
-    /// Kills the server with SIGKILL.
-    pub fn crash(&mut self) {
+impl TestServer for RedisServer {
+    fn crash(&mut self) {
         self.server.crash();
     }
 
-    /// Starts the server again on the same port.
-    ///
-    /// # Errors
-    ///
-    /// When it does not come up.
-    pub fn restart(&mut self) -> Result<(), String> {
+    fn restart(&mut self) -> Result<(), String> {
         self.crash();
         self.start()
     }

@@ -1,0 +1,98 @@
+//! Fault scenarios every networked store should survive, over a server the test controls.
+//!
+//! Implement [`TestServer`] for the way your tests run your store's server (a spawned process,
+//! a container), then call a scenario with a handle on it.
+
+// A test suite reports a misbehaving store by panicking, like `assert!`.
+#![allow(clippy::expect_used)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use state_store_core::{Error, StateStore};
+
+use crate::report;
+
+/// A server a fault scenario can kill and bring back.
+pub trait TestServer {
+    /// Kills the server abruptly (SIGKILL): no goodbye to its clients.
+    fn crash(&mut self);
+    /// Starts it again on the same address, with the same data directory.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not start.
+    fn restart(&mut self) -> Result<(), String>;
+}
+
+/// How long a scenario waits for a call that should end by itself (a timeout) before calling
+/// it hung, and for a store to recover after a restart.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The server dies: every read and write on `store` fails with `Unavailable` by itself (none
+/// hangs), and nothing is lost or half-done; the server comes back: the same handle works
+/// again without being rebuilt, and, when `keeps_data`, still reads what was written before.
+///
+/// `store` should have a request timeout well under 30 s.
+pub async fn killed_server_recovers(
+    server: &mut dyn TestServer,
+    store: &StateStore,
+    keeps_data: bool,
+) {
+    store
+        .set_state("fault:k", &json!("before"))
+        .await
+        .expect("write before the crash");
+
+    server.crash();
+    for _ in 0..3 {
+        let read = tokio::time::timeout(PATIENCE, store.get_state(&["fault:k"]))
+            .await
+            .expect("a read hung with the server down");
+        match read {
+            Err(err @ Error::Unavailable { .. }) => assert!(err.is_transient()),
+            other => panic!("a read with the server down gave {other:?}, not Unavailable"),
+        }
+        let write = tokio::time::timeout(PATIENCE, store.set_state("fault:x", &json!(1)))
+            .await
+            .expect("a write hung with the server down");
+        match write {
+            Err(err @ Error::Unavailable { .. }) => assert!(err.is_transient()),
+            other => panic!("a write with the server down gave {other:?}, not Unavailable"),
+        }
+    }
+
+    server.restart().expect("restart the server");
+    let started = std::time::Instant::now();
+    let before = loop {
+        match store.get::<String>("fault:k").await {
+            Ok(value) => break value,
+            Err(err) => assert!(
+                started.elapsed() < PATIENCE,
+                "the handle did not recover after the restart: {}",
+                report(&err)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if keeps_data {
+        assert_eq!(before.as_deref(), Some("before"), "the restart lost data");
+    }
+    let started = std::time::Instant::now();
+    while let Err(err) = store.set_state("fault:k", &json!("after")).await {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "writes did not recover after the restart: {}",
+            report(&err)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store
+            .get::<String>("fault:k")
+            .await
+            .expect("read after")
+            .as_deref(),
+        Some("after")
+    );
+}
