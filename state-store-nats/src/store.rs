@@ -53,13 +53,13 @@ const HEADER_ROOM: usize = 1024;
 ///   version carries its value's deadline (`<revision>@<unix ms>`), so `Update` and
 ///   `remove_if` refuse an expired value without a round trip. A bucket without per-message TTL (PURISTA creates it so) declares
 ///   `ttl: false`, and TTL writes fail with `Unsupported` rather than being stored forever;
-///   [`NatsConfig::enable_message_ttl`] turns it on.
+///   [`NatsConfig::with_message_ttl`] turns it on.
 /// - A write is refused with `Unavailable` while the client is reconnecting, rather than
 ///   queued: async-nats would send a queued write once reconnected, after the caller was told
 ///   it failed, over whatever was written meanwhile. The one window left is a write sent in
 ///   the instant the connection drops, before the client has noticed; make writes that must
 ///   never land late conditional (`Update`, `remove_if`).
-/// - `remove` publishes a purge marker with a TTL of [`NatsConfig::marker_ttl`], so removed
+/// - `remove` publishes a purge marker with a TTL of [`NatsConfig::with_marker_ttl`], so removed
 ///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
 /// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
 ///   created with a TTL keeps its deadline (to within the second NATS rounds to).

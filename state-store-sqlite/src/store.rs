@@ -82,7 +82,7 @@ pub mod sql {
 /// one file anyway. Open more stores on the same file for parallel reads.
 ///
 /// The same thread deletes expired rows every [`SqliteConfig::with_sweep_interval`]; reads never
-/// see expired rows in between. [`StateStore::destroy`] stops the thread and closes the file.
+/// see expired rows in between. [`StateStore::destroy`](state_store_core::StateStore::destroy) stops the thread and closes the file.
 ///
 /// # Example
 ///

@@ -4,7 +4,7 @@
 //! [`harness`] finds a backend for a test: an env var with its URL, else a server binary it
 //! spawns on a free loopback port with a temporary directory, else it says so loudly and skips
 //! — or fails, when `STATE_STORE_REQUIRE_BACKENDS=1`. Spawned servers die with the test
-//! process. [`bench`] runs an adapter and its raw client side by side and prints the ratio.
+//! process. [`bench`](mod@bench) runs an adapter and its raw client side by side and prints the ratio.
 //!
 //! The suite every store runs lives in `state-store-conformance`, which is published.
 

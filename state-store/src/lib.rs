@@ -130,6 +130,11 @@ async fn open_dapr(_: &str, _: StoreConfig) -> Result<StateStore> {
     Err(feature_off("dapr"))
 }
 
+/// The crate README, compiled as a doctest so its example stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
