@@ -179,6 +179,22 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// `set_with`; on success the model takes the value and remembers the version.
+    async fn write(
+        &mut self,
+        store: &StateStore,
+        name: &str,
+        key: &str,
+        value: Value,
+        options: SetOptions,
+    ) -> Result<Outcome, String> {
+        outcome(store.set_with(name, &value, options).await, |version| {
+            self.model.put(key, value);
+            self.model.remember(version, key);
+            Outcome::Ok
+        })
+    }
+
     /// One random operation; `Err` describes a mismatch.
     async fn step(&mut self, n: u64) -> Result<(), String> {
         let h = self.rng.random_range(0..self.handles.len());
@@ -195,11 +211,7 @@ impl Run<'_> {
                 let value = gen_value(&mut self.rng, n);
                 let mut options = SetOptions::new();
                 options.ttl = ttl;
-                let got = outcome(store.set_with(&name, &value, options).await, |v| {
-                    self.model.put(&key, value.clone());
-                    self.model.remember(v, &key);
-                    Outcome::Ok
-                })?;
+                let got = self.write(&store, &name, &key, value, options).await?;
                 (format!("set {name:?} ttl={ttl:?}"), Outcome::Ok, got)
             }
             2 if caps.conditional => {
@@ -211,11 +223,7 @@ impl Run<'_> {
                 } else {
                     Outcome::Ok
                 };
-                let got = outcome(store.set_with(&name, &value, options).await, |v| {
-                    self.model.put(&key, value.clone());
-                    self.model.remember(v, &key);
-                    Outcome::Ok
-                })?;
+                let got = self.write(&store, &name, &key, value, options).await?;
                 (format!("create {name:?}"), expected, got)
             }
             3 | 4 if caps.conditional && !self.model.seen.is_empty() => {
@@ -237,11 +245,7 @@ impl Run<'_> {
                     let value = gen_value(&mut self.rng, n);
                     let mut options = SetOptions::new().mode(SetMode::Update(seen.version.clone()));
                     options.ttl = ttl;
-                    let got = outcome(store.set_with(&name, &value, options).await, |v| {
-                        self.model.put(&key, value.clone());
-                        self.model.remember(v, &key);
-                        Outcome::Ok
-                    })?;
+                    let got = self.write(&store, &name, &key, value, options).await?;
                     (
                         format!("update {name:?} at {:?}", seen.version),
                         expected,

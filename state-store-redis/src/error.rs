@@ -26,22 +26,29 @@ pub(crate) fn map(err: FredError) -> Error {
     }
 }
 
-fn is_auth_failure(err: &FredError) -> bool {
+/// The error code of a Redis error reply: its first word (`WRONGPASS`, `NOAUTH`, `ERR`).
+fn reply_code(err: &FredError) -> &str {
     let details = err.details();
-    details.contains("WRONGPASS")
-        || details.contains("NOAUTH")
-        || details.contains("invalid password")
+    let code = details.split_whitespace().next().unwrap_or_default();
+    code.strip_prefix('-').unwrap_or(code)
 }
 
+fn is_auth_failure(err: &FredError) -> bool {
+    matches!(reply_code(err), "WRONGPASS" | "NOAUTH")
+}
+
+/// fred reports a command it could not hand to any connection as `Unknown`, with no other
+/// marker than its message.
 fn is_unroutable(err: &FredError) -> bool {
     let details = err.details();
     details.contains("Failed to route") || details.contains("onnection closed")
 }
 
-/// Redis reports a non-integer or overflowing `INCRBY` as a plain error reply.
+/// Redis answers a non-integer or overflowing `INCRBY` with the generic `ERR` code; the
+/// message is the protocol's only way to tell it from other errors.
 pub(crate) fn is_not_an_integer(err: &FredError) -> bool {
     let details = err.details();
-    details.contains("not an integer") || details.contains("overflow")
+    reply_code(err) == "ERR" && (details.contains("not an integer") || details.contains("overflow"))
 }
 
 #[cfg(test)]

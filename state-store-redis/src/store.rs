@@ -182,16 +182,9 @@ impl RedisStateStore {
     }
 }
 
-/// The version of a stored value: its SHA-1, as `redis.sha1hex` computes it.
+/// The version of a stored value: its SHA-1 in lower-case hex, as `redis.sha1hex` computes it.
 pub(crate) fn digest(value: &[u8]) -> Version {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = sha1_smol::Sha1::from(value).digest().bytes();
-    let mut hex = String::with_capacity(40);
-    for b in bytes {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    Version::new(hex)
+    Version::new(sha1_smol::Sha1::from(value).digest().to_string())
 }
 
 /// Milliseconds for `PX`, rounded up so a sub-millisecond TTL still expires.
