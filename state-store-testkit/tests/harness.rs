@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use state_store_testkit::harness::{temp_dir, wait_for, ServerProcess};
+use state_store_testkit::harness::container::{
+    docker_reachable, Container, ContainerSpec, REDIS_IMAGE,
+};
+use state_store_testkit::harness::{free_port, temp_dir, wait_for, ServerProcess};
 
 const CHILD: &str = "STATE_STORE_HARNESS_CHILD";
 
@@ -72,5 +75,74 @@ fn a_test_process_that_dies_takes_its_servers_with_it() {
     assert!(
         wait_for(Duration::from_secs(10), || !alive(pid)),
         "server {pid} outlived its test"
+    );
+}
+
+/// The container side: starts a Redis container, prints its id, and dies without running
+/// destructors.
+#[test]
+#[ignore = "the child side of a multi-process test; run by its parent"]
+fn child_with_a_container_that_aborts() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let spec = ContainerSpec::new(
+        "redis",
+        REDIS_IMAGE,
+        ["redis-server", "--save", ""],
+        &[(free_port(), 6379)],
+    );
+    let container = Container::start(&spec).expect("start a container");
+    println!("container-id={}", container.id());
+    std::process::abort();
+}
+
+/// A test process killed mid-run leaves no container behind: its guard removes it.
+#[test]
+#[ignore = "needs a Docker engine: run by ./scripts/test --containers"]
+fn a_test_process_that_dies_takes_its_containers_with_it() {
+    if let Err(why) = docker_reachable() {
+        panic!("this test needs Docker: {why}");
+    }
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "child_with_a_container_that_aborts",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = stdout
+        .split("container-id=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no container id: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_owned();
+    assert!(!out.status.success(), "the child was meant to abort");
+    let gone = || {
+        Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("id={id}"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii().is_empty())
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), gone),
+        "container {id} survived its test process"
     );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use state_store_conformance::faults::TestServer;
 
+use super::container::{choose, ContainerSpec, Tier, DAPRD_IMAGE, REDIS_IMAGE};
 use super::redis::RedisServer;
 use super::{find_binary, free_port, http_status, temp_dir, unavailable, Supervised, TempDir};
 
@@ -44,7 +45,16 @@ pub struct Daprd {
     // Removed when the sidecar is dropped.
     _dir: TempDir,
     // Kept alive (and killed on drop) with the sidecar that uses it.
-    _redis: Option<RedisServer>,
+    _redis: Option<Redis>,
+}
+
+/// The Redis a `state.redis` sidecar uses: a local server, or a container on the sidecar's
+/// network.
+#[derive(Debug)]
+#[allow(dead_code)] // held for its Drop, which stops the server
+enum Redis {
+    Local(RedisServer),
+    Container(Supervised),
 }
 
 impl Daprd {
@@ -54,6 +64,13 @@ impl Daprd {
     ///
     /// When a binary is missing or the sidecar does not become healthy.
     pub fn spawn(component: Component) -> Result<Self, String> {
+        match choose("daprd", daprd)? {
+            Tier::Local(binary) => Self::spawn_local(binary, component),
+            Tier::Container => Self::spawn_container(component),
+        }
+    }
+
+    fn spawn_local(binary: PathBuf, component: Component) -> Result<Self, String> {
         let dir = temp_dir("daprd");
         let resources = dir.path().join("resources");
         std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
@@ -61,11 +78,8 @@ impl Daprd {
             Component::InMemory => (None, component_yaml("state.in-memory", "")),
             Component::Redis => {
                 let redis = RedisServer::spawn(&[])?;
-                let metadata = format!(
-                    "    - name: redisHost\n      value: \"127.0.0.1:{}\"\n",
-                    redis.port()
-                );
-                (Some(redis), component_yaml("state.redis", &metadata))
+                let yaml = redis_yaml(&format!("127.0.0.1:{}", redis.port()));
+                (Some(Redis::Local(redis)), yaml)
             }
         };
         std::fs::write(resources.join("statestore.yaml"), yaml).map_err(|e| e.to_string())?;
@@ -100,7 +114,92 @@ impl Daprd {
         .collect();
         let log = dir.path().join("daprd.log");
         let mut daprd = Daprd {
-            server: Supervised::new(daprd()?, args, log),
+            server: Supervised::new(binary, args, log),
+            grpc_port,
+            http_port,
+            _dir: dir,
+            _redis: redis,
+        };
+        daprd.start()?;
+        Ok(daprd)
+    }
+
+    /// The sidecar in a container; for `state.redis`, a Redis container beside it on a
+    /// user-defined network of their own, reached by its container name.
+    fn spawn_container(component: Component) -> Result<Self, String> {
+        let dir = temp_dir("daprd");
+        let resources = dir.path().join("resources");
+        std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
+        let id = dir.path().file_name().map_or_else(String::new, |n| {
+            n.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        });
+        let network = format!("state-store-{id}");
+        let (redis, yaml) = match component {
+            Component::InMemory => (None, component_yaml("state.in-memory", "")),
+            Component::Redis => {
+                let name = format!("redis-{id}");
+                let port = free_port();
+                let mut spec = ContainerSpec::new(
+                    "redis (for daprd)",
+                    REDIS_IMAGE,
+                    [
+                        "redis-server",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
+                    &[(port, 6379)],
+                );
+                spec.network = Some(network.clone());
+                spec.name = Some(name.clone());
+                let mut redis = Supervised::container(spec);
+                redis.start(START_TIMEOUT, || {
+                    super::wait_for_port(port, Duration::from_millis(200))
+                })?;
+                (
+                    Some(Redis::Container(redis)),
+                    redis_yaml(&format!("{name}:6379")),
+                )
+            }
+        };
+        std::fs::write(resources.join("statestore.yaml"), yaml).map_err(|e| e.to_string())?;
+        // The official image runs daprd as a non-root user: let it read the mounted files.
+        for path in [dir.path(), resources.as_path()] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let mut spec = ContainerSpec::new(
+            "daprd",
+            DAPRD_IMAGE,
+            [
+                "./daprd",
+                "--app-id",
+                "state-store-test",
+                "--resources-path",
+                "/components",
+                "--dapr-grpc-port",
+                "50001",
+                "--dapr-http-port",
+                "3500",
+                "--enable-metrics=false",
+                "--log-level",
+                "warn",
+            ],
+            &[(grpc_port, 50001), (http_port, 3500)],
+        );
+        spec.network = Some(network);
+        spec.mounts = vec![(resources.display().to_string(), "/components".to_owned())];
+        let mut daprd = Daprd {
+            server: Supervised::container(spec),
             grpc_port,
             http_port,
             _dir: dir,
@@ -132,6 +231,11 @@ impl TestServer for Daprd {
         self.crash();
         self.start()
     }
+}
+
+fn redis_yaml(host: &str) -> String {
+    let metadata = format!("    - name: redisHost\n      value: \"{host}\"\n");
+    component_yaml("state.redis", &metadata)
 }
 
 fn component_yaml(kind: &str, metadata: &str) -> String {

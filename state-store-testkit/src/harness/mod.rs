@@ -1,5 +1,5 @@
-//! Test servers: an env var, else a binary spawned on a free loopback port, else a loud skip
-//! (or a failure under `STATE_STORE_REQUIRE_BACKENDS=1`).
+//! Test servers: an env var, else a binary spawned on a free loopback port, else a container,
+//! else a loud skip (or a failure under `STATE_STORE_REQUIRE_BACKENDS=1`).
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -222,56 +222,98 @@ impl ServerProcess {
     }
 }
 
-/// A server that can be crashed and started again with the same command line.
+/// A server that can be crashed and started again the same way: a local process, or a
+/// container (which keeps its files across a crash and restart, as a process keeps its
+/// directory).
 #[derive(Debug)]
 pub struct Supervised {
-    program: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
+    launch: Launch,
     process: Option<ServerProcess>,
+    container: Option<Container>,
+}
+
+#[derive(Debug)]
+enum Launch {
+    Process {
+        program: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+    },
+    Container(ContainerSpec),
 }
 
 impl Supervised {
     /// A server run as `program args…`, logging to `log`; not started yet.
     pub fn new(program: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
+        Self::with(Launch::Process { program, args, log })
+    }
+
+    /// A server run in a container; not started yet.
+    pub fn container(spec: ContainerSpec) -> Self {
+        Self::with(Launch::Container(spec))
+    }
+
+    fn with(launch: Launch) -> Self {
         Supervised {
-            program,
-            args,
-            log,
+            launch,
             process: None,
+            container: None,
         }
     }
 
-    /// Starts the process and waits up to `timeout` for `ready`.
+    /// Starts (or restarts) the server and waits up to `timeout` for `ready`.
     ///
     /// # Errors
     ///
     /// When it cannot start or is not ready in time (with its log).
     pub fn start(&mut self, timeout: Duration, ready: impl FnMut() -> bool) -> Result<(), String> {
-        let name = self
-            .program
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let process = ServerProcess::spawn(&self.program, &self.args, &self.log)
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        if !wait_for(timeout, ready) {
-            return Err(format!("{name} did not become ready: {}", process.log()));
+        match &self.launch {
+            Launch::Process { program, args, log } => {
+                let name = program
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                let process = ServerProcess::spawn(program, args, log)
+                    .map_err(|e| format!("cannot start {name}: {e}"))?;
+                if !wait_for(timeout, ready) {
+                    return Err(format!("{name} did not become ready: {}", process.log()));
+                }
+                self.process = Some(process);
+            }
+            Launch::Container(spec) => {
+                match &self.container {
+                    Some(container) => container.restart()?,
+                    None => self.container = Some(Container::start(spec)?),
+                }
+                if !wait_for(timeout, ready) {
+                    let logs = self.container.as_ref().map(Container::logs);
+                    return Err(format!(
+                        "the {} container did not become ready: {}",
+                        spec.backend,
+                        logs.unwrap_or_default()
+                    ));
+                }
+            }
         }
-        self.process = Some(process);
         Ok(())
     }
 
-    /// Kills the process with SIGKILL.
+    /// Kills the server with SIGKILL.
     pub fn crash(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.crash();
         }
+        if let Some(container) = &self.container {
+            container.kill();
+        }
     }
 
-    /// Stops the process with SIGTERM.
+    /// Stops the server with SIGTERM.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.stop();
+        }
+        if let Some(container) = &self.container {
+            container.stop();
         }
     }
 }
@@ -282,6 +324,9 @@ impl Drop for ServerProcess {
     }
 }
 
+pub mod container;
 pub mod dapr;
 pub mod nats;
 pub mod redis;
+
+use container::{Container, ContainerSpec};

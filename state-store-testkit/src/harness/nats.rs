@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use state_store_conformance::faults::TestServer;
 
+use super::container::{choose, ContainerSpec, Tier, NATS_IMAGE};
 use super::{
     find_binary, free_port, http_get, http_status, temp_dir, unavailable, wait_for, wait_for_port,
     Supervised, TempDir,
@@ -67,26 +68,47 @@ impl NatsServer {
     fn spawn_node(name: &str, port: u16, extra: &[&str], healthy: bool) -> Result<Self, String> {
         let dir = temp_dir("nats");
         let monitor = free_port();
-        let mut args: Vec<String> = [
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &monitor.to_string(),
-            "-sd",
-            &dir.path().display().to_string(),
-            "-n",
-            name,
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        args.extend(extra.iter().map(ToString::to_string));
-        let log = dir.path().join(format!("{name}.log"));
+        let server = match choose("nats", nats_server)? {
+            Tier::Local(binary) => {
+                let (port, monitor, path) = (
+                    port.to_string(),
+                    monitor.to_string(),
+                    dir.path().display().to_string(),
+                );
+                let args = [
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-m",
+                    &monitor,
+                    "-sd",
+                    &path,
+                    "-n",
+                    name,
+                ]
+                .iter()
+                .chain(extra)
+                .map(ToString::to_string)
+                .collect();
+                Supervised::new(binary, args, dir.path().join(format!("{name}.log")))
+            }
+            Tier::Container => {
+                let base = [
+                    "-js", "-p", "4222", "-m", "8222", "-sd", "/data", "-n", name,
+                ];
+                let cmd = base.iter().chain(extra).copied();
+                Supervised::container(ContainerSpec::new(
+                    "nats",
+                    NATS_IMAGE,
+                    cmd,
+                    &[(port, 4222), (monitor, 8222)],
+                ))
+            }
+        };
         let mut server = NatsServer {
-            server: Supervised::new(nats_server()?, args, log),
+            server,
             port,
             monitor,
             _dir: dir,
@@ -157,6 +179,11 @@ impl NatsCluster {
     ///
     /// When a node does not start or the cluster does not form.
     pub fn spawn() -> Result<Self, String> {
+        // Routes between nodes and the addresses they advertise to clients would need a
+        // network of their own and advertised host ports; not done in the container tier.
+        if let Tier::Container = choose("nats cluster", nats_server)? {
+            return Err("the NATS R3 cluster runs from local binaries only".to_owned());
+        }
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use state_store_conformance::faults::TestServer;
 
+use super::container::{choose, ContainerSpec, Tier, REDIS_IMAGE};
 use super::{find_binary, free_port, temp_dir, unavailable, wait_for_port, Supervised, TempDir};
 
 /// Env var with the URL of a Redis to use instead of spawning one.
@@ -43,27 +44,34 @@ impl RedisServer {
 
     fn spawn_on(port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir = temp_dir("redis");
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir.path().display().to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        args.extend(extra.iter().map(ToString::to_string));
-        let log = dir.path().join("redis.log");
+        let common = ["--save", "", "--appendonly", "no", "--protected-mode", "no"];
+        let server = match choose("redis", redis_server)? {
+            Tier::Local(binary) => {
+                let (port, path) = (port.to_string(), dir.path().display().to_string());
+                let args = ["--port", &port, "--bind", "127.0.0.1", "--dir", &path]
+                    .iter()
+                    .chain(&common)
+                    .chain(extra)
+                    .map(ToString::to_string)
+                    .collect();
+                Supervised::new(binary, args, dir.path().join("redis.log"))
+            }
+            Tier::Container => {
+                let cmd = ["redis-server", "--port", "6379"]
+                    .iter()
+                    .chain(&common)
+                    .chain(extra)
+                    .copied();
+                Supervised::container(ContainerSpec::new(
+                    "redis",
+                    REDIS_IMAGE,
+                    cmd,
+                    &[(port, 6379)],
+                ))
+            }
+        };
         let mut server = RedisServer {
-            server: Supervised::new(redis_server()?, args, log),
+            server,
             port,
             _dir: dir,
         };
@@ -127,6 +135,15 @@ impl RedisCluster {
     ///
     /// When a binary is missing or the cluster does not form.
     pub fn spawn() -> Result<Self, String> {
+        // Cluster nodes tell clients each other's addresses (MOVED, CLUSTER SLOTS): from
+        // containers those are container addresses, not the host ports the tests reach.
+        if let Tier::Container = choose("redis cluster", redis_server)? {
+            return Err(
+                "a Redis Cluster runs from local binaries only: in containers its \
+                 nodes announce addresses the tests cannot reach through published ports"
+                    .to_owned(),
+            );
+        }
         let cli = find_binary("redis-cli", "STATE_STORE_REDIS_CLI_BIN", &[])
             .ok_or("redis-cli not found on PATH (apt-get install redis-tools)")?;
         let mut nodes = Vec::new();
