@@ -33,3 +33,16 @@ pub fn store_url() -> String {
     }
     DEFAULT_URL.to_owned()
 }
+
+/// `url` with any user information replaced by `***`, for printing (a URL may carry a
+/// password or token).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}

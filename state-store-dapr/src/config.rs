@@ -46,8 +46,9 @@ impl DaprConfig {
         }
     }
 
-    /// Parses `dapr://host:port/<component>[?token=…]` (the sidecar's gRPC address and the
-    /// state store component; `dapr+https://` for TLS). The token is percent-decoded.
+    /// Parses `dapr://host[:port]/<component>[?token=…]`: the sidecar's gRPC address (port
+    /// 50001 when omitted, Dapr's default) and the state store component. The token is
+    /// percent-decoded (`%2B` for `+`; a `+` stays a `+`).
     ///
     /// # Errors
     ///
@@ -55,25 +56,36 @@ impl DaprConfig {
     /// (the URL is not repeated: it may hold a token).
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| Error::config_with("invalid Dapr URL", e))?;
-        let scheme = match parsed.scheme() {
-            "dapr" => "http",
-            "dapr+https" => "https",
-            _ => return Err(Error::config("a Dapr URL is dapr://host:port/<component>")),
-        };
+        if parsed.scheme() != "dapr" {
+            // The sidecar runs beside the service and speaks plain gRPC on loopback; this
+            // crate is built without a TLS stack.
+            return Err(Error::config("a Dapr URL is dapr://host:port/<component>"));
+        }
         let host = parsed
             .host_str()
             .ok_or_else(|| Error::config("a Dapr URL needs the sidecar's host"))?;
-        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let port = parsed.port().unwrap_or(50001);
         let component = parsed.path().trim_matches('/');
         if component.is_empty() || component.contains('/') {
             return Err(Error::config(
                 "a Dapr URL names one state store component: dapr://host:port/<component>",
             ));
         }
-        let mut config = DaprConfig::new(format!("{scheme}://{host}{port}"), component);
-        for (name, value) in parsed.query_pairs() {
-            match name.as_ref() {
-                "token" => config.api_token = Some(value.into_owned()),
+        let mut config = DaprConfig::new(format!("http://{host}:{port}"), component);
+        for pair in parsed
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                // Percent-decoded by hand: form decoding would turn a token's `+` into a space.
+                Some(("token", token)) => {
+                    let token = percent_encoding::percent_decode_str(token)
+                        .decode_utf8()
+                        .map_err(|e| Error::config_with("the Dapr token is not UTF-8", e))?;
+                    config.api_token = Some(token.into_owned());
+                }
                 _ => return Err(Error::config("unknown Dapr URL parameter")),
             }
         }
@@ -137,9 +149,11 @@ mod tests {
         assert_eq!(config.endpoint, "http://127.0.0.1:50001");
         assert_eq!(config.store_name, "statestore");
         assert_eq!(config.api_token.as_deref(), Some("t@k"));
-        let config = DaprConfig::from_url("dapr+https://sidecar/orders").expect("url");
-        assert_eq!(config.endpoint, "https://sidecar");
+        let config = DaprConfig::from_url("dapr://sidecar/orders?token=a+b%2Bc").expect("url");
+        assert_eq!(config.endpoint, "http://sidecar:50001");
+        assert_eq!(config.api_token.as_deref(), Some("a+b+c"));
         for bad in [
+            "dapr+https://h/c",
             "dapr://h:1",
             "dapr://h:1/a/b",
             "http://h:1/c",

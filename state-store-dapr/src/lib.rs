@@ -29,3 +29,5 @@ pub use store::DaprStateStore;
 
 /// Re-exported so your dapr version matches ours.
 pub use dapr;
+/// Re-exported for [`DaprStateStore::from_client`]'s channel, so versions match.
+pub use tonic;

@@ -187,7 +187,7 @@ impl NatsStateStore {
         if !ttl {
             tracing::warn!(
                 bucket = config.bucket.as_str(),
-                "NATS KV bucket has no per-message TTL (created without limit_markers, as PURISTA does): TTL writes will fail with Unsupported; NatsConfig::enable_message_ttl turns it on"
+                "NATS KV bucket has no per-message TTL (created without limit_markers, as PURISTA does): TTL writes will fail with Unsupported; NatsConfig::with_message_ttl turns it on"
             );
         }
         let server_max = js_max_payload(&js);

@@ -75,6 +75,13 @@ impl RedisConfig {
                 "a Redis URL starts with redis://, rediss://, redis-cluster:// or redis-sentinel://",
             ));
         }
+        // Without rustls, fred would connect to a `rediss://` server in the clear (and send the
+        // password so): refuse instead.
+        if url.starts_with("rediss://") && !cfg!(feature = "rustls") {
+            return Err(Error::config(
+                "rediss:// needs the `rustls` feature of state-store-redis (redis-rustls in state-store)",
+            ));
+        }
         let fred = Config::from_url(url).map_err(map)?;
         Ok(RedisConfig {
             fred,
@@ -161,6 +168,14 @@ mod tests {
             assert!(matches!(err, Error::Config { .. }), "{err:?}");
             assert!(!chain(&err).contains("pa55word"), "{}", chain(&err));
         }
+    }
+
+    #[test]
+    #[cfg(not(feature = "rustls"))]
+    fn tls_urls_need_the_rustls_feature() {
+        let err = RedisConfig::from_url("rediss://:secret@127.0.0.1:6380").expect_err("no TLS");
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert!(!chain(&err).contains("secret"));
     }
 
     #[test]

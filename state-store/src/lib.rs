@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `sqlite://./state.db` | `sqlite` (default) | [`sqlite::SqliteStateStore`]: a file, no server |
 //! | `memory://` | — | [`DefaultStateStore`]: this process only, lost on exit |
-//! | `redis://…`, `rediss://…`, `redis-cluster://…` | `redis` | `redis::RedisStateStore` |
+//! | `redis://…`, `redis-cluster://…` (`rediss://…`: `redis-rustls`) | `redis` | `redis::RedisStateStore` |
 //! | `nats://…`, `tls://…` | `nats` | `nats::NatsStateStore` (JetStream KV) |
 //! | `dapr://host:port/<component>` | `dapr` | `dapr::DaprStateStore` |
 //!
@@ -69,8 +69,8 @@ pub async fn open_with(url: &str, config: StoreConfig) -> Result<StateStore> {
         "memory" => Ok(StateStore::with_config(DefaultStateStore::new(), config)),
         "sqlite" => open_sqlite(url, config).await,
         "redis" | "rediss" | "redis-cluster" | "redis-sentinel" => open_redis(url, config).await,
-        "nats" | "tls" | "ws" | "wss" => open_nats(url, config).await,
-        "dapr" | "dapr+https" => open_dapr(url, config).await,
+        "nats" | "tls" => open_nats(url, config).await,
+        "dapr" => open_dapr(url, config).await,
         _ => Err(Error::config(format!(
             "unknown state store URL scheme {scheme:?}: use sqlite://, memory://, redis://, nats:// or dapr://"
         ))),

@@ -25,7 +25,11 @@ struct Job {
 async fn main() -> Result<(), Error> {
     let url = examples::store_url();
     let store = state_store::open(&url).await?;
-    println!("state store: {url} ({})", store.name());
+    println!(
+        "state store: {} ({})",
+        examples::redacted(&url),
+        store.name()
+    );
 
     // What earlier runs left behind: one round trip for all three names.
     let before = store

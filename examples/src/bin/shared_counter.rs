@@ -38,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let processes = flag("--processes", 4);
     let store = state_store::open(&url).await?;
     store.remove_state(counter).await?;
-    println!("{processes} processes × {increments} increments on {url}");
+    println!(
+        "{processes} processes × {increments} increments on {}",
+        examples::redacted(&url)
+    );
     let exe = std::env::current_exe()?;
     let workers = (0..processes)
         .map(|_| {

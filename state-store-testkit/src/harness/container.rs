@@ -45,15 +45,21 @@ pub enum Tier<T> {
 ///
 /// # Errors
 ///
-/// Why neither tier can serve (both reasons), or why the forced one cannot.
+/// Why neither tier can serve (both reasons), or why a forced local tier cannot.
+///
+/// # Panics
+///
+/// When containers are forced and no Docker engine answers.
 pub fn choose<T>(
     backend: &str,
     local: impl FnOnce() -> Result<T, String>,
 ) -> Result<Tier<T>, String> {
     match std::env::var(TIER_VAR).as_deref() {
-        Ok("containers") => docker_reachable()
-            .map(|()| Tier::Container)
-            .map_err(|why| format!("{backend}: {TIER_VAR}=containers, but {why}")),
+        Ok("containers") => match docker_reachable() {
+            Ok(()) => Ok(Tier::Container),
+            // Forced: a missing engine is a failure, never a skip.
+            Err(why) => panic!("{backend}: {TIER_VAR}=containers, but {why}"),
+        },
         Ok("local") => local().map(Tier::Local),
         _ => match local() {
             Ok(found) => Ok(Tier::Local(found)),
@@ -131,9 +137,20 @@ impl ContainerSpec {
 /// A running (or crashed) container this test owns; removed on drop.
 pub struct Container {
     id: String,
-    // testcontainers' handle: dropping it removes the container too.
-    _handle: ContainerAsync<GenericImage>,
+    // testcontainers' handle: dropping it removes the container too (see `Drop`).
+    handle: Option<ContainerAsync<GenericImage>>,
     _cleanup: Cleanup,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // testcontainers removes a container from its handle's `Drop`, which needs a Tokio
+        // runtime: hand it to ours, wherever this drop happens. The cleanup guard (dropped
+        // next) removes the container synchronously either way.
+        if let (Some(handle), Ok(runtime)) = (self.handle.take(), runtime()) {
+            runtime.spawn(async move { drop(handle) });
+        }
+    }
 }
 
 impl std::fmt::Debug for Container {
@@ -167,12 +184,30 @@ impl Container {
     /// When the image is missing and cannot be pulled, or the container does not start.
     pub fn start(spec: &ContainerSpec) -> Result<Self, String> {
         let (name, tag) = spec.image;
+        // The guard starts first and removes by label, so a test process dying while the
+        // container starts leaves nothing behind either.
+        let label = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            spec.backend.replace(' ', "-"),
+            rand::random::<u64>()
+        );
+        let cleanup = Cleanup::watch(&label, spec.network.as_deref())?;
         let mut request = GenericImage::new(name, tag)
             .with_cmd(spec.cmd.clone())
+            .with_label(CLEANUP_LABEL, label)
             .with_startup_timeout(Duration::from_secs(120));
         for &(host, container) in &spec.ports {
             request = request.with_mapped_port(host, container.tcp());
         }
+        // Published on loopback only, like the local tier's servers.
+        request = request.with_host_config_modifier(|config| {
+            for bindings in config.port_bindings.iter_mut().flat_map(|m| m.values_mut()) {
+                for binding in bindings.iter_mut().flatten() {
+                    binding.host_ip = Some("127.0.0.1".to_owned());
+                }
+            }
+        });
         if let Some(network) = &spec.network {
             request = request.with_network(network.clone());
         }
@@ -190,7 +225,6 @@ impl Container {
         })?
         .map_err(|e| format!("{}: cannot start {name}:{tag}: {e}", spec.backend))?;
         let id = handle.id().to_owned();
-        let cleanup = Cleanup::watch(&id, spec.network.as_deref())?;
         eprintln!(
             "container tier: {} from image {name}:{tag} (container {})",
             spec.backend,
@@ -198,7 +232,7 @@ impl Container {
         );
         Ok(Container {
             id,
-            _handle: handle,
+            handle: Some(handle),
             _cleanup: cleanup,
         })
     }
@@ -247,15 +281,22 @@ fn docker(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Removes a container (and then its network, when no other container uses it) once this
-/// process closes the guard's stdin: on drop, or because the process died.
+/// Removes the container labelled for it (and then its network, when no other container uses
+/// it) once this process closes the guard's stdin: on drop, or because the process died.
 struct Cleanup {
     guard: Child,
     stdin: Option<ChildStdin>,
 }
 
-const CLEANUP_SCRIPT: &str = r#"read _ignored
-docker rm -f -v "$1" >/dev/null 2>&1
+/// The label that ties a container to its cleanup guard.
+const CLEANUP_LABEL: &str = "state-store-test";
+
+// Signals from the terminal or a CI runner stopping the test run must not stop the guard
+// before it has cleaned up: it ignores them, and runs in a process group of its own.
+const CLEANUP_SCRIPT: &str = r#"trap '' INT TERM HUP
+read _ignored
+ids=$(docker ps -aq --filter "label=state-store-test=$1")
+[ -n "$ids" ] && docker rm -f -v $ids >/dev/null 2>&1
 # The last container of a network takes the network with it; a removal racing another
 # container's is retried.
 if [ -n "$2" ]; then
@@ -269,10 +310,12 @@ exit 0
 "#;
 
 impl Cleanup {
-    fn watch(id: &str, network: Option<&str>) -> Result<Self, String> {
+    fn watch(label: &str, network: Option<&str>) -> Result<Self, String> {
+        use std::os::unix::process::CommandExt;
         let mut guard = Command::new("sh")
-            .args(["-c", CLEANUP_SCRIPT, "state-store-container-guard", id])
+            .args(["-c", CLEANUP_SCRIPT, "state-store-container-guard", label])
             .arg(network.unwrap_or_default())
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -39,13 +39,14 @@ fn daprd() -> Result<PathBuf, String> {
 /// A `daprd` this test owns, with its component files and (for Redis) its own `redis-server`.
 #[derive(Debug)]
 pub struct Daprd {
+    // Dropped first: the sidecar's container is the last on its network, and takes the
+    // network with it.
+    _redis: Option<Redis>,
     server: Supervised,
     grpc_port: u16,
     http_port: u16,
     // Removed when the sidecar is dropped.
     _dir: TempDir,
-    // Kept alive (and killed on drop) with the sidecar that uses it.
-    _redis: Option<Redis>,
 }
 
 /// The Redis a `state.redis` sidecar uses: a local server, or a container on the sidecar's
