@@ -161,9 +161,7 @@ impl Daprd {
                 spec.network = Some(network.clone());
                 spec.name = Some(name.clone());
                 let mut redis = Supervised::container(spec);
-                redis.start(START_TIMEOUT, || {
-                    super::wait_for_port(port, Duration::from_millis(200))
-                })?;
+                redis.start(START_TIMEOUT, || super::redis::redis_answers(port))?;
                 (
                     Some(Redis::Container(redis)),
                     redis_yaml(&format!("{name}:6379")),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use state_store_conformance::faults::TestServer;
 
 use super::container::{choose, ContainerSpec, Tier, REDIS_IMAGE};
-use super::{find_binary, free_port, temp_dir, unavailable, wait_for_port, Supervised, TempDir};
+use super::{find_binary, free_port, temp_dir, unavailable, Supervised, TempDir};
 
 /// Env var with the URL of a Redis to use instead of spawning one.
 pub const REDIS_URL_VAR: &str = "STATE_STORE_TEST_REDIS_URL";
@@ -81,9 +81,7 @@ impl RedisServer {
 
     fn start(&mut self) -> Result<(), String> {
         let port = self.port;
-        self.server.start(START_TIMEOUT, || {
-            wait_for_port(port, Duration::from_millis(200))
-        })
+        self.server.start(START_TIMEOUT, || redis_answers(port))
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -106,6 +104,23 @@ impl TestServer for RedisServer {
         self.crash();
         self.start()
     }
+}
+
+/// True when a Redis on `127.0.0.1:port` answers a `PING` (`+PONG`, or `-NOAUTH` when it wants
+/// a password). An open port is not enough: a container's published port accepts connections
+/// (docker-proxy) before the server inside listens, and resets them.
+pub fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 1];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && matches!(reply[0], b'+' | b'-')
 }
 
 /// The URL of a Redis for this test binary: [`REDIS_URL_VAR`], else one `redis-server`
