@@ -21,6 +21,35 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Runs the ignored child test `name` in a new process of this test binary, checks that it
+/// aborted, and returns the value it printed after `marker`.
+fn run_aborting_child(name: &str, marker: &str) -> String {
+    let out = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            name,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    assert!(!out.status.success(), "the child was meant to abort");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no {marker}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 fn sleeper(dir: &Path) -> ServerProcess {
     ServerProcess::spawn(Path::new("sleep"), ["300"], &dir.join("sleep.log")).expect("spawn")
 }
@@ -53,25 +82,9 @@ fn child_that_aborts() {
 
 #[test]
 fn a_test_process_that_dies_takes_its_servers_with_it() {
-    let out = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "child_that_aborts",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .expect("run child");
-    assert!(!out.status.success(), "the child was meant to abort");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let pid: u32 = stdout
-        .split("server-pid=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    let pid: u32 = run_aborting_child("child_that_aborts", "server-pid=")
+        .parse()
+        .expect("a pid");
     assert!(
         wait_for(Duration::from_secs(10), || !alive(pid)),
         "server {pid} outlived its test"
@@ -104,30 +117,7 @@ fn a_test_process_that_dies_takes_its_containers_with_it() {
     if let Err(why) = docker_reachable() {
         panic!("this test needs Docker: {why}");
     }
-    let out = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "child_with_a_container_that_aborts",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let id = stdout
-        .split("container-id=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| {
-            panic!(
-                "the child printed no container id: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-        .to_owned();
-    assert!(!out.status.success(), "the child was meant to abort");
+    let id = run_aborting_child("child_with_a_container_that_aborts", "container-id=");
     let gone = || {
         Command::new("docker")
             .args([

@@ -72,9 +72,7 @@ impl Daprd {
     }
 
     fn spawn_local(binary: PathBuf, component: Component) -> Result<Self, String> {
-        let dir = temp_dir("daprd");
-        let resources = dir.path().join("resources");
-        std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
+        let (dir, resources) = resources_dir()?;
         let (redis, yaml) = match component {
             Component::InMemory => (None, component_yaml("state.in-memory", "")),
             Component::Redis => {
@@ -114,23 +112,18 @@ impl Daprd {
         .map(ToString::to_string)
         .collect();
         let log = dir.path().join("daprd.log");
-        let mut daprd = Daprd {
-            server: Supervised::new(binary, args, log),
-            grpc_port,
-            http_port,
-            _dir: dir,
-            _redis: redis,
-        };
-        daprd.start()?;
-        Ok(daprd)
+        Self::launch(
+            Supervised::new(binary, args, log),
+            (grpc_port, http_port),
+            dir,
+            redis,
+        )
     }
 
     /// The sidecar in a container; for `state.redis`, a Redis container beside it on a
     /// user-defined network of their own, reached by its container name.
     fn spawn_container(component: Component) -> Result<Self, String> {
-        let dir = temp_dir("daprd");
-        let resources = dir.path().join("resources");
-        std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
+        let (dir, resources) = resources_dir()?;
         let id = dir.path().file_name().map_or_else(String::new, |n| {
             n.to_string_lossy()
                 .chars()
@@ -197,12 +190,28 @@ impl Daprd {
         );
         spec.network = Some(network);
         spec.mounts = vec![(resources.display().to_string(), "/components".to_owned())];
+        Self::launch(
+            Supervised::container(spec),
+            (grpc_port, http_port),
+            dir,
+            redis,
+        )
+    }
+
+    /// Starts `server` (a process or a container serving gRPC and HTTP on `ports`) and waits
+    /// until it is healthy.
+    fn launch(
+        server: Supervised,
+        (grpc_port, http_port): (u16, u16),
+        dir: TempDir,
+        redis: Option<Redis>,
+    ) -> Result<Self, String> {
         let mut daprd = Daprd {
-            server: Supervised::container(spec),
+            _redis: redis,
+            server,
             grpc_port,
             http_port,
             _dir: dir,
-            _redis: redis,
         };
         daprd.start()?;
         Ok(daprd)
@@ -230,6 +239,14 @@ impl TestServer for Daprd {
         self.crash();
         self.start()
     }
+}
+
+/// A temporary directory with an empty `resources/` for the component file.
+fn resources_dir() -> Result<(TempDir, PathBuf), String> {
+    let dir = temp_dir("daprd");
+    let resources = dir.path().join("resources");
+    std::fs::create_dir_all(&resources).map_err(|e| e.to_string())?;
+    Ok((dir, resources))
 }
 
 fn redis_yaml(host: &str) -> String {
