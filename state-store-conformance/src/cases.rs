@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreConfig, MAX_TTL};
 
 use crate::context::Context;
+pub use crate::leases::*;
 pub use crate::model::{model_concurrent, model_sequences};
 use crate::report;
 

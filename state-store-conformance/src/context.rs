@@ -1,11 +1,13 @@
 //! How a case gets its stores: a factory, a fresh prefix, and a runner.
 
 use std::future::Future;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use rand::distr::{Alphanumeric, SampleString};
 use state_store_core::{Error, StateStore, StoreConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Opens handles on the store under test.
 ///
@@ -28,6 +30,59 @@ use state_store_core::{Error, StateStore, StoreConfig};
 pub trait StoreFactory: Send + Sync {
     /// Opens a new handle with `config`.
     async fn open(&self, config: StoreConfig) -> Result<StateStore, Error>;
+
+    /// What a copy of this test binary needs in its environment so that the same factory,
+    /// built there, opens the same data: the multi-process cases start such copies. `None`
+    /// (the default, and what closures give) when other processes cannot share the data; those
+    /// cases then run their in-process part only. Wrap a factory with [`across_processes`] to
+    /// give one.
+    fn process_env(&self) -> Option<Vec<(String, String)>> {
+        None
+    }
+}
+
+/// A factory whose data other processes can open: [`across_processes`].
+pub struct ProcessFactory<F> {
+    factory: F,
+    env: Vec<(String, String)>,
+}
+
+/// Declares that a copy of this test binary, started with `env` added to its environment,
+/// builds a factory over the same data as `factory` (say, `env` names the server's URL in the
+/// variable your factory reads first). Enables the suite's multi-process cases.
+///
+/// ```
+/// use state_store_core::{StateStore, StoreConfig};
+/// use state_store_conformance::{across_processes, StoreFactory};
+///
+/// fn factory(url: String) -> impl StoreFactory {
+///     let env = vec![("MY_STORE_TEST_URL".to_owned(), url.clone())];
+///     across_processes(
+///         move |config: StoreConfig| {
+///             let _url = url.clone();
+///             async move { Ok(StateStore::with_config(state_store_core::DefaultStateStore::new(), config)) }
+///         },
+///         env,
+///     )
+/// }
+/// # let _ = factory("mystore://127.0.0.1".into());
+/// ```
+pub fn across_processes<F: StoreFactory>(
+    factory: F,
+    env: Vec<(String, String)>,
+) -> ProcessFactory<F> {
+    ProcessFactory { factory, env }
+}
+
+#[async_trait]
+impl<F: StoreFactory> StoreFactory for ProcessFactory<F> {
+    async fn open(&self, config: StoreConfig) -> Result<StateStore, Error> {
+        self.factory.open(config).await
+    }
+
+    fn process_env(&self) -> Option<Vec<(String, String)>> {
+        Some(self.env.clone())
+    }
 }
 
 #[async_trait]
@@ -49,17 +104,25 @@ pub struct Context {
     id: String,
     prefix: String,
     opened: Arc<Mutex<Vec<StateStore>>>,
+    test: Option<String>,
+    role: Option<String>,
 }
 
 impl Context {
     /// A context with a fresh random prefix.
     pub fn new(factory: impl StoreFactory + 'static) -> Self {
         let id = Alphanumeric.sample_string(&mut rand::rng(), 12);
+        Self::with_id(Arc::new(factory), id)
+    }
+
+    fn with_id(factory: Arc<dyn StoreFactory>, id: String) -> Self {
         Context {
-            factory: Arc::new(factory),
+            factory,
             prefix: format!("conformance:{id}"),
             id,
             opened: Arc::default(),
+            test: None,
+            role: None,
         }
     }
 
@@ -115,6 +178,49 @@ impl Context {
         store
     }
 
+    /// In a worker process started by [`Context::spawn_worker`]: the role it was given. Cases
+    /// with workers check this first, do the role's work and return.
+    pub fn worker_role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// Starts a copy of this test binary running only the current case as a worker doing
+    /// `role`, on the same data and under the same prefix. `None` when the factory gives no
+    /// [`StoreFactory::process_env`] (the data cannot be shared with another process).
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot start, or the case does not run under a test harness that
+    /// names its thread after the test (libtest does).
+    pub fn spawn_worker(&self, role: &str) -> Option<Worker> {
+        let env = self.factory.process_env()?;
+        let test = self
+            .test
+            .as_deref()
+            .expect("multi-process cases need the test name: run them with conformance_suite!");
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .envs(env)
+            .env(WORKER_VAR, format!("{}\t{role}", self.id))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start a worker process");
+        let stdout = child.stdout.take().expect("the worker's piped stdout");
+        Some(Worker {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            role: role.to_owned(),
+        })
+    }
+
+    /// In a worker: sends `line` to the parent case, which reads it with [`Worker::next`].
+    pub fn tell_parent(&self, line: &str) {
+        println!("{WORKER_LINE}{line}");
+    }
+
     /// Destroys every handle this context opened.
     pub async fn close(&self) {
         let opened =
@@ -151,12 +257,88 @@ where
         Ok(runtime) => runtime,
         Err(err) => panic!("cannot start a Tokio runtime: {err}"),
     };
+    let test = std::thread::current()
+        .name()
+        .filter(|name| *name != "main")
+        .map(str::to_owned);
     runtime.block_on(async {
         let Some(factory) = factory.await else {
             return;
         };
-        let ctx = Context::new(factory);
+        let worker = std::env::var(WORKER_VAR).ok();
+        let mut ctx = match worker.as_deref().and_then(|w| w.split_once('\t')) {
+            Some((id, role)) => {
+                let mut ctx = Context::with_id(Arc::new(factory), id.to_owned());
+                ctx.role = Some(role.to_owned());
+                ctx
+            }
+            None => Context::new(factory),
+        };
+        ctx.test = test;
         case(ctx.clone()).await;
         ctx.close().await;
     });
+}
+
+/// Tells a copy of the test binary that it is a worker: `<case id>\t<role>`.
+const WORKER_VAR: &str = "STATE_STORE_CONFORMANCE_WORKER";
+
+/// Marks each line a worker sends to its parent (the rest of its stdout is libtest's).
+const WORKER_LINE: &str = "@state-store-worker ";
+
+/// A worker process started by [`Context::spawn_worker`]; killed when dropped.
+pub struct Worker {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    role: String,
+}
+
+impl Worker {
+    /// The next line the worker sent with [`Context::tell_parent`]; `None` once it has exited.
+    ///
+    /// # Panics
+    ///
+    /// When its output cannot be read.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .unwrap_or_else(|e| panic!("reading worker {:?}: {e}", self.role))?;
+            // libtest may have written `test <name> ... ` on the same line first.
+            if let Some((_, sent)) = line.split_once(WORKER_LINE) {
+                return Some(sent.to_owned());
+            }
+        }
+    }
+
+    /// Kills the worker with SIGKILL (no chance to clean up) and waits for it to end.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be killed.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill the worker");
+    }
+
+    /// Reads the rest of the worker's lines and waits for it to exit; panics unless it
+    /// succeeded.
+    ///
+    /// # Panics
+    ///
+    /// When the worker failed.
+    pub async fn finish(mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next().await {
+            lines.push(line);
+        }
+        let status = self.child.wait().await.expect("wait for the worker");
+        assert!(
+            status.success(),
+            "worker {:?} failed ({status}); its panic is printed above",
+            self.role
+        );
+        lines
+    }
 }

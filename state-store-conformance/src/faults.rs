@@ -96,3 +96,37 @@ pub async fn killed_server_recovers(
         Some("after")
     );
 }
+
+/// Fencing tokens survive a server restart: a lease taken after the restart gets a greater
+/// token than one taken before (for servers that keep their data).
+pub async fn lease_tokens_survive_restart(server: &mut dyn TestServer, store: &StateStore) {
+    let ttl = Duration::from_millis(500);
+    let before = store
+        .lease("restart")
+        .ttl(ttl)
+        .try_acquire()
+        .await
+        .expect("acquire before the crash")
+        .expect("a free lease");
+    server.crash();
+    server.restart().expect("restart the server");
+    let started = std::time::Instant::now();
+    let after = loop {
+        match store.lease("restart").ttl(ttl).acquire(PATIENCE).await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => panic!("the lease from before the restart never expired"),
+            Err(err) => assert!(
+                started.elapsed() < PATIENCE,
+                "leases did not recover after the restart: {}",
+                report(&err)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        after.fencing_token() > before.fencing_token(),
+        "the restart reset fencing tokens: {} before, {} after",
+        before.fencing_token(),
+        after.fencing_token()
+    );
+}

@@ -74,9 +74,10 @@
 pub mod cases;
 mod context;
 pub mod faults;
+mod leases;
 mod model;
 
-pub use context::{run_case, Context, StoreFactory};
+pub use context::{across_processes, run_case, Context, ProcessFactory, StoreFactory, Worker};
 
 /// Formats an error with its whole `source` chain, for assertion messages.
 pub fn report(err: &(dyn std::error::Error + 'static)) -> String {

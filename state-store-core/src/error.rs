@@ -144,6 +144,26 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A fenced write ([`StateStore::set_fenced`](crate::StateStore::set_fenced)) carried a
+    /// token older than one the name has already seen: a newer lease holder wrote since.
+    /// Nothing was written; stop acting as the holder.
+    #[error("write to key {key:?} refused: fencing token {token} is older than {highest}")]
+    Fenced {
+        /// The state name.
+        key: String,
+        /// The token the write carried.
+        token: u64,
+        /// The highest token the name has seen.
+        highest: u64,
+    },
+
+    /// The lease is no longer held: it expired, was released, or another holder took it.
+    #[error("lease {key:?} was lost")]
+    LeaseLost {
+        /// The lease name.
+        key: String,
+    },
+
     /// The store was destroyed; create a new one.
     #[error("state store {store:?} is closed")]
     Closed {
@@ -228,7 +248,9 @@ impl Error {
             | Error::Decode { key, .. }
             | Error::Conflict { key }
             | Error::NotAnInteger { key }
-            | Error::InvalidTtl { key } => {
+            | Error::InvalidTtl { key }
+            | Error::Fenced { key, .. }
+            | Error::LeaseLost { key } => {
                 if let Some(name) = rename(key) {
                     *key = shorten(&name);
                 }

@@ -51,6 +51,7 @@ mod backend;
 mod config;
 mod error;
 mod key;
+mod lease;
 mod memory;
 mod retry;
 mod store;
@@ -65,6 +66,10 @@ pub use config::{
 };
 pub use error::{BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
+pub use lease::{
+    Election, Fenced, FencingToken, Lease, LeaseRequest, LeaderEvent, DEFAULT_LEASE_TTL,
+    MIN_LEASE_TTL,
+};
 pub use memory::DefaultStateStore;
 pub use retry::Backoff;
 pub use store::{StateEntry, StateMap, StateStore};

@@ -1,0 +1,581 @@
+//! Leases, fencing tokens, fenced writes and leader election: mutual exclusion across handles
+//! and OS processes, takeover after a holder dies, and tokens that only ever grow.
+//!
+//! Multi-process cases start copies of the test binary as workers (see
+//! [`Context::spawn_worker`]); the factory must say how ([`crate::across_processes`]). Where it
+//! cannot (an in-memory store), they run their in-process part only.
+
+// A test suite reports a misbehaving store by panicking, like `assert!`.
+#![allow(clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use state_store_core::{Error, FencingToken, Lease, LeaderEvent, StateStore};
+use tokio::sync::mpsc;
+
+use crate::context::{Context, Worker};
+use crate::report;
+
+/// How long a case waits for something that must happen by itself (a lease to expire and be
+/// taken, a worker to report) before calling it stuck. A liveness bound, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A short lease TTL, for cases that wait for expiry.
+const SHORT: Duration = Duration::from_millis(300);
+
+/// A TTL no healthy holder outlives, for cases about exclusion.
+const LONG: Duration = Duration::from_secs(20);
+
+fn ok<T>(result: Result<T, Error>, what: &str) -> T {
+    result.unwrap_or_else(|err| panic!("{what}: {}", report(&err)))
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing happened in {PATIENCE:?}"))
+}
+
+/// A handle when the store can hold leases; otherwise checks that leases are refused with
+/// `Unsupported` and returns `None`.
+async fn lease_store(ctx: &Context) -> Option<StateStore> {
+    let store = ctx.store().await;
+    let caps = store.capabilities();
+    if caps.ttl && caps.conditional && caps.increment {
+        return Some(store);
+    }
+    match store.lease("unsupported").try_acquire().await {
+        Err(Error::Unsupported { .. }) => {}
+        other => panic!("a store without ttl/conditional/increment gave {other:?} for a lease"),
+    }
+    if !caps.conditional {
+        match store
+            .set_fenced("unsupported", &1, FencingToken::new(1))
+            .await
+        {
+            Err(Error::Unsupported { .. }) => {}
+            other => panic!("a store without conditional writes gave {other:?} for set_fenced"),
+        }
+    }
+    None
+}
+
+async fn take(store: &StateStore, name: &str, ttl: Duration) -> Lease {
+    ok(store.lease(name).ttl(ttl).try_acquire().await, "try_acquire")
+        .unwrap_or_else(|| panic!("lease {name:?} should be free"))
+}
+
+async fn take_waiting(store: &StateStore, name: &str, ttl: Duration) -> Lease {
+    ok(store.lease(name).ttl(ttl).acquire(PATIENCE).await, "acquire")
+        .unwrap_or_else(|| panic!("lease {name:?} was not freed within {PATIENCE:?}"))
+}
+
+/// A held lease excludes every other holder, on any handle; it renews and releases, and after
+/// the release the next holder gets a greater token.
+pub async fn lease_excludes_other_holders(ctx: Context) {
+    let Some(a) = lease_store(&ctx).await else {
+        return;
+    };
+    let b = ctx.store().await;
+    let first = ok(
+        a.lease("job").ttl(LONG).holder("a").try_acquire().await,
+        "first acquire",
+    )
+    .expect("a free lease is taken");
+    assert_eq!(first.holder(), "a");
+    assert!(!first.is_lost());
+    for store in [&a, &b] {
+        let second = ok(store.lease("job").try_acquire().await, "second acquire");
+        assert!(second.is_none(), "two holders at once: {second:?}");
+    }
+    assert_eq!(ok(b.leader("job").await, "leader").as_deref(), Some("a"));
+    ok(first.renew().await, "renew");
+    assert!(ok(first.release().await, "release"), "the holder's release");
+    assert!(first.is_lost());
+    assert_eq!(ok(b.leader("job").await, "leader after release"), None);
+    let next = take(&b, "job", LONG).await;
+    assert!(
+        next.fencing_token() > first.fencing_token(),
+        "tokens must grow: {} then {}",
+        first.fencing_token(),
+        next.fencing_token()
+    );
+    // Another name has its own lease.
+    let other = take(&a, "other-job", LONG).await;
+    assert!(ok(other.release().await, "release"));
+    assert!(ok(next.release().await, "release"));
+}
+
+/// A holder whose lease expired and was taken cannot release or renew it: the new holder
+/// keeps it.
+pub async fn lease_release_by_non_holder_is_refused(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let old = take(&store, "job", SHORT).await;
+    within("the local deadline", old.lost()).await;
+    assert!(old.is_lost());
+    let new = within(
+        "taking an expired lease",
+        take_waiting(&store, "job", LONG),
+    )
+    .await;
+    assert!(new.fencing_token() > old.fencing_token());
+    assert!(
+        !ok(old.release().await, "release by the old holder"),
+        "an old holder released somebody else's lease"
+    );
+    match old.renew().await {
+        Err(Error::LeaseLost { key }) => assert_eq!(key, "job"),
+        other => panic!("renew by the old holder gave {other:?}"),
+    }
+    assert_eq!(
+        ok(store.leader("job").await, "leader").as_deref(),
+        Some(new.holder())
+    );
+    ok(new.renew().await, "the new holder renews");
+    assert!(ok(new.release().await, "the new holder releases"));
+}
+
+/// Fencing tokens of one name grow strictly across releases, expiry, and removal of the
+/// lease's state by hand.
+pub async fn lease_tokens_always_increase(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let mut tokens = Vec::new();
+    let released = take(&store, "job", LONG).await;
+    tokens.push(released.fencing_token());
+    assert!(ok(released.release().await, "release"));
+
+    let removed = take(&store, "job", LONG).await;
+    tokens.push(removed.fencing_token());
+    ok(store.remove_state("lease:job").await, "remove the holder record");
+
+    let expired = take(&store, "job", SHORT).await;
+    tokens.push(expired.fencing_token());
+    within("the local deadline", expired.lost()).await;
+
+    let last = within("taking an expired lease", take_waiting(&store, "job", LONG)).await;
+    tokens.push(last.fencing_token());
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens must grow strictly: {tokens:?}"
+    );
+    assert!(ok(last.release().await, "release"));
+}
+
+/// A holder paused past its TTL cannot overwrite what the next holder wrote: its fenced write
+/// fails with `Fenced` and writes nothing.
+pub async fn fenced_write_from_a_paused_holder_is_refused(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let paused = take(&store, "job", SHORT).await;
+    ok(
+        store
+            .set_fenced("report", &"from paused", paused.fencing_token())
+            .await,
+        "the first holder writes",
+    );
+    within("the local deadline", paused.lost()).await;
+    let next = within("takeover", take_waiting(&store, "job", LONG)).await;
+    ok(
+        store
+            .set_fenced("report", &"from next", next.fencing_token())
+            .await,
+        "the next holder writes",
+    );
+    match store
+        .set_fenced("report", &"secret stale value", paused.fencing_token())
+        .await
+    {
+        Err(err @ Error::Fenced { .. }) => {
+            let Error::Fenced {
+                ref key,
+                token,
+                highest,
+                ..
+            } = err
+            else {
+                unreachable!()
+            };
+            assert_eq!(key, "report");
+            assert_eq!(token, paused.fencing_token().get());
+            assert_eq!(highest, next.fencing_token().get());
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+        other => panic!("a stale holder's fenced write gave {other:?}"),
+    }
+    let stored = ok(store.get_fenced::<String>("report").await, "get_fenced")
+        .expect("the next holder's value");
+    assert_eq!(stored.value, "from next");
+    assert_eq!(stored.token, next.fencing_token());
+    // The same token may write again.
+    ok(
+        store
+            .set_fenced("report", &"again", next.fencing_token())
+            .await,
+        "the holder writes twice",
+    );
+    assert!(ok(next.release().await, "release"));
+}
+
+/// `with_lease` runs its body alone, releases afterwards, returns `None` when the lease is
+/// taken, and cancels the body when the lease is lost.
+pub async fn with_lease_runs_alone_and_cancels_on_loss(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let other = ctx.store().await;
+    let ran = ok(
+        store
+            .with_lease("job", LONG, |lease| {
+                let other = other.clone();
+                async move {
+                    assert!(ok(other.lease("job").try_acquire().await, "inside").is_none());
+                    lease.fencing_token()
+                }
+            })
+            .await,
+        "with_lease",
+    )
+    .expect("a free lease");
+    assert_eq!(ok(store.leader("job").await, "leader after"), None);
+
+    let held = take(&other, "job", LONG).await;
+    let skipped = ok(
+        store.with_lease("job", LONG, |_| async { 1 }).await,
+        "with_lease on a held lease",
+    );
+    assert_eq!(skipped, None, "the body ran while another holder held the lease");
+    assert!(held.fencing_token() > ran);
+    assert!(ok(held.release().await, "release"));
+
+    // Lost while running: the record is taken away, the next renew is refused, the body
+    // (which would wait forever) is cancelled.
+    let thief = other.clone();
+    let result = within(
+        "cancelling the body",
+        store.with_lease("job", Duration::from_millis(600), |_lease| async move {
+            ok(thief.remove_state("lease:job").await, "remove the record");
+            let _taken = take(&thief, "job", LONG).await;
+            std::future::pending::<()>().await;
+        }),
+    )
+    .await;
+    match result {
+        Err(Error::LeaseLost { key }) => assert_eq!(key, "job"),
+        other => panic!("a lost lease gave {other:?}"),
+    }
+    assert_ne!(ok(store.leader("job").await, "leader"), None, "the thief's lease was released");
+}
+
+/// One critical section: `(token, enter, exit)`, with enter and exit drawn from one shared
+/// counter so that sections from every process are ordered without clocks.
+async fn critical_section(store: &StateStore, holder: &str) -> (u64, i64, i64) {
+    let lease = ok(
+        store.lease("mutex").ttl(LONG).holder(holder).acquire(PATIENCE).await,
+        "acquire",
+    )
+    .expect("the mutex was never free");
+    let token = lease.fencing_token();
+    let enter = ok(store.increment("sequence", 1, None).await, "enter");
+    ok(
+        store.set_fenced("protected", &holder, token).await,
+        "the holder's fenced write",
+    );
+    let exit = ok(store.increment("sequence", 1, None).await, "exit");
+    assert!(
+        ok(lease.release().await, "release"),
+        "a holder lost a {LONG:?} lease inside a short critical section"
+    );
+    (token.get(), enter, exit)
+}
+
+const SECTIONS_PER_TASK: usize = 3;
+
+/// Mutual exclusion: 8 tasks over 2 handles, and 4 worker processes, each take the same lease
+/// in turn. Critical sections never overlap, and their tokens grow in the order they ran.
+pub async fn lease_mutual_exclusion(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    if let Some(role) = ctx.worker_role() {
+        for _ in 0..SECTIONS_PER_TASK {
+            let (token, enter, exit) = critical_section(&store, role).await;
+            ctx.tell_parent(&format!("{token} {enter} {exit}"));
+        }
+        return;
+    }
+    let workers: Vec<Worker> = (0..4)
+        .filter_map(|i| ctx.spawn_worker(&format!("process-{i}")))
+        .collect();
+    let handles = [store.clone(), ctx.store().await];
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = handles[i % 2].clone();
+            tokio::spawn(async move {
+                let mut sections = Vec::new();
+                for _ in 0..SECTIONS_PER_TASK {
+                    sections.push(critical_section(&store, &format!("task-{i}")).await);
+                }
+                sections
+            })
+        })
+        .collect();
+    let mut sections = Vec::new();
+    for task in tasks {
+        sections.extend(within("a task's sections", task).await.expect("task"));
+    }
+    let processes = workers.len();
+    for worker in workers {
+        for line in within("a worker's sections", worker.finish()).await {
+            let fields: Vec<i64> = line
+                .split(' ')
+                .map(|f| f.parse().expect("a number"))
+                .collect();
+            let token = u64::try_from(fields[0]).expect("a positive token");
+            sections.push((token, fields[1], fields[2]));
+        }
+    }
+    assert_eq!(sections.len(), (8 + processes) * SECTIONS_PER_TASK);
+    sections.sort_by_key(|&(_, enter, _)| enter);
+    for pair in sections.windows(2) {
+        let ((token_a, enter_a, exit_a), (token_b, enter_b, _)) = (pair[0], pair[1]);
+        assert!(enter_a < exit_a);
+        assert!(
+            exit_a < enter_b,
+            "critical sections overlap: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+        assert!(
+            token_a < token_b,
+            "tokens did not grow in the order the sections ran: {token_a} then {token_b} \
+             (entered at {enter_a}, {enter_b})"
+        );
+    }
+}
+
+/// A holder that stops renewing — its process killed with SIGKILL — is taken over once its
+/// TTL has run out, with a greater token; while it was alive, nobody else got the lease.
+pub async fn lease_of_a_killed_holder_is_taken_over(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let ttl = Duration::from_secs(2);
+    if ctx.worker_role().is_some() {
+        let held = store
+            .with_lease("job", ttl, |lease| async move {
+                ctx.tell_parent(&lease.fencing_token().to_string());
+                std::future::pending::<()>().await;
+            })
+            .await;
+        panic!("the holder's body ended: {held:?}");
+    }
+    let (old_token, killed) = match ctx.spawn_worker("holder") {
+        Some(mut worker) => {
+            let token = within("the worker's lease", worker.next())
+                .await
+                .expect("the worker reports its token");
+            // Alive and renewing: held well past its TTL.
+            tokio::time::sleep(ttl * 2).await;
+            assert!(ok(store.lease("job").try_acquire().await, "while held").is_none());
+            worker.kill().await;
+            (token.parse::<u64>().expect("a token"), "killed")
+        }
+        None => {
+            // In one process: a holder task that is aborted mid-lease.
+            let holder = store.clone();
+            let (tx, mut rx) = mpsc::channel(1);
+            let task = tokio::spawn(async move {
+                let _ = holder
+                    .with_lease("job", ttl, |lease| async move {
+                        let _ = tx.send(lease.fencing_token().get()).await;
+                        std::future::pending::<()>().await;
+                    })
+                    .await;
+            });
+            let token = within("the task's lease", rx.recv()).await.expect("token");
+            tokio::time::sleep(ttl * 2).await;
+            assert!(ok(store.lease("job").try_acquire().await, "while held").is_none());
+            task.abort();
+            (token, "aborted")
+        }
+    };
+    let next = within("takeover", take_waiting(&store, "job", LONG)).await;
+    assert!(
+        next.fencing_token().get() > old_token,
+        "the lease of a {killed} holder was taken with token {} after {old_token}",
+        next.fencing_token()
+    );
+    assert!(ok(next.release().await, "release"));
+}
+
+/// One line of a candidate's events.
+fn describe(event: &LeaderEvent) -> String {
+    match event {
+        LeaderEvent::Elected { token } => format!("elected {token}"),
+        LeaderEvent::Lost => "lost".to_owned(),
+        LeaderEvent::NewLeader { id } => format!("leader {id}"),
+        other => format!("other {other:?}"),
+    }
+}
+
+/// A candidate: campaigns and reports every event until stopped.
+async fn candidate(store: StateStore, id: String, report: impl Fn(String)) {
+    let mut election = store.elect("leader", id, Duration::from_secs(2));
+    while let Some(event) = election.next().await {
+        match event {
+            Ok(event) => report(describe(&event)),
+            Err(err) if err.is_transient() => {}
+            Err(err) => panic!("the campaign failed: {}", crate::report(&err)),
+        }
+    }
+}
+
+/// Leader election among 3 candidates (worker processes where the store allows): exactly one
+/// is elected and the others see it as leader; when the leader's process dies (SIGKILL), another
+/// candidate is elected with a greater token and the third sees the change.
+pub async fn election_has_one_leader_and_fails_over(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    if let Some(id) = ctx.worker_role() {
+        let id = id.to_owned();
+        let ctx2 = ctx.clone();
+        candidate(store, id, move |line| ctx2.tell_parent(&line)).await;
+        return;
+    }
+    let ids = ["c0", "c1", "c2"];
+    let (events, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
+    let mut stops = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(Some(stop));
+        let events = events.clone();
+        match ctx.spawn_worker(id) {
+            Some(worker) => {
+                tokio::spawn(forward(worker, i, events, stopped));
+            }
+            None => {
+                let store = ctx.store().await;
+                let id = (*id).to_owned();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = candidate(store, id, |line| { let _ = events.send((i, line)); }) => {}
+                        _ = stopped => {}
+                    }
+                });
+            }
+        }
+    }
+    // Exactly one elected; the other two see it.
+    let mut view: HashMap<usize, String> = HashMap::new();
+    let mut tokens: HashMap<usize, u64> = HashMap::new();
+    let first = within("the first leader", async {
+        loop {
+            let (i, line) = rx.recv().await.expect("events");
+            record(&mut view, &mut tokens, i, &line, &ids);
+            if let Some(leader) = agreed(&view, &ids, None) {
+                return leader;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        ok(store.leader("leader").await, "leader").as_deref(),
+        Some(ids[first])
+    );
+    let first_token = tokens[&first];
+    // The leader dies.
+    if let Some(stop) = stops[first].take() {
+        let _ = stop.send(());
+    }
+    view.remove(&first);
+    let second = within("failover", async {
+        loop {
+            let (i, line) = rx.recv().await.expect("events");
+            if i == first {
+                continue;
+            }
+            record(&mut view, &mut tokens, i, &line, &ids);
+            if let Some(leader) = agreed(&view, &ids, Some(first)) {
+                return leader;
+            }
+        }
+    })
+    .await;
+    assert_ne!(second, first);
+    assert!(
+        tokens[&second] > first_token,
+        "the new leader's token {} is not above {first_token}",
+        tokens[&second]
+    );
+    for stop in stops.into_iter().flatten() {
+        let _ = stop.send(());
+    }
+}
+
+/// Forwards a worker's lines until told to stop, then kills it (SIGKILL).
+async fn forward(
+    mut worker: Worker,
+    i: usize,
+    events: mpsc::UnboundedSender<(usize, String)>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            line = worker.next() => match line {
+                Some(line) => { let _ = events.send((i, line)); }
+                None => return,
+            },
+            _ = &mut stopped => {
+                worker.kill().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Updates who candidate `i` believes leads, from one of its event lines.
+fn record(
+    view: &mut HashMap<usize, String>,
+    tokens: &mut HashMap<usize, u64>,
+    i: usize,
+    line: &str,
+    ids: &[&str],
+) {
+    if let Some(token) = line.strip_prefix("elected ") {
+        let token: u64 = token.parse().expect("a token");
+        if let Some(&earlier) = tokens.values().max() {
+            assert!(
+                token > earlier,
+                "{} was elected with token {token}, not above {earlier}",
+                ids[i]
+            );
+        }
+        tokens.insert(i, token);
+        view.insert(i, ids[i].to_owned());
+    } else if let Some(id) = line.strip_prefix("leader ") {
+        view.insert(i, id.to_owned());
+    } else if line == "lost" {
+        view.remove(&i);
+    } else {
+        panic!("unexpected event from {}: {line}", ids[i]);
+    }
+}
+
+/// The candidate every live candidate agrees leads (and which says so itself), if any.
+fn agreed(view: &HashMap<usize, String>, ids: &[&str], dead: Option<usize>) -> Option<usize> {
+    let live: Vec<usize> = (0..ids.len()).filter(|i| Some(*i) != dead).collect();
+    let leader = live.iter().find(|&&i| view.get(&i).map(String::as_str) == Some(ids[i]))?;
+    let all_agree = live
+        .iter()
+        .all(|i| view.get(i).map(String::as_str) == Some(ids[*leader]));
+    all_agree.then_some(*leader)
+}

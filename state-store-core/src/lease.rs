@@ -1,0 +1,778 @@
+//! Leases with fencing tokens, fenced writes and leader election, over any backend that has
+//! atomic expiry, conditional writes and atomic increments.
+//!
+//! # Why a fencing token
+//!
+//! An expiring lock alone is not safe: a holder paused past its TTL (a GC pause, swapping, a
+//! slow disk) wakes up still believing it holds the lock while the next holder already works.
+//! Every [`Lease`] therefore carries a [`FencingToken`] that is strictly greater than the token
+//! of every earlier holder of the same name — across releases, expiry, removals and (on
+//! persistent backends) server restarts. Storage that checks the token refuses the stale
+//! holder's writes; [`StateStore::set_fenced`] is such a write for state in this store.
+//!
+//! # Layout
+//!
+//! A lease `name` is two state names under the handle's prefix: `lease:<name>` holds the
+//! current holder (JSON `{"holder", "nonce", "token"}`, with the lease's TTL) and
+//! `lease-token:<name>` the token counter (an integer without TTL, never removed by the lease).
+//! Removing the counter by hand restarts tokens at 1 and voids the guarantee.
+//!
+//! # How it is built
+//!
+//! Acquiring is three calls: create the holder record if absent (with the TTL), increment the
+//! counter, then write the token into the record with compare-and-set on the version just
+//! created. The last step succeeds only if the record was never replaced or expired in
+//! between, so the counter was incremented while this holder held the lease, and holders'
+//! tenures never overlap on the server: tokens grow in tenure order. Renewing is one
+//! compare-and-set (which fails once anybody else holds the lease); releasing is one
+//! conditional remove.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::backend::{SetMode, SetOptions, CAS_DEADLINE, MAX_TTL};
+use crate::error::{Error, Result};
+use crate::retry::Backoff;
+use crate::store::StateStore;
+
+/// The TTL of a lease when none is given: 30 seconds.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The shortest lease TTL: 100 ms. Renewing (every third of the TTL) and clock rounding on
+/// second-granular backends make shorter leases meaningless.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
+/// A number that grows with every new holder of a lease name; see [the module](self).
+///
+/// Compare tokens of the same name only. Hand it to whatever the holder writes to, and have
+/// that storage refuse tokens lower than the highest it has seen
+/// ([`StateStore::set_fenced`] does this for state in this store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FencingToken(u64);
+
+impl FencingToken {
+    /// Wraps a token read from elsewhere (a message, a database column).
+    pub const fn new(token: u64) -> Self {
+        FencingToken(token)
+    }
+
+    /// The token as a number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the holder record of a lease holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    holder: String,
+    nonce: String,
+    token: Option<u64>,
+}
+
+/// A fenced value as stored by [`StateStore::set_fenced`].
+#[derive(Serialize)]
+struct FencedRecord<'a, T: ?Sized> {
+    fence: u64,
+    value: &'a T,
+}
+
+/// Only the fence of a stored fenced value.
+#[derive(Deserialize)]
+struct FenceOnly {
+    fence: u64,
+}
+
+/// A value written with [`StateStore::set_fenced`], with the token of its writer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Fenced<T> {
+    /// The value.
+    pub value: T,
+    /// The token it was written with: the highest token this name has seen.
+    #[serde(rename = "fence")]
+    pub token: FencingToken,
+}
+
+fn record_name(name: &str) -> String {
+    format!("lease:{name}")
+}
+
+fn counter_name(name: &str) -> String {
+    format!("lease-token:{name}")
+}
+
+/// Builds a lease request: [`StateStore::lease`].
+#[derive(Debug, Clone)]
+#[must_use = "a lease request does nothing until `try_acquire` or `acquire`"]
+pub struct LeaseRequest {
+    store: StateStore,
+    name: String,
+    ttl: Duration,
+    holder: String,
+}
+
+impl LeaseRequest {
+    /// How long the lease lasts without renewal (default [`DEFAULT_LEASE_TTL`]; at least
+    /// [`MIN_LEASE_TTL`], at most [`MAX_TTL`]).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Who asks, as [`StateStore::leader`] reports it (default: a random id). Not a secret:
+    /// it is stored in clear.
+    pub fn holder(mut self, id: impl Into<String>) -> Self {
+        self.holder = id.into();
+        self
+    }
+
+    /// Takes the lease if nobody holds it; `None` if somebody does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] on a backend without atomic expiry, conditional writes or
+    /// increments; [`Error::InvalidTtl`] for a TTL outside [`MIN_LEASE_TTL`]..=[`MAX_TTL`];
+    /// and what the store's calls return.
+    pub async fn try_acquire(&self) -> Result<Option<Lease>> {
+        self.check()?;
+        let store = &self.store;
+        let record_name = record_name(&self.name);
+        // The local deadline starts before the request leaves: the server's starts later.
+        let started = Instant::now();
+        let mut record = Record {
+            holder: self.holder.clone(),
+            nonce: Alphanumeric.sample_string(&mut rand::rng(), 22),
+            token: None,
+        };
+        let options = |mode| SetOptions::new().mode(mode).ttl(self.ttl);
+        let created = match store
+            .set_with(&record_name, &record, options(SetMode::Create))
+            .await
+        {
+            Ok(version) => version,
+            Err(Error::Conflict { .. }) => return Ok(None),
+            Err(err) => return Err(self.rename(err)),
+        };
+        let counted = store
+            .increment(&counter_name(&self.name), 1, None)
+            .await
+            .map_err(|e| self.rename(e));
+        let token = match counted.map(u64::try_from) {
+            Ok(Ok(token)) if token > 0 => token,
+            Ok(_) => {
+                self.abandon(&record_name, &created).await;
+                return Err(Error::NotAnInteger {
+                    key: counter_name(&self.name),
+                });
+            }
+            Err(err) => {
+                self.abandon(&record_name, &created).await;
+                return Err(err);
+            }
+        };
+        record.token = Some(token);
+        let version = match store
+            .set_with(&record_name, &record, options(SetMode::Update(created)))
+            .await
+        {
+            Ok(version) => version,
+            // Expired (or was taken over) between the calls: never held.
+            Err(Error::Conflict { .. }) => return Ok(None),
+            Err(err) => return Err(self.rename(err)),
+        };
+        let (state, _) = watch::channel(Held {
+            version,
+            deadline: started + self.ttl,
+            lost: false,
+        });
+        Ok(Some(Lease {
+            inner: Arc::new(LeaseInner {
+                store: store.clone(),
+                name: self.name.clone(),
+                record_name,
+                record,
+                token: FencingToken(token),
+                ttl: self.ttl,
+                state,
+                calls: tokio::sync::Mutex::new(()),
+            }),
+        }))
+    }
+
+    /// Takes the lease, waiting up to `timeout` for the holder to release it or for it to
+    /// expire; `None` when the time is up. Waits by polling with jitter (a quarter to a half
+    /// of the TTL, or until the current holder's expiry when the backend reports it, never
+    /// longer than a second).
+    ///
+    /// # Errors
+    ///
+    /// As [`LeaseRequest::try_acquire`].
+    pub async fn acquire(&self, timeout: Duration) -> Result<Option<Lease>> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(lease) = self.try_acquire().await? {
+                return Ok(Some(lease));
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            let pause = poll_pause(self.ttl).min(until - now);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let caps = self.store.capabilities();
+        self.store.require(caps.ttl, "atomic expiry (leases)")?;
+        self.store
+            .require(caps.conditional, "conditional writes (leases)")?;
+        self.store
+            .require(caps.increment, "atomic increment (lease fencing tokens)")?;
+        if self.ttl < MIN_LEASE_TTL || self.ttl > MAX_TTL {
+            return Err(Error::InvalidTtl {
+                key: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Best effort: a record this request created but cannot complete is removed rather than
+    /// left to expire.
+    async fn abandon(&self, record_name: &str, version: &crate::Version) {
+        let _ = self.store.remove_if(record_name, version).await;
+    }
+
+    fn rename(&self, err: Error) -> Error {
+        rename(&self.name, err)
+    }
+}
+
+/// Errors about the lease's own state names name the lease.
+fn rename(name: &str, err: Error) -> Error {
+    let record = record_name(name);
+    let counter = counter_name(name);
+    err.rename_key(|key| (key == record || key == counter).then(|| name.to_owned()))
+}
+
+/// A random pause between attempts to take a lease held by somebody else.
+fn poll_pause(ttl: Duration) -> Duration {
+    let base = (ttl / 4).min(Duration::from_millis(500));
+    base + base.mul_f64(rand::random::<f64>())
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    version: crate::Version,
+    /// Local monotonic deadline: started before the request that set it was sent.
+    deadline: Instant,
+    lost: bool,
+}
+
+struct LeaseInner {
+    store: StateStore,
+    name: String,
+    record_name: String,
+    record: Record,
+    token: FencingToken,
+    ttl: Duration,
+    state: watch::Sender<Held>,
+    /// Renew and release one at a time: each needs the version the previous one wrote.
+    calls: tokio::sync::Mutex<()>,
+}
+
+/// A held lease. Cheap to clone; clones are the same lease.
+///
+/// There is no release in `Drop` (it would have to wait for the server): a lease that is
+/// dropped without [`Lease::release`] stays taken until its TTL runs out. That TTL is the
+/// safety net for a holder that crashes, too.
+#[derive(Clone)]
+pub struct Lease {
+    inner: Arc<LeaseInner>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("name", &self.inner.name)
+            .field("holder", &self.inner.record.holder)
+            .field("token", &self.inner.token)
+            .field("ttl", &self.inner.ttl)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The lease's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The holder id this lease was taken with.
+    pub fn holder(&self) -> &str {
+        &self.inner.record.holder
+    }
+
+    /// The fencing token: greater than every earlier holder's of this name.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.inner.token
+    }
+
+    /// The lease's TTL.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// True once the lease is known lost: a renew was refused, it was released, or the local
+    /// deadline passed without a successful renew.
+    pub fn is_lost(&self) -> bool {
+        let held = self.inner.state.borrow();
+        held.lost || Instant::now() >= held.deadline
+    }
+
+    /// Completes when the lease is lost: a renew is refused (somebody else holds it), it is
+    /// released, or the local deadline passes — the TTL counted from *before* the last
+    /// successful acquire or renew request was sent, so it passes no later than the server's.
+    /// Stop acting as the holder then. A renew that fails because the store is unreachable
+    /// does not end the lease by itself: the deadline does.
+    pub async fn lost(&self) {
+        let mut changes = self.inner.state.subscribe();
+        loop {
+            let (deadline, lost) = {
+                let held = changes.borrow_and_update();
+                (held.deadline, held.lost)
+            };
+            if lost {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.inner.state.borrow().deadline <= Instant::now() {
+                        self.inner.state.send_modify(|held| held.lost = true);
+                        return;
+                    }
+                }
+                changed = changes.changed() => {
+                    // The sender lives in `self`: it cannot be dropped while we wait.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extends the lease by its TTL from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease is no longer this holder's (it expired and somebody
+    /// else took it, or it was released or removed); then [`Lease::lost`] completes. Any other
+    /// error (say [`Error::Unavailable`]) leaves the lease held until its local deadline:
+    /// renew again.
+    pub async fn renew(&self) -> Result<()> {
+        let _call = self.inner.calls.lock().await;
+        let (version, lost) = {
+            let held = self.inner.state.borrow();
+            (held.version.clone(), held.lost)
+        };
+        if lost {
+            return Err(self.lost_error());
+        }
+        let started = Instant::now();
+        let options = SetOptions::new()
+            .mode(SetMode::Update(version))
+            .ttl(self.inner.ttl);
+        match self
+            .inner
+            .store
+            .set_with(&self.inner.record_name, &self.inner.record, options)
+            .await
+        {
+            Ok(version) => {
+                self.inner.state.send_modify(|held| {
+                    held.version = version;
+                    held.deadline = started + self.inner.ttl;
+                });
+                Ok(())
+            }
+            Err(Error::Conflict { .. }) => {
+                self.mark_lost();
+                Err(self.lost_error())
+            }
+            Err(err) => Err(rename(&self.inner.name, err)),
+        }
+    }
+
+    /// Gives the lease up, so the next holder need not wait for the TTL. `Ok(true)` when it
+    /// was still this holder's; `Ok(false)` when it was already lost (expired and maybe taken
+    /// by somebody else, whose lease stays untouched). The lease is lost afterwards either way.
+    ///
+    /// # Errors
+    ///
+    /// What the store returns (say [`Error::Unavailable`]): the lease may still be held on the
+    /// server until its TTL runs out, and counts as lost here.
+    pub async fn release(&self) -> Result<bool> {
+        let _call = self.inner.calls.lock().await;
+        let version = self.inner.state.borrow().version.clone();
+        self.mark_lost();
+        match self
+            .inner
+            .store
+            .remove_if(&self.inner.record_name, &version)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::Conflict { .. }) => Ok(false),
+            Err(err) => Err(rename(&self.inner.name, err)),
+        }
+    }
+
+    fn mark_lost(&self) {
+        self.inner.state.send_modify(|held| held.lost = true);
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LeaseLost {
+            key: self.inner.name.clone(),
+        }
+    }
+
+    /// Renews every third of the TTL until the lease is lost; retries failed renews (say, the
+    /// store is briefly unreachable) until the local deadline passes.
+    async fn keep_alive(&self) {
+        let period = self.inner.ttl / 3;
+        loop {
+            tokio::select! {
+                () = self.lost() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let mut retry = Backoff::new(usize::MAX, self.inner.ttl);
+            loop {
+                match self.renew().await {
+                    Ok(()) => break,
+                    Err(Error::LeaseLost { .. }) => return,
+                    Err(_) if !self.is_lost() && retry.wait().await => {}
+                    Err(_) => {
+                        self.mark_lost();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StateStore {
+    /// A request for the lease `name` (a state name under this handle's prefix): see
+    /// [`LeaseRequest::try_acquire`] and [`LeaseRequest::acquire`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use state_store_core::{DefaultStateStore, StateStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), state_store_core::Error> {
+    /// let store = StateStore::new(DefaultStateStore::new());
+    /// let lease = store.lease("nightly-report").ttl(Duration::from_secs(10)).try_acquire().await?;
+    /// let lease = lease.expect("nobody else holds it");
+    /// // A second holder is refused while the first one holds the lease.
+    /// assert!(store.lease("nightly-report").try_acquire().await?.is_none());
+    /// // Whatever the holder writes carries its token; older tokens are refused.
+    /// store.set_fenced("report:status", &"running", lease.fencing_token()).await?;
+    /// assert!(lease.release().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lease(&self, name: &str) -> LeaseRequest {
+        LeaseRequest {
+            store: self.clone(),
+            name: name.to_owned(),
+            ttl: DEFAULT_LEASE_TTL,
+            holder: Alphanumeric.sample_string(&mut rand::rng(), 16),
+        }
+    }
+
+    /// Runs `body` while holding the lease `name`: takes it once (no waiting), renews it every
+    /// third of `ttl` while `body` runs, and releases it afterwards. `Ok(None)` when somebody
+    /// else holds it.
+    ///
+    /// If the lease is lost while `body` runs (a renew is refused, or the store stays
+    /// unreachable until the lease's local deadline), `body` is cancelled — dropped at its
+    /// next `.await` — and the call fails with [`Error::LeaseLost`]. Code between two
+    /// `.await`s still runs to the next one: write through [`StateStore::set_fenced`] (or
+    /// pass the token on) so that a write after the loss is refused where it lands.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] as above; as [`LeaseRequest::try_acquire`]. A failed release after
+    /// `body` is not an error: the lease then ends with its TTL.
+    pub async fn with_lease<F, Fut, R>(&self, name: &str, ttl: Duration, body: F) -> Result<Option<R>>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let Some(lease) = self.lease(name).ttl(ttl).try_acquire().await? else {
+            return Ok(None);
+        };
+        let outcome = tokio::select! {
+            biased;
+            () = lease.keep_alive() => None,
+            value = body(lease.clone()) => Some(value),
+        };
+        match outcome {
+            Some(value) => {
+                let _ = lease.release().await;
+                Ok(Some(value))
+            }
+            None => {
+                let _ = lease.release().await;
+                Err(lease.lost_error())
+            }
+        }
+    }
+
+    /// Who holds the lease (or leads the election) `name` now: the holder id, or `None` when
+    /// nobody does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when `lease:<name>` holds something else; what the store returns.
+    pub async fn leader(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .get::<Record>(&record_name(name))
+            .await
+            .map_err(|e| rename(name, e))?
+            .map(|record| record.holder))
+    }
+
+    /// Writes `value` under `name` only if `token` is at least the highest token written to
+    /// `name` so far: a holder whose lease was taken over cannot overwrite what the next
+    /// holder wrote. The value is stored with its token as `{"fence": token, "value": …}`;
+    /// read it with [`StateStore::get_fenced`]. Removing the name forgets its highest token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Fenced`] when a higher token was seen (nothing written);
+    /// [`Error::Unsupported`] without conditional writes; [`Error::Decode`] when `name`
+    /// holds a value that was not written fenced; [`Error::Conflict`] after losing races for
+    /// [`CAS_DEADLINE`](crate::CAS_DEADLINE); and see [`StateStore`].
+    pub async fn set_fenced<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        token: FencingToken,
+    ) -> Result<()> {
+        self.require(self.capabilities().conditional, "conditional writes")?;
+        let record = FencedRecord {
+            fence: token.0,
+            value,
+        };
+        let mut backoff = Backoff::new(usize::MAX, CAS_DEADLINE);
+        loop {
+            let mode = match self.get_versioned::<FenceOnly>(name).await? {
+                None => SetMode::Create,
+                Some(current) if current.value.fence > token.0 => {
+                    return Err(Error::Fenced {
+                        key: name.to_owned(),
+                        token: token.0,
+                        highest: current.value.fence,
+                    })
+                }
+                Some(current) => SetMode::Update(current.version),
+            };
+            let mut options = SetOptions::new().mode(mode);
+            options.want_version = false;
+            match self.set_with(name, &record, options).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict { .. }) if backoff.wait().await => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Reads a value written with [`StateStore::set_fenced`], with its token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when the stored value is not a fenced `T`; and see [`StateStore`].
+    pub async fn get_fenced<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Fenced<T>>> {
+        self.get(name).await
+    }
+
+    /// Campaigns for leadership of `name` as `candidate` until the returned [`Election`] is
+    /// dropped or resigned: takes the lease `name` when it is free, renews it every third of
+    /// `ttl`, and campaigns again after losing it. Reports what this candidate sees as
+    /// [`LeaderEvent`]s; see [`Election`].
+    pub fn elect(&self, name: &str, candidate: impl Into<String>, ttl: Duration) -> Election {
+        let request = self.lease(name).ttl(ttl).holder(candidate);
+        let (events, rx) = mpsc::channel(16);
+        let (resign, resigned) = watch::channel(false);
+        let task = tokio::spawn(campaign(request, events, resigned));
+        Election {
+            events: rx,
+            resign,
+            task: Some(task),
+        }
+    }
+}
+
+/// What a candidate in [`StateStore::elect`] sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaderEvent {
+    /// This candidate leads now, with this fencing token.
+    Elected {
+        /// The token of this tenure.
+        token: FencingToken,
+    },
+    /// This candidate no longer leads (the lease was lost or could not be renewed in time).
+    /// Stop acting as the leader at once.
+    Lost,
+    /// Another candidate leads (reported when the leader this candidate sees changes).
+    NewLeader {
+        /// Its candidate id.
+        id: String,
+    },
+}
+
+/// A running campaign: a stream of [`LeaderEvent`]s (use [`Election::next`], or
+/// `futures::Stream`). Errors from the store are reported as `Err` items; the campaign goes
+/// on after transient ones and ends after others (say [`Error::Unsupported`]).
+///
+/// Dropping it ends the campaign in the background, releasing leadership if held;
+/// [`Election::resign`] does the same and waits for it.
+#[derive(Debug)]
+pub struct Election {
+    events: mpsc::Receiver<Result<LeaderEvent>>,
+    resign: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Election {
+    /// The next event; `None` once the campaign has ended.
+    pub async fn next(&mut self) -> Option<Result<LeaderEvent>> {
+        self.events.recv().await
+    }
+
+    /// Ends the campaign and waits until leadership, if held, is released.
+    pub async fn resign(mut self) {
+        let _ = self.resign.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        let _ = self.resign.send(true);
+    }
+}
+
+impl futures_core::Stream for Election {
+    type Item = Result<LeaderEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// Completes once [`Election::resign`] (or drop) asked the campaign to end.
+async fn until_resigned(resigned: &mut watch::Receiver<bool>) {
+    // A dropped sender also ends the campaign.
+    let _ = resigned.wait_for(|r| *r).await.map(drop);
+}
+
+/// The campaign behind [`Election`].
+async fn campaign(
+    request: LeaseRequest,
+    events: mpsc::Sender<Result<LeaderEvent>>,
+    mut resigned: watch::Receiver<bool>,
+) {
+    let mut seen_leader: Option<String> = None;
+    let ended = |resigned: &watch::Receiver<bool>| *resigned.borrow() || events.is_closed();
+    while !ended(&resigned) {
+        match request.try_acquire().await {
+            Ok(Some(lease)) => {
+                seen_leader = Some(lease.holder().to_owned());
+                let elected = LeaderEvent::Elected {
+                    token: lease.fencing_token(),
+                };
+                if events.send(Ok(elected)).await.is_err() {
+                    let _ = lease.release().await;
+                    return;
+                }
+                tokio::select! {
+                    () = lease.keep_alive() => {
+                        if events.send(Ok(LeaderEvent::Lost)).await.is_err() {
+                            return;
+                        }
+                    }
+                    () = until_resigned(&mut resigned) => {
+                        let _ = lease.release().await;
+                        return;
+                    }
+                    () = events.closed() => {
+                        let _ = lease.release().await;
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                match request.store.leader(&request.name).await {
+                    Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
+                        seen_leader = Some(id.clone());
+                        if events.send(Ok(LeaderEvent::NewLeader { id })).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Gone between the calls, or unchanged: campaign again.
+                    Ok(_) => {}
+                    Err(err) => {
+                        let transient = err.is_transient();
+                        if events.send(Err(err)).await.is_err() || !transient {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll_pause(request.ttl)) => {}
+                    () = until_resigned(&mut resigned) => return,
+                    () = events.closed() => return,
+                }
+            }
+            Err(err) => {
+                let transient = err.is_transient();
+                if events.send(Err(err)).await.is_err() || !transient {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(poll_pause(request.ttl)) => {}
+                    () = until_resigned(&mut resigned) => return,
+                    () = events.closed() => return,
+                }
+            }
+        }
+    }
+}
