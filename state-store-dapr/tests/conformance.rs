@@ -1,19 +1,24 @@
 //! The whole suite against a real `daprd` on loopback, with `state.redis` (backed by a spawned
 //! `redis-server`) and with `state.in-memory`. Each handle is its own gRPC channel.
 
-use state_store_conformance::StoreFactory;
+use state_store_conformance::{across_processes, StoreFactory};
 use state_store_core::{StateStore, StoreConfig};
 use state_store_dapr::{DaprConfig, DaprStateStore};
-use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
+use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT, DAPR_ENDPOINT_VAR};
 
+/// Worker processes of the multi-process cases talk to the same sidecar.
 fn factory(endpoint: String) -> impl StoreFactory {
-    move |config: StoreConfig| {
-        let endpoint = endpoint.clone();
-        async move {
-            let store = DaprStateStore::connect(DaprConfig::new(endpoint, COMPONENT)).await?;
-            Ok(StateStore::with_config(store, config))
-        }
-    }
+    let env = vec![(DAPR_ENDPOINT_VAR.to_owned(), endpoint.clone())];
+    across_processes(
+        move |config: StoreConfig| {
+            let endpoint = endpoint.clone();
+            async move {
+                let store = DaprStateStore::connect(DaprConfig::new(endpoint, COMPONENT)).await?;
+                Ok(StateStore::with_config(store, config))
+            }
+        },
+        env,
+    )
 }
 
 mod redis {

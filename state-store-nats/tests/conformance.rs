@@ -1,26 +1,32 @@
 //! The whole suite against a real `nats-server -js` on loopback (file storage), on one server
 //! and on a 3-node cluster with an R3 bucket. Each handle is its own connection.
 
-use state_store_conformance::StoreFactory;
+use state_store_conformance::{across_processes, StoreFactory};
 use state_store_core::{StateStore, StoreConfig};
 use state_store_nats::{NatsConfig, NatsStateStore};
-use state_store_testkit::harness::nats::{nats_cluster_url, nats_url};
+use state_store_testkit::harness::nats::{
+    nats_cluster_url, nats_url, NATS_CLUSTER_URL_VAR, NATS_URL_VAR,
+};
 
-fn factory(config: NatsConfig) -> impl StoreFactory {
-    move |store_config: StoreConfig| {
-        let config = config.clone();
-        async move {
-            Ok(StateStore::with_config(
-                NatsStateStore::connect(config).await?,
-                store_config,
-            ))
-        }
-    }
+/// Worker processes of the multi-process cases get the server's URL in `var`.
+fn factory(config: NatsConfig, url: String, var: &str) -> impl StoreFactory {
+    across_processes(
+        move |store_config: StoreConfig| {
+            let config = config.clone();
+            async move {
+                Ok(StateStore::with_config(
+                    NatsStateStore::connect(config).await?,
+                    store_config,
+                ))
+            }
+        },
+        vec![(var.to_owned(), url)],
+    )
 }
 
 mod single {
     use super::*;
-    state_store_conformance::conformance_suite!(optional: nats_url().map(|url| factory(NatsConfig::new(url))));
+    state_store_conformance::conformance_suite!(optional: nats_url().map(|url| factory(NatsConfig::new(url.clone()), url, NATS_URL_VAR)));
 }
 
 mod cluster {
@@ -53,7 +59,7 @@ mod cluster {
     }
 
     state_store_conformance::conformance_suite!(optional: match nats_cluster_url() {
-        Some(url) => Some(factory(ready(url).await)),
+        Some(url) => Some(factory(ready(url.clone()).await, url, NATS_CLUSTER_URL_VAR)),
         None => None,
     });
 }

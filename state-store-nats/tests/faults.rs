@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::faults::{killed_server_recovers, TestServer};
+use state_store_conformance::faults::{
+    killed_server_recovers, lease_tokens_survive_restart, TestServer,
+};
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
 use state_store_testkit::harness::nats::{NatsCluster, NatsServer};
@@ -45,6 +47,17 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_
     let store = connect(config).await;
     // File storage: the data survives the restart.
     killed_server_recovers(&mut server, &store, true).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_tokens_survive_a_restart() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let store = connect(config).await;
+    lease_tokens_survive_restart(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

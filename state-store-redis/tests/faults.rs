@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::faults::killed_server_recovers;
+use state_store_conformance::faults::{killed_server_recovers, lease_tokens_survive_restart};
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
 use state_store_testkit::harness::redis::RedisServer;
@@ -27,6 +27,21 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
     let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
     // No persistence configured: a restarted redis-server starts empty.
     killed_server_recovers(&mut server, &store, false).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_tokens_survive_a_restart_with_append_only_persistence() {
+    // Tokens outlive a restart only when the counter does: with AOF, fsync on every write.
+    let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let config = RedisConfig::from_url(&server.url())
+        .expect("url")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_reconnect(0, Duration::from_millis(200));
+    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    lease_tokens_survive_restart(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

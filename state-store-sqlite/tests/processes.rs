@@ -142,3 +142,44 @@ fn processes_see_each_other_and_state_survives_restart() {
         store.destroy().await.expect("destroy");
     });
 }
+
+#[test]
+fn lease_tokens_survive_reopening_the_file() {
+    let dir = temp_dir("sqlite-lease-restart");
+    let db = dir.path().join("state.db");
+    let open = || async {
+        StateStore::from(
+            SqliteStateStore::connect(SqliteConfig::new(&db))
+                .await
+                .expect("open"),
+        )
+    };
+    let before = runtime().block_on(async {
+        let store = open().await;
+        // Held when the "process" ends: never released.
+        let lease = store
+            .lease("job")
+            .ttl(std::time::Duration::from_millis(200))
+            .try_acquire()
+            .await
+            .expect("acquire")
+            .expect("free");
+        store.destroy().await.expect("destroy");
+        lease.fencing_token()
+    });
+    runtime().block_on(async {
+        let store = open().await;
+        let after = store
+            .lease("job")
+            .acquire(std::time::Duration::from_secs(60))
+            .await
+            .expect("acquire")
+            .expect("the old lease expires");
+        assert!(
+            after.fencing_token() > before,
+            "{} after {before}",
+            after.fencing_token()
+        );
+        store.destroy().await.expect("destroy");
+    });
+}
