@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use state_store_core::{Error, FencingToken, Lease, LeaderEvent, StateStore};
+use state_store_core::{Error, FencingToken, LeaderEvent, Lease, StateStore};
 use tokio::sync::mpsc;
 
 use crate::context::{Context, Worker};
@@ -63,13 +63,19 @@ async fn lease_store(ctx: &Context) -> Option<StateStore> {
 }
 
 async fn take(store: &StateStore, name: &str, ttl: Duration) -> Lease {
-    ok(store.lease(name).ttl(ttl).try_acquire().await, "try_acquire")
-        .unwrap_or_else(|| panic!("lease {name:?} should be free"))
+    ok(
+        store.lease(name).ttl(ttl).try_acquire().await,
+        "try_acquire",
+    )
+    .unwrap_or_else(|| panic!("lease {name:?} should be free"))
 }
 
 async fn take_waiting(store: &StateStore, name: &str, ttl: Duration) -> Lease {
-    ok(store.lease(name).ttl(ttl).acquire(PATIENCE).await, "acquire")
-        .unwrap_or_else(|| panic!("lease {name:?} was not freed within {PATIENCE:?}"))
+    ok(
+        store.lease(name).ttl(ttl).acquire(PATIENCE).await,
+        "acquire",
+    )
+    .unwrap_or_else(|| panic!("lease {name:?} was not freed within {PATIENCE:?}"))
 }
 
 /// A held lease excludes every other holder, on any handle; it renews and releases, and after
@@ -108,6 +114,44 @@ pub async fn lease_excludes_other_holders(ctx: Context) {
     assert!(ok(next.release().await, "release"));
 }
 
+/// Any state name is a lease name, including ones with braces (Redis hash tags) and
+/// separators; leases of different names are independent.
+pub async fn lease_names_are_any_state_names(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let names = [
+        "}x",
+        "{}",
+        "a{b}c",
+        "{job}",
+        "a:b",
+        "lease:{x}",
+        ":token",
+        "ü 🦀",
+        "*",
+    ];
+    let mut held = Vec::new();
+    for name in names {
+        let lease = take(&store, name, LONG).await;
+        assert!(
+            ok(store.lease(name).try_acquire().await, name).is_none(),
+            "{name:?} was taken twice"
+        );
+        held.push(lease);
+    }
+    for lease in held {
+        assert!(ok(lease.release().await, "release"), "{:?}", lease.name());
+        let again = take(&store, lease.name(), LONG).await;
+        assert!(
+            again.fencing_token() > lease.fencing_token(),
+            "{:?}",
+            lease.name()
+        );
+        assert!(ok(again.release().await, "release"));
+    }
+}
+
 /// A holder whose lease expired and was taken cannot release or renew it: the new holder
 /// keeps it.
 pub async fn lease_release_by_non_holder_is_refused(ctx: Context) {
@@ -117,11 +161,7 @@ pub async fn lease_release_by_non_holder_is_refused(ctx: Context) {
     let old = take(&store, "job", SHORT).await;
     within("the local deadline", old.lost()).await;
     assert!(old.is_lost());
-    let new = within(
-        "taking an expired lease",
-        take_waiting(&store, "job", LONG),
-    )
-    .await;
+    let new = within("taking an expired lease", take_waiting(&store, "job", LONG)).await;
     assert!(new.fencing_token() > old.fencing_token());
     assert!(
         !ok(old.release().await, "release by the old holder"),
@@ -152,7 +192,10 @@ pub async fn lease_tokens_always_increase(ctx: Context) {
 
     let removed = take(&store, "job", LONG).await;
     tokens.push(removed.fencing_token());
-    ok(store.remove_state("lease:job").await, "remove the holder record");
+    ok(
+        store.remove_state("lease:{job}").await,
+        "remove the holder record",
+    );
 
     let expired = take(&store, "job", SHORT).await;
     tokens.push(expired.fencing_token());
@@ -251,7 +294,10 @@ pub async fn with_lease_runs_alone_and_cancels_on_loss(ctx: Context) {
         store.with_lease("job", LONG, |_| async { 1 }).await,
         "with_lease on a held lease",
     );
-    assert_eq!(skipped, None, "the body ran while another holder held the lease");
+    assert_eq!(
+        skipped, None,
+        "the body ran while another holder held the lease"
+    );
     assert!(held.fencing_token() > ran);
     assert!(ok(held.release().await, "release"));
 
@@ -261,7 +307,7 @@ pub async fn with_lease_runs_alone_and_cancels_on_loss(ctx: Context) {
     let result = within(
         "cancelling the body",
         store.with_lease("job", Duration::from_millis(600), |_lease| async move {
-            ok(thief.remove_state("lease:job").await, "remove the record");
+            ok(thief.remove_state("lease:{job}").await, "remove the record");
             let _taken = take(&thief, "job", LONG).await;
             std::future::pending::<()>().await;
         }),
@@ -271,14 +317,23 @@ pub async fn with_lease_runs_alone_and_cancels_on_loss(ctx: Context) {
         Err(Error::LeaseLost { key }) => assert_eq!(key, "job"),
         other => panic!("a lost lease gave {other:?}"),
     }
-    assert_ne!(ok(store.leader("job").await, "leader"), None, "the thief's lease was released");
+    assert_ne!(
+        ok(store.leader("job").await, "leader"),
+        None,
+        "the thief's lease was released"
+    );
 }
 
 /// One critical section: `(token, enter, exit)`, with enter and exit drawn from one shared
 /// counter so that sections from every process are ordered without clocks.
 async fn critical_section(store: &StateStore, holder: &str) -> (u64, i64, i64) {
     let lease = ok(
-        store.lease("mutex").ttl(LONG).holder(holder).acquire(PATIENCE).await,
+        store
+            .lease("mutex")
+            .ttl(LONG)
+            .holder(holder)
+            .acquire(PATIENCE)
+            .await,
         "acquire",
     )
     .expect("the mutex was never free");
@@ -573,7 +628,9 @@ fn record(
 /// The candidate every live candidate agrees leads (and which says so itself), if any.
 fn agreed(view: &HashMap<usize, String>, ids: &[&str], dead: Option<usize>) -> Option<usize> {
     let live: Vec<usize> = (0..ids.len()).filter(|i| Some(*i) != dead).collect();
-    let leader = live.iter().find(|&&i| view.get(&i).map(String::as_str) == Some(ids[i]))?;
+    let leader = live
+        .iter()
+        .find(|&&i| view.get(&i).map(String::as_str) == Some(ids[i]))?;
     let all_agree = live
         .iter()
         .all(|i| view.get(i).map(String::as_str) == Some(ids[*leader]));

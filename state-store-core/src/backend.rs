@@ -339,8 +339,52 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Adds `delta` to the integer at `key` and returns the new value.
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64>;
 
+    /// Takes a lease in one atomic call, where the backend can (Redis: one script): if
+    /// `request.record_key` is absent, increment the integer at `request.counter_key` (no
+    /// TTL; missing counts as 0) and store `before_token`, the new value in decimal, and
+    /// `after_token` at `record_key` with `ttl`. The default answers
+    /// [`LeaseGrant::NotNative`], and [`StateStore::lease`](crate::StateStore::lease) composes
+    /// the same from `set` (create, then compare-and-set) and `increment`.
+    async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
+        let _ = request;
+        Ok(LeaseGrant::NotNative)
+    }
+
     /// Closes connections and stops background work. Later calls fail.
     async fn close(&self) -> Result<()>;
+}
+
+/// A native lease acquisition: [`Backend::acquire_lease`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct LeaseAcquire<'a> {
+    /// The key of the holder record (prefixed, like every key a backend sees).
+    pub record_key: &'a str,
+    /// The key of the token counter.
+    pub counter_key: &'a str,
+    /// The record's JSON text up to the token.
+    pub before_token: &'a [u8],
+    /// The record's JSON text after the token.
+    pub after_token: &'a [u8],
+    /// The lease's TTL.
+    pub ttl: Duration,
+}
+
+/// What [`Backend::acquire_lease`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseGrant {
+    /// The record was created with this token; `version` is the record's version.
+    Granted {
+        /// The counter's new value.
+        token: u64,
+        /// The version of the stored record.
+        version: Version,
+    },
+    /// The record exists: somebody holds the lease. Nothing changed.
+    Held,
+    /// This backend has no native path.
+    NotNative,
 }
 
 macro_rules! forward_backend {
@@ -367,6 +411,9 @@ macro_rules! forward_backend {
             }
             async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
                 (**self).increment(key, delta, ttl).await
+            }
+            async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
+                (**self).acquire_lease(request).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

@@ -12,14 +12,16 @@
 //!
 //! # Layout
 //!
-//! A lease `name` is two state names under the handle's prefix: `lease:<name>` holds the
+//! A lease `name` is two state names under the handle's prefix: `lease:{<name>}` holds the
 //! current holder (JSON `{"holder", "nonce", "token"}`, with the lease's TTL) and
-//! `lease-token:<name>` the token counter (an integer without TTL, never removed by the lease).
-//! Removing the counter by hand restarts tokens at 1 and voids the guarantee.
+//! `lease:{<name>}:token` the token counter (an integer without TTL, never removed by the
+//! lease). Removing the counter by hand restarts tokens at 1 and voids the guarantee. (The
+//! braces are a Redis Cluster hash tag: both keys land in one slot.)
 //!
 //! # How it is built
 //!
-//! Acquiring is three calls: create the holder record if absent (with the TTL), increment the
+//! Where the backend has a native path (Redis: one script) acquiring is one call. Otherwise
+//! it is three: create the holder record if absent (with the TTL), increment the
 //! counter, then write the token into the record with compare-and-set on the version just
 //! created. The last step succeeds only if the record was never replaced or expired in
 //! between, so the counter was incremented while this holder held the lease, and holders'
@@ -39,8 +41,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::{SetMode, SetOptions, CAS_DEADLINE, MAX_TTL};
-use crate::error::{Error, Result};
+use tracing::Instrument;
+
+use crate::backend::{LeaseAcquire, LeaseGrant, SetMode, SetOptions, CAS_DEADLINE, MAX_TTL};
+use crate::error::{Error, Operation, Result};
 use crate::retry::Backoff;
 use crate::store::StateStore;
 
@@ -109,12 +113,15 @@ pub struct Fenced<T> {
     pub token: FencingToken,
 }
 
+/// `lease:{<name>}`: the braces make it a Redis Cluster hash tag, so the record and the
+/// counter share a slot and one script can touch both.
 fn record_name(name: &str) -> String {
-    format!("lease:{name}")
+    format!("lease:{{{name}}}")
 }
 
+/// `lease:{<name>}:token`. Never equal to a record name: those end with `}`.
 fn counter_name(name: &str) -> String {
-    format!("lease-token:{name}")
+    format!("lease:{{{name}}}:token")
 }
 
 /// Builds a lease request: [`StateStore::lease`].
@@ -151,7 +158,6 @@ impl LeaseRequest {
     /// and what the store's calls return.
     pub async fn try_acquire(&self) -> Result<Option<Lease>> {
         self.check()?;
-        let store = &self.store;
         let record_name = record_name(&self.name);
         // The local deadline starts before the request leaves: the server's starts later.
         let started = Instant::now();
@@ -160,42 +166,14 @@ impl LeaseRequest {
             nonce: Alphanumeric.sample_string(&mut rand::rng(), 22),
             token: None,
         };
-        let options = |mode| SetOptions::new().mode(mode).ttl(self.ttl);
-        let created = match store
-            .set_with(&record_name, &record, options(SetMode::Create))
-            .await
-        {
-            Ok(version) => version,
-            Err(Error::Conflict { .. }) => return Ok(None),
-            Err(err) => return Err(self.rename(err)),
+        let acquired = match self.acquire_native(&record_name, &record).await? {
+            Some(native) => native,
+            None => self.acquire_composed(&record_name, &record).await?,
         };
-        let counted = store
-            .increment(&counter_name(&self.name), 1, None)
-            .await
-            .map_err(|e| self.rename(e));
-        let token = match counted.map(u64::try_from) {
-            Ok(Ok(token)) if token > 0 => token,
-            Ok(_) => {
-                self.abandon(&record_name, &created).await;
-                return Err(Error::NotAnInteger {
-                    key: counter_name(&self.name),
-                });
-            }
-            Err(err) => {
-                self.abandon(&record_name, &created).await;
-                return Err(err);
-            }
+        let Some((token, version)) = acquired else {
+            return Ok(None);
         };
         record.token = Some(token);
-        let version = match store
-            .set_with(&record_name, &record, options(SetMode::Update(created)))
-            .await
-        {
-            Ok(version) => version,
-            // Expired (or was taken over) between the calls: never held.
-            Err(Error::Conflict { .. }) => return Ok(None),
-            Err(err) => return Err(self.rename(err)),
-        };
         let (state, _) = watch::channel(Held {
             version,
             deadline: started + self.ttl,
@@ -203,7 +181,7 @@ impl LeaseRequest {
         });
         Ok(Some(Lease {
             inner: Arc::new(LeaseInner {
-                store: store.clone(),
+                store: self.store.clone(),
                 name: self.name.clone(),
                 record_name,
                 record,
@@ -251,6 +229,90 @@ impl LeaseRequest {
             });
         }
         Ok(())
+    }
+
+    /// The backend's one-call acquisition: `None` when it has none.
+    async fn acquire_native(
+        &self,
+        record_name: &str,
+        record: &Record,
+    ) -> Result<Option<Option<(u64, crate::Version)>>> {
+        let store = &self.store;
+        store.check(Operation::Set)?;
+        let rename = |e| self.rename(e);
+        let record_key = store.key(record_name).map_err(rename)?;
+        let counter_key = store.key(&counter_name(&self.name)).map_err(rename)?;
+        // `{"holder":…,"nonce":…,"token":null}`, the token spliced in by the backend.
+        let json =
+            serde_json::to_string(record).map_err(|e| Error::serialization(&self.name, &e))?;
+        let before_token = json.strip_suffix("null}").unwrap_or(&json);
+        let request = LeaseAcquire {
+            record_key: &record_key,
+            counter_key: &counter_key,
+            before_token: before_token.as_bytes(),
+            after_token: b"}",
+            ttl: self.ttl,
+        };
+        let grant = store
+            .backend()
+            .acquire_lease(&request)
+            .instrument(store.span("acquire_lease", 2))
+            .await
+            .map_err(|e| self.rename(store.rename(e)))?;
+        Ok(match grant {
+            LeaseGrant::Granted { token, version } => Some(Some((token, version))),
+            LeaseGrant::Held => Some(None),
+            LeaseGrant::NotNative => None,
+        })
+    }
+
+    /// Acquisition from the contract's operations: create the record if absent, increment
+    /// the counter, then write the token into the record if it is still the one created.
+    async fn acquire_composed(
+        &self,
+        record_name: &str,
+        record: &Record,
+    ) -> Result<Option<(u64, crate::Version)>> {
+        let store = &self.store;
+        let options = |mode| SetOptions::new().mode(mode).ttl(self.ttl);
+        let created = match store
+            .set_with(record_name, record, options(SetMode::Create))
+            .await
+        {
+            Ok(version) => version,
+            Err(Error::Conflict { .. }) => return Ok(None),
+            Err(err) => return Err(self.rename(err)),
+        };
+        let counted = store
+            .increment(&counter_name(&self.name), 1, None)
+            .await
+            .map_err(|e| self.rename(e));
+        let token = match counted.map(u64::try_from) {
+            Ok(Ok(token)) if token > 0 => token,
+            Ok(_) => {
+                self.abandon(record_name, &created).await;
+                return Err(Error::NotAnInteger {
+                    key: self.name.clone(),
+                });
+            }
+            Err(err) => {
+                self.abandon(record_name, &created).await;
+                return Err(err);
+            }
+        };
+        let with_token = Record {
+            token: Some(token),
+            ..record.clone()
+        };
+        match store
+            .set_with(record_name, &with_token, options(SetMode::Update(created)))
+            .await
+        {
+            Ok(version) => Ok(Some((token, version))),
+            // Expired (or was taken over) between the calls: never held.
+            Err(Error::Conflict { .. }) => Ok(None),
+            Err(err) => Err(self.rename(err)),
+        }
     }
 
     /// Best effort: a record this request created but cannot complete is removed rather than
@@ -524,7 +586,12 @@ impl StateStore {
     ///
     /// [`Error::LeaseLost`] as above; as [`LeaseRequest::try_acquire`]. A failed release after
     /// `body` is not an error: the lease then ends with its TTL.
-    pub async fn with_lease<F, Fut, R>(&self, name: &str, ttl: Duration, body: F) -> Result<Option<R>>
+    pub async fn with_lease<F, Fut, R>(
+        &self,
+        name: &str,
+        ttl: Duration,
+        body: F,
+    ) -> Result<Option<R>>
     where
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = R>,
@@ -554,7 +621,7 @@ impl StateStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] when `lease:<name>` holds something else; what the store returns.
+    /// [`Error::Decode`] when `lease:{<name>}` holds something else; what the store returns.
     pub async fn leader(&self, name: &str) -> Result<Option<String>> {
         Ok(self
             .get::<Record>(&record_name(name))
@@ -743,7 +810,11 @@ async fn campaign(
                 match request.store.leader(&request.name).await {
                     Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
                         seen_leader = Some(id.clone());
-                        if events.send(Ok(LeaderEvent::NewLeader { id })).await.is_err() {
+                        if events
+                            .send(Ok(LeaderEvent::NewLeader { id }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -58,8 +58,8 @@ mod store;
 mod typed;
 
 pub use backend::{
-    increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode,
-    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
+    increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, LeaseAcquire,
+    LeaseGrant, SetMode, SetOptions, Version, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
@@ -67,7 +67,7 @@ pub use config::{
 pub use error::{BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
 pub use lease::{
-    Election, Fenced, FencingToken, Lease, LeaseRequest, LeaderEvent, DEFAULT_LEASE_TTL,
+    Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,
     MIN_LEASE_TTL,
 };
 pub use memory::DefaultStateStore;

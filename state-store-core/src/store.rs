@@ -520,7 +520,7 @@ impl StateStore {
 
     /// A backend error naming a stored key, made to name the caller's name: another tenant's
     /// prefix (or a backend's escaping) never shows in this handle's errors.
-    fn rename(&self, error: Error) -> Error {
+    pub(crate) fn rename(&self, error: Error) -> Error {
         let prefix = self.inner.config.key_prefix.as_str();
         if prefix.is_empty() {
             return error;

@@ -11,7 +11,8 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, CloseFlag, Entry, Error, Result, SetMode, SetOptions, Version,
+    Backend, Capabilities, CloseFlag, Entry, Error, LeaseAcquire, LeaseGrant, Result, SetMode,
+    SetOptions, Version,
 };
 
 use crate::config::RedisConfig;
@@ -64,6 +65,19 @@ return ARGV[1]",
     )
 });
 
+/// A lease in one call: when the record `KEYS[1]` is absent, `INCR` the token counter
+/// `KEYS[2]` and store `ARGV[1] .. token .. ARGV[2]` with `PX ARGV[3]`. Returns
+/// `"<token> <sha1 of the record>"`, or nil when the lease is held.
+static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local token = string.format('%d', redis.call('INCR', KEYS[2]))
+local record = ARGV[1] .. token .. ARGV[2]
+redis.call('SET', KEYS[1], record, 'PX', ARGV[3])
+return token .. ' ' .. redis.sha1hex(record)",
+    )
+});
+
 /// The Redis state store.
 ///
 /// # Wire format (shared with PURISTA)
@@ -83,7 +97,9 @@ return ARGV[1]",
 /// One round trip each: `get_state` of N names is one `MGET` (in a cluster one `MGET` per hash
 /// slot, sent concurrently, answers in request order); a write is `SET` (`PX` for a TTL,
 /// `NX` for `Create`); `Update` and conditional remove are one Lua script each; `increment` is
-/// `INCRBY`, or a script making the TTL-on-create atomic with it.
+/// `INCRBY`, or a script making the TTL-on-create atomic with it. Taking a lease is one script
+/// (the record and its token counter share a hash slot: `lease:{name}`); renewing and
+/// releasing are the `Update` and conditional-remove scripts.
 ///
 /// A client built by this crate does not resend a command after a lost connection (fred's
 /// default is to retry up to three times, which could apply an `INCRBY` twice): the call fails
@@ -369,6 +385,49 @@ impl Backend for RedisStateStore {
                 map(err)
             }
         })
+    }
+
+    async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
+        self.check_open()?;
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        if self.clustered && slot(request.record_key) != slot(request.counter_key) {
+            // A prefix or name that defeats the hash tag (say `{}`): the composed path works
+            // on any keys.
+            return Ok(LeaseGrant::NotNative);
+        }
+        let granted: Option<String> = ACQUIRE_LEASE
+            .evalsha_with_reload(
+                &self.client,
+                vec![request.record_key, request.counter_key],
+                vec![
+                    text(request.before_token)?,
+                    text(request.after_token)?,
+                    &px(request.ttl).to_string(),
+                ],
+            )
+            .await
+            .map_err(|err| {
+                if is_not_an_integer(&err) {
+                    Error::NotAnInteger {
+                        key: request.counter_key.to_owned(),
+                    }
+                } else {
+                    map(err)
+                }
+            })?;
+        let Some(granted) = granted else {
+            return Ok(LeaseGrant::Held);
+        };
+        let parsed = granted
+            .split_once(' ')
+            .and_then(|(token, sha)| Some((token.parse().ok()?, Version::new(sha))));
+        match parsed {
+            Some((token, version)) => Ok(LeaseGrant::Granted { token, version }),
+            None => Err(Error::backend(
+                STORE,
+                "the lease script gave an unreadable answer",
+            )),
+        }
     }
 
     async fn close(&self) -> Result<()> {
