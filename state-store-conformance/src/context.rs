@@ -1,5 +1,8 @@
 //! How a case gets its stores: a factory, a fresh prefix, and a runner.
 
+// A test suite reports a failure (here: a worker process that cannot run) by panicking.
+#![allow(clippy::expect_used)]
+
 use std::future::Future;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};

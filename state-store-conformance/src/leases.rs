@@ -43,7 +43,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 async fn lease_store(ctx: &Context) -> Option<StateStore> {
     let store = ctx.store().await;
     let caps = store.capabilities();
-    if caps.ttl && caps.conditional && caps.increment {
+    if caps.leases() {
         return Some(store);
     }
     match store.lease("unsupported").try_acquire().await {

@@ -251,6 +251,15 @@ impl Capabilities {
         self
     }
 
+    /// Whether [`StateStore::lease`](crate::StateStore::lease) and
+    /// [`StateStore::elect`](crate::StateStore::elect) work: they need atomic expiry,
+    /// conditional writes and atomic increments. Tokens survive a server restart where the
+    /// store is [`persistent`](Capabilities::persistent) (and, on Redis, persists each write:
+    /// see the crate docs).
+    pub fn leases(&self) -> bool {
+        self.ttl && self.conditional && self.increment
+    }
+
     /// Everything supported; limits of 1 KiB keys and 1 MiB values.
     pub fn full() -> Self {
         Capabilities {

@@ -218,11 +218,10 @@ impl LeaseRequest {
 
     fn check(&self) -> Result<()> {
         let caps = self.store.capabilities();
-        self.store.require(caps.ttl, "atomic expiry (leases)")?;
-        self.store
-            .require(caps.conditional, "conditional writes (leases)")?;
-        self.store
-            .require(caps.increment, "atomic increment (lease fencing tokens)")?;
+        self.store.require(
+            caps.leases(),
+            "leases (they need atomic expiry, conditional writes and atomic increments)",
+        )?;
         if self.ttl < MIN_LEASE_TTL || self.ttl > MAX_TTL {
             return Err(Error::InvalidTtl {
                 key: self.name.clone(),

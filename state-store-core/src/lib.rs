@@ -47,6 +47,42 @@
 //! # }
 //! ```
 
+//!
+//! # Locks and leader election
+//!
+//! [`StateStore::lease`] takes an expiring lock with a [`FencingToken`] that grows strictly per
+//! name across holders, releases, expiry and removals (and server restarts on persistent
+//! stores); [`StateStore::with_lease`] runs a body while renewing, [`StateStore::elect`]
+//! campaigns for leadership, and [`StateStore::set_fenced`] is a write that refuses tokens
+//! older than the highest it has seen. They work wherever [`Capabilities::leases`] holds.
+//!
+//! An expiring lock is an *efficiency* lock: a holder paused past its TTL (GC, swapping, a
+//! slow disk) can wake up still acting as the holder while the next one works. For
+//! *correctness*, every write a holder makes must carry its token and be checked where it
+//! lands — [`StateStore::set_fenced`] here, a token column elsewhere. [`Lease::lost`] fires at
+//! a local deadline that starts before the request that took or renewed the lease, so it
+//! passes before the server's; what remains assumed is that clocks tick at about the same rate
+//! during one TTL (and, on NATS, whose deadlines are written by the writer's clock, that
+//! clients' clocks agree). A lease is not released on drop (that would need to wait for the
+//! server); its TTL ends it.
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use state_store_core::{DefaultStateStore, StateStore};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), state_store_core::Error> {
+//! let store = StateStore::new(DefaultStateStore::new());
+//! let ran = store
+//!     .with_lease("nightly-report", Duration::from_secs(30), |lease| {
+//!         let store = store.clone();
+//!         async move { store.set_fenced("report:status", &"done", lease.fencing_token()).await }
+//!     })
+//!     .await?;
+//! assert!(matches!(ran, Some(Ok(()))));
+//! # Ok(())
+//! # }
+//! ```
+
 mod backend;
 mod config;
 mod error;
