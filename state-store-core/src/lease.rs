@@ -55,7 +55,7 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// second-granular backends make shorter leases meaningless.
 pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
 
-/// A number that grows with every new holder of a lease name; see [the module](self).
+/// A number that grows with every new holder of a lease name; see the crate docs on locks.
 ///
 /// Compare tokens of the same name only. Hand it to whatever the holder writes to, and have
 /// that storage refuse tokens lower than the highest it has seen
