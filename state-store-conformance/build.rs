@@ -7,7 +7,12 @@ use std::path::Path;
 
 fn main() {
     let mut names = Vec::new();
-    for file in ["src/cases.rs", "src/model.rs", "src/leases.rs"] {
+    for file in [
+        "src/cases.rs",
+        "src/model.rs",
+        "src/leases.rs",
+        "src/limits.rs",
+    ] {
         println!("cargo:rerun-if-changed={file}");
         let source = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
         for line in source.lines() {

@@ -75,6 +75,7 @@ pub mod cases;
 mod context;
 pub mod faults;
 mod leases;
+mod limits;
 mod model;
 
 pub use context::{across_processes, run_case, Context, ProcessFactory, StoreFactory, Worker};

@@ -359,8 +359,85 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(LeaseGrant::NotNative)
     }
 
+    /// Answers a rate-limit check in one atomic call, where the backend can (Redis: one
+    /// script, on the server's clock). `Ok(None)` (the default): the
+    /// [`Limiter`](crate::Limiter) composes it from compare-and-set (GCRA) or `increment`
+    /// (fixed window). A native answer must match the composed one: GCRA stores the
+    /// theoretical arrival time as a JSON integer of microseconds since the Unix epoch, with a
+    /// TTL until it is reached; a fixed window is an integer counter whose TTL starts with
+    /// the window.
+    async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
+        let _ = request;
+        Ok(None)
+    }
+
     /// Closes connections and stops background work. Later calls fail.
     async fn close(&self) -> Result<()>;
+}
+
+/// A native rate-limit check: [`Backend::rate_limit`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RateLimitRequest<'a> {
+    /// The key holding the limiter's state (prefixed).
+    pub key: &'a str,
+    /// The algorithm and its parameters.
+    pub algorithm: RateAlgorithm,
+    /// The request's weight.
+    pub cost: u64,
+    /// False for a peek: answer, change nothing.
+    pub write: bool,
+}
+
+/// A rate-limit algorithm: [`RateLimitRequest::algorithm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateAlgorithm {
+    /// The generic cell rate algorithm.
+    Gcra {
+        /// Time one unit of cost takes to restore.
+        emission_interval: Duration,
+        /// Most units at once.
+        burst: u64,
+    },
+    /// A counter per window, the window starting at its first request.
+    FixedWindow {
+        /// Units per window.
+        limit: u64,
+        /// The window's length.
+        window: Duration,
+    },
+}
+
+/// A native rate-limit answer: [`Backend::rate_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitReply {
+    /// Whether the request passes.
+    pub allowed: bool,
+    /// Units that would pass now after this request.
+    pub remaining: u64,
+    /// When denied, the wait until it would pass; `None` when allowed or never.
+    pub retry_after: Option<Duration>,
+    /// The wait until the limit is fully restored.
+    pub reset_after: Duration,
+}
+
+impl RateLimitReply {
+    /// A reply, for backend implementors.
+    pub fn new(
+        allowed: bool,
+        remaining: u64,
+        retry_after: Option<Duration>,
+        reset_after: Duration,
+    ) -> Self {
+        RateLimitReply {
+            allowed,
+            remaining,
+            retry_after,
+            reset_after,
+        }
+    }
 }
 
 /// A native lease acquisition: [`Backend::acquire_lease`].
@@ -423,6 +500,9 @@ macro_rules! forward_backend {
             }
             async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
                 (**self).acquire_lease(request).await
+            }
+            async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
+                (**self).rate_limit(request).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

@@ -89,13 +89,15 @@ mod error;
 mod key;
 mod lease;
 mod memory;
+mod ratelimit;
 mod retry;
 mod store;
 mod typed;
 
 pub use backend::{
     increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, LeaseAcquire,
-    LeaseGrant, SetMode, SetOptions, Version, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
+    LeaseGrant, RateAlgorithm, RateLimitReply, RateLimitRequest, SetMode, SetOptions, Version,
+    CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
@@ -107,6 +109,7 @@ pub use lease::{
     MIN_LEASE_TTL,
 };
 pub use memory::DefaultStateStore;
+pub use ratelimit::{Decision, FailurePolicy, Limiter, Quota};
 pub use retry::Backoff;
 pub use store::{StateEntry, StateMap, StateStore};
 

@@ -11,8 +11,8 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, CloseFlag, Entry, Error, LeaseAcquire, LeaseGrant, Result, SetMode,
-    SetOptions, Version,
+    Backend, Capabilities, CloseFlag, Entry, Error, LeaseAcquire, LeaseGrant, RateAlgorithm,
+    RateLimitReply, RateLimitRequest, Result, SetMode, SetOptions, Version,
 };
 
 use crate::config::RedisConfig;
@@ -75,6 +75,55 @@ local token = string.format('%d', redis.call('INCR', KEYS[2]))
 local record = ARGV[1] .. token .. ARGV[2]
 redis.call('SET', KEYS[1], record, 'PX', ARGV[3])
 return token .. ' ' .. redis.sha1hex(record)",
+    )
+});
+
+/// GCRA on the server's clock: `KEYS[1]` holds the theoretical arrival time (µs since the
+/// epoch, as an integer). `ARGV`: emission interval µs, burst, cost, write (`1`/`0`). Returns
+/// `{allowed, remaining, retry_after µs (-1: none), reset_after µs}`. The arithmetic is the
+/// core's `gcra` (Lua numbers are doubles: exact for µs timestamps until the year 2255).
+static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tolerance = interval * burst
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then
+  tat = tonumber(stored)
+  if not tat then return redis.error_reply('ERR value is not an integer or out of range') end
+end
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+if new_tat - now <= tolerance then
+  if ARGV[4] == '1' then
+    redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+  end
+  return {1, math.floor((tolerance - (new_tat - now)) / interval), -1, new_tat - now}
+end
+local retry = -1
+if cost <= burst then retry = new_tat - now - tolerance end
+return {0, math.floor(math.max(0, tolerance - (tat - now)) / interval), retry, tat - now}",
+    )
+});
+
+/// A fixed window: `INCRBY KEYS[1] ARGV[1]` (when `ARGV[3] == '1'`), a new window gets
+/// `PEXPIRE ARGV[2]`. Returns `{count, ms left in the window}`.
+static FIXED_WINDOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local count
+if ARGV[3] == '1' then
+  local fresh = redis.call('EXISTS', KEYS[1]) == 0
+  count = redis.call('INCRBY', KEYS[1], ARGV[1])
+  if fresh then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+else
+  count = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if not count then return redis.error_reply('ERR value is not an integer or out of range') end
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then left = tonumber(ARGV[2]) end
+return {count, left}",
     )
 });
 
@@ -427,6 +476,73 @@ impl Backend for RedisStateStore {
                 STORE,
                 "the lease script gave an unreadable answer",
             )),
+        }
+    }
+
+    async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
+        self.check_open()?;
+        let not_an_integer = |err: fred::error::Error| {
+            if is_not_an_integer(&err) {
+                Error::NotAnInteger {
+                    key: request.key.to_owned(),
+                }
+            } else {
+                map(err)
+            }
+        };
+        let write = if request.write { "1" } else { "0" };
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        match request.algorithm {
+            RateAlgorithm::Gcra {
+                emission_interval,
+                burst,
+            } => {
+                let (allowed, remaining, retry, reset): (i64, i64, i64, i64) = GCRA
+                    .evalsha_with_reload(
+                        &self.client,
+                        request.key,
+                        vec![
+                            micros(emission_interval).max(1).to_string(),
+                            burst.to_string(),
+                            request.cost.to_string(),
+                            write.to_owned(),
+                        ],
+                    )
+                    .await
+                    .map_err(not_an_integer)?;
+                let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+                Ok(Some(RateLimitReply::new(
+                    allowed == 1,
+                    u64::try_from(remaining).unwrap_or(0),
+                    (retry >= 0).then(|| us(retry)),
+                    us(reset),
+                )))
+            }
+            RateAlgorithm::FixedWindow { limit, window } => {
+                let (count, left): (i64, i64) = FIXED_WINDOW
+                    .evalsha_with_reload(
+                        &self.client,
+                        request.key,
+                        vec![
+                            request.cost.to_string(),
+                            px(window).to_string(),
+                            write.to_owned(),
+                        ],
+                    )
+                    .await
+                    .map_err(not_an_integer)?;
+                let used = u64::try_from(count).unwrap_or(0)
+                    + if request.write { 0 } else { request.cost };
+                let allowed = used <= limit;
+                let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                Ok(Some(RateLimitReply::new(
+                    allowed,
+                    limit.saturating_sub(used),
+                    (!allowed && request.cost <= limit).then_some(left),
+                    left,
+                )))
+            }
+            _ => Ok(None),
         }
     }
 
