@@ -130,3 +130,33 @@ pub async fn lease_tokens_survive_restart(server: &mut dyn TestServer, store: &S
         after.fencing_token()
     );
 }
+
+/// With the server down, a limiter follows its [`FailurePolicy`](state_store_core::FailurePolicy):
+/// `Open` allows, `Closed` denies with a `retry_after`; neither hangs or errors.
+pub async fn limiter_follows_its_failure_policy(server: &mut dyn TestServer, store: &StateStore) {
+    use state_store_core::{FailurePolicy, Limiter, Quota};
+    let open = Limiter::gcra(store, Quota::per_minute(1)).failure_policy(FailurePolicy::Open);
+    let closed = Limiter::gcra(store, Quota::per_minute(1)).failure_policy(FailurePolicy::Closed);
+    let first = open
+        .check("policy")
+        .await
+        .expect("check with the server up");
+    assert!(first.allowed);
+    assert!(
+        !open.check("policy").await.expect("check").allowed,
+        "the quota is one"
+    );
+    server.crash();
+    let down = tokio::time::timeout(PATIENCE, open.check("policy"))
+        .await
+        .expect("a check hung with the server down")
+        .expect("fail-open answers");
+    assert!(down.allowed, "fail-open denied: {down:?}");
+    let down = tokio::time::timeout(PATIENCE, closed.check("other"))
+        .await
+        .expect("a check hung with the server down")
+        .expect("fail-closed answers");
+    assert!(!down.allowed, "fail-closed allowed: {down:?}");
+    assert!(down.retry_after.is_some());
+    server.restart().expect("restart the server");
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use state_store_conformance::faults::{
-    killed_server_recovers, lease_tokens_survive_restart, TestServer,
+    killed_server_recovers, lease_tokens_survive_restart, limiter_follows_its_failure_policy,
+    TestServer,
 };
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
@@ -58,6 +59,17 @@ async fn lease_tokens_survive_a_restart() {
     let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
     let store = connect(config).await;
     lease_tokens_survive_restart(&mut server, &store).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limiters_fail_open_or_closed_with_the_server_down() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let store = connect(config).await;
+    limiter_follows_its_failure_policy(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_conformance::faults::{killed_server_recovers, lease_tokens_survive_restart};
+use state_store_conformance::faults::{
+    killed_server_recovers, lease_tokens_survive_restart, limiter_follows_its_failure_policy,
+};
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
 use state_store_testkit::harness::redis::RedisServer;
@@ -42,6 +44,20 @@ async fn lease_tokens_survive_a_restart_with_append_only_persistence() {
         .with_reconnect(0, Duration::from_millis(200));
     let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
     lease_tokens_survive_restart(&mut server, &store).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limiters_fail_open_or_closed_with_the_server_down() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = RedisConfig::from_url(&server.url())
+        .expect("url")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_reconnect(0, Duration::from_millis(200));
+    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    limiter_follows_its_failure_policy(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

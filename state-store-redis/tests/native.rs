@@ -1,9 +1,11 @@
-//! The Redis fast path for leases: one script call per acquisition.
+//! The Redis fast paths: one script call per lease acquisition and per rate-limit check.
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
 use fred::interfaces::{ClientLike, KeysInterface};
-use state_store_core::StateStore;
+use std::time::Duration;
+
+use state_store_core::{Limiter, Quota, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
 use state_store_testkit::harness::redis::RedisServer;
 use state_store_testkit::harness::unavailable;
@@ -23,10 +25,41 @@ async fn calls(store: &RedisStateStore) -> std::collections::HashMap<String, u64
         .collect()
 }
 
+fn server() -> Option<RedisServer> {
+    RedisServer::spawn(&[]).map_or_else(|why| unavailable("redis", &why), Some)
+}
+
+#[tokio::test]
+async fn a_rate_limit_check_is_one_script_call_on_the_server_clock() {
+    let Some(server) = server() else {
+        return;
+    };
+    let connect = || async {
+        RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
+            .await
+            .expect("connect")
+    };
+    let probe = connect().await;
+    let store = StateStore::from(connect().await);
+    let gcra = Limiter::gcra(&store, Quota::per_minute(10));
+    let window = Limiter::fixed_window(&store, 10, Duration::from_secs(60));
+    // Warm the script cache.
+    gcra.check("warm").await.expect("check");
+    window.check("warm").await.expect("check");
+    for (kind, limiter, script_only) in [("gcra", &gcra, "time"), ("window", &window, "pttl")] {
+        let before = calls(&probe).await;
+        assert!(limiter.check("k").await.expect("check").allowed, "{kind}");
+        let after = calls(&probe).await;
+        let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+        assert_eq!(delta("evalsha"), 1, "{kind}: {before:?} then {after:?}");
+        // Only the script runs TIME (GCRA on the server's clock) or PTTL (the window's end).
+        assert_eq!(delta(script_only), 1, "{kind}: {after:?}");
+    }
+}
+
 #[tokio::test]
 async fn taking_a_lease_is_one_script_call() {
-    let Some(server) = RedisServer::spawn(&[]).map_or_else(|why| unavailable("redis", &why), Some)
-    else {
+    let Some(server) = server() else {
         return;
     };
     let backend = RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
