@@ -1,0 +1,134 @@
+//! A small web service whose instances share sessions and a rate limit through one store.
+//!
+//! ```text
+//! cargo run -p examples --bin web -- --port 3000                  # SQLite ./state.db
+//! cargo run -p examples --bin web -- --port 3001                  # a second instance, same file
+//! cargo run -p examples --bin web -- --port 3000 --store redis://127.0.0.1:6379
+//! ```
+//!
+//! `/` shows a page with a session counter (no login: the session cookie is the visitor),
+//! the instance that served it, and a link to `/limited`, which allows `--limit` requests
+//! (default 5) per `--window` seconds (default 60) per client IP — counted across every
+//! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use state_store::{Limiter, StateStore};
+use state_store_tower::{PeerIp, RateLimitLayer, SessionStore};
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+#[derive(Clone)]
+struct App {
+    instance: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = examples::store_url();
+    let port: u16 = flag("--port").map_or(Ok(3000), |p| p.parse())?;
+    let limit: u64 = flag("--limit").map_or(Ok(5), |l| l.parse())?;
+    let window = Duration::from_secs(flag("--window").map_or(Ok(60), |w| w.parse())?);
+    let instance = flag("--instance").unwrap_or_else(|| format!("port {port}"));
+
+    let store: StateStore = state_store::open(&url).await?.with_prefix("web-example");
+    let sessions = SessionManagerLayer::new(SessionStore::new(store.with_prefix("sessions")))
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));
+    let limited = Router::new()
+        .route("/limited", get(limited))
+        .layer(RateLimitLayer::new(
+            Limiter::fixed_window(&store, limit, window),
+            PeerIp,
+        ));
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/api/visits", get(visits_json))
+        .merge(limited)
+        .layer(sessions)
+        .with_state(App {
+            instance: instance.clone(),
+        });
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!(
+        "{instance} listening on http://{} with {}",
+        listener.local_addr()?,
+        examples::redacted(&url)
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    store.destroy().await?;
+    Ok(())
+}
+
+/// Counts this visit in the session; the new count.
+async fn visit(session: &Session) -> Result<u64, tower_sessions::session::Error> {
+    let visits = session.get::<u64>("visits").await?.unwrap_or(0) + 1;
+    session.insert("visits", visits).await?;
+    Ok(visits)
+}
+
+async fn page(State(app): State<App>, session: Session) -> impl IntoResponse {
+    let visits = match visit(&session).await {
+        Ok(visits) => visits.to_string(),
+        Err(err) => format!("unavailable ({err})"),
+    };
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>state-store web example</title>
+<style>body {{ font-family: sans-serif; max-width: 36em; margin: 3em auto; }}
+.count {{ font-size: 3em; font-weight: bold; }}</style></head>
+<body>
+<h1>state-store web example</h1>
+<p>Visits in this session: <span class="count" id="visits">{visits}</span></p>
+<p id="instance">Served by instance <b>{}</b></p>
+<p>Sessions and the <a href="/limited">rate-limited endpoint</a> are shared by every instance
+on the same store: reload on another instance and the count goes on.</p>
+</body>
+</html>"#,
+        html_escape(&app.instance)
+    ))
+}
+
+async fn visits_json(State(app): State<App>, session: Session) -> impl IntoResponse {
+    match visit(&session).await {
+        Ok(visits) => Json(json!({ "instance": app.instance, "visits": visits })).into_response(),
+        Err(err) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("session store: {err}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn limited(State(app): State<App>) -> String {
+    format!("allowed, served by {}\n", app.instance)
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

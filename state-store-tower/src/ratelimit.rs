@@ -1,0 +1,195 @@
+//! A tower layer that rate-limits requests with a [`Limiter`] shared by every instance.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use state_store_core::{Decision, Limiter};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// What a request is limited by.
+///
+/// Implement it for your own keys (a user id from an extension, an API key); `None` lets the
+/// request through without counting it.
+pub trait KeyExtractor: Clone + Send + Sync + 'static {
+    /// The key for `request`, or `None` to let it through unlimited.
+    fn extract<B>(&self, request: &Request<B>) -> Option<String>;
+}
+
+/// Limits by the client's IP address: axum's `ConnectInfo<SocketAddr>` (serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`), or a `SocketAddr` extension.
+/// Behind a proxy, use [`Header`] with the header the proxy sets instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerIp;
+
+impl KeyExtractor for PeerIp {
+    fn extract<B>(&self, request: &Request<B>) -> Option<String> {
+        let extensions = request.extensions();
+        #[cfg(feature = "axum")]
+        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+            return Some(format!("ip:{}", info.0.ip()));
+        }
+        extensions
+            .get::<SocketAddr>()
+            .map(|addr| format!("ip:{}", addr.ip()))
+    }
+}
+
+/// Limits by the value of a request header (an API key, `x-forwarded-for` set by your
+/// proxy); requests without it are let through.
+#[derive(Debug, Clone)]
+pub struct Header(pub HeaderName);
+
+impl KeyExtractor for Header {
+    fn extract<B>(&self, request: &Request<B>) -> Option<String> {
+        let value = request.headers().get(&self.0)?.to_str().ok()?;
+        Some(format!("{}:{value}", self.0))
+    }
+}
+
+/// One limit for all requests together.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Global;
+
+impl KeyExtractor for Global {
+    fn extract<B>(&self, _: &Request<B>) -> Option<String> {
+        Some("global".to_owned())
+    }
+}
+
+/// A [`Layer`] that checks every request against a [`Limiter`]: allowed requests go on with
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers added to the
+/// response; denied ones get `429 Too Many Requests` with the same headers and `Retry-After`
+/// (seconds, rounded up). When the limiter fails for a reason its
+/// [`FailurePolicy`](state_store_core::FailurePolicy) does not cover (say, a bad key), the
+/// request gets `500` and the error is logged.
+///
+/// ```
+/// # use std::time::Duration;
+/// use state_store_core::{DefaultStateStore, Limiter, Quota, StateStore};
+/// use state_store_tower::{PeerIp, RateLimitLayer};
+///
+/// let store = StateStore::new(DefaultStateStore::new());
+/// let layer = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_minute(60)), PeerIp);
+/// // axum::Router::new().route(..).layer(layer)
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer<K> {
+    limiter: Arc<Limiter>,
+    key: K,
+}
+
+impl<K: KeyExtractor> RateLimitLayer<K> {
+    /// Limits requests by `key` with `limiter`.
+    pub fn new(limiter: Limiter, key: K) -> Self {
+        RateLimitLayer {
+            limiter: Arc::new(limiter),
+            key,
+        }
+    }
+}
+
+impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
+    type Service = RateLimit<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            limiter: Arc::clone(&self.limiter),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] wraps around yours.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S, K> {
+    inner: S,
+    limiter: Arc<Limiter>,
+    key: K,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, K, B, ResBody> Service<Request<B>> for RateLimit<S, K>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    K: KeyExtractor,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let key = self.key.extract(&request);
+        // The ready service answers this request; the clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = Arc::clone(&self.limiter);
+        Box::pin(async move {
+            let Some(key) = key else {
+                return inner.call(request).await;
+            };
+            match limiter.check(&key).await {
+                Ok(decision) if decision.allowed => {
+                    let mut response = inner.call(request).await?;
+                    add_headers(&mut response, &decision);
+                    Ok(response)
+                }
+                Ok(decision) => {
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    add_headers(&mut response, &decision);
+                    if let Some(wait) = decision.retry_after {
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, seconds(wait));
+                    }
+                    Ok(response)
+                }
+                Err(err) => {
+                    tracing::error!("rate limiter failed: {err}");
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+fn add_headers<B>(response: &mut Response<B>, decision: &Decision) {
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(decision.limit),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        seconds(decision.reset_after),
+    );
+}
+
+/// Whole seconds, rounded up.
+fn seconds(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs)
+}
