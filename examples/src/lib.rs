@@ -46,3 +46,8 @@ pub fn redacted(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// The repository README, compiled as a doctest so its Rust examples stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

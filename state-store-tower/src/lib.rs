@@ -31,3 +31,8 @@ pub use ratelimit::{Global, Header, KeyExtractor, PeerIp, RateLimit, RateLimitLa
 pub use sessions::SessionStore;
 /// Re-exported so versions match.
 pub use state_store_core;
+
+/// The crate README, compiled as a doctest so its example stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

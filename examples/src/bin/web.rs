@@ -10,6 +10,7 @@
 //! the instance that served it, and a link to `/limited`, which allows `--limit` requests
 //! (default 5) per `--window` seconds (default 60) per client IP — counted across every
 //! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
+//! `--prefix` (default `web-example`) keeps one deployment's state apart from another's.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,8 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit: u64 = flag("--limit").map_or(Ok(5), |l| l.parse())?;
     let window = Duration::from_secs(flag("--window").map_or(Ok(60), |w| w.parse())?);
     let instance = flag("--instance").unwrap_or_else(|| format!("port {port}"));
+    let prefix = flag("--prefix").unwrap_or_else(|| "web-example".to_owned());
 
-    let store: StateStore = state_store::open(&url).await?.with_prefix("web-example");
+    let store: StateStore = state_store::open(&url).await?.with_prefix(&prefix);
     let sessions = SessionManagerLayer::new(SessionStore::new(store.with_prefix("sessions")))
         .with_secure(false)
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));

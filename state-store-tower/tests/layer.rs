@@ -1,0 +1,118 @@
+//! The rate-limit layer's HTTP behaviour: headers on every answer, 429 with Retry-After,
+//! keys from the extractor, unlimited requests without a key, 500 when the limiter fails.
+
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response, StatusCode};
+use state_store::{Limiter, Quota, StateStore, StoreConfig};
+use state_store_tower::{Global, Header, PeerIp, RateLimitLayer};
+use tower::{Layer, ServiceExt};
+
+async fn ok(_: Request<()>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new("hello".to_owned()))
+}
+
+fn from(ip: [u8; 4]) -> Request<()> {
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(SocketAddr::from((ip, 40000)));
+    request
+}
+
+async fn memory() -> StateStore {
+    state_store::open("memory://").await.expect("open")
+}
+
+#[tokio::test]
+async fn allowed_requests_get_headers_and_denied_ones_429_with_retry_after() {
+    let store = memory().await;
+    let layer = RateLimitLayer::new(
+        Limiter::fixed_window(&store, 2, Duration::from_secs(60)),
+        PeerIp,
+    );
+    let service = layer.layer(tower::service_fn(ok));
+    for remaining in ["1", "0"] {
+        let response = service
+            .clone()
+            .oneshot(from([10, 0, 0, 1]))
+            .await
+            .expect("call");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "hello");
+        assert_eq!(response.headers()["ratelimit-limit"], "2");
+        assert_eq!(response.headers()["ratelimit-remaining"], remaining);
+        assert_eq!(response.headers()["ratelimit-reset"], "60");
+    }
+    let denied = service
+        .clone()
+        .oneshot(from([10, 0, 0, 1]))
+        .await
+        .expect("call");
+    assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        denied.body().is_empty(),
+        "the inner service ran for a denied request"
+    );
+    let retry: u64 = denied.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Another client has its own limit.
+    let other = service.oneshot(from([10, 0, 0, 2])).await.expect("call");
+    assert_eq!(other.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn requests_without_a_key_pass_uncounted() {
+    let store = memory().await;
+    let limiter = Limiter::gcra(&store, Quota::per_hour(1));
+    let service = RateLimitLayer::new(limiter, Header(HeaderName::from_static("x-api-key")))
+        .layer(tower::service_fn(ok));
+    for _ in 0..3 {
+        let response = service
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect("call");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("ratelimit-limit").is_none());
+    }
+    let keyed = || {
+        Request::builder()
+            .header("x-api-key", "k1")
+            .body(())
+            .expect("request")
+    };
+    assert_eq!(
+        service
+            .clone()
+            .oneshot(keyed())
+            .await
+            .expect("call")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        service.oneshot(keyed()).await.expect("call").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_failing_limiter_answers_500() {
+    let config = StoreConfig::default().with_enable_set(false);
+    let store = state_store::open_with("memory://", config)
+        .await
+        .expect("open");
+    let limiter = Limiter::gcra(&store, Quota::per_second(10));
+    let service = RateLimitLayer::new(limiter, Global).layer(tower::service_fn(ok));
+    let response = service.oneshot(Request::new(())).await.expect("call");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
