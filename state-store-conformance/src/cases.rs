@@ -17,6 +17,7 @@ use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreC
 use crate::context::Context;
 pub use crate::leases::*;
 pub use crate::limits::*;
+pub use crate::listings::*;
 pub use crate::model::{model_concurrent, model_sequences};
 use crate::report;
 

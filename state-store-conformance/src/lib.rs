@@ -76,6 +76,7 @@ mod context;
 pub mod faults;
 mod leases;
 mod limits;
+mod listings;
 mod model;
 
 pub use context::{across_processes, run_case, Context, ProcessFactory, StoreFactory, Worker};

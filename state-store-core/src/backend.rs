@@ -182,6 +182,10 @@ pub struct Capabilities {
     /// bytes, or removing and re-creating them, gives the same version again. False
     /// everywhere else: a version then never matches a value it was not read from.
     pub versions_from_value: bool,
+    /// [`Backend::list_keys`]: listing stored keys by prefix.
+    pub list: bool,
+    /// [`Backend::watch`]: following changes, and how faithfully.
+    pub watch: WatchSupport,
     /// Longest key in bytes, after the prefix is applied.
     pub max_key_len: usize,
     /// Largest value in bytes (JSON text).
@@ -198,9 +202,23 @@ impl Capabilities {
             batch_get: false,
             persistent: false,
             versions_from_value: false,
+            list: false,
+            watch: WatchSupport::None,
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
         }
+    }
+
+    /// Sets [`Capabilities::list`].
+    pub fn with_list(mut self, on: bool) -> Self {
+        self.list = on;
+        self
+    }
+
+    /// Sets [`Capabilities::watch`].
+    pub fn with_watch(mut self, watch: WatchSupport) -> Self {
+        self.watch = watch;
+        self
     }
 
     /// Sets [`Capabilities::ttl`].
@@ -260,7 +278,9 @@ impl Capabilities {
         self.ttl && self.conditional && self.increment
     }
 
-    /// Everything supported; limits of 1 KiB keys and 1 MiB values.
+    /// Every data operation supported (not [`Capabilities::list`] or
+    /// [`Capabilities::watch`], which a backend declares itself); limits of 1 KiB keys and
+    /// 1 MiB values.
     pub fn full() -> Self {
         Capabilities {
             ttl: true,
@@ -269,9 +289,171 @@ impl Capabilities {
             batch_get: true,
             persistent: true,
             versions_from_value: false,
+            list: false,
+            watch: WatchSupport::None,
             max_key_len: 1024,
             max_value_len: 1024 * 1024,
         }
+    }
+}
+
+/// How a backend follows changes ([`Backend::watch`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchSupport {
+    /// No watch: [`Error::Unsupported`].
+    #[default]
+    None,
+    /// Events can be missed (a slow consumer, a reconnect); every loss is reported as
+    /// [`BackendEvent::Resync`], and watching from a version is refused.
+    Lossy,
+    /// Every change is delivered in order, and a watch can resume after a version without
+    /// gaps.
+    Resumable,
+}
+
+/// A page of stored keys: [`Backend::list_keys`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyPage {
+    /// Stored keys (full, prefixed; backend escaping undone), live ones only.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl KeyPage {
+    /// A page, for backend implementors.
+    pub fn new(keys: Vec<String>, next: Option<String>) -> Self {
+        KeyPage { keys, next }
+    }
+}
+
+/// What a watch follows: [`Backend::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySelector {
+    /// One stored key.
+    Key(String),
+    /// Every stored key starting with this (may be empty: all keys).
+    Prefix(String),
+}
+
+impl KeySelector {
+    /// Whether `key` is selected.
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeySelector::Key(k) => k == key,
+            KeySelector::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Where a watch starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchStart {
+    /// With the next change.
+    Now,
+    /// With the first change after this version (a version a watch event carried);
+    /// [`WatchSupport::Resumable`] backends only.
+    AfterVersion(Version),
+}
+
+/// Why a key went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoveCause {
+    /// Removed by a caller.
+    Removed,
+    /// Its TTL ran out.
+    Expired,
+}
+
+/// A change as a backend reports it: [`Backend::watch`].
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendEvent {
+    /// `key` now holds `value`.
+    Put {
+        /// The stored key.
+        key: String,
+        /// The new value (JSON text).
+        value: Vec<u8>,
+        /// Its version; resume after it with [`WatchStart::AfterVersion`].
+        version: Version,
+    },
+    /// `key` is gone.
+    Removed {
+        /// The stored key.
+        key: String,
+        /// Why.
+        cause: RemoveCause,
+        /// The version of the removal, where the backend has one (resume after it).
+        version: Option<Version>,
+    },
+    /// Events were missed: re-read what you cache.
+    Resync {
+        /// Why (a lagging consumer, a reconnect).
+        reason: String,
+    },
+}
+
+impl fmt::Debug for BackendEvent {
+    // Values can be confidential: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendEvent::Put {
+                key,
+                value,
+                version,
+            } => f
+                .debug_struct("Put")
+                .field("key", key)
+                .field("value", &format_args!("<{} bytes>", value.len()))
+                .field("version", version)
+                .finish(),
+            BackendEvent::Removed {
+                key,
+                cause,
+                version,
+            } => f
+                .debug_struct("Removed")
+                .field("key", key)
+                .field("cause", cause)
+                .field("version", version)
+                .finish(),
+            BackendEvent::Resync { reason } => {
+                f.debug_struct("Resync").field("reason", reason).finish()
+            }
+        }
+    }
+}
+
+/// The stream [`Backend::watch`] returns.
+pub type WatchStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<BackendEvent>> + Send>>;
+
+/// A [`WatchStream`] fed through a channel, for backends that watch from a task: send events
+/// into the sender; when the stream is dropped, sends fail (and `closed()` completes), which
+/// tells the task to stop.
+pub fn watch_channel(
+    buffer: usize,
+) -> (tokio::sync::mpsc::Sender<Result<BackendEvent>>, WatchStream) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+    (tx, Box::pin(ChannelStream(rx)))
+}
+
+struct ChannelStream(tokio::sync::mpsc::Receiver<Result<BackendEvent>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<BackendEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -347,6 +529,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Adds `delta` to the integer at `key` and returns the new value.
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64>;
+
+    /// Lists live stored keys starting with `prefix`, at most `limit` per page, from where
+    /// `after` (a previous page's [`KeyPage::next`]) left off. Ordered backends return keys in
+    /// byte order and use the last key as the cursor. The default is
+    /// [`Error::Unsupported`]; a backend that lists declares [`Capabilities::list`].
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let _ = (prefix, after, limit);
+        Err(Error::unsupported(self.name(), "listing keys"))
+    }
+
+    /// Follows changes of the selected keys. The default is [`Error::Unsupported`]; a backend
+    /// that watches declares [`Capabilities::watch`], and a [`WatchSupport::Lossy`] one
+    /// refuses [`WatchStart::AfterVersion`] with [`Error::Unsupported`].
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        let _ = (selector, start);
+        Err(Error::unsupported(self.name(), "watching changes"))
+    }
 
     /// Takes a lease in one atomic call, where the backend can (Redis: one script): if
     /// `request.record_key` is absent, increment the integer at `request.counter_key` (no
@@ -503,6 +702,12 @@ macro_rules! forward_backend {
             }
             async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
                 (**self).rate_limit(request).await
+            }
+            async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+                (**self).list_keys(prefix, after, limit).await
+            }
+            async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+                (**self).watch(selector, start).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

@@ -88,6 +88,7 @@ mod config;
 mod error;
 mod key;
 mod lease;
+mod listing;
 mod memory;
 mod ratelimit;
 mod retry;
@@ -95,9 +96,10 @@ mod store;
 mod typed;
 
 pub use backend::{
-    increment_with_cas, parse_counter, Backend, Capabilities, CloseFlag, Entry, LeaseAcquire,
-    LeaseGrant, RateAlgorithm, RateLimitReply, RateLimitRequest, SetMode, SetOptions, Version,
-    CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
+    increment_with_cas, parse_counter, watch_channel, Backend, BackendEvent, Capabilities,
+    CloseFlag, Entry, KeyPage, KeySelector, LeaseAcquire, LeaseGrant, RateAlgorithm,
+    RateLimitReply, RateLimitRequest, RemoveCause, SetMode, SetOptions, Version, WatchStart,
+    WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
@@ -108,6 +110,7 @@ pub use lease::{
     Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,
     MIN_LEASE_TTL,
 };
+pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};
 pub use memory::DefaultStateStore;
 pub use ratelimit::{Decision, FailurePolicy, Limiter, Quota};
 pub use retry::Backoff;

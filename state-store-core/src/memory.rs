@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use tokio::sync::broadcast;
+
 use crate::backend::{
-    parse_counter, Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version,
+    parse_counter, watch_channel, Backend, BackendEvent, Capabilities, CloseFlag, Entry, KeyPage,
+    KeySelector, RemoveCause, SetMode, SetOptions, Version, WatchStart, WatchStream, WatchSupport,
 };
 use crate::error::{Error, Result};
 
@@ -16,6 +19,8 @@ use crate::error::{Error, Result};
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Most expired keys one sweep removes, so one pass never holds the lock for long.
 const SWEEP_BATCH: usize = 10_000;
+/// Events a watcher may fall behind by before it gets a `Resync`.
+const WATCH_BUFFER: usize = 4096;
 
 /// The in-memory default store, mirroring PURISTA's `DefaultStateStore`.
 ///
@@ -49,12 +54,24 @@ struct Shared {
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-#[derive(Default)]
 struct State {
     slots: HashMap<String, Slot>,
     /// Keys with a deadline, ordered by deadline: the sweep pops from the front.
     deadlines: BTreeSet<(Instant, u64, String)>,
     last_version: u64,
+    /// Changes, for watchers (sent only while somebody watches).
+    events: broadcast::Sender<BackendEvent>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            slots: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            last_version: 0,
+            events: broadcast::channel(WATCH_BUFFER).0,
+        }
+    }
 }
 
 struct Slot {
@@ -75,8 +92,23 @@ impl State {
         let expired = self.slots.get(key).is_some_and(|slot| !slot.live(now));
         if expired {
             self.remove(key);
+            self.announce_removal(key, RemoveCause::Expired);
         }
         self.slots.get(key)
+    }
+
+    fn watched(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    fn announce_removal(&self, key: &str, cause: RemoveCause) {
+        if self.watched() {
+            let _ = self.events.send(BackendEvent::Removed {
+                key: key.to_owned(),
+                cause,
+                version: None,
+            });
+        }
     }
 
     fn write(&mut self, key: &str, value: Vec<u8>, expires_at: Option<Instant>) -> u64 {
@@ -85,6 +117,13 @@ impl State {
         let version = self.last_version;
         if let Some(at) = expires_at {
             self.deadlines.insert((at, version, key.to_owned()));
+        }
+        if self.watched() {
+            let _ = self.events.send(BackendEvent::Put {
+                key: key.to_owned(),
+                value: value.clone(),
+                version: Version::new(version.to_string()),
+            });
         }
         self.slots.insert(
             key.to_owned(),
@@ -114,6 +153,7 @@ impl State {
             }
             if let Some((_, _, key)) = self.deadlines.pop_first() {
                 self.slots.remove(&key);
+                self.announce_removal(&key, RemoveCause::Expired);
                 removed += 1;
             }
         }
@@ -234,6 +274,8 @@ impl Backend for DefaultStateStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
             .with_persistent(false)
+            .with_list(true)
+            .with_watch(WatchSupport::Lossy)
             .with_max_key_len(64 * 1024)
             .with_max_value_len(512 * 1024 * 1024)
     }
@@ -282,8 +324,71 @@ impl Backend for DefaultStateStore {
                     key: key.to_owned(),
                 })
             }
-            _ => Ok(state.remove(key).is_some()),
+            _ => {
+                let removed = state.remove(key).is_some();
+                if removed {
+                    state.announce_removal(key, RemoveCause::Removed);
+                }
+                Ok(removed)
+            }
         }
+    }
+
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let state = self.open()?;
+        let now = Instant::now();
+        let mut keys: Vec<&String> = state
+            .slots
+            .iter()
+            .filter(|(key, slot)| {
+                slot.live(now)
+                    && key.starts_with(prefix)
+                    && after.is_none_or(|after| key.as_str() > after)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        let keys: Vec<String> = keys.into_iter().take(limit).cloned().collect();
+        let next = more.then(|| keys.last().cloned()).flatten();
+        Ok(KeyPage::new(keys, next))
+    }
+
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        if matches!(start, WatchStart::AfterVersion(_)) {
+            return Err(Error::unsupported(
+                "memory",
+                "resuming a watch from a version",
+            ));
+        }
+        let mut events = self.open()?.events.subscribe();
+        let (tx, stream) = watch_channel(64);
+        let selector = selector.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    () = tx.closed() => return,
+                };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => BackendEvent::Resync {
+                        reason: format!("the watcher fell {missed} changes behind"),
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let selected = match &event {
+                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
+                        selector.matches(key)
+                    }
+                    _ => true,
+                };
+                if selected && tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(stream)
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
@@ -309,6 +414,7 @@ impl Backend for DefaultStateStore {
         if let Some(task) = lock(&self.shared.sweeper).take() {
             task.abort();
         }
+        // Watchers end: their channel closes with the old state.
         *self.lock() = State::default();
         Ok(())
     }

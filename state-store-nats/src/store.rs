@@ -3,15 +3,19 @@
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv, Context};
 use async_nats::{ConnectOptions, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
+use futures_util::StreamExt;
 use state_store_core::{
-    increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
-    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES,
+    increment_with_cas, watch_channel, Backend, BackendEvent, Backoff, Capabilities, CloseFlag,
+    Entry, Error, KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions, Version,
+    WatchStart, WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, PREFIX_SEPARATOR,
 };
 
 use crate::config::{Credentials, NatsConfig};
@@ -95,6 +99,8 @@ pub struct NatsStateStore {
     /// own writes.
     leader_reads: bool,
     max_value_len: usize,
+    /// How long a listing waits for the server's next message.
+    request_timeout: Duration,
     closed: CloseFlag,
 }
 
@@ -207,6 +213,7 @@ impl NatsStateStore {
             ttl,
             marker_ttl: ttl.then_some(config.marker_ttl),
             max_value_len,
+            request_timeout: config.timeouts.request,
             closed: CloseFlag::new(),
         })
     }
@@ -242,6 +249,36 @@ impl NatsStateStore {
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(err) => Err(error::direct_get(err)),
         }
+    }
+
+    /// An ordered push consumer on the keys under `prefix`'s whole `:` segments.
+    async fn consumer(
+        &self,
+        prefix: &str,
+        deliver_policy: DeliverPolicy,
+        headers_only: bool,
+    ) -> Result<jetstream::consumer::Consumer<OrderedConfig>> {
+        let filter = match prefix.rfind(PREFIX_SEPARATOR) {
+            Some(end) => crate::key::prefix_filter(&prefix[..end]),
+            None => ">".to_owned(),
+        };
+        self.kv
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: format!("{}{filter}", self.kv.prefix),
+                headers_only,
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::unavailable(STORE, e))
+    }
+
+    /// The stored key of a message subject in this bucket.
+    fn key_of(&self, subject: &str) -> Option<String> {
+        crate::key::decode(subject.strip_prefix(self.kv.prefix.as_str())?)
     }
 
     async fn read(&self, key: &str) -> Result<Option<Entry>> {
@@ -379,6 +416,53 @@ fn js_max_payload(js: &Context) -> usize {
     js.client().server_info().max_payload
 }
 
+/// A watched message as a change: `None` for subjects that are not our keys.
+fn change(kv_prefix: &str, message: &jetstream::Message) -> Option<BackendEvent> {
+    let key = crate::key::decode(message.subject.strip_prefix(kv_prefix)?)?;
+    let info = message.info().ok()?;
+    let revision = info.stream_sequence;
+    let headers = message.headers.as_ref();
+    if headers.is_some_and(is_tombstone) {
+        let expired = headers
+            .and_then(|h| h.get(MARKER_REASON))
+            .is_some_and(|reason| reason.as_str() == "MaxAge");
+        return Some(BackendEvent::Removed {
+            key,
+            cause: if expired {
+                RemoveCause::Expired
+            } else {
+                RemoveCause::Removed
+            },
+            version: Some(Version::new(revision.to_string())),
+        });
+    }
+    let deadline = headers.and_then(|h| {
+        h.get(EXPIRES_AT)
+            .and_then(|v| v.as_str().parse::<i128>().ok())
+    });
+    Some(BackendEvent::Put {
+        key,
+        value: message.payload.to_vec(),
+        version: version(revision, deadline),
+    })
+}
+
+/// [`is_live`] from a message's headers and publish time.
+fn headers_live(headers: &HeaderMap, published: time::OffsetDateTime, now: i128) -> bool {
+    if is_tombstone(headers) {
+        return false;
+    }
+    let deadline = headers
+        .get(EXPIRES_AT)
+        .and_then(|v| v.as_str().parse::<i128>().ok())
+        .or_else(|| {
+            let ttl = message_ttl(headers)?;
+            let written = published.unix_timestamp_nanos() / 1_000_000;
+            Some(written + i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX))
+        });
+    deadline.is_none_or(|at| at > now)
+}
+
 fn is_tombstone(headers: &HeaderMap) -> bool {
     headers.get(MARKER_REASON).is_some()
         || headers
@@ -489,6 +573,8 @@ impl Backend for NatsStateStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
+            .with_list(true)
+            .with_watch(WatchSupport::Resumable)
             .with_ttl(self.ttl)
             .with_batch_get(false)
             .with_persistent(self.persistent)
@@ -548,6 +634,116 @@ impl Backend for NatsStateStore {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         self.check_open()?;
         increment_with_cas(self, key, delta, ttl).await
+    }
+
+    /// An ordered consumer on the keys below `prefix`'s whole segments (a server-side subject
+    /// filter, `_E_.tenant.sessions.>`), keys read back and matched exactly here; sorted.
+    /// Every page reads the filtered keys' headers once (no values): keyset pages cost the
+    /// size of the filtered set each.
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        self.closed.check(STORE)?;
+        let consumer = self
+            .consumer(prefix, DeliverPolicy::LastPerSubject, true)
+            .await?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending > 0 {
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| Error::unavailable(STORE, e))?;
+            let now = now_ms();
+            loop {
+                let next = tokio::time::timeout(self.request_timeout, messages.next()).await;
+                let message = match next {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(err))) => return Err(Error::unavailable(STORE, err)),
+                    Ok(None) => break,
+                    Err(elapsed) => return Err(Error::unavailable(STORE, elapsed)),
+                };
+                let info = message
+                    .info()
+                    .map_err(|e| Error::backend(STORE, e.to_string()))?;
+                let (pending, published) = (info.pending, info.published);
+                let live = message
+                    .headers
+                    .as_ref()
+                    .is_none_or(|h| headers_live(h, published, now));
+                if let Some(key) = self.key_of(&message.subject) {
+                    if live && key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                        keys.push(key);
+                    }
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+        }
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next = more.then(|| keys.last().cloned()).flatten();
+        Ok(KeyPage::new(keys, next))
+    }
+
+    /// The bucket's own change stream: resumable by revision; removals and expiry (the
+    /// server's TTL marker, up to a second after the deadline) are reported.
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        self.closed.check(STORE)?;
+        let policy = match start {
+            WatchStart::Now => DeliverPolicy::New,
+            WatchStart::AfterVersion(version) => {
+                let (revision, _) = parse_version(version).ok_or_else(|| {
+                    Error::invalid_key(version.as_str(), "not a version of this store")
+                })?;
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: revision + 1,
+                }
+            }
+            _ => return Err(Error::unsupported(STORE, "this watch start")),
+        };
+        let prefix = match selector {
+            KeySelector::Key(key) | KeySelector::Prefix(key) => key.as_str(),
+            _ => "",
+        };
+        let consumer = self.consumer(prefix, policy, false).await?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::unavailable(STORE, e))?;
+        let (tx, stream) = watch_channel(256);
+        let selector = selector.clone();
+        let kv_prefix = self.kv.prefix.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = messages.next() => message,
+                    () = tx.closed() => return,
+                };
+                let event = match message {
+                    None => return,
+                    // The ordered consumer recreates itself after a reconnect and goes on from
+                    // the last sequence it delivered: nothing is lost.
+                    Some(Err(err)) => {
+                        let _ = tx.send(Err(Error::unavailable(STORE, err))).await;
+                        continue;
+                    }
+                    Some(Ok(message)) => match change(&kv_prefix, &message) {
+                        Some(event) => event,
+                        None => continue,
+                    },
+                };
+                let selected = match &event {
+                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
+                        selector.matches(key)
+                    }
+                    _ => true,
+                };
+                if selected && tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(stream)
     }
 
     async fn close(&self) -> Result<()> {

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
 use fred::types::config::ReconnectPolicy;
 use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, CloseFlag, Entry, Error, LeaseAcquire, LeaseGrant, RateAlgorithm,
-    RateLimitReply, RateLimitRequest, Result, SetMode, SetOptions, Version,
+    Backend, Capabilities, CloseFlag, Entry, Error, KeyPage, LeaseAcquire, LeaseGrant,
+    RateAlgorithm, RateLimitReply, RateLimitRequest, Result, SetMode, SetOptions, Version,
 };
 
 use crate::config::RedisConfig;
@@ -252,6 +252,48 @@ pub(crate) fn digest(value: &[u8]) -> Version {
     Version::new(sha1_smol::Sha1::from(value).digest().to_string())
 }
 
+/// `prefix` with the glob metacharacters of `SCAN … MATCH` escaped.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `SCAN`'s answer: the next cursor and the keys (keys that are not UTF-8 are no state names
+/// of ours and are skipped).
+fn scan_reply(reply: fred::types::Value) -> Result<(String, Vec<String>)> {
+    let unexpected = || Error::backend(STORE, "SCAN gave an unexpected answer");
+    let fred::types::Value::Array(mut parts) = reply else {
+        return Err(unexpected());
+    };
+    if parts.len() != 2 {
+        return Err(unexpected());
+    }
+    let keys = parts.pop().ok_or_else(unexpected)?;
+    let cursor = parts
+        .pop()
+        .ok_or_else(unexpected)?
+        .as_string()
+        .ok_or_else(unexpected)?;
+    let fred::types::Value::Array(keys) = keys else {
+        return Err(unexpected());
+    };
+    let keys = keys
+        .into_iter()
+        .filter_map(|key| match key {
+            fred::types::Value::Bytes(bytes) => String::from_utf8(bytes.to_vec()).ok(),
+            fred::types::Value::String(text) => Some(text.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok((cursor, keys))
+}
+
 /// Milliseconds for `PX`, rounded up so a sub-millisecond TTL still expires.
 fn px(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
@@ -269,6 +311,7 @@ impl Backend for RedisStateStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
+            .with_list(true)
             .with_versions_from_value(true)
             .with_max_value_len(512 * 1024 * 1024)
     }
@@ -544,6 +587,59 @@ impl Backend for RedisStateStore {
             }
             _ => Ok(None),
         }
+    }
+
+    /// `SCAN` with the prefix's glob metacharacters escaped, on every primary of a cluster in
+    /// turn. `limit` is `SCAN`'s `COUNT` hint: a page may hold somewhat more keys; a key may
+    /// show up on two pages (the handle's `list_all` deduplicates).
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        self.check_open()?;
+        let pattern = format!("{}*", glob_escape(prefix));
+        let nodes: Vec<Option<fred::types::config::Server>> = if self.clustered {
+            let mut nodes = self
+                .client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .unwrap_or_default();
+            nodes.sort_by_key(ToString::to_string);
+            nodes.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let (mut node, mut cursor) = match after.and_then(|a| a.split_once(':')) {
+            Some((node, cursor)) => (
+                node.parse::<usize>()
+                    .map_err(|_| Error::invalid_key(prefix, "not a cursor this store gave"))?,
+                cursor.to_owned(),
+            ),
+            None => (0, "0".to_owned()),
+        };
+        let count = limit.clamp(1, 10_000).to_string();
+        let mut keys = Vec::new();
+        while let Some(server) = nodes.get(node) {
+            let args = vec![cursor.as_str(), "MATCH", &pattern, "COUNT", &count];
+            let reply: fred::types::Value = match server {
+                Some(server) => {
+                    self.client
+                        .with_cluster_node(server.clone())
+                        .custom(fred::cmd!("SCAN"), args)
+                        .await
+                }
+                None => self.client.custom(fred::cmd!("SCAN"), args).await,
+            }
+            .map_err(map)?;
+            let (next, found) = scan_reply(reply)?;
+            keys.extend(found);
+            cursor = next;
+            if cursor == "0" {
+                node += 1;
+            }
+            if !keys.is_empty() || node >= nodes.len() {
+                break;
+            }
+        }
+        let next = (node < nodes.len()).then(|| format!("{node}:{cursor}"));
+        Ok(KeyPage::new(keys, next))
     }
 
     async fn close(&self) -> Result<()> {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use state_store_core::{Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, Version};
+use state_store_core::{
+    Backend, Capabilities, Entry, Error, KeyPage, Result, SetMode, SetOptions, Version,
+};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::{Durability, SqliteConfig};
@@ -451,6 +453,42 @@ fn get_many(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<E
     Ok(keys.iter().map(|key| found.remove(key)).collect())
 }
 
+/// The smallest byte string above every string starting with `prefix` (UTF-8 never holds
+/// 0xFF, so bumping the last byte suffices); `None` for an empty prefix.
+fn upper_bound(prefix: &str) -> Option<Vec<u8>> {
+    let mut bound = prefix.as_bytes().to_vec();
+    let last = bound.last_mut()?;
+    *last = last.saturating_add(1);
+    Some(bound)
+}
+
+/// Live keys starting with `prefix`, after `after`, in byte order (keyset pagination on the
+/// primary key).
+fn list_keys(
+    conn: &Connection,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<KeyPage> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key FROM state_store
+         WHERE key >= ?1 AND (?2 IS NULL OR key < CAST(?2 AS TEXT)) AND (?3 IS NULL OR key > ?3)
+           AND (expires_at IS NULL OR expires_at > ?4)
+         ORDER BY key LIMIT ?5",
+    )?;
+    let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut keys: Vec<String> = stmt
+        .query_map(
+            rusqlite::params![prefix, upper_bound(prefix), after, now_ms(), fetch],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    let next = more.then(|| keys.last().cloned()).flatten();
+    Ok(KeyPage::new(keys, next))
+}
+
 fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Result<Version> {
     let now = now_ms();
     let expires_at = deadline(now, options.ttl);
@@ -549,7 +587,9 @@ impl Backend for SqliteStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full().with_max_value_len(256 * 1024 * 1024)
+        Capabilities::full()
+            .with_list(true)
+            .with_max_value_len(256 * 1024 * 1024)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
@@ -576,6 +616,13 @@ impl Backend for SqliteStateStore {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         let key = key.to_owned();
         self.call(move |conn| increment(conn, &key, delta, ttl))
+            .await
+    }
+
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let prefix = prefix.to_owned();
+        let after = after.map(str::to_owned);
+        self.call(move |conn| list_keys(conn, &prefix, after.as_deref(), limit).map_err(map))
             .await
     }
 

@@ -1,0 +1,283 @@
+//! Listing names by prefix and watching changes.
+
+// A test suite reports a misbehaving store by panicking, like `assert!`.
+#![allow(clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use state_store_core::{
+    Error, ListOptions, RemoveCause, Selector, StateStore, StoreConfig, Watch, WatchEvent,
+    WatchStart, WatchSupport,
+};
+
+use crate::cases::AWKWARD_KEYS;
+use crate::context::Context;
+use crate::report;
+
+/// How long a case waits for an event that must come.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn ok<T>(result: Result<T, Error>, what: &str) -> T {
+    result.unwrap_or_else(|err| panic!("{what}: {}", report(&err)))
+}
+
+/// Every name under `prefix`, read page by page with `limit`, as a set; checks the pages.
+async fn listed(store: &StateStore, prefix: &str, limit: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut options = ListOptions::new().limit(limit);
+    for _ in 0..100_000 {
+        let page = ok(store.list(prefix, options.clone()).await, "list");
+        for name in page.names {
+            assert!(name.starts_with(prefix), "{name:?} listed under {prefix:?}");
+            names.insert(name);
+        }
+        match page.next {
+            Some(next) => options = options.cursor(next),
+            None => return names,
+        }
+    }
+    panic!("the listing of {prefix:?} never ended");
+}
+
+/// `list` returns exactly the names written under a prefix — awkward and generated names,
+/// after removals and expiry, with another prefix's and another tenant's names present — with
+/// pages of 1, 7 and 1000; `list_all` and `remove_prefix` agree. A store that cannot list
+/// says `Unsupported`.
+pub async fn list_returns_exactly_the_names_under_a_prefix(ctx: Context) {
+    let store = ctx.store().await;
+    if !store.capabilities().list {
+        match store.list("", ListOptions::new()).await {
+            Err(Error::Unsupported { .. }) => return,
+            other => panic!("a store without list gave {other:?}"),
+        }
+    }
+    let tenant = ctx
+        .store_with(StoreConfig::default().with_prefix("other-tenant"))
+        .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut names: BTreeSet<String> = AWKWARD_KEYS.iter().map(|k| format!("p:{k}")).collect();
+    for _ in 0..20 {
+        let len = rng.random_range(1..12);
+        let name: String = (0..len)
+            .map(|_| {
+                *b"ab.:*?[]\\ _-%"
+                    .get(rng.random_range(0..13))
+                    .expect("in range") as char
+            })
+            .collect();
+        names.insert(format!("p:{name}"));
+    }
+    for name in &names {
+        ok(store.set_state(name, &json!(1)).await, "write");
+        ok(
+            tenant.set_state(name, &json!(2)).await,
+            "write another tenant's",
+        );
+    }
+    for other in ["q:1", "pp", "P:upper", "p"] {
+        ok(
+            store.set_state(other, &json!(3)).await,
+            "write outside the prefix",
+        );
+    }
+    let removed: Vec<String> = names.iter().step_by(5).cloned().collect();
+    for name in &removed {
+        ok(store.remove_state(name).await, "remove");
+        names.remove(name);
+    }
+    if store.capabilities().ttl {
+        let options = state_store_core::SetOptions::new().ttl(Duration::from_millis(200));
+        ok(
+            store.set_with("p:short-lived", &json!(4), options).await,
+            "write with TTL",
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    for limit in [1, 7, 1000] {
+        assert_eq!(listed(&store, "p:", limit).await, names, "pages of {limit}");
+    }
+    let all: BTreeSet<String> = ok(store.list_all("p:").await, "list_all")
+        .into_iter()
+        .collect();
+    assert_eq!(all, names);
+    let everything = listed(&store, "", 1000).await;
+    assert!(everything.is_superset(&names));
+    assert!(everything.contains("q:1") && everything.contains("pp") && everything.contains("p"));
+    match store.list("", ListOptions::new().limit(0)).await {
+        Err(Error::InvalidKey { .. }) => {}
+        other => panic!("a page of 0 gave {other:?}"),
+    }
+    let count = ok(store.remove_prefix("p:").await, "remove_prefix");
+    assert_eq!(count, names.len());
+    assert!(listed(&store, "p:", 1000).await.is_empty());
+    assert_eq!(
+        listed(&tenant, "p:", 1000).await.len(),
+        names.len() + removed.len()
+    );
+    let left = ok(
+        store.get_state(&["q:1", "pp", "p"]).await,
+        "read the others",
+    );
+    assert!(
+        left.values().all(Option::is_some),
+        "remove_prefix went too far"
+    );
+}
+
+/// The next event, or a failure after [`PATIENCE`].
+async fn next_event(watch: &mut Watch) -> WatchEvent {
+    let event = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("no event came")
+        .expect("the watch ended");
+    ok(event, "watch event")
+}
+
+fn describe(event: &WatchEvent) -> String {
+    match event {
+        WatchEvent::Put { name, value, .. } => format!("put {name} {value}"),
+        WatchEvent::Removed { name, cause, .. } => format!("removed {name} {cause:?}"),
+        WatchEvent::Resync { .. } => "resync".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The changes the watch cases make, in order, and what a watcher of `w:` sees of them.
+async fn changes(store: &StateStore) -> Vec<String> {
+    ok(store.set_state("w:a", &json!(1)).await, "write");
+    ok(
+        store.set_state("x:outside", &json!(0)).await,
+        "write outside",
+    );
+    ok(store.set_state("w:b", &json!({ "k": "v" })).await, "write");
+    ok(store.remove_state("w:a").await, "remove");
+    ok(store.set_state("w:b", &Value::Null).await, "rewrite");
+    ok(store.increment("w:n", 5, None).await, "increment");
+    vec![
+        "put w:a 1".to_owned(),
+        r#"put w:b {"k":"v"}"#.to_owned(),
+        "removed w:a Removed".to_owned(),
+        "put w:b null".to_owned(),
+        "put w:n 5".to_owned(),
+    ]
+}
+
+/// A watcher of a prefix sees every write and removal under it, in order, and nothing else; a
+/// watcher of one name only that name; a `Lossy` store refuses to resume from a version. A
+/// store that cannot watch says `Unsupported`.
+pub async fn watch_sees_every_change_in_order(ctx: Context) {
+    let store = ctx.store().await;
+    let support = store.capabilities().watch;
+    if support == WatchSupport::None {
+        match store.watch(Selector::All, WatchStart::Now).await {
+            Err(Error::Unsupported { .. }) => return,
+            other => panic!("a store without watch gave {:?}", other.map(|_| ())),
+        }
+    }
+    let writer = ctx.store().await;
+    let mut prefix = ok(
+        store
+            .watch(Selector::Prefix("w:".into()), WatchStart::Now)
+            .await,
+        "watch a prefix",
+    );
+    let mut one = ok(
+        store
+            .watch(Selector::Name("w:b".into()), WatchStart::Now)
+            .await,
+        "watch a name",
+    );
+    let expected = changes(&writer).await;
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let event = next_event(&mut prefix).await;
+        if matches!(event, WatchEvent::Resync { .. }) {
+            assert_eq!(support, WatchSupport::Lossy, "a resumable watch resynced");
+            continue;
+        }
+        seen.push(describe(&event));
+    }
+    assert_eq!(seen, expected);
+    for want in [r#"put w:b {"k":"v"}"#, "put w:b null"] {
+        assert_eq!(describe(&next_event(&mut one).await), want);
+    }
+    if support == WatchSupport::Lossy {
+        let version = state_store_core::Version::new("1");
+        match store
+            .watch(Selector::All, WatchStart::AfterVersion(version))
+            .await
+        {
+            Err(Error::Unsupported { .. }) => {}
+            other => panic!("a lossy watch accepted a version: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// A `Resumable` watch resumes after any version it reported, without gaps, even across
+/// changes made while nobody watched; expiry is reported as such.
+pub async fn watch_resumes_after_a_version(ctx: Context) {
+    let store = ctx.store().await;
+    if store.capabilities().watch != WatchSupport::Resumable {
+        return;
+    }
+    let mut first = ok(
+        store
+            .watch(Selector::Prefix("w:".into()), WatchStart::Now)
+            .await,
+        "watch",
+    );
+    let expected = changes(&store).await;
+    let mut versions = Vec::new();
+    for want in &expected {
+        let event = next_event(&mut first).await;
+        assert_eq!(&describe(&event), want);
+        versions.push(match event {
+            WatchEvent::Put { version, .. } => Some(version),
+            WatchEvent::Removed { version, .. } => version,
+            _ => None,
+        });
+    }
+    drop(first);
+    ok(
+        store
+            .set_state("w:late", &json!("while nobody watched"))
+            .await,
+        "write",
+    );
+    // Resume after the second change: the rest, then the late write.
+    let after = versions[1].clone().expect("a put has a version");
+    let mut resumed = ok(
+        store
+            .watch(
+                Selector::Prefix("w:".into()),
+                WatchStart::AfterVersion(after),
+            )
+            .await,
+        "resume",
+    );
+    for want in expected[2..]
+        .iter()
+        .cloned()
+        .chain([r#"put w:late "while nobody watched""#.to_owned()])
+    {
+        assert_eq!(describe(&next_event(&mut resumed).await), want);
+    }
+    if store.capabilities().ttl {
+        let options = state_store_core::SetOptions::new().ttl(Duration::from_millis(300));
+        ok(
+            store.set_with("w:ttl", &json!(1), options).await,
+            "write with TTL",
+        );
+        assert_eq!(describe(&next_event(&mut resumed).await), "put w:ttl 1");
+        match next_event(&mut resumed).await {
+            WatchEvent::Removed { name, cause, .. } => {
+                assert_eq!(name, "w:ttl");
+                assert_eq!(cause, RemoveCause::Expired);
+            }
+            other => panic!("expected the expiry, got {other:?}"),
+        }
+    }
+}
