@@ -53,7 +53,7 @@ impl SqliteConfig {
             path: path.as_ref().to_owned(),
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(5),
-            sweep_interval: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(1),
             create_dirs: true,
         }
     }
@@ -129,7 +129,7 @@ impl SqliteConfig {
         self
     }
 
-    /// How often expired rows are deleted in the background (default 30 s, between 10 ms and
+    /// How often expired rows are deleted in the background (default 1 s, between 10 ms and
     /// a day). Each sweep deletes every row expired by then, in batches between calls. Expired
     /// rows are invisible to reads either way.
     pub fn with_sweep_interval(mut self, every: Duration) -> Self {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +10,8 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use state_store_core::{
-    Backend, Capabilities, Entry, Error, KeyPage, Result, SetMode, SetOptions, Version,
+    watch_channel, Backend, BackendEvent, Capabilities, Entry, Error, KeyPage, KeySelector,
+    RemoveCause, Result, SetMode, SetOptions, Version, WatchStart, WatchStream, WatchSupport,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -18,7 +20,13 @@ use crate::error::{closed, map, STORE};
 
 /// The schema this version writes. A database with a higher one was written by a newer
 /// release and is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// Changes kept for watchers to resume from (the sweep trims older ones).
+const CHANGE_RETENTION: Duration = Duration::from_secs(300);
+/// How often a watcher checks the file for commits (`PRAGMA data_version`, no I/O).
+const WATCH_POLL: Duration = Duration::from_millis(20);
+/// Unix milliseconds inside SQL.
+const SQL_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 /// Keys per `SELECT … IN (…)`: well under SQLite's variable limit.
 const READ_CHUNK: usize = 500;
 /// Calls queued for the store's thread at most; more callers wait (asynchronously) for room,
@@ -287,29 +295,64 @@ fn migrate(conn: &mut Connection) -> Result<()> {
          ) WITHOUT ROWID;",
     )
     .map_err(map)?;
-    match stored_schema_version(&tx)? {
-        Some(found) => check_schema(found)?,
-        None => {
-            tx.execute_batch(
-                "CREATE TABLE IF NOT EXISTS state_store (
-                     key TEXT PRIMARY KEY,
-                     value TEXT NOT NULL,
-                     version INTEGER NOT NULL,
-                     expires_at INTEGER
-                 ) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS state_store_expires_at
-                     ON state_store (expires_at) WHERE expires_at IS NOT NULL;",
-            )
-            .map_err(map)?;
-            tx.execute(
-                "INSERT INTO state_store_meta (name, value) VALUES ('schema_version', ?1)",
-                [SCHEMA_VERSION],
-            )
-            .map_err(map)?;
-        }
+    let found = stored_schema_version(&tx)?;
+    if let Some(found) = found {
+        check_schema(found)?;
     }
+    if found.is_none() {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS state_store (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 expires_at INTEGER
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS state_store_expires_at
+                 ON state_store (expires_at) WHERE expires_at IS NOT NULL;",
+        )
+        .map_err(map)?;
+    }
+    if found.is_none_or(|v| v < 2) {
+        // Version 2: a change feed for watchers, written by triggers in the same transaction
+        // as the data, by every process (and every release from 2 on) that writes the file.
+        tx.execute_batch(&CHANGES_SCHEMA.replace("{now}", SQL_NOW_MS))
+            .map_err(map)?;
+    }
+    tx.execute(
+        "INSERT INTO state_store_meta (name, value) VALUES ('schema_version', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [SCHEMA_VERSION],
+    )
+    .map_err(map)?;
     tx.commit().map_err(map)
 }
+
+/// The change feed: one row per write, removal and expiry (`op` 0, 1, 2), numbered by
+/// `seq` (never reused), trimmed by age by the sweep.
+const CHANGES_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS state_store_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        op INTEGER NOT NULL,
+        value TEXT,
+        version INTEGER,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS state_store_changes_at ON state_store_changes (at);
+    CREATE TRIGGER IF NOT EXISTS state_store_inserted AFTER INSERT ON state_store BEGIN
+        INSERT INTO state_store_changes (key, op, value, version, at)
+        VALUES (NEW.key, 0, NEW.value, NEW.version, {now});
+    END;
+    CREATE TRIGGER IF NOT EXISTS state_store_updated AFTER UPDATE ON state_store BEGIN
+        INSERT INTO state_store_changes (key, op, value, version, at)
+        VALUES (NEW.key, 0, NEW.value, NEW.version, {now});
+    END;
+    CREATE TRIGGER IF NOT EXISTS state_store_deleted AFTER DELETE ON state_store BEGIN
+        INSERT INTO state_store_changes (key, op, value, version, at)
+        VALUES (OLD.key,
+                CASE WHEN OLD.expires_at IS NOT NULL AND OLD.expires_at <= {now} THEN 2 ELSE 1 END,
+                NULL, NULL, {now});
+    END;";
 
 /// The store thread: runs jobs in order, sweeps expired rows between them.
 fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Duration) {
@@ -377,11 +420,21 @@ fn next_message(
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "DELETE FROM state_store WHERE key IN (
-             SELECT key FROM state_store WHERE expires_at <= ?1 LIMIT ?2)",
-    )?
-    .execute(params![now_ms(), SWEEP_BATCH as i64])
+    let now = now_ms();
+    let expired = conn
+        .prepare_cached(
+            "DELETE FROM state_store WHERE key IN (
+                 SELECT key FROM state_store WHERE expires_at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now, SWEEP_BATCH as i64])?;
+    let retention = i64::try_from(CHANGE_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    let trimmed = conn
+        .prepare_cached(
+            "DELETE FROM state_store_changes WHERE seq IN (
+                 SELECT seq FROM state_store_changes WHERE at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now.saturating_sub(retention), SWEEP_BATCH as i64])?;
+    Ok(expired.max(trimmed))
 }
 
 fn now_ms() -> i64 {
@@ -407,8 +460,130 @@ fn version(v: i64) -> Version {
 }
 
 /// A version that cannot be ours (not a number) matches no row.
+/// The data version a caller expects: a read's version, or a watch event's
+/// (`<version>@<change>`).
 fn expected_version(v: &Version) -> i64 {
-    v.as_str().parse().unwrap_or(0)
+    let text = v.as_str();
+    let data = text.split_once('@').map_or(text, |(data, _)| data);
+    data.parse().unwrap_or(0)
+}
+
+/// The change number a watch event's version carries.
+fn change_of(v: &Version) -> Option<i64> {
+    v.as_str().split_once('@')?.1.parse().ok()
+}
+
+/// Follows the change feed from `after` on its own read-only connection, until the stream is
+/// dropped. Another process's commits show up through `PRAGMA data_version`.
+fn watch_feed(
+    path: &Path,
+    selector: &KeySelector,
+    start: Option<i64>,
+    tx: &tokio::sync::mpsc::Sender<Result<BackendEvent>>,
+    ready: oneshot::Sender<Result<()>>,
+) -> Result<()> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::config_with(format!("cannot open {}", path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(map)?;
+    let mut last = match start {
+        Some(after) => {
+            // Changes after `after` that were trimmed already: the watcher must re-read.
+            let (oldest, newest): (Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT (SELECT MIN(seq) FROM state_store_changes),
+                            (SELECT seq FROM sqlite_sequence WHERE name = 'state_store_changes')",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(map)?;
+            let gap = match oldest {
+                Some(oldest) => oldest > after + 1,
+                None => newest.unwrap_or(0) > after,
+            };
+            if gap {
+                let reason = "changes after that version were trimmed (kept 5 minutes)".to_owned();
+                if tx
+                    .blocking_send(Ok(BackendEvent::Resync { reason }))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            after
+        }
+        None => conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM state_store_changes",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(map)?,
+    };
+    // The starting point is fixed: `watch` may return.
+    let _ = ready.send(Ok(()));
+    let mut seen_version: Option<i64> = None;
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, key, op, value, version FROM state_store_changes
+             WHERE seq > ?1 ORDER BY seq LIMIT 1000",
+        )
+        .map_err(map)?;
+    while !tx.is_closed() {
+        let data_version: i64 = conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .map_err(map)?;
+        if seen_version == Some(data_version) {
+            std::thread::sleep(WATCH_POLL);
+            continue;
+        }
+        seen_version = Some(data_version);
+        loop {
+            let rows: Vec<(i64, String, i64, Option<String>, Option<i64>)> = stmt
+                .query_map([last], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .map_err(map)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(map)?;
+            let full = rows.len() == 1000;
+            for (seq, key, op, value, version) in rows {
+                last = seq;
+                if !selector.matches(&key) {
+                    continue;
+                }
+                let event = match (op, value, version) {
+                    (0, Some(value), Some(version)) => BackendEvent::Put {
+                        key,
+                        value: value.into_bytes(),
+                        version: Version::new(format!("{version}@{seq}")),
+                    },
+                    (op, _, _) => BackendEvent::Removed {
+                        key,
+                        cause: if op == 2 {
+                            RemoveCause::Expired
+                        } else {
+                            RemoveCause::Removed
+                        },
+                        version: Some(Version::new(format!("-@{seq}"))),
+                    },
+                };
+                if tx.blocking_send(Ok(event)).is_err() {
+                    return Ok(());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn text(value: Vec<u8>) -> Result<String> {
@@ -589,6 +764,7 @@ impl Backend for SqliteStateStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
             .with_list(true)
+            .with_watch(WatchSupport::Resumable)
             .with_max_value_len(256 * 1024 * 1024)
     }
 
@@ -624,6 +800,38 @@ impl Backend for SqliteStateStore {
         let after = after.map(str::to_owned);
         self.call(move |conn| list_keys(conn, &prefix, after.as_deref(), limit).map_err(map))
             .await
+    }
+
+    /// The change feed (see the crate docs): resumable from any event's version for as long
+    /// as changes are kept (5 minutes); older than that, the watch starts with `Resync`.
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        let after = match start {
+            WatchStart::Now => None,
+            WatchStart::AfterVersion(version) => Some(change_of(version).ok_or_else(|| {
+                Error::invalid_key(version.as_str(), "not a version a watch reported")
+            })?),
+            _ => return Err(Error::unsupported(STORE, "this watch start")),
+        };
+        let path = self.config.path.clone();
+        let selector = selector.clone();
+        let (tx, stream) = watch_channel(256);
+        // The starting point is read before this returns: no later change is missed.
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("state-store-sqlite-watch".into())
+            .spawn(move || {
+                let (errors, ready) = (tx.clone(), ready_tx);
+                if let Err(err) = watch_feed(&path, &selector, after, &tx, ready) {
+                    let _ = errors.blocking_send(Err(err));
+                }
+            })
+            .map_err(|e| Error::config_with("cannot start a SQLite watch thread", e))?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(err)) => Err(err),
+            // The thread failed before it started: the error is in the stream.
+            Err(_) => Ok(stream),
+        }
     }
 
     async fn close(&self) -> Result<()> {
