@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
+use fred::interfaces::{
+    ClientLike, ClusterInterface, EventInterface, KeysInterface, PubsubInterface,
+};
 use fred::types::config::ReconnectPolicy;
 use fred::types::scripts::Script;
 use fred::types::{Builder, Expiration, SetOptions as FredSetOptions};
 use futures_util::future::try_join_all;
 use state_store_core::{
-    Backend, Capabilities, CloseFlag, Entry, Error, KeyPage, LeaseAcquire, LeaseGrant,
-    RateAlgorithm, RateLimitReply, RateLimitRequest, Result, SetMode, SetOptions, Version,
+    watch_channel, Backend, BackendEvent, Capabilities, CloseFlag, Entry, Error, KeyPage,
+    KeySelector, LeaseAcquire, LeaseGrant, RateAlgorithm, RateLimitReply, RateLimitRequest,
+    RemoveCause, Result, SetMode, SetOptions, Version, WatchStart, WatchStream, WatchSupport,
 };
 
 use crate::config::RedisConfig;
@@ -175,6 +178,30 @@ pub struct RedisStateStore {
 }
 
 impl RedisStateStore {
+    /// Refuses to watch when the server (as far as `CONFIG GET` tells) publishes no keyspace
+    /// notifications for writes, removals and expiry; a server that denies `CONFIG` is trusted.
+    async fn check_notifications(&self) -> Result<()> {
+        let reply: std::result::Result<Vec<String>, _> = self
+            .client
+            .custom(fred::cmd!("CONFIG"), vec!["GET", "notify-keyspace-events"])
+            .await;
+        let Ok(reply) = reply else {
+            return Ok(());
+        };
+        let flags = reply.get(1).map(String::as_str).unwrap_or_default();
+        let all = flags.contains('A');
+        let enough = flags.contains('K')
+            && (all || (flags.contains('$') && flags.contains('g') && flags.contains('x')));
+        if enough {
+            Ok(())
+        } else {
+            Err(Error::config(format!(
+                "watching needs keyspace notifications: the server has notify-keyspace-events \
+                 {flags:?}; set it to include K$gx (CONFIG SET notify-keyspace-events K$gx)"
+            )))
+        }
+    }
+
     /// Connects with `config`.
     ///
     /// # Errors
@@ -252,6 +279,41 @@ pub(crate) fn digest(value: &[u8]) -> Version {
     Version::new(sha1_smol::Sha1::from(value).digest().to_string())
 }
 
+/// A keyspace notification as a change; `None` for operations that change no value (an
+/// `EXPIRE`), keys that are not UTF-8, and writes whose key is gone by the time it is read
+/// (its removal follows).
+async fn keyspace_change(
+    client: &Client,
+    event: fred::types::KeyspaceEvent,
+) -> Result<Option<BackendEvent>> {
+    let Some(key) = event.key.as_str().map(str::to_owned) else {
+        return Ok(None);
+    };
+    let cause = match event.operation.as_str() {
+        "del" | "unlink" | "rename_from" | "move_from" => RemoveCause::Removed,
+        "expired" | "evicted" => RemoveCause::Expired,
+        "set" | "incrby" | "incrbyfloat" | "append" | "setrange" | "rename_to" | "restore"
+        | "copy_to" | "move_to" => {
+            let value: Option<fred::bytes::Bytes> = client.get(key.as_str()).await.map_err(map)?;
+            return Ok(value.map(|value| {
+                let value = value.to_vec();
+                let version = digest(&value);
+                BackendEvent::Put {
+                    key,
+                    value,
+                    version,
+                }
+            }));
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(BackendEvent::Removed {
+        key,
+        cause,
+        version: None,
+    }))
+}
+
 /// `prefix` with the glob metacharacters of `SCAN … MATCH` escaped.
 fn glob_escape(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 4);
@@ -310,8 +372,14 @@ impl Backend for RedisStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let watch = if self.clustered {
+            WatchSupport::None
+        } else {
+            WatchSupport::Lossy
+        };
         Capabilities::full()
             .with_list(true)
+            .with_watch(watch)
             .with_versions_from_value(true)
             .with_max_value_len(512 * 1024 * 1024)
     }
@@ -640,6 +708,71 @@ impl Backend for RedisStateStore {
         }
         let next = (node < nodes.len()).then(|| format!("{node}:{cursor}"));
         Ok(KeyPage::new(keys, next))
+    }
+
+    /// Keyspace notifications on a connection of its own (`PSUBSCRIBE
+    /// __keyspace@<db>__:<prefix>*`): lossy — a reconnect or a slow consumer gives `Resync`,
+    /// and a `Put` carries the value read when the notification arrives (a later one, if the
+    /// key changed again meanwhile). The server must publish them: `notify-keyspace-events`
+    /// with `K` and `$gx` (or `A`). Standalone only: a cluster publishes per node.
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        self.check_open()?;
+        if self.clustered {
+            return Err(Error::unsupported(STORE, "watching changes on a cluster"));
+        }
+        if !matches!(start, WatchStart::Now) {
+            return Err(Error::unsupported(STORE, "resuming a watch from a version"));
+        }
+        self.check_notifications().await?;
+        let db = self.client.client_config().database.unwrap_or(0);
+        let pattern = match selector {
+            KeySelector::Key(key) => format!("__keyspace@{db}__:{}", glob_escape(key)),
+            KeySelector::Prefix(prefix) => format!("__keyspace@{db}__:{}*", glob_escape(prefix)),
+            _ => return Err(Error::unsupported(STORE, "this selector")),
+        };
+        let subscriber = self.client.clone_new();
+        let mut reconnects = subscriber.reconnect_rx();
+        let mut events = subscriber.keyspace_event_rx();
+        subscriber.init().await.map_err(map)?;
+        subscriber.psubscribe(pattern.clone()).await.map_err(map)?;
+        let (tx, stream) = watch_channel(256);
+        let reader = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = events.recv() => {
+                        let change = match event {
+                            Ok(event) => match keyspace_change(&reader, event).await {
+                                Ok(Some(change)) => Ok(change),
+                                Ok(None) => continue,
+                                Err(err) => Err(err),
+                            },
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                Ok(BackendEvent::Resync { reason: format!("{n} notifications were dropped") })
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        };
+                        if tx.send(change).await.is_err() {
+                            break;
+                        }
+                    }
+                    reconnected = reconnects.recv() => {
+                        if reconnected.is_err() {
+                            break;
+                        }
+                        // Notifications published while disconnected are gone.
+                        let _ = subscriber.psubscribe(pattern.clone()).await;
+                        let reason = "reconnected to Redis: notifications may have been missed".to_owned();
+                        if tx.send(Ok(BackendEvent::Resync { reason })).await.is_err() {
+                            break;
+                        }
+                    }
+                    () = tx.closed() => break,
+                }
+            }
+            let _ = subscriber.quit().await;
+        });
+        Ok(stream)
     }
 
     async fn close(&self) -> Result<()> {

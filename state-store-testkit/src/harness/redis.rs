@@ -44,7 +44,17 @@ impl RedisServer {
 
     fn spawn_on(port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir = temp_dir("redis");
-        let common = ["--save", "", "--appendonly", "no", "--protected-mode", "no"];
+        // Keyspace notifications for writes, removals and expiry: what a watch follows.
+        let common = [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--notify-keyspace-events",
+            "K$gx",
+        ];
         let server = match choose("redis", redis_server)? {
             Tier::Local(binary) => {
                 let (port, path) = (port.to_string(), dir.path().display().to_string());
