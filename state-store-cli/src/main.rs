@@ -80,14 +80,14 @@ enum Command {
     },
     /// List names starting with a prefix.
     Ls {
-        /// The prefix (default: every name).
-        #[arg(default_value = "")]
+        /// Names starting with this (default: every name).
+        #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
         prefix: String,
     },
     /// Print every change of names starting with a prefix until interrupted.
     Watch {
-        /// The prefix (default: every name).
-        #[arg(default_value = "")]
+        /// Names starting with this (default: every name).
+        #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
         prefix: String,
     },
     /// The backend, what it supports, and how many names it holds under the prefix.
@@ -275,11 +275,11 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
             if cli.json {
                 print_json(&info);
             } else {
-                println!("backend       {}", store.name());
-                println!("prefix        {:?}", store.config().key_prefix);
+                println!("backend          {}", store.name());
+                println!("prefix           {:?}", store.config().key_prefix);
                 match names {
-                    Some(n) => println!("names         {n}"),
-                    None => println!("names         (this backend cannot list)"),
+                    Some(n) => println!("names            {n}"),
+                    None => println!("names            (this backend cannot list)"),
                 }
                 for (feature, on) in [
                     ("ttl", caps.ttl),
@@ -290,9 +290,9 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
                     ("leases", caps.leases()),
                     ("list", caps.list),
                 ] {
-                    println!("{feature:<13} {}", if on { "yes" } else { "no" });
+                    println!("{feature:<16} {}", if on { "yes" } else { "no" });
                 }
-                println!("watch         {watch}");
+                println!("watch            {watch}");
             }
             Ok(0)
         }

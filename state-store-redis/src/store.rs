@@ -731,9 +731,10 @@ impl Backend for RedisStateStore {
             _ => return Err(Error::unsupported(STORE, "this selector")),
         };
         let subscriber = self.client.clone_new();
-        let mut reconnects = subscriber.reconnect_rx();
         let mut events = subscriber.keyspace_event_rx();
         subscriber.init().await.map_err(map)?;
+        // After the first connection, which also counts as a "reconnection".
+        let mut reconnects = subscriber.reconnect_rx();
         subscriber.psubscribe(pattern.clone()).await.map_err(map)?;
         let (tx, stream) = watch_channel(256);
         let reader = self.client.clone();

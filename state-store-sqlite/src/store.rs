@@ -468,6 +468,9 @@ fn expected_version(v: &Version) -> i64 {
     data.parse().unwrap_or(0)
 }
 
+/// A row of the change feed: seq, key, op, value, version.
+type ChangeRow = (i64, String, i64, Option<String>, Option<i64>);
+
 /// The change number a watch event's version carries.
 fn change_of(v: &Version) -> Option<i64> {
     v.as_str().split_once('@')?.1.parse().ok()
@@ -539,7 +542,7 @@ fn watch_feed(
         }
         seen_version = Some(data_version);
         loop {
-            let rows: Vec<(i64, String, i64, Option<String>, Option<i64>)> = stmt
+            let rows: Vec<ChangeRow> = stmt
                 .query_map([last], |row| {
                     Ok((
                         row.get(0)?,
