@@ -26,8 +26,8 @@ use state_store::{
 #[derive(Debug, Parser)]
 #[command(name = "state-store", version, about)]
 struct Cli {
-    /// The store: sqlite://path, memory://, redis://…, redis-cluster://…, nats://…,
-    /// dapr://host:port/<component>.
+    /// The store: `sqlite://path`, `memory://`, `redis://…`, `redis-cluster://…`, `nats://…`,
+    /// `dapr://host:port/COMPONENT`.
     #[arg(
         long,
         env = "STATE_STORE_URL",
