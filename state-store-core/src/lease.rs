@@ -25,7 +25,12 @@
 //! counter, then write the token into the record with compare-and-set on the version just
 //! created. The last step succeeds only if the record was never replaced or expired in
 //! between, so the counter was incremented while this holder held the lease, and holders'
-//! tenures never overlap on the server: tokens grow in tenure order. Renewing is one
+//! tenures never overlap on the server: tokens grow in tenure order. (On NATS a record's
+//! expiry is judged by the writer's deadline against the reader's clock: a candidate whose
+//! clock runs ahead by `s` can take over `s` early. Keep NATS clients' clocks synced.)
+//!
+//! [`StateStore::remove_prefix`] with a prefix covering `lease:` removes token counters too:
+//! tokens then restart, and fenced names refuse the new holders' lower tokens. Renewing is one
 //! compare-and-set (which fails once anybody else holds the lease); releasing is one
 //! conditional remove.
 
@@ -202,7 +207,11 @@ impl LeaseRequest {
     ///
     /// As [`LeaseRequest::try_acquire`].
     pub async fn acquire(&self, timeout: Duration) -> Result<Option<Lease>> {
-        let until = Instant::now() + timeout;
+        // `Duration::MAX` waits as good as forever.
+        let now = Instant::now();
+        let until = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         loop {
             if let Some(lease) = self.try_acquire().await? {
                 return Ok(Some(lease));
@@ -526,7 +535,13 @@ impl Lease {
             }
             let mut retry = Backoff::new(usize::MAX, self.inner.ttl);
             loop {
-                match self.renew().await {
+                // A renew can take up to the store's request timeout; the lease ends at its
+                // deadline whatever the renew is doing.
+                let renewed = tokio::select! {
+                    renewed = self.renew() => renewed,
+                    () = self.lost() => return,
+                };
+                match renewed {
                     Ok(()) => break,
                     Err(Error::LeaseLost { .. }) => return,
                     Err(_) if !self.is_lost() && retry.wait().await => {}
@@ -744,6 +759,8 @@ impl Election {
     /// Ends the campaign and waits until leadership, if held, is released.
     pub async fn resign(mut self) {
         let _ = self.resign.send(true);
+        // Undelivered events are dropped, so the campaign never waits for room to send one.
+        self.events.close();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -785,12 +802,22 @@ async fn campaign(
                 let elected = LeaderEvent::Elected {
                     token: lease.fencing_token(),
                 };
-                if events.send(Ok(elected)).await.is_err() {
+                // Renewing starts at once, not when the consumer takes the event.
+                let keep_alive = lease.keep_alive();
+                tokio::pin!(keep_alive);
+                let delivered = tokio::select! {
+                    sent = events.send(Ok(elected)) => sent.is_ok(),
+                    () = &mut keep_alive => {
+                        // Lost before anybody heard of it: campaign again.
+                        continue;
+                    }
+                };
+                if !delivered {
                     let _ = lease.release().await;
                     return;
                 }
                 tokio::select! {
-                    () = lease.keep_alive() => {
+                    () = &mut keep_alive => {
                         if events.send(Ok(LeaderEvent::Lost)).await.is_err() {
                             return;
                         }

@@ -269,7 +269,9 @@ impl StateStore {
     }
 
     /// Removes every name starting with `prefix` (listed first, then removed in turn) and
-    /// returns how many were removed. Names written meanwhile may stay.
+    /// returns how many were removed. Names written meanwhile may stay. A prefix covering
+    /// `lease:` removes lease token counters too (tokens restart; see
+    /// [`StateStore::lease`]).
     ///
     /// # Errors
     ///

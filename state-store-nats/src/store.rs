@@ -686,7 +686,12 @@ impl Backend for NatsStateStore {
     }
 
     /// The bucket's own change stream: resumable by revision; removals and expiry (the
-    /// server's TTL marker, up to a second after the deadline) are reported.
+    /// server's TTL marker, up to a second after the deadline) are reported. A resumed watch
+    /// delivers what the bucket still holds after the revision, in order: the latest change
+    /// of each key (a KV bucket keeps one per key, so earlier rewrites of a key rewritten
+    /// since are not replayed), and removal markers younger than the marker TTL (60 s by
+    /// default). When the revision is older than anything the stream holds, the watch starts
+    /// with `Resync`.
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
         self.closed.check(STORE)?;
         let policy = match start {
@@ -696,7 +701,7 @@ impl Backend for NatsStateStore {
                     Error::invalid_key(version.as_str(), "not a version of this store")
                 })?;
                 DeliverPolicy::ByStartSequence {
-                    start_sequence: revision + 1,
+                    start_sequence: revision.saturating_add(1),
                 }
             }
             _ => return Err(Error::unsupported(STORE, "this watch start")),
@@ -705,12 +710,29 @@ impl Backend for NatsStateStore {
             KeySelector::Key(key) | KeySelector::Prefix(key) => key.as_str(),
             _ => "",
         };
+        let resync = match policy {
+            DeliverPolicy::ByStartSequence { start_sequence } => {
+                let mut stream = self.kv.stream.clone();
+                let first = stream
+                    .info()
+                    .await
+                    .map_err(|e| Error::unavailable(STORE, e))?
+                    .state
+                    .first_sequence;
+                first > start_sequence
+            }
+            _ => false,
+        };
         let consumer = self.consumer(prefix, policy, false).await?;
         let mut messages = consumer
             .messages()
             .await
             .map_err(|e| Error::unavailable(STORE, e))?;
         let (tx, stream) = watch_channel(256);
+        if resync {
+            let reason = "the stream no longer holds the changes after that version".to_owned();
+            let _ = tx.send(Ok(BackendEvent::Resync { reason })).await;
+        }
         let selector = selector.clone();
         let kv_prefix = self.kv.prefix.clone();
         tokio::spawn(async move {

@@ -175,6 +175,8 @@ pub struct RedisStateStore {
     client: Client,
     clustered: bool,
     closed: CloseFlag,
+    /// Tells watch tasks (each with a subscriber connection of its own) that the store closed.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl RedisStateStore {
@@ -249,6 +251,7 @@ impl RedisStateStore {
             client,
             clustered,
             closed: CloseFlag::new(),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -277,6 +280,11 @@ impl RedisStateStore {
 /// The version of a stored value: its SHA-1 in lower-case hex, as `redis.sha1hex` computes it.
 pub(crate) fn digest(value: &[u8]) -> Version {
     Version::new(sha1_smol::Sha1::from(value).digest().to_string())
+}
+
+/// Completes once the store is closed (or gone).
+async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|closed| *closed).await.map(drop);
 }
 
 /// A keyspace notification as a change; `None` for operations that change no value (an
@@ -735,7 +743,11 @@ impl Backend for RedisStateStore {
         subscriber.init().await.map_err(map)?;
         // After the first connection, which also counts as a "reconnection".
         let mut reconnects = subscriber.reconnect_rx();
-        subscriber.psubscribe(pattern.clone()).await.map_err(map)?;
+        if let Err(err) = subscriber.psubscribe(pattern.clone()).await {
+            let _ = subscriber.quit().await;
+            return Err(map(err));
+        }
+        let mut shutdown = self.shutdown.subscribe();
         let (tx, stream) = watch_channel(256);
         let reader = self.client.clone();
         tokio::spawn(async move {
@@ -769,6 +781,7 @@ impl Backend for RedisStateStore {
                         }
                     }
                     () = tx.closed() => break,
+                    () = closing(&mut shutdown) => break,
                 }
             }
             let _ = subscriber.quit().await;
@@ -780,6 +793,7 @@ impl Backend for RedisStateStore {
         if !self.closed.close() {
             return Ok(());
         }
+        self.shutdown.send_replace(true);
         self.client.quit().await.map_err(map)
     }
 }

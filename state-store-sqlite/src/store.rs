@@ -114,6 +114,10 @@ pub struct SqliteStateStore {
     sender: mpsc::Sender<Message>,
     queue: Arc<Semaphore>,
     config: SqliteConfig,
+    /// Set by `close`: watch threads stop.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    /// The database file a watch opens: the connection's (`None`: an in-memory database).
+    file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for SqliteStateStore {
@@ -149,6 +153,13 @@ impl SqliteStateStore {
     }
 
     async fn start(config: SqliteConfig, conn: Option<Connection>) -> Result<Self> {
+        let file = match &conn {
+            Some(conn) => conn
+                .path()
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
+            None => Some(config.path.clone()),
+        };
         let (sender, receiver) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_config = config.clone();
@@ -175,6 +186,8 @@ impl SqliteStateStore {
             sender,
             queue: Arc::new(Semaphore::new(MAX_QUEUED)),
             config,
+            closed: Arc::default(),
+            file,
         })
     }
 
@@ -484,6 +497,7 @@ fn watch_feed(
     start: Option<i64>,
     tx: &tokio::sync::mpsc::Sender<Result<BackendEvent>>,
     ready: oneshot::Sender<Result<()>>,
+    closed: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
@@ -501,7 +515,7 @@ fn watch_feed(
                 )
                 .map_err(map)?;
             let gap = match oldest {
-                Some(oldest) => oldest > after + 1,
+                Some(oldest) => oldest > after.saturating_add(1),
                 None => newest.unwrap_or(0) > after,
             };
             if gap {
@@ -532,7 +546,7 @@ fn watch_feed(
              WHERE seq > ?1 ORDER BY seq LIMIT 1000",
         )
         .map_err(map)?;
-    while !tx.is_closed() {
+    while !tx.is_closed() && !closed.load(std::sync::atomic::Ordering::Acquire) {
         let data_version: i64 = conn
             .query_row("PRAGMA data_version", [], |row| row.get(0))
             .map_err(map)?;
@@ -556,6 +570,20 @@ fn watch_feed(
                 .collect::<rusqlite::Result<_>>()
                 .map_err(map)?;
             let full = rows.len() == 1000;
+            // Sequence numbers have no gaps but those the sweep trims: a jump means changes
+            // this watcher had not read yet were trimmed (it fell more than 5 minutes behind).
+            if rows
+                .first()
+                .is_some_and(|row| row.0 > last.saturating_add(1))
+            {
+                let reason = "changes were trimmed before this watcher read them".to_owned();
+                if tx
+                    .blocking_send(Ok(BackendEvent::Resync { reason }))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
             for (seq, key, op, value, version) in rows {
                 last = seq;
                 if !selector.matches(&key) {
@@ -815,8 +843,11 @@ impl Backend for SqliteStateStore {
             })?),
             _ => return Err(Error::unsupported(STORE, "this watch start")),
         };
-        let path = self.config.path.clone();
+        let Some(path) = self.file.clone() else {
+            return Err(Error::unsupported(STORE, "watching an in-memory database"));
+        };
         let selector = selector.clone();
+        let closed = Arc::clone(&self.closed);
         let (tx, stream) = watch_channel(256);
         // The starting point is read before this returns: no later change is missed.
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -824,7 +855,7 @@ impl Backend for SqliteStateStore {
             .name("state-store-sqlite-watch".into())
             .spawn(move || {
                 let (errors, ready) = (tx.clone(), ready_tx);
-                if let Err(err) = watch_feed(&path, &selector, after, &tx, ready) {
+                if let Err(err) = watch_feed(&path, &selector, after, &tx, ready, &closed) {
                     let _ = errors.blocking_send(Err(err));
                 }
             })
@@ -838,6 +869,8 @@ impl Backend for SqliteStateStore {
     }
 
     async fn close(&self) -> Result<()> {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let (tx, rx) = oneshot::channel();
         if self.sender.send(Message::Close(tx)).is_ok() {
             let _ = rx.await;

@@ -40,15 +40,20 @@ impl KeyExtractor for PeerIp {
     }
 }
 
-/// Limits by the value of a request header (an API key, `x-forwarded-for` set by your
-/// proxy); requests without it are let through.
+/// Limits by the value of a request header (an API key, or a client address header that
+/// your proxy *sets* — not one a client can add to, like an appended `x-forwarded-for`);
+/// requests without the header are let through.
+///
+/// The key is the SHA-1 of the header's raw bytes: any value (non-ASCII, very long) gets a
+/// key of its own, and secrets such as API keys never appear in stored keys or logs.
 #[derive(Debug, Clone)]
 pub struct Header(pub HeaderName);
 
 impl KeyExtractor for Header {
     fn extract<B>(&self, request: &Request<B>) -> Option<String> {
-        let value = request.headers().get(&self.0)?.to_str().ok()?;
-        Some(format!("{}:{value}", self.0))
+        let value = request.headers().get(&self.0)?;
+        let digest = sha1_smol::Sha1::from(value.as_bytes()).digest();
+        Some(format!("header:{}:{digest}", self.0))
     }
 }
 

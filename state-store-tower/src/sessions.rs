@@ -100,12 +100,16 @@ macro_rules! session_store_impl {
             use ::$core::session_store::{self, Error as StoreError};
             use state_store_core::Backoff;
 
-            fn convert(err: Error) -> StoreError {
-                // Messages never carry values, so they can be passed on.
+            /// The store's error for tower-sessions, which logs it. Messages never carry
+            /// values, but they name the key, and a session id is a bearer secret: it is
+            /// replaced.
+            fn convert(id: &Id, err: Error) -> StoreError {
+                let secret = id.to_string();
+                let text = state_store_core_report(&err).replace(&secret, "<session id>");
                 match err {
-                    Error::Serialization { .. } => StoreError::Encode(err.to_string()),
-                    Error::Decode { .. } => StoreError::Decode(err.to_string()),
-                    other => StoreError::Backend(state_store_core_report(&other)),
+                    Error::Serialization { .. } => StoreError::Encode(text),
+                    Error::Decode { .. } => StoreError::Decode(text),
+                    _ => StoreError::Backend(text),
                 }
             }
 
@@ -119,11 +123,12 @@ macro_rules! session_store_impl {
                             // Born expired: nothing to keep.
                             return Ok(());
                         };
+                        let id = record.id;
                         if !store.capabilities().conditional
                             && store
-                                .get_entry(&name(record.id))
+                                .get_entry(&name(id))
                                 .await
-                                .map_err(convert)?
+                                .map_err(|e| convert(&id, e))?
                                 .is_some()
                         {
                             record.id = Id::default();
@@ -132,48 +137,56 @@ macro_rules! session_store_impl {
                         match store.set_with(&name(record.id), &*record, options).await {
                             Ok(_) => return Ok(()),
                             Err(Error::Conflict { .. }) => record.id = Id::default(),
-                            Err(err) => return Err(convert(err)),
+                            Err(err) => return Err(convert(&id, err)),
                         }
                     }
                 }
 
                 async fn save(&self, record: &Record) -> session_store::Result<()> {
                     let store = &self.store;
-                    let key = name(record.id);
+                    let id = &record.id;
+                    let key = name(id);
                     let mut backoff = Backoff::new(usize::MAX, state_store_core::CAS_DEADLINE);
                     loop {
                         // Only a session that still exists is rewritten.
-                        let Some(current) = store.get_entry(&key).await.map_err(convert)? else {
+                        let current = store.get_entry(&key).await.map_err(|e| convert(id, e))?;
+                        let Some(current) = current else {
                             return Ok(());
                         };
                         let mode = SetMode::Update(current.version);
                         let Some(options) = options(store, mode, record.expiry_date) else {
-                            return store.remove_state(&key).await.map_err(convert);
+                            return store.remove_state(&key).await.map_err(|e| convert(id, e));
                         };
                         match store.set_with(&key, record, options).await {
                             Ok(_) => return Ok(()),
                             Err(Error::Conflict { .. }) if backoff.wait().await => {}
-                            Err(err) => return Err(convert(err)),
+                            Err(err) => return Err(convert(id, err)),
                         }
                     }
                 }
 
                 async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
                     let key = name(id);
-                    let Some(record) = self.store.get::<Record>(&key).await.map_err(convert)?
-                    else {
+                    let found = self.store.get::<Record>(&key).await;
+                    let Some(record) = found.map_err(|e| convert(id, e))? else {
                         return Ok(None);
                     };
                     if time_left(record.expiry_date).is_some() {
                         return Ok(Some(record));
                     }
                     // Expired (a backend without TTL, or not dropped yet).
-                    self.store.remove_state(&key).await.map_err(convert)?;
+                    self.store
+                        .remove_state(&key)
+                        .await
+                        .map_err(|e| convert(id, e))?;
                     Ok(None)
                 }
 
                 async fn delete(&self, id: &Id) -> session_store::Result<()> {
-                    self.store.remove_state(&name(id)).await.map_err(convert)
+                    self.store
+                        .remove_state(&name(id))
+                        .await
+                        .map_err(|e| convert(id, e))
                 }
             }
         }

@@ -116,3 +116,35 @@ async fn a_failing_limiter_answers_500() {
     let response = service.oneshot(Request::new(())).await.expect("call");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn any_header_value_is_limited_and_never_stored_in_clear() {
+    let store = memory().await;
+    let limiter = Limiter::fixed_window(&store, 1, Duration::from_secs(60));
+    let service = RateLimitLayer::new(limiter, Header(HeaderName::from_static("x-api-key")))
+        .layer(tower::service_fn(ok));
+    let request = |value: &[u8]| {
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            "x-api-key",
+            http::HeaderValue::from_bytes(value).expect("header bytes"),
+        );
+        request
+    };
+    // Not visible ASCII, and long: still a key of its own, not a free pass.
+    let odd = [b"secret-\x80".as_slice(), &[b'k'; 4000]].concat();
+    for value in [odd.as_slice(), b"sk_live_plain"] {
+        let first = service.clone().oneshot(request(value)).await.expect("call");
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = service.clone().oneshot(request(value)).await.expect("call");
+        assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let stored = store.list_all("").await.expect("list");
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .all(|name| !name.contains("secret") && !name.contains("sk_live")),
+        "{stored:?}"
+    );
+}
