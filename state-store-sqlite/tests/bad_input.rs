@@ -117,3 +117,61 @@ async fn durability_full_and_urls_work() {
     assert!(SqliteConfig::from_url("redis://x").is_err());
     assert!(SqliteConfig::from_url("sqlite://x?nope=1").is_err());
 }
+
+#[tokio::test]
+async fn a_version_1_file_is_upgraded_in_place_and_keeps_its_data() {
+    let dir = temp_dir("sqlite-v1");
+    let path = dir.path().join("state.db");
+    {
+        // The schema the first release created, with a value in it.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE state_store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO state_store_meta VALUES ('schema_version', 1);
+             CREATE TABLE state_store (key TEXT PRIMARY KEY, value TEXT NOT NULL,
+                 version INTEGER NOT NULL, expires_at INTEGER) WITHOUT ROWID;
+             CREATE INDEX state_store_expires_at ON state_store (expires_at)
+                 WHERE expires_at IS NOT NULL;
+             INSERT INTO state_store VALUES ('kept', '\"from v1\"', 7, NULL);",
+        )
+        .expect("a version-1 file");
+    }
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open and upgrade"),
+    );
+    assert_eq!(
+        store.get::<String>("kept").await.expect("read").as_deref(),
+        Some("from v1")
+    );
+    // The change feed works on the upgraded file.
+    let mut watch = store
+        .watch(
+            state_store_core::Selector::All,
+            state_store_core::WatchStart::Now,
+        )
+        .await
+        .expect("watch");
+    store.set_state("new", &json!(1)).await.expect("write");
+    let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("an event")
+        .expect("open")
+        .expect("ok");
+    assert!(
+        matches!(&event, state_store_core::WatchEvent::Put { name, .. } if name == "new"),
+        "{event:?}"
+    );
+    store.destroy().await.expect("destroy");
+    let conn = rusqlite::Connection::open(&path).expect("reopen");
+    let version: i64 = conn
+        .query_row(
+            "SELECT value FROM state_store_meta WHERE name = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("schema version");
+    assert_eq!(version, 2);
+}
