@@ -118,6 +118,73 @@ pub struct SqliteStateStore {
     closed: Arc<std::sync::atomic::AtomicBool>,
     /// The database file a watch opens: the connection's (`None`: an in-memory database).
     file: Option<std::path::PathBuf>,
+    /// Tells this store's inline-read connections apart from other stores' on a thread.
+    id: u64,
+}
+
+/// Most names a read runs inline (on the caller's thread); larger reads go to the store thread.
+const INLINE_READ_KEYS: usize = 64;
+/// How long an inline read may wait for SQLite's WAL index (a checkpoint or recovery holding
+/// it) before it is handed to the store thread instead.
+const INLINE_READ_BUSY: Duration = Duration::from_millis(2);
+
+thread_local! {
+    /// This thread's read-only connections, one per open store: (store id, its close flag,
+    /// the connection).
+    static READERS: std::cell::RefCell<Vec<(u64, Arc<std::sync::atomic::AtomicBool>, Connection)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Store ids, so that a thread's reader connections are told apart.
+static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl SqliteStateStore {
+    /// Runs a read on the calling thread, on this thread's read-only connection to the file,
+    /// opened on first use. In WAL mode a reader never waits for writers; the one wait left
+    /// (the WAL index held by a checkpoint or recovery) is capped at [`INLINE_READ_BUSY`], after
+    /// which this gives `None` and the caller hands the read to the store thread. So an inline
+    /// read blocks the runtime for the query itself (microseconds for up to
+    /// [`INLINE_READ_KEYS`] keys by primary key) plus at most 2 ms. `None` too for an
+    /// in-memory database (its data lives in the store thread's connection only).
+    fn read_inline<R>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Option<Result<R>> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Some(Err(closed()));
+        }
+        let path = self.file.as_ref()?;
+        READERS.with(|readers| {
+            // A read never calls back into a store: a busy cell means "use the thread".
+            let mut readers = readers.try_borrow_mut().ok()?;
+            readers.retain(|(_, closed, _)| !closed.load(std::sync::atomic::Ordering::Acquire));
+            let index = match readers.iter().position(|(id, _, _)| *id == self.id) {
+                Some(index) => index,
+                None => {
+                    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                    let conn = Connection::open_with_flags(path, flags).ok()?;
+                    conn.busy_timeout(INLINE_READ_BUSY).ok()?;
+                    conn.set_prepared_statement_cache_capacity(16);
+                    readers.push((self.id, Arc::clone(&self.closed), conn));
+                    readers.len() - 1
+                }
+            };
+            match read(&readers[index].2) {
+                Ok(value) => Some(Ok(value)),
+                Err(err)
+                    if matches!(
+                        err.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) =>
+                {
+                    None
+                }
+                Err(err) => Some(Err(map(err))),
+            }
+        })
+    }
 }
 
 impl fmt::Debug for SqliteStateStore {
@@ -188,6 +255,7 @@ impl SqliteStateStore {
             config,
             closed: Arc::default(),
             file,
+            id: NEXT_STORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -799,7 +867,14 @@ impl Backend for SqliteStateStore {
             .with_max_value_len(256 * 1024 * 1024)
     }
 
+    /// Small reads (up to [`INLINE_READ_KEYS`] names) run on the calling thread, on a
+    /// read-only connection of that thread's own: see [`SqliteStateStore::read_inline`].
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        if keys.len() <= INLINE_READ_KEYS {
+            if let Some(read) = self.read_inline(|conn| get_many(conn, keys)) {
+                return read;
+            }
+        }
         let keys = keys.to_vec();
         self.call(move |conn| get_many(conn, &keys).map_err(map))
             .await
