@@ -18,8 +18,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use state_store::{
-    Error, ListOptions, RemoveCause, Selector, SetOptions, StateStore, StoreConfig, WatchEvent,
-    WatchStart, WatchSupport,
+    report, Error, ListOptions, RemoveCause, Selector, SetOptions, StateStore, StoreConfig,
+    WatchEvent, WatchStart, WatchSupport,
 };
 
 /// Read, write, list and watch state in a state-store backend.
@@ -124,18 +124,6 @@ impl From<Error> for Failure {
             message: report(&err),
         }
     }
-}
-
-/// An error with its sources (never values: the store's errors do not carry them).
-fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[tokio::main]

@@ -82,16 +82,7 @@ mod model;
 pub use context::{across_processes, run_case, Context, ProcessFactory, StoreFactory, Worker};
 
 /// Formats an error with its whole `source` chain, for assertion messages.
-pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+pub use state_store_core::report;
 
 include!(concat!(env!("OUT_DIR"), "/case_list.rs"));
 

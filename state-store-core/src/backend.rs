@@ -347,6 +347,14 @@ impl KeySelector {
             KeySelector::Prefix(p) => key.starts_with(p.as_str()),
         }
     }
+
+    /// Whether a watcher with this selector gets `event` (a `Resync` always).
+    pub fn selects(&self, event: &BackendEvent) -> bool {
+        match event {
+            BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => self.matches(key),
+            BackendEvent::Resync { .. } => true,
+        }
+    }
 }
 
 /// Where a watch starts.

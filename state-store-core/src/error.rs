@@ -276,6 +276,19 @@ impl Error {
     }
 }
 
+/// An error with its whole `source` chain on one line (`a: b: c`), for logs, command-line
+/// tools and assertion messages. Safe to show: this crate's errors never carry values.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Keys longer than this are shortened in error messages.
 const KEY_IN_MESSAGE: usize = 80;
 

@@ -796,6 +796,7 @@ async fn campaign(
     let mut seen_leader: Option<String> = None;
     let ended = |resigned: &watch::Receiver<bool>| *resigned.borrow() || events.is_closed();
     while !ended(&resigned) {
+        let mut failure = None;
         match request.try_acquire().await {
             Ok(Some(lease)) => {
                 seen_leader = Some(lease.holder().to_owned());
@@ -832,44 +833,33 @@ async fn campaign(
                     }
                 }
             }
-            Ok(None) => {
-                match request.store.leader(&request.name).await {
-                    Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
-                        seen_leader = Some(id.clone());
-                        if events
-                            .send(Ok(LeaderEvent::NewLeader { id }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    // Gone between the calls, or unchanged: campaign again.
-                    Ok(_) => {}
-                    Err(err) => {
-                        let transient = err.is_transient();
-                        if events.send(Err(err)).await.is_err() || !transient {
-                            return;
-                        }
+            Ok(None) => match request.store.leader(&request.name).await {
+                Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
+                    seen_leader = Some(id.clone());
+                    if events
+                        .send(Ok(LeaderEvent::NewLeader { id }))
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(poll_pause(request.ttl)) => {}
-                    () = until_resigned(&mut resigned) => return,
-                    () = events.closed() => return,
-                }
+                // Gone between the calls, or unchanged: campaign again.
+                Ok(_) => {}
+                Err(err) => failure = Some(err),
+            },
+            Err(err) => failure = Some(err),
+        }
+        if let Some(err) = failure {
+            let transient = err.is_transient();
+            if events.send(Err(err)).await.is_err() || !transient {
+                return;
             }
-            Err(err) => {
-                let transient = err.is_transient();
-                if events.send(Err(err)).await.is_err() || !transient {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(poll_pause(request.ttl)) => {}
-                    () = until_resigned(&mut resigned) => return,
-                    () = events.closed() => return,
-                }
-            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll_pause(request.ttl)) => {}
+            () = until_resigned(&mut resigned) => return,
+            () = events.closed() => return,
         }
     }
 }

@@ -104,7 +104,7 @@ pub use backend::{
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
 };
-pub use error::{BoxError, Error, JsonError, Operation, Result};
+pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
 pub use lease::{
     Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,

@@ -754,13 +754,7 @@ impl Backend for NatsStateStore {
                         None => continue,
                     },
                 };
-                let selected = match &event {
-                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
-                        selector.matches(key)
-                    }
-                    _ => true,
-                };
-                if selected && tx.send(Ok(event)).await.is_err() {
+                if selector.selects(&event) && tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }

@@ -17,16 +17,22 @@ fn server(extra: &[&str]) -> Option<RedisServer> {
     RedisServer::spawn(extra).map_or_else(|why| unavailable("redis", &why), Some)
 }
 
+/// A handle that gives up on a call after a second and reconnects quickly: for servers that
+/// go away.
+async fn impatient_store(server: &RedisServer) -> StateStore {
+    let config = RedisConfig::from_url(&server.url())
+        .expect("url")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_reconnect(0, Duration::from_millis(200));
+    StateStore::from(RedisStateStore::connect(config).await.expect("connect"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
     let Some(mut server) = server(&[]) else {
         return;
     };
-    let config = RedisConfig::from_url(&server.url())
-        .expect("url")
-        .with_request_timeout(Duration::from_secs(1))
-        .with_reconnect(0, Duration::from_millis(200));
-    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    let store = impatient_store(&server).await;
     // No persistence configured: a restarted redis-server starts empty.
     killed_server_recovers(&mut server, &store, false).await;
     store.destroy().await.expect("destroy");
@@ -38,11 +44,7 @@ async fn lease_tokens_survive_a_restart_with_append_only_persistence() {
     let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
         return;
     };
-    let config = RedisConfig::from_url(&server.url())
-        .expect("url")
-        .with_request_timeout(Duration::from_secs(1))
-        .with_reconnect(0, Duration::from_millis(200));
-    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    let store = impatient_store(&server).await;
     lease_tokens_survive_restart(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
@@ -52,11 +54,7 @@ async fn limiters_fail_open_or_closed_with_the_server_down() {
     let Some(mut server) = server(&[]) else {
         return;
     };
-    let config = RedisConfig::from_url(&server.url())
-        .expect("url")
-        .with_request_timeout(Duration::from_secs(1))
-        .with_reconnect(0, Duration::from_millis(200));
-    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
+    let store = impatient_store(&server).await;
     limiter_follows_its_failure_policy(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }

@@ -88,7 +88,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             raw,
         )
     };
-    let cases = [get(1), set(1), get_state(1), get(64), set(64), get_state(64)];
+    let cases = [
+        get(1),
+        set(1),
+        get_state(1),
+        get(64),
+        set(64),
+        get_state(64),
+    ];
     bench::run("DefaultStateStore vs RwLock<HashMap>", &cases).await;
 
     // Allocations are counted on this thread: run the calls on a runtime of its own here.

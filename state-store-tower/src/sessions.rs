@@ -105,7 +105,7 @@ macro_rules! session_store_impl {
             /// replaced.
             fn convert(id: &Id, err: Error) -> StoreError {
                 let secret = id.to_string();
-                let text = state_store_core_report(&err).replace(&secret, "<session id>");
+                let text = state_store_core::report(&err).replace(&secret, "<session id>");
                 match err {
                     Error::Serialization { .. } => StoreError::Encode(text),
                     Error::Decode { .. } => StoreError::Decode(text),
@@ -191,18 +191,6 @@ macro_rules! session_store_impl {
             }
         }
     };
-}
-
-/// An error with its sources, for the backend message.
-fn state_store_core_report(err: &Error) -> String {
-    let mut out = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(feature = "sessions")]
