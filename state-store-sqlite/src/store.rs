@@ -867,8 +867,8 @@ impl Backend for SqliteStateStore {
             .with_max_value_len(256 * 1024 * 1024)
     }
 
-    /// Small reads (up to [`INLINE_READ_KEYS`] names) run on the calling thread, on a
-    /// read-only connection of that thread's own: see [`SqliteStateStore::read_inline`].
+    /// Small reads (up to 64 names) run on the calling thread, on a read-only connection of
+    /// that thread's own (see the crate docs); larger ones on the store thread.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         if keys.len() <= INLINE_READ_KEYS {
             if let Some(read) = self.read_inline(|conn| get_many(conn, keys)) {
