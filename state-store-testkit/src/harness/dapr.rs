@@ -11,7 +11,10 @@ use state_store_conformance::faults::TestServer;
 
 use super::container::{choose, ContainerSpec, Tier, DAPRD_IMAGE, REDIS_IMAGE};
 use super::redis::RedisServer;
-use super::{find_binary, free_port, http_status, temp_dir, unavailable, Supervised, TempDir};
+use super::{
+    find_binary, free_port, http_status, temp_dir, unavailable, with_port_retries, Supervised,
+    TempDir,
+};
 
 /// Env var with the gRPC endpoint of a running sidecar to use instead of spawning one (its
 /// state store component must be named [`COMPONENT`]).
@@ -66,8 +69,10 @@ impl Daprd {
     /// When a binary is missing or the sidecar does not become healthy.
     pub fn spawn(component: Component) -> Result<Self, String> {
         match choose("daprd", daprd)? {
-            Tier::Local(binary) => Self::spawn_local(binary, component),
-            Tier::Container => Self::spawn_container(component),
+            Tier::Local(binary) => {
+                with_port_retries(|| Self::spawn_local(binary.clone(), component))
+            }
+            Tier::Container => with_port_retries(|| Self::spawn_container(component)),
         }
     }
 

@@ -45,6 +45,24 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Runs `start` up to three times: a port picked by [`free_port`] can be taken by another
+/// process before the server binds it (more likely with many test processes at once), and the
+/// next attempt picks new ports. The last error when every attempt failed.
+///
+/// # Errors
+///
+/// The third attempt's error.
+pub fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        match start() {
+            Ok(server) => return Ok(server),
+            Err(why) => last = format!("attempt {attempt}: {why}"),
+        }
+    }
+    Err(last)
+}
+
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -11,7 +11,7 @@ use state_store_conformance::faults::TestServer;
 use super::container::{choose, ContainerSpec, Tier, NATS_IMAGE};
 use super::{
     find_binary, free_port, http_get, http_status, temp_dir, unavailable, wait_for, wait_for_port,
-    Supervised, TempDir,
+    with_port_retries, Supervised, TempDir,
 };
 
 /// Env var with the URL of a NATS server (JetStream enabled) to use instead of spawning one.
@@ -61,7 +61,7 @@ impl NatsServer {
     ///
     /// When the binary is missing or the server does not become healthy.
     pub fn spawn(extra: &[&str]) -> Result<Self, String> {
-        Self::spawn_node("single", free_port(), extra, true)
+        with_port_retries(|| Self::spawn_node("single", free_port(), extra, true))
     }
 
     /// A node alone in a cluster has no JetStream quorum: then wait for its port only.

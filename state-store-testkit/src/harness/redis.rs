@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use state_store_conformance::faults::TestServer;
 
 use super::container::{choose, ContainerSpec, Tier, REDIS_IMAGE};
-use super::{find_binary, free_port, temp_dir, unavailable, Supervised, TempDir};
+use super::{
+    find_binary, free_port, temp_dir, unavailable, with_port_retries, Supervised, TempDir,
+};
 
 /// Env var with the URL of a Redis to use instead of spawning one.
 pub const REDIS_URL_VAR: &str = "STATE_STORE_TEST_REDIS_URL";
@@ -39,7 +41,7 @@ impl RedisServer {
     ///
     /// When the binary is missing or the server does not come up.
     pub fn spawn(extra: &[&str]) -> Result<Self, String> {
-        Self::spawn_on(free_port(), extra)
+        with_port_retries(|| Self::spawn_on(free_port(), extra))
     }
 
     fn spawn_on(port: u16, extra: &[&str]) -> Result<Self, String> {
