@@ -199,9 +199,8 @@ impl LeaseRequest {
     }
 
     /// Takes the lease, waiting up to `timeout` for the holder to release it or for it to
-    /// expire; `None` when the time is up. Waits by polling with jitter (a quarter to a half
-    /// of the TTL, or until the current holder's expiry when the backend reports it, never
-    /// longer than a second).
+    /// expire; `None` when the time is up. Waits by polling with jitter: a random pause of a
+    /// quarter to a half of the TTL, at most a second, between attempts.
     ///
     /// # Errors
     ///
