@@ -3,7 +3,9 @@
 //! the mean throughput ratio with its 95% interval, p50/p99 latency and ops/s.
 //!
 //! Settings from the environment: `BENCH_ROUNDS` (default 10), `BENCH_ROUND_MS` (default
-//! 1000) and `BENCH_FILTER` (run only cases whose name contains it).
+//! 1000) and `BENCH_FILTER` (run only cases whose name contains it). A `--quick` argument (or
+//! `BENCH_QUICK=1`) runs two rounds of 20 ms: it proves a benchmark still runs, nothing more,
+//! and is what CI does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,11 +112,70 @@ fn t95(df: usize) -> f64 {
     TABLE.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
 }
 
+/// Whether this is a smoke run: `--quick` among the arguments, or `BENCH_QUICK=1`.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick") || std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// Rounds per side and the length of one round: from the environment, or the quick settings.
+pub fn settings() -> (usize, Duration) {
+    if quick() {
+        return (2, Duration::from_millis(20));
+    }
+    (
+        env_or("BENCH_ROUNDS", 10).max(2) as usize,
+        Duration::from_millis(env_or("BENCH_ROUND_MS", 1000)),
+    )
+}
+
+/// One operation measured alone: throughput over `rounds` rounds with its 95% interval, and
+/// latency percentiles over all of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Measurement {
+    /// Mean operations per second across rounds.
+    pub ops_per_sec: f64,
+    /// Half-width of the 95% interval of `ops_per_sec`.
+    pub ci95: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+}
+
+/// Measures `op` with `concurrency` tasks: a warm-up of half a round, then `rounds` rounds of
+/// `length`.
+pub async fn measure(op: &Op, concurrency: usize, rounds: usize, length: Duration) -> Measurement {
+    let counter = Arc::new(AtomicU64::new(0));
+    round(op, concurrency, length / 2, &counter).await;
+    let mut rates = Vec::with_capacity(rounds);
+    let mut latencies = Vec::new();
+    for _ in 0..rounds.max(2) {
+        let r = round(op, concurrency, length, &counter).await;
+        rates.push(r.ops_per_sec);
+        latencies.extend(r.latencies_ns);
+    }
+    latencies.sort_unstable();
+    let (ops_per_sec, ci95) = mean_ci95(&rates);
+    Measurement {
+        ops_per_sec,
+        ci95,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    }
+}
+
+/// Mean and half-width of its 95% interval (Student's t), for at least two samples.
+fn mean_ci95(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, t95(samples.len() - 1) * (var / n).sqrt())
+}
+
 /// Runs every case and prints a Markdown table. Returns the mean ratios (adapter ÷ raw
 /// throughput) in case order.
 pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
-    let rounds = env_or("BENCH_ROUNDS", 10).max(2) as usize;
-    let length = Duration::from_millis(env_or("BENCH_ROUND_MS", 1000));
+    let (rounds, length) = settings();
     let counter = Arc::new(AtomicU64::new(0));
     println!("\n{title}: {rounds} interleaved rounds of {length:?} per side, after a warm-up\n");
     println!("| operation | tasks | adapter ops/s | raw ops/s | adapter ÷ raw (95% CI) | adapter p50 / p99 µs | raw p50 / p99 µs |");
@@ -149,10 +210,7 @@ pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
         }
         a_lat.sort_unstable();
         r_lat.sort_unstable();
-        let n = ratios.len() as f64;
-        let mean = ratios.iter().sum::<f64>() / n;
-        let var = ratios.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        let half = t95(ratios.len() - 1) * (var / n).sqrt();
+        let (mean, half) = mean_ci95(&ratios);
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.3} ± {:.3} | {:.0} / {:.0} | {:.0} / {:.0} |",
             case.name,
