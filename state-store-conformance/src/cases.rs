@@ -254,6 +254,43 @@ pub async fn get_state_many(ctx: Context) {
     }
     let none: [&str; 0] = [];
     assert!(ok(store.get_state(&none).await, "get_state()").is_empty());
+
+    // Through the backend, which does not deduplicate: each slot answers its own key, in
+    // order, also when a key is asked twice; short and long lists (backends batch them
+    // differently), with and without versions.
+    let key = |name: &str| format!("{}:{name}", store.config().key_prefix);
+    let short: Vec<&str> = vec!["n3", "n21", "n3", "n0", "n21"];
+    let long: Vec<&str> = short
+        .iter()
+        .copied()
+        .chain(["n19", "n24", "n5", "n19", "n0"])
+        .cycle()
+        .take(40)
+        .collect();
+    for names in [short, long] {
+        let keys: Vec<String> = names.iter().map(|name| key(name)).collect();
+        let expected: Vec<Option<Value>> = names
+            .iter()
+            .map(|name| {
+                name[1..]
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|&i| i < 20)
+                    .map(|i| json!(i))
+            })
+            .collect();
+        let json = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
+        let entries = ok(store.backend().get_many(&keys).await, "get_many");
+        let from_entries: Vec<Option<Value>> = entries
+            .iter()
+            .map(|e| e.as_ref().and_then(|e| json(&e.value)))
+            .collect();
+        assert_eq!(from_entries, expected, "get_many of {names:?}");
+        let values = ok(store.backend().get_values(&keys).await, "get_values");
+        let from_values: Vec<Option<Value>> =
+            values.iter().map(|v| v.as_deref().and_then(json)).collect();
+        assert_eq!(from_values, expected, "get_values of {names:?}");
+    }
 }
 
 /// A second write replaces the first, and the version changes.

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -49,7 +51,7 @@ pub struct DefaultStateStore {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    state: RwLock<State>,
     closed: CloseFlag,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -111,8 +113,8 @@ impl State {
         }
     }
 
+    /// Replaces the slot in place when the key exists (one lookup, no new key string).
     fn write(&mut self, key: &str, value: Vec<u8>, expires_at: Option<Instant>) -> u64 {
-        self.remove(key);
         self.last_version += 1;
         let version = self.last_version;
         if let Some(at) = expires_at {
@@ -125,14 +127,22 @@ impl State {
                 version: Version::new(version.to_string()),
             });
         }
-        self.slots.insert(
-            key.to_owned(),
-            Slot {
-                value,
-                version,
-                expires_at,
-            },
-        );
+        let slot = Slot {
+            value,
+            version,
+            expires_at,
+        };
+        match self.slots.get_mut(key) {
+            Some(old) => {
+                if let Some(at) = old.expires_at {
+                    self.deadlines.remove(&(at, old.version, key.to_owned()));
+                }
+                *old = slot;
+            }
+            None => {
+                self.slots.insert(key.to_owned(), slot);
+            }
+        }
         version
     }
 
@@ -170,7 +180,7 @@ impl Default for DefaultStateStore {
 impl fmt::Debug for DefaultStateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultStateStore")
-            .field("keys", &self.lock().slots.len())
+            .field("keys", &self.read().slots.len())
             .field("closed", &self.shared.closed.is_closed())
             .finish()
     }
@@ -186,7 +196,7 @@ impl DefaultStateStore {
     pub fn with_sweep_interval(every: Duration) -> Self {
         let store = DefaultStateStore {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                state: RwLock::new(State::default()),
                 closed: CloseFlag::new(),
                 sweeper: Mutex::new(None),
             }),
@@ -201,21 +211,39 @@ impl DefaultStateStore {
 
     /// Removes up to `limit` expired keys now and returns how many it removed.
     pub fn sweep_expired(&self, limit: usize) -> usize {
-        self.lock().sweep(Instant::now(), limit)
+        self.write().sweep(Instant::now(), limit)
     }
 
     /// Number of keys held, expired ones not yet swept included.
     pub fn len_including_expired(&self) -> usize {
-        self.lock().slots.len()
+        self.read().slots.len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.shared.state)
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open(&self) -> Result<MutexGuard<'_, State>> {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state for a change, once the store is known to be open.
+    fn open(&self) -> Result<RwLockWriteGuard<'_, State>> {
         self.shared.closed.check("memory")?;
-        Ok(self.lock())
+        Ok(self.write())
+    }
+
+    /// The state for a read: readers share it. Expired keys read as absent and stay until
+    /// the sweep or the next write of the key removes them.
+    fn open_read(&self) -> Result<RwLockReadGuard<'_, State>> {
+        self.shared.closed.check("memory")?;
+        Ok(self.read())
     }
 }
 
@@ -234,7 +262,11 @@ async fn sweep_forever(shared: Weak<Shared>, every: Duration) {
         // Batch after batch until nothing expired is left, letting callers take the lock in
         // between: keys expiring faster than one batch per interval never pile up.
         let now = Instant::now();
-        while lock(&shared.state).sweep(now, SWEEP_BATCH) == SWEEP_BATCH {
+        let sweep = || {
+            let mut state = shared.state.write().unwrap_or_else(PoisonError::into_inner);
+            state.sweep(now, SWEEP_BATCH)
+        };
+        while sweep() == SWEEP_BATCH {
             tokio::task::yield_now().await;
         }
     }
@@ -255,6 +287,12 @@ fn deadline(now: Instant, ttl: Option<Duration>) -> Option<Instant> {
 
 fn version(v: u64) -> Version {
     Version::new(v.to_string())
+}
+
+/// What a write returns when the caller does not want the version: no allocation.
+fn unwanted() -> Version {
+    static NONE: OnceLock<Version> = OnceLock::new();
+    NONE.get_or_init(|| Version::new("")).clone()
 }
 
 fn entry(slot: &Slot, now: Instant) -> Entry {
@@ -281,11 +319,26 @@ impl Backend for DefaultStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        let mut state = self.open()?;
+        let state = self.open_read()?;
         let now = Instant::now();
         Ok(keys
             .iter()
-            .map(|key| state.live(key, now).map(|slot| entry(slot, now)))
+            .map(|key| {
+                let slot = state.slots.get(key).filter(|slot| slot.live(now));
+                slot.map(|slot| entry(slot, now))
+            })
+            .collect())
+    }
+
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.open_read()?;
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let slot = state.slots.get(key).filter(|slot| slot.live(now));
+                slot.map(|slot| slot.value.clone())
+            })
             .collect())
     }
 
@@ -311,7 +364,12 @@ impl Backend for DefaultStateStore {
                 key: key.to_owned(),
             });
         }
-        Ok(version(state.write(key, value, expires_at)))
+        let written = state.write(key, value, expires_at);
+        Ok(if options.want_version {
+            version(written)
+        } else {
+            unwanted()
+        })
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
@@ -335,7 +393,7 @@ impl Backend for DefaultStateStore {
     }
 
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
-        let state = self.open()?;
+        let state = self.open_read()?;
         let now = Instant::now();
         let mut keys: Vec<&String> = state
             .slots
@@ -361,7 +419,7 @@ impl Backend for DefaultStateStore {
                 "resuming a watch from a version",
             ));
         }
-        let mut events = self.open()?.events.subscribe();
+        let mut events = self.open_read()?.events.subscribe();
         let (tx, stream) = watch_channel(64);
         let selector = selector.clone();
         tokio::spawn(async move {
@@ -409,7 +467,7 @@ impl Backend for DefaultStateStore {
             task.abort();
         }
         // Watchers end: their channel closes with the old state.
-        *self.lock() = State::default();
+        *self.write() = State::default();
         Ok(())
     }
 }

@@ -497,12 +497,15 @@ impl Backend for DaprStateStore {
             }
             by_key.insert(item.key.clone(), item);
         }
+        // A key asked twice is answered twice: copy, do not take.
         encoded
             .iter()
             .map(|k| {
-                let stored = match by_key.remove(k) {
+                let stored = match by_key.get(k) {
                     None => None,
-                    Some(item) => Stored::new(item.data, item.etag, &item.metadata)?,
+                    Some(item) => {
+                        Stored::new(item.data.clone(), item.etag.clone(), &item.metadata)?
+                    }
                 };
                 Ok(stored.filter(Stored::live).map(Stored::into_entry))
             })

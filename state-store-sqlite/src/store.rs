@@ -240,7 +240,12 @@ impl SqliteStateStore {
                 match opened {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(conn, &receiver, thread_config.sweep_interval);
+                        serve(
+                            conn,
+                            &receiver,
+                            thread_config.sweep_interval,
+                            thread_config.busy_timeout,
+                        );
                     }
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
@@ -436,7 +441,12 @@ const CHANGES_SCHEMA: &str = "
     END;";
 
 /// The store thread: runs jobs in order, sweeps expired rows between them.
-fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Duration) {
+fn serve(
+    conn: Connection,
+    receiver: &mpsc::Receiver<Message>,
+    sweep_every: Duration,
+    busy_timeout: Duration,
+) {
     let mut conn = conn;
     let mut next_sweep = later(sweep_every);
     loop {
@@ -454,7 +464,7 @@ fn serve(conn: Connection, receiver: &mpsc::Receiver<Message>, sweep_every: Dura
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if Instant::now() >= next_sweep {
-            next_sweep = match sweep(&conn) {
+            next_sweep = match sweep_unless_busy(&conn, busy_timeout) {
                 // A full batch: more rows may have expired. Sweep again as soon as the
                 // calls already waiting have run, so expired rows never pile up faster than
                 // they are deleted, and no call waits behind one long delete.
@@ -500,21 +510,47 @@ fn next_message(
     receiver.recv_timeout(wait.saturating_sub(SPIN))
 }
 
+/// How long a sweep waits for another connection's write lock before it gives up until the
+/// next interval. The calls queued behind it wait as long, so this is short.
+const SWEEP_BUSY: Duration = Duration::from_millis(2);
+
+/// A sweep that does not queue behind another process's writes for long: housekeeping is
+/// never worth a caller's wait (reads skip expired rows anyway), and the calls queued behind
+/// the sweep would wait as long as it does.
+fn sweep_unless_busy(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<usize> {
+    conn.busy_timeout(SWEEP_BUSY.min(busy_timeout))?;
+    let swept = sweep(conn);
+    conn.busy_timeout(busy_timeout)?;
+    swept
+}
+
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
     let now = now_ms();
+    let retention = i64::try_from(CHANGE_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    let trim_before = now.saturating_sub(retention);
+    // A read first: when nothing is due (the usual case) the sweep takes no write lock, so it
+    // neither waits behind other connections' writes and checkpoints nor makes them wait.
+    let due: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM state_store WHERE expires_at <= ?1)
+                 OR EXISTS (SELECT 1 FROM state_store_changes WHERE at <= ?2)",
+        )?
+        .query_row(params![now, trim_before], |row| row.get(0))?;
+    if !due {
+        return Ok(0);
+    }
     let expired = conn
         .prepare_cached(
             "DELETE FROM state_store WHERE key IN (
                  SELECT key FROM state_store WHERE expires_at <= ?1 LIMIT ?2)",
         )?
         .execute(params![now, SWEEP_BATCH as i64])?;
-    let retention = i64::try_from(CHANGE_RETENTION.as_millis()).unwrap_or(i64::MAX);
     let trimmed = conn
         .prepare_cached(
             "DELETE FROM state_store_changes WHERE seq IN (
                  SELECT seq FROM state_store_changes WHERE at <= ?1 LIMIT ?2)",
         )?
-        .execute(params![now.saturating_sub(retention), SWEEP_BATCH as i64])?;
+        .execute(params![trim_before, SWEEP_BATCH as i64])?;
     Ok(expired.max(trimmed))
 }
 
@@ -699,32 +735,90 @@ fn read_value(value: ValueRef<'_>) -> Vec<u8> {
 }
 
 fn get_many(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<Entry>>> {
+    read_live(conn, keys, |row, now| {
+        let expires_at: Option<i64> = row.get(3)?;
+        Ok(Entry {
+            value: read_value(row.get_ref(1)?),
+            version: version(row.get(2)?),
+            expires_in: expires_at
+                .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0))),
+        })
+    })
+}
+
+/// The values alone: no version string per row.
+fn get_values(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<Vec<u8>>>> {
+    read_live(conn, keys, |row, _| Ok(read_value(row.get_ref(1)?)))
+}
+
+/// Chunks up to this many keys find a row's place by scanning the chunk, larger ones through
+/// a map.
+const SCAN_CHUNK: usize = 16;
+
+/// `read(row)` for each live row among `keys`, in the caller's order (`None`: missing or
+/// expired; a name asked twice is answered twice).
+fn read_live<T: Clone>(
+    conn: &Connection,
+    keys: &[String],
+    mut read: impl FnMut(&rusqlite::Row<'_>, i64) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<Option<T>>> {
     let now = now_ms();
-    let mut found: HashMap<String, Entry> = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(READ_CHUNK) {
-        let placeholders = vec!["?"; chunk.len()].join(",");
-        let sql = format!(
-            "SELECT key, value, version, expires_at FROM state_store
-             WHERE key IN ({placeholders}) AND (expires_at IS NULL OR expires_at > ?)"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
+    let mut found: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+    for (c, chunk) in keys.chunks(READ_CHUNK).enumerate() {
+        let out = &mut found[c * READ_CHUNK..][..chunk.len()];
+        // The first place of each key; later duplicates are copied from it below.
+        let places: Option<HashMap<&[u8], usize>> = (chunk.len() > SCAN_CHUNK).then(|| {
+            chunk
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, k)| (k.as_bytes(), i))
+                .collect()
+        });
+        let place = |key: &[u8]| match &places {
+            Some(places) => places.get(key).copied(),
+            None => chunk.iter().position(|k| k.as_bytes() == key),
+        };
+        let mut stmt = conn.prepare_cached(&select_sql(chunk.len()))?;
         let params = chunk
             .iter()
             .map(|k| k as &dyn rusqlite::ToSql)
             .chain(std::iter::once(&now as &dyn rusqlite::ToSql));
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         while let Some(row) = rows.next()? {
-            let expires_at: Option<i64> = row.get(3)?;
-            let entry = Entry {
-                value: read_value(row.get_ref(1)?),
-                version: version(row.get(2)?),
-                expires_in: expires_at
-                    .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0))),
+            let ValueRef::Text(key) = row.get_ref(0)? else {
+                continue;
             };
-            found.insert(row.get(0)?, entry);
+            if let Some(i) = place(key) {
+                out[i] = Some(read(row, now)?);
+            }
+        }
+        for i in 0..chunk.len() {
+            if out[i].is_none() {
+                if let Some(first) = place(chunk[i].as_bytes()).filter(|&first| first != i) {
+                    out[i] = out[first].clone();
+                }
+            }
         }
     }
-    Ok(keys.iter().map(|key| found.remove(key)).collect())
+    Ok(found)
+}
+
+/// The `SELECT` for `n` keys: built once for the sizes inline reads use.
+fn select_sql(n: usize) -> std::borrow::Cow<'static, str> {
+    fn build(n: usize) -> String {
+        let placeholders = vec!["?"; n].join(",");
+        format!(
+            "SELECT key, value, version, expires_at FROM state_store
+             WHERE key IN ({placeholders}) AND (expires_at IS NULL OR expires_at > ?)"
+        )
+    }
+    static SMALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=INLINE_READ_KEYS).map(build).collect());
+    match small.get(n) {
+        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
+        None => std::borrow::Cow::Owned(build(n)),
+    }
 }
 
 /// The smallest byte string above every string starting with `prefix` (UTF-8 never holds
@@ -877,6 +971,17 @@ impl Backend for SqliteStateStore {
         }
         let keys = keys.to_vec();
         self.call(move |conn| get_many(conn, &keys).map_err(map))
+            .await
+    }
+
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.len() <= INLINE_READ_KEYS {
+            if let Some(read) = self.read_inline(|conn| get_values(conn, keys)) {
+                return read;
+            }
+        }
+        let keys = keys.to_vec();
+        self.call(move |conn| get_values(conn, &keys).map_err(map))
             .await
     }
 
