@@ -261,7 +261,7 @@ impl LeaseRequest {
             ttl: self.ttl,
         };
         let grant = store
-            .backend()
+            .dispatch()
             .acquire_lease(&request)
             .instrument(store.span("acquire_lease", 2))
             .await

@@ -234,7 +234,7 @@ impl StateStore {
         }
         let root = self.name_root();
         let page = self
-            .backend()
+            .dispatch()
             .list_keys(&format!("{root}{prefix}"), options.cursor.as_deref(), limit)
             .await?;
         let names = page
@@ -309,7 +309,7 @@ impl StateStore {
             Selector::Prefix(prefix) => KeySelector::Prefix(format!("{root}{prefix}")),
             Selector::All => KeySelector::Prefix(root.clone()),
         };
-        let inner = self.backend().watch(&selector, &start).await?;
+        let inner = self.dispatch().watch(&selector, &start).await?;
         Ok(Watch { inner, strip: root })
     }
 }

@@ -284,7 +284,7 @@ impl Limiter {
             write,
         };
         store
-            .backend()
+            .dispatch()
             .rate_limit(&request)
             .await
             .map_err(|e| store.rename(e))

@@ -192,6 +192,13 @@ impl StateStore {
         &self.inner.backend
     }
 
+    /// The backend to call. Calls go through `&dyn Backend`: on the `Arc` itself, method
+    /// resolution picks the forwarding `impl Backend for Arc<B>`, which boxes every call's
+    /// future a second time.
+    pub(crate) fn dispatch(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
     /// Reads every requested name in one backend call (one round trip where the backend
     /// batches). The map has one entry per distinct name: `None` when missing. No names give
     /// an empty map.
@@ -201,24 +208,18 @@ impl StateStore {
     /// See [`StateStore`]; [`Error::Decode`] names the first key whose stored value is not JSON.
     pub async fn get_state<S: AsRef<str>>(&self, names: &[S]) -> Result<StateMap> {
         self.check(Operation::Get)?;
-        let mut seen = std::collections::HashSet::with_capacity(names.len());
-        let unique: Vec<&str> = names
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|name| seen.insert(*name))
-            .collect();
+        let unique = distinct(names);
         let values = self
             .fetch_values(&unique)
             .instrument(self.span("get", unique.len()))
             .await?;
-        unique
-            .into_iter()
-            .zip(values)
-            .map(|(name, value)| {
-                let value = value.map(|v| decode(name, &v)).transpose()?;
-                Ok((name.to_owned(), value))
-            })
-            .collect()
+        // Sized up front: collecting `Result`s would grow the map from nothing.
+        let mut state = StateMap::with_capacity(unique.len());
+        for (name, value) in unique.into_iter().zip(values) {
+            let value = value.map(|v| decode(name, &v)).transpose()?;
+            state.insert(name.to_owned(), value);
+        }
+        Ok(state)
     }
 
     /// Reads one name with its version, for compare-and-set.
@@ -263,8 +264,7 @@ impl StateStore {
         let key = self.key(name)?;
         self.check_options(name, &options)?;
         let bytes = self.encode(name, value)?;
-        self.inner
-            .backend
+        self.dispatch()
             .set(&key, bytes, &options)
             .instrument(self.span("set", 1))
             .await
@@ -279,8 +279,7 @@ impl StateStore {
     pub async fn remove_state(&self, name: &str) -> Result<()> {
         self.check(Operation::Remove)?;
         let key = self.key(name)?;
-        self.inner
-            .backend
+        self.dispatch()
             .remove(&key, None)
             .instrument(self.span("remove", 1))
             .await
@@ -299,8 +298,7 @@ impl StateStore {
         let key = self.key(name)?;
         self.require(self.inner.capabilities.conditional, "conditional writes")?;
         match self
-            .inner
-            .backend
+            .dispatch()
             .remove(&key, Some(expected))
             .instrument(self.span("remove_if", 1))
             .await
@@ -332,8 +330,7 @@ impl StateStore {
         let key = self.key(name)?;
         self.require(self.inner.capabilities.increment, "atomic increment")?;
         self.check_ttl(name, ttl_on_create)?;
-        self.inner
-            .backend
+        self.dispatch()
             .increment(&key, delta, ttl_on_create)
             .instrument(self.span("increment", 1))
             .await
@@ -350,8 +347,7 @@ impl StateStore {
         if !self.inner.closed.close() {
             return Ok(());
         }
-        self.inner
-            .backend
+        self.dispatch()
             .close()
             .instrument(self.span("destroy", 0))
             .await
@@ -451,8 +447,7 @@ impl StateStore {
             return Ok(Vec::new());
         };
         let entries = self
-            .inner
-            .backend
+            .dispatch()
             .get_many(&keys)
             .await
             .map_err(|e| self.rename(e))?;
@@ -465,8 +460,7 @@ impl StateStore {
             return Ok(Vec::new());
         };
         let values = self
-            .inner
-            .backend
+            .dispatch()
             .get_values(&keys)
             .await
             .map_err(|e| self.rename(e))?;
@@ -496,8 +490,7 @@ impl StateStore {
 
     pub(crate) async fn raw_entry(&self, key: &str) -> Result<Option<Entry>> {
         Ok(self
-            .inner
-            .backend
+            .dispatch()
             .get_many(&[key.to_owned()])
             .await
             .map_err(|e| self.rename(e))?
@@ -511,8 +504,7 @@ impl StateStore {
         bytes: Vec<u8>,
         options: &SetOptions,
     ) -> Result<Version> {
-        self.inner
-            .backend
+        self.dispatch()
             .set(key, bytes, options)
             .await
             .map_err(|e| self.rename(e))
@@ -541,6 +533,29 @@ impl StateStore {
             prefix = self.inner.config.key_prefix.as_str()
         )
     }
+}
+
+/// `names` without repeats, in first-seen order: compared pairwise when few (no hashing, no
+/// set to allocate), through a set otherwise.
+fn distinct<S: AsRef<str>>(names: &[S]) -> Vec<&str> {
+    const PAIRWISE: usize = 16;
+    let mut unique: Vec<&str> = Vec::with_capacity(names.len());
+    if names.len() <= PAIRWISE {
+        for name in names.iter().map(AsRef::as_ref) {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        unique.extend(
+            names
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|name| seen.insert(*name)),
+        );
+    }
+    unique
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {

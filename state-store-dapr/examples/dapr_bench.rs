@@ -121,42 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         adapter::get_state(&store, &names10),
         raw_bulk,
     );
-    let r = raw.clone();
-    let raw_increment = op(move |i| {
-        let mut r = r.clone();
-        async move {
-            let name = format!("bench:r{}", i % 10);
-            let current = r
-                .get_state(get(name.clone()))
-                .await
-                .expect("get")
-                .into_inner();
-            let n: i64 = if current.data.is_empty() {
-                0
-            } else {
-                serde_json::from_slice(&current.data).expect("int")
-            };
-            let etag = (!current.etag.is_empty()).then_some(current.etag);
-            r.save_state(save(name, (n + 1).to_string().into_bytes(), etag))
-                .await
-                .expect("save");
-        }
-    });
-    let counter = |i: u64| format!("bench:c{}", i % 10);
-    let increment = Case::new(
-        "increment vs raw get + save(etag)",
-        1,
-        adapter::increment(&store, counter),
-        raw_increment,
-    );
-    let cases = [
-        get_case(1),
-        set_case(1),
-        get_case(16),
-        set_case(16),
-        bulk,
-        increment,
-    ];
+    let cases = [get_case(1), set_case(1), get_case(16), set_case(16), bulk];
     bench::run("DaprStateStore vs raw Dapr gRPC (state.redis)", &cases).await;
     store.destroy().await?;
     Ok(())

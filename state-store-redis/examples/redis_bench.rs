@@ -1,4 +1,5 @@
-//! Adapter vs raw fred, same process, same server, same JSON work.
+//! Adapter vs raw fred, same process, same server, same JSON work (both sides of `get_state`
+//! build the same name → value map).
 //!
 //! ```text
 //! cargo run --release -p state-store-redis --example redis_bench
@@ -8,9 +9,11 @@
 
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::PerformanceConfig;
 use serde_json::{json, Value};
 use state_store_core::StateStore;
 use state_store_redis::{fred, RedisConfig, RedisStateStore};
@@ -27,14 +30,22 @@ fn key(i: u64) -> String {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = redis_url().ok_or("no redis-server available")?;
     let store = StateStore::from(RedisStateStore::connect(RedisConfig::from_url(&url)?).await?);
-    let raw = fred::clients::Client::new(
-        fred::types::config::Config::from_url(&url)?,
-        None,
-        None,
-        None,
-    );
-    raw.init().await?;
-    let raw = Arc::new(raw);
+    let raw_client = |performance| {
+        let config = fred::types::config::Config::from_url(&url);
+        async move {
+            let raw = fred::clients::Client::new(config?, performance, None, None);
+            raw.init().await?;
+            Ok::<_, Box<dyn std::error::Error>>(Arc::new(raw))
+        }
+    };
+    // fred as it comes (no request timeout), and fred with the timeout the adapter sets on
+    // every request by default, so the cost of that timer shows on its own.
+    let raw = raw_client(None).await?;
+    let timed = raw_client(Some(PerformanceConfig {
+        default_command_timeout: state_store_core::Timeouts::default().request,
+        ..PerformanceConfig::default()
+    }))
+    .await?;
     let value = json!({ "user": "ada", "roles": ["admin", "dev"], "theme": "dark", "visits": 12345, "active": true });
     for i in 0..KEYS {
         store.set_state(&key(i), &value).await?;
@@ -42,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names10: Vec<String> = (0..10).map(key).collect();
 
     let counter = |i: u64| format!("bench:c{}", i % 10);
-    let get = |tasks| {
+    let get = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
         let r = raw.clone();
         let raw_get = op(move |i| {
             let r = r.clone();
@@ -51,9 +62,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
             }
         });
-        Case::new("get", tasks, adapter::get(&store, key), raw_get)
+        Case::new(name, tasks, adapter::get(&store, key), raw_get)
     };
-    let set = |tasks| {
+    let set = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
         let (r, v) = (raw.clone(), value.clone());
         let raw_set = op(move |i| {
             let (r, v) = (r.clone(), v.clone());
@@ -64,16 +75,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .expect("set");
             }
         });
-        Case::new("set", tasks, adapter::set(&store, key, &value), raw_set)
+        Case::new(name, tasks, adapter::set(&store, key, &value), raw_set)
     };
     let (r, n) = (raw.clone(), names10.clone());
     let raw_mget = op(move |_| {
         let (r, n) = (r.clone(), n.clone());
         async move {
-            let vs: Vec<Option<fred::bytes::Bytes>> = r.mget(n).await.expect("mget");
-            for v in vs.into_iter().flatten() {
-                let _: Value = serde_json::from_slice(&v).expect("json");
-            }
+            let vs: Vec<Option<fred::bytes::Bytes>> = r.mget(n.clone()).await.expect("mget");
+            // The same result as `get_state`: a map from each name to its value or `None`.
+            let _state: HashMap<String, Option<Value>> = n
+                .into_iter()
+                .zip(vs)
+                .map(|(name, v)| (name, v.map(|v| serde_json::from_slice(&v).expect("json"))))
+                .collect();
         }
     });
     let get_state = Case::new(
@@ -111,11 +125,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         adapter::increment(&store, counter),
         raw_incr,
     );
+    let same_timeout = "raw with the adapter's request timeout";
     let cases = [
-        get(1),
-        set(1),
-        get(64),
-        set(64),
+        get(1, &raw, "get"),
+        set(1, &raw, "set"),
+        get(64, &raw, "get"),
+        set(64, &raw, "set"),
+        get(64, &timed, &format!("get, {same_timeout}")),
+        set(64, &timed, &format!("set, {same_timeout}")),
         get_state,
         vs_purista,
         increment,
@@ -123,5 +140,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bench::run("RedisStateStore vs raw fred", &cases).await;
     store.destroy().await?;
     raw.quit().await?;
+    timed.quit().await?;
     Ok(())
 }

@@ -266,7 +266,11 @@ impl RedisStateStore {
 
     async fn mget(&self, keys: Vec<&String>) -> Result<Vec<Option<Vec<u8>>>> {
         let values: Vec<Option<fred::bytes::Bytes>> = match keys.as_slice() {
-            [key] => vec![self.client.get(key.as_str()).await.map_err(map)?],
+            [key] => {
+                let value: Option<fred::bytes::Bytes> =
+                    self.client.get(key.as_str()).await.map_err(map)?;
+                return Ok(vec![value.map(Vec::from)]);
+            }
             _ => {
                 let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
                 self.client.mget(keys).await.map_err(map)?

@@ -7,9 +7,11 @@
 //! The raw side calls rusqlite directly from the task, on one connection behind a mutex: the
 //! cheapest correct way to share one connection, and it blocks the runtime (what the adapter
 //! exists to avoid). The adapter hands each call to its own thread and awaits the answer.
+//! Both sides of `get_state` build the same name → value map.
 
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -95,9 +97,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|k| k as &dyn rusqlite::ToSql)
                     .chain([&now as &dyn rusqlite::ToSql]);
                 let mut rows = stmt.query(params_from_iter(args)).expect("query");
+                // The same result as `get_state`: a map from each name to its value or `None`.
+                let mut state: HashMap<String, Option<Value>> = HashMap::with_capacity(n.len());
                 while let Some(row) = rows.next().expect("row") {
                     let text: String = row.get(1).expect("value");
-                    let _: Value = serde_json::from_str(&text).expect("json");
+                    let value = serde_json::from_str(&text).expect("json");
+                    state.insert(row.get(0).expect("key"), Some(value));
+                }
+                for name in &n {
+                    if !state.contains_key(name) {
+                        state.insert(name.clone(), None);
+                    }
                 }
             }
         });
