@@ -24,6 +24,13 @@ impl Version {
         Version(token.into())
     }
 
+    /// What a write returns when its caller asked for no version
+    /// ([`SetOptions::want_version`] is false): one shared empty token, no allocation.
+    pub fn unwanted() -> Self {
+        static UNWANTED: std::sync::OnceLock<Version> = std::sync::OnceLock::new();
+        UNWANTED.get_or_init(|| Version::new("")).clone()
+    }
+
     /// The backend's token. For backend implementors.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{
-    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 use std::time::{Duration, Instant};
 
@@ -289,12 +289,6 @@ fn version(v: u64) -> Version {
     Version::new(v.to_string())
 }
 
-/// What a write returns when the caller does not want the version: no allocation.
-fn unwanted() -> Version {
-    static NONE: OnceLock<Version> = OnceLock::new();
-    NONE.get_or_init(|| Version::new("")).clone()
-}
-
 fn entry(slot: &Slot, now: Instant) -> Entry {
     Entry {
         value: slot.value.clone(),
@@ -368,7 +362,7 @@ impl Backend for DefaultStateStore {
         Ok(if options.want_version {
             version(written)
         } else {
-            unwanted()
+            Version::unwanted()
         })
     }
 

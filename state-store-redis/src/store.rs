@@ -447,9 +447,10 @@ impl Backend for RedisStateStore {
         let version = if options.want_version {
             digest(&value)
         } else {
-            Version::new("")
+            Version::unwanted()
         };
-        let value = text(&value)?;
+        // Owned, so the plain `SET` hands fred the buffer instead of a copy.
+        let value = String::from_utf8(value).map_err(|e| Error::backend(STORE, e.utf8_error()))?;
         let expire = options.ttl.map(|ttl| Expiration::PX(px(ttl)));
         match &options.mode {
             SetMode::Upsert if options.keep_ttl => match options.ttl {
@@ -464,7 +465,7 @@ impl Backend for RedisStateStore {
                         .evalsha_with_reload::<(), _, _>(
                             &self.client,
                             key,
-                            vec![value, &px(ttl).to_string()],
+                            vec![value.as_str(), &px(ttl).to_string()],
                         )
                         .await
                         .map_err(map)?;
@@ -495,7 +496,7 @@ impl Backend for RedisStateStore {
                     .evalsha_with_reload(
                         &self.client,
                         key,
-                        vec![value, expected.as_str(), &ttl, keep],
+                        vec![value.as_str(), expected.as_str(), &ttl, keep],
                     )
                     .await
                     .map_err(map)?;
