@@ -113,28 +113,33 @@ impl State {
         }
     }
 
-    /// Replaces the slot in place when the key exists (one lookup, no new key string).
-    fn write(&mut self, key: &str, value: Vec<u8>, expires_at: Option<Instant>) -> u64 {
+    /// Replaces the slot in place when the key exists (one lookup, no new key string). A
+    /// replaced slot that had expired is announced as expired first, as a read would have.
+    fn write(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<Instant>,
+        now: Instant,
+    ) -> u64 {
         self.last_version += 1;
         let version = self.last_version;
-        if let Some(at) = expires_at {
-            self.deadlines.insert((at, version, key.to_owned()));
-        }
-        if self.watched() {
-            let _ = self.events.send(BackendEvent::Put {
-                key: key.to_owned(),
-                value: value.clone(),
-                version: Version::new(version.to_string()),
-            });
-        }
+        let watched = self.watched();
+        let put = watched.then(|| BackendEvent::Put {
+            key: key.to_owned(),
+            value: value.clone(),
+            version: Version::new(version.to_string()),
+        });
         let slot = Slot {
             value,
             version,
             expires_at,
         };
+        let mut expired = false;
         match self.slots.get_mut(key) {
             Some(old) => {
                 if let Some(at) = old.expires_at {
+                    expired = at <= now;
                     self.deadlines.remove(&(at, old.version, key.to_owned()));
                 }
                 *old = slot;
@@ -142,6 +147,15 @@ impl State {
             None => {
                 self.slots.insert(key.to_owned(), slot);
             }
+        }
+        if let Some(at) = expires_at {
+            self.deadlines.insert((at, version, key.to_owned()));
+        }
+        if expired {
+            self.announce_removal(key, RemoveCause::Expired);
+        }
+        if let Some(put) = put {
+            let _ = self.events.send(put);
         }
         version
     }
@@ -339,6 +353,15 @@ impl Backend for DefaultStateStore {
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
         let mut state = self.open()?;
         let now = Instant::now();
+        if matches!(options.mode, SetMode::Upsert) && !options.keep_ttl {
+            // Nothing to check: one lookup, in `write`.
+            let written = state.write(key, value, deadline(now, options.ttl), now);
+            return Ok(if options.want_version {
+                version(written)
+            } else {
+                Version::unwanted()
+            });
+        }
         let current = state
             .live(key, now)
             .map(|slot| (slot.version, slot.expires_at));
@@ -358,7 +381,7 @@ impl Backend for DefaultStateStore {
                 key: key.to_owned(),
             });
         }
-        let written = state.write(key, value, expires_at);
+        let written = state.write(key, value, expires_at, now);
         Ok(if options.want_version {
             version(written)
         } else {
@@ -451,7 +474,7 @@ impl Backend for DefaultStateStore {
                 (next, slot.expires_at)
             }
         };
-        state.write(key, next.to_string().into_bytes(), expires_at);
+        state.write(key, next.to_string().into_bytes(), expires_at, now);
         Ok(next)
     }
 
