@@ -9,13 +9,13 @@
 //! cargo run --release -p examples --example scaling -- --backends memory,sqlite --out /tmp/r
 //! ```
 //!
-//! Prints a Markdown table per backend and writes `scaling.csv` and one `scaling-<backend>.svg`
-//! chart per backend to `--out` (default `docs/scaling` in the workspace; `target/scaling-quick`
-//! with `--quick`). Servers come from the test harness: a `redis-server`, `nats-server` and
-//! `daprd` (with `state.redis`) on loopback, or the `STATE_STORE_TEST_*` URLs. Every point is
-//! the adapter alone, measured in one process with the benchmark runner (rounds after a
-//! warm-up, mean throughput with its 95% interval, latency percentiles); the crate benchmarks
-//! compare each adapter with its raw client.
+//! Prints a Markdown table per backend and writes them (`scaling.md`), `scaling.csv` and one
+//! `scaling-<backend>.svg` chart per backend to `--out` (default `docs/scaling` in the
+//! workspace; `target/scaling-quick` with `--quick`). Servers come from the test harness: a
+//! `redis-server`, `nats-server` and `daprd` (with `state.redis`) on loopback, or the
+//! `STATE_STORE_TEST_*` URLs. Every point is the adapter alone, measured in one process with
+//! the benchmark runner (rounds after a warm-up, mean throughput with its 95% interval,
+//! latency percentiles); the crate benchmarks compare each adapter with its raw client.
 
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure it cannot report
 
@@ -119,14 +119,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = Plan::new(quick);
     let machine = machine();
     let date = today();
-    println!("# Scaling report, {date}, {machine}");
+    let mut report = format!(
+        "# Scaling report\n\n{date}, {machine}: `cargo run --release -p examples --example scaling{}`\n",
+        if quick { " -- --quick" } else { "" }
+    );
+    print!("{report}");
     std::fs::create_dir_all(&out)?;
-    let mut points = Vec::new();
+    // Every server first: a missing one fails the run in seconds, not after the others.
+    let dir = temp_dir("scaling");
+    let mut stores = Vec::new();
     for backend in BACKENDS.iter().copied().filter(|b| chosen.contains(b)) {
-        let dir = temp_dir("scaling");
-        let store = open(backend, dir.path()).await?.with_prefix("scaling");
+        stores.push((
+            backend,
+            open(backend, dir.path()).await?.with_prefix("scaling"),
+        ));
+    }
+    let mut points = Vec::new();
+    for (backend, store) in stores {
         let mut mine = measure_backend(backend, &store, &plan).await?;
-        print_table(backend, &mine);
+        let text = table(backend, &mine);
+        print!("{text}");
+        report.push_str(&text);
         let svg = chart::svg(
             &format!("state-store scaling: {backend}"),
             &format!("{date} · {machine} · cargo run --release -p examples --example scaling"),
@@ -139,8 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         store.destroy().await?;
         points.append(&mut mine);
+        std::fs::write(out.join("scaling.csv"), csv(&points))?;
+        std::fs::write(out.join("scaling.md"), &report)?;
     }
-    std::fs::write(out.join("scaling.csv"), csv(&points))?;
     println!("\nwrote {}", out.canonicalize().unwrap_or(out).display());
     Ok(())
 }
@@ -322,17 +336,20 @@ fn get_state_op(store: &StateStore, names: &[String]) -> Op {
     })
 }
 
-fn print_table(backend: &str, points: &[Point]) {
-    println!("\n## {backend}\n");
-    println!("| dimension | x | operation | tasks | ops/s (95% CI) | p50 µs | p99 µs |");
-    println!("|---|---:|---|---:|---:|---:|---:|");
+/// One backend's Markdown table.
+fn table(backend: &str, points: &[Point]) -> String {
+    let mut out = format!(
+        "\n## {backend}\n\n| dimension | x | operation | tasks | ops/s (95% CI) | p50 µs | p99 µs |\n|---|---:|---|---:|---:|---:|---:|\n"
+    );
     for p in points {
-        match &p.result {
-            Ok(m) => println!(
+        let _ = match &p.result {
+            Ok(m) => writeln!(
+                out,
                 "| {} | {} | {} | {} | {:.0} ± {:.0} | {:.0} | {:.0} |",
                 p.dimension, p.x, p.operation, p.tasks, m.ops_per_sec, m.ci95, m.p50_us, m.p99_us
             ),
-            Err(why) => println!(
+            Err(why) => writeln!(
+                out,
                 "| {} | {} | {} | {} | not measured: {} | | |",
                 p.dimension,
                 p.x,
@@ -340,8 +357,9 @@ fn print_table(backend: &str, points: &[Point]) {
                 p.tasks,
                 why.replace('|', "/")
             ),
-        }
+        };
     }
+    out
 }
 
 fn csv(points: &[Point]) -> String {
