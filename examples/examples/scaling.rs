@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use state_store::{Error, StateStore};
-use state_store_testkit::bench::{self, op, Measurement, Op};
+use state_store_testkit::bench::{self, adapter, Measurement, Op};
 use state_store_testkit::chart::{self, Panel, Series};
 use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 use state_store_testkit::harness::nats::nats_url;
@@ -40,9 +40,12 @@ fn key(i: u64) -> String {
     format!("k{i}")
 }
 
-/// Spreads call `i` over the first `n` keys (a multiplicative hash: neighbours differ).
+/// Spreads call `i` over the first `n` keys: a permutation of `0..n` (multiplying by a prime
+/// coprime to `n`), so neighbouring calls read far-apart keys and `n` calls read every key.
 fn spread(i: u64, n: u64) -> u64 {
-    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
+    const PRIME: u128 = 2_654_435_761; // neither 2 nor 5 divides it: coprime to 10^k
+    let i = u128::from(i % n);
+    u64::try_from(i * PRIME % u128::from(n)).unwrap_or(0)
 }
 
 fn small_value() -> Value {
@@ -65,10 +68,21 @@ struct Plan {
 
 impl Plan {
     fn new(quick: bool) -> Self {
+        // Shorter rounds than the crate benchmarks': there are many points, and each is the
+        // adapter alone. `BENCH_ROUNDS` / `BENCH_ROUND_MS` still apply.
         let (rounds, length) = if quick {
             bench::settings()
         } else {
-            (3, Duration::from_millis(400))
+            let env = |name: &str, default: u64| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            (
+                env("BENCH_ROUNDS", 3) as usize,
+                Duration::from_millis(env("BENCH_ROUND_MS", 400)),
+            )
         };
         Plan {
             names: vec![1, 10, 100, 1000],
@@ -116,6 +130,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from,
     );
     let chosen = arg("--backends").unwrap_or_else(|| BACKENDS.join(","));
+    let chosen: Vec<&str> = chosen.split(',').map(str::trim).collect();
+    if let Some(unknown) = chosen.iter().find(|b| !BACKENDS.contains(b)) {
+        return Err(format!(
+            "unknown backend {unknown:?}: choose from {}",
+            BACKENDS.join(",")
+        )
+        .into());
+    }
     let plan = Plan::new(quick);
     let machine = machine();
     let date = today();
@@ -195,9 +217,10 @@ async fn measure_backend(
     };
 
     for &n in &plan.names {
-        let names: Vec<String> = (0..n as u64).map(|i| key(spread(i, BASE_KEYS))).collect();
+        // Distinct names (`get_state` drops repeats), all stored.
+        let names: Vec<String> = (0..(n as u64).min(BASE_KEYS)).map(key).collect();
         let get_state = match store.get_state(&names).await {
-            Ok(_) => Ok(get_state_op(store, &names)),
+            Ok(_) => Ok(adapter::get_state(store, &names)),
             Err(err) => Err(state_store::report(&err)),
         };
         let result = run(get_state, 1, plan).await;
@@ -212,7 +235,7 @@ async fn measure_backend(
             Ok(()) => Ok(()),
             Err(err) => Err(state_store::report(&err)),
         };
-        let set = first.clone().map(|()| set_op(store, sized, &value));
+        let set = first.clone().map(|()| adapter::set(store, sized, &value));
         point(
             "value bytes",
             size as f64,
@@ -220,7 +243,7 @@ async fn measure_backend(
             1,
             run(set, 1, plan).await,
         );
-        let get = first.map(|()| get_op(store, move |_| sized(0)));
+        let get = first.map(|()| adapter::get(store, move |_| sized(0)));
         point(
             "value bytes",
             size as f64,
@@ -231,7 +254,7 @@ async fn measure_backend(
     }
 
     for &tasks in &plan.tasks {
-        let get = get_op(store, |i| key(spread(i, BASE_KEYS)));
+        let get = adapter::get(store, |i| key(spread(i, BASE_KEYS)));
         point(
             "tasks",
             tasks as f64,
@@ -239,7 +262,7 @@ async fn measure_backend(
             tasks,
             run(Ok(get), tasks, plan).await,
         );
-        let set = set_op(store, |i| key(spread(i, BASE_KEYS)), &small);
+        let set = adapter::set(store, |i| key(spread(i, BASE_KEYS)), &small);
         point(
             "tasks",
             tasks as f64,
@@ -252,7 +275,7 @@ async fn measure_backend(
     if matches!(backend, "memory" | "sqlite" | "redis") {
         for &n in &plan.keys {
             stored = fill(store, stored, n, &small).await?;
-            let get = get_op_over(store, n);
+            let get = adapter::get(store, move |i| key(spread(i, n)));
             point(
                 "keys stored",
                 n as f64,
@@ -286,54 +309,6 @@ async fn fill(store: &StateStore, from: u64, to: u64, value: &Value) -> Result<u
         next = end;
     }
     Ok(to.max(from))
-}
-
-fn fail(what: &str, err: &Error) -> ! {
-    panic!("{what} failed: {}", state_store::report(err))
-}
-
-fn get_op(store: &StateStore, name: impl Fn(u64) -> String + Send + Sync + 'static) -> Op {
-    let (store, name) = (store.clone(), std::sync::Arc::new(name));
-    op(move |i| {
-        let (store, name) = (store.clone(), name(i));
-        async move {
-            if let Err(err) = store.get::<Value>(&name).await {
-                fail("get", &err);
-            }
-        }
-    })
-}
-
-fn get_op_over(store: &StateStore, stored: u64) -> Op {
-    get_op(store, move |i| key(spread(i, stored)))
-}
-
-fn set_op(
-    store: &StateStore,
-    name: impl Fn(u64) -> String + Send + Sync + 'static,
-    value: &Value,
-) -> Op {
-    let (store, name, value) = (store.clone(), std::sync::Arc::new(name), value.clone());
-    op(move |i| {
-        let (store, name, value) = (store.clone(), name(i), value.clone());
-        async move {
-            if let Err(err) = store.set_state(&name, &value).await {
-                fail("set_state", &err);
-            }
-        }
-    })
-}
-
-fn get_state_op(store: &StateStore, names: &[String]) -> Op {
-    let (store, names) = (store.clone(), names.to_vec());
-    op(move |_| {
-        let (store, names) = (store.clone(), names.clone());
-        async move {
-            if let Err(err) = store.get_state(&names).await {
-                fail("get_state", &err);
-            }
-        }
-    })
 }
 
 /// One backend's Markdown table.

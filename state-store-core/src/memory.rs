@@ -253,16 +253,48 @@ impl DefaultStateStore {
         Ok(self.write())
     }
 
-    /// The state for a read: readers share it. Expired keys read as absent and stay until
-    /// the sweep or the next write of the key removes them.
+    /// The state for a read: readers share it.
     fn open_read(&self) -> Result<RwLockReadGuard<'_, State>> {
         self.shared.closed.check("memory")?;
         Ok(self.read())
     }
+
+    /// `read` of each live slot, under the shared lock. Expired slots read as absent; when
+    /// there are any, they are dropped (and announced) under the write lock afterwards, so a
+    /// store without a sweeper still frees them on access.
+    fn read_live<T>(
+        &self,
+        keys: &[String],
+        read: impl Fn(&Slot, Instant) -> T,
+    ) -> Result<Vec<Option<T>>> {
+        let state = self.open_read()?;
+        let now = Instant::now();
+        let mut expired = false;
+        let found = keys
+            .iter()
+            .map(|key| match state.slots.get(key) {
+                Some(slot) if slot.live(now) => Some(read(slot, now)),
+                Some(_) => {
+                    expired = true;
+                    None
+                }
+                None => None,
+            })
+            .collect();
+        drop(state);
+        if expired {
+            let mut state = self.write();
+            for key in keys {
+                // Checked again: a writer may have replaced it in between.
+                state.live(key, now);
+            }
+        }
+        Ok(found)
+    }
 }
 
-/// A panic while the lock is held cannot leave `State` half-written (every mutation is a
-/// single map operation), so a poisoned lock is safe to keep using.
+/// A panic while the lock is held cannot leave `State` half-written (no step of a change can
+/// panic between its map updates), so a poisoned lock is safe to keep using.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -327,27 +359,11 @@ impl Backend for DefaultStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        let state = self.open_read()?;
-        let now = Instant::now();
-        Ok(keys
-            .iter()
-            .map(|key| {
-                let slot = state.slots.get(key).filter(|slot| slot.live(now));
-                slot.map(|slot| entry(slot, now))
-            })
-            .collect())
+        self.read_live(keys, entry)
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let state = self.open_read()?;
-        let now = Instant::now();
-        Ok(keys
-            .iter()
-            .map(|key| {
-                let slot = state.slots.get(key).filter(|slot| slot.live(now));
-                slot.map(|slot| slot.value.clone())
-            })
-            .collect())
+        self.read_live(keys, |slot, _| slot.value.clone())
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
@@ -507,6 +523,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.sweep_expired(3), 3);
         assert_eq!(store.sweep_expired(100), 2);
+        assert_eq!(store.len_including_expired(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_frees_the_expired_keys_it_finds() {
+        // No sweep within the test: only the read can drop the key.
+        let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
+        let ttl = SetOptions::new().ttl(Duration::from_millis(1));
+        store.set("gone", b"1".to_vec(), &ttl).await.ok();
+        store
+            .set("kept", b"2".to_vec(), &SetOptions::new())
+            .await
+            .ok();
+        std::thread::sleep(Duration::from_millis(5));
+        let keys = ["gone".to_owned(), "kept".to_owned()];
+        let values = store.get_values(&keys).await.ok();
+        assert_eq!(values, Some(vec![None, Some(b"2".to_vec())]));
         assert_eq!(store.len_including_expired(), 1);
     }
 

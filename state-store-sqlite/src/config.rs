@@ -130,8 +130,10 @@ impl SqliteConfig {
     }
 
     /// How often expired rows are deleted in the background (default 1 s, between 10 ms and
-    /// a day). Each sweep deletes every row expired by then, in batches between calls. Expired
-    /// rows are invisible to reads either way.
+    /// a day). Each sweep deletes every row expired by then, in batches between calls. A sweep
+    /// that finds another process holding the write lock gives up after 2 ms and tries at the
+    /// next interval; after ten such sweeps in a row one waits the busy timeout. Expired rows
+    /// are invisible to reads either way.
     pub fn with_sweep_interval(mut self, every: Duration) -> Self {
         self.sweep_interval = every.clamp(Duration::from_millis(10), MAX_SWEEP_INTERVAL);
         self

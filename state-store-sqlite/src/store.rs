@@ -449,6 +449,7 @@ fn serve(
 ) {
     let mut conn = conn;
     let mut next_sweep = later(sweep_every);
+    let mut busy_sweeps = 0;
     loop {
         let wait = next_sweep.saturating_duration_since(Instant::now());
         match next_message(receiver, wait) {
@@ -464,15 +465,33 @@ fn serve(
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         if Instant::now() >= next_sweep {
-            next_sweep = match sweep_unless_busy(&conn, busy_timeout) {
+            // After a run of sweeps that found the file busy (another process writing
+            // nonstop), one waits as long as a call would, so expired rows and old changes
+            // cannot pile up for good.
+            let patience = if busy_sweeps < PATIENT_AFTER {
+                SWEEP_BUSY.min(busy_timeout)
+            } else {
+                busy_timeout
+            };
+            next_sweep = match sweep_waiting(&conn, patience, busy_timeout) {
                 // A full batch: more rows may have expired. Sweep again as soon as the
                 // calls already waiting have run, so expired rows never pile up faster than
                 // they are deleted, and no call waits behind one long delete.
-                Ok(removed) if removed >= SWEEP_BATCH => Instant::now(),
-                Ok(_) => later(sweep_every),
+                Ok(removed) if removed >= SWEEP_BATCH => {
+                    busy_sweeps = 0;
+                    Instant::now()
+                }
+                Ok(_) => {
+                    busy_sweeps = 0;
+                    later(sweep_every)
+                }
                 Err(err) => {
-                    // Another process may hold the lock; the next sweep tries again.
-                    tracing::debug!(error = %err, "sweeping expired state failed");
+                    busy_sweeps += 1;
+                    if busy_sweeps > PATIENT_AFTER {
+                        tracing::warn!(error = %err, failed = busy_sweeps, "sweeping expired state keeps failing");
+                    } else {
+                        tracing::debug!(error = %err, "sweeping expired state failed");
+                    }
                     later(sweep_every)
                 }
             };
@@ -510,15 +529,21 @@ fn next_message(
     receiver.recv_timeout(wait.saturating_sub(SPIN))
 }
 
-/// How long a sweep waits for another connection's write lock before it gives up until the
-/// next interval. The calls queued behind it wait as long, so this is short.
+/// How long a sweep usually waits for another connection's write lock before it gives up
+/// until the next interval. The calls queued behind it wait as long, so this is short.
 const SWEEP_BUSY: Duration = Duration::from_millis(2);
+/// Sweeps in a row that may give up that quickly; the next one waits the busy timeout.
+const PATIENT_AFTER: u32 = 10;
 
-/// A sweep that does not queue behind another process's writes for long: housekeeping is
-/// never worth a caller's wait (reads skip expired rows anyway), and the calls queued behind
-/// the sweep would wait as long as it does.
-fn sweep_unless_busy(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<usize> {
-    conn.busy_timeout(SWEEP_BUSY.min(busy_timeout))?;
+/// A sweep waiting at most `patience` for the write lock: housekeeping is rarely worth a
+/// caller's wait (reads skip expired rows anyway), and the calls queued behind the sweep wait
+/// as long as it does. The connection's own busy timeout is restored either way.
+fn sweep_waiting(
+    conn: &Connection,
+    patience: Duration,
+    busy_timeout: Duration,
+) -> rusqlite::Result<usize> {
+    conn.busy_timeout(patience)?;
     let swept = sweep(conn);
     conn.busy_timeout(busy_timeout)?;
     swept

@@ -244,12 +244,12 @@ pub mod adapter {
     }
 
     /// `get::<Value>(key(i))`.
-    pub fn get(store: &StateStore, key: fn(u64) -> String) -> Op {
+    pub fn get(store: &StateStore, key: impl Fn(u64) -> String + Send + Sync + 'static) -> Op {
         let store = store.clone();
         op(move |i| {
-            let store = store.clone();
+            let (store, name) = (store.clone(), key(i));
             async move {
-                if let Err(err) = store.get::<Value>(&key(i)).await {
+                if let Err(err) = store.get::<Value>(&name).await {
                     fail("get", &err);
                 }
             }
@@ -257,12 +257,16 @@ pub mod adapter {
     }
 
     /// `set_state(key(i), value)`.
-    pub fn set(store: &StateStore, key: fn(u64) -> String, value: &Value) -> Op {
+    pub fn set(
+        store: &StateStore,
+        key: impl Fn(u64) -> String + Send + Sync + 'static,
+        value: &Value,
+    ) -> Op {
         let (store, value) = (store.clone(), value.clone());
         op(move |i| {
-            let (store, value) = (store.clone(), value.clone());
+            let (store, name, value) = (store.clone(), key(i), value.clone());
             async move {
-                if let Err(err) = store.set_state(&key(i), &value).await {
+                if let Err(err) = store.set_state(&name, &value).await {
                     fail("set_state", &err);
                 }
             }
