@@ -264,6 +264,22 @@ impl SqliteStateStore {
         })
     }
 
+    /// A read of `keys`: up to 64 names on the calling thread, on a read-only connection of
+    /// that thread's own (see the crate docs); larger ones on the store thread.
+    async fn read<R: Send + 'static>(
+        &self,
+        keys: &[String],
+        read: fn(&Connection, &[String]) -> rusqlite::Result<R>,
+    ) -> Result<R> {
+        if keys.len() <= INLINE_READ_KEYS {
+            if let Some(result) = self.read_inline(|conn| read(conn, keys)) {
+                return result;
+            }
+        }
+        let keys = keys.to_vec();
+        self.call(move |conn| read(conn, &keys).map_err(map)).await
+    }
+
     /// Runs `f` on the store's thread and awaits its result.
     async fn call<R, F>(&self, f: F) -> Result<R>
     where
@@ -986,28 +1002,12 @@ impl Backend for SqliteStateStore {
             .with_max_value_len(256 * 1024 * 1024)
     }
 
-    /// Small reads (up to 64 names) run on the calling thread, on a read-only connection of
-    /// that thread's own (see the crate docs); larger ones on the store thread.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        if keys.len() <= INLINE_READ_KEYS {
-            if let Some(read) = self.read_inline(|conn| get_many(conn, keys)) {
-                return read;
-            }
-        }
-        let keys = keys.to_vec();
-        self.call(move |conn| get_many(conn, &keys).map_err(map))
-            .await
+        self.read(keys, get_many).await
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.len() <= INLINE_READ_KEYS {
-            if let Some(read) = self.read_inline(|conn| get_values(conn, keys)) {
-                return read;
-            }
-        }
-        let keys = keys.to_vec();
-        self.call(move |conn| get_values(conn, &keys).map_err(map))
-            .await
+        self.read(keys, get_values).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
