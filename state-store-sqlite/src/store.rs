@@ -1,4 +1,5 @@
-//! `SqliteStateStore`: the backend over one SQLite connection on a dedicated thread.
+//! `SqliteStateStore`: the backend over one read-write SQLite connection, used by a dedicated
+//! thread and by small calls on the caller's thread.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,7 +40,58 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 enum Message {
     Job(Job),
+    /// Inline writes filled the WAL: checkpoint it (see [`CHECKPOINT_PAGES`]).
+    Checkpoint,
     Close(oneshot::Sender<()>),
+}
+
+/// The store's one read-write connection, shared by the store thread and by callers that
+/// write inline while it is free. `None` once the store is closed.
+type Writer = Arc<std::sync::Mutex<Option<Connection>>>;
+
+fn lock(writer: &Writer) -> std::sync::MutexGuard<'_, Option<Connection>> {
+    // A panic while holding the lock leaves the connection as usable as SQLite left it.
+    writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// WAL pages after which the store thread checkpoints (SQLite's own default). Writers do not
+/// checkpoint: a checkpoint copies pages into the database file and syncs it, which must not
+/// happen on a caller's thread.
+const CHECKPOINT_PAGES: i32 = 1000;
+
+thread_local! {
+    /// The WAL's size after this thread's last commit on a store's writer (set by the WAL hook).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer's WAL hook: notes the WAL's size for whoever committed. It replaces SQLite's
+/// auto-checkpoint, so commits never checkpoint on the committing thread.
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
+
+/// Whether the WAL has grown enough to checkpoint, since this thread last asked.
+fn checkpoint_due() -> bool {
+    WAL_PAGES.take() >= CHECKPOINT_PAGES
+}
+
+fn checkpoint(conn: &Connection) {
+    // PASSIVE: copies what it can without waiting for readers or writers.
+    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(error = %err, "checkpointing the WAL failed");
+    }
+}
+
+/// A lock another connection holds, or the WAL index during a checkpoint or recovery: the
+/// statement changed nothing and may run again.
+fn busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Statements the store runs, public so the benchmark's raw-rusqlite side runs the very same.
@@ -85,11 +137,14 @@ pub mod sql {
 ///
 /// # Threads
 ///
-/// SQLite calls block. They run on one dedicated thread per store that owns the connection,
-/// fed by a channel; async callers await a reply and never block a Tokio worker. One thread
-/// rather than `spawn_blocking` per call: the connection and its prepared-statement cache stay
-/// on one thread, there is no per-call hand-off to a pool, and SQLite serializes writers to
-/// one file anyway. Open more stores on the same file for parallel reads.
+/// SQLite calls block. Small ones run on the caller's thread with a bounded wait: reads of up
+/// to 64 names on a read-only connection of that thread's own, and writes of values up to
+/// 64 KiB on the store's read-write connection when it is free; each waits at most 2 ms for a
+/// lock before it is handed to the store's own thread. Everything else — larger calls, writes
+/// that found the connection or the file busy, checkpoints, the sweep — runs on that one
+/// dedicated thread, fed by a channel, while async callers await the answer. One thread rather
+/// than `spawn_blocking` per call: the connection and its prepared-statement cache stay put,
+/// there is no per-call hand-off to a pool, and SQLite serializes writers to one file anyway.
 ///
 /// The same thread deletes expired rows every [`SqliteConfig::with_sweep_interval`]; reads never
 /// see expired rows in between. [`StateStore::destroy`](state_store_core::StateStore::destroy) stops the thread and closes the file.
@@ -112,6 +167,9 @@ pub mod sql {
 /// ```
 pub struct SqliteStateStore {
     sender: mpsc::Sender<Message>,
+    writer: Writer,
+    /// Set when an inline write asked the thread for a checkpoint it has not run yet.
+    checkpoint_asked: Arc<std::sync::atomic::AtomicBool>,
     queue: Arc<Semaphore>,
     config: SqliteConfig,
     /// Set by `close`: watch threads stop.
@@ -127,6 +185,11 @@ const INLINE_READ_KEYS: usize = 64;
 /// How long an inline read may wait for SQLite's WAL index (a checkpoint or recovery holding
 /// it) before it is handed to the store thread instead.
 const INLINE_READ_BUSY: Duration = Duration::from_millis(2);
+/// Largest value written inline (on the caller's thread); larger ones go to the store thread.
+const INLINE_WRITE_BYTES: usize = 64 * 1024;
+/// How long an inline write may wait for the file's write lock (another process writing)
+/// before it is handed to the store thread, which waits the full busy timeout.
+const INLINE_WRITE_BUSY: Duration = Duration::from_millis(2);
 
 thread_local! {
     /// This thread's read-only connections, one per open store: (store id, its close flag,
@@ -171,19 +234,62 @@ impl SqliteStateStore {
             };
             match read(&readers[index].2) {
                 Ok(value) => Some(Ok(value)),
-                Err(err)
-                    if matches!(
-                        err.sqlite_error_code(),
-                        Some(
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        )
-                    ) =>
-                {
-                    None
-                }
+                Err(err) if busy(&err) => None,
                 Err(err) => Some(Err(map(err))),
             }
         })
+    }
+
+    /// Runs a write of a value of `size` bytes on the calling thread, on the store's writer
+    /// connection, when no one else is using it; `None` hands it to the store thread. An inline
+    /// write blocks the runtime for one statement on one row (a value of at most
+    /// [`INLINE_WRITE_BYTES`], plus its change-feed row, appended to the WAL without a sync)
+    /// plus at most [`INLINE_WRITE_BUSY`] waiting for another process's write lock; it never
+    /// checkpoints (the thread does). With [`Durability::Full`] every commit syncs the file, so
+    /// writes always go to the thread.
+    fn write_inline<R>(
+        &self,
+        size: usize,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Option<Result<R>> {
+        if self.config.durability != Durability::Normal || size > INLINE_WRITE_BYTES {
+            return None;
+        }
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Some(Err(closed()));
+        }
+        let guard = self.writer.try_lock().ok()?;
+        let conn = guard.as_ref()?;
+        conn.busy_timeout(INLINE_WRITE_BUSY).ok()?;
+        let result = write(conn);
+        drop(guard);
+        if checkpoint_due()
+            && !self
+                .checkpoint_asked
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let _ = self.sender.send(Message::Checkpoint);
+        }
+        match result {
+            Ok(value) => Some(Ok(value)),
+            // Nothing was written: the store thread runs it again, waiting as long as it may.
+            Err(err) if busy(&err) => None,
+            Err(err) => Some(Err(map(err))),
+        }
+    }
+
+    /// A write: inline when it can be (see [`SqliteStateStore::write_inline`]), else on the
+    /// store thread.
+    async fn write<A: Send + 'static, R: Send + 'static>(
+        &self,
+        size: usize,
+        args: A,
+        write: fn(&Connection, &A) -> rusqlite::Result<R>,
+    ) -> Result<R> {
+        if let Some(result) = self.write_inline(size, |conn| write(conn, &args)) {
+            return result;
+        }
+        self.call(move |conn| write(conn, &args).map_err(map)).await
     }
 }
 
@@ -229,6 +335,14 @@ impl SqliteStateStore {
         };
         let (sender, receiver) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let writer = Writer::default();
+        let checkpoint_asked = Arc::<std::sync::atomic::AtomicBool>::default();
+        let thread = Serve {
+            writer: Arc::clone(&writer),
+            checkpoint_asked: Arc::clone(&checkpoint_asked),
+            sweep_every: config.sweep_interval,
+            busy_timeout: config.busy_timeout,
+        };
         let thread_config = config.clone();
         std::thread::Builder::new()
             .name("state-store-sqlite".into())
@@ -239,13 +353,9 @@ impl SqliteStateStore {
                 };
                 match opened {
                     Ok(conn) => {
+                        *lock(&thread.writer) = Some(conn);
                         let _ = ready_tx.send(Ok(()));
-                        serve(
-                            conn,
-                            &receiver,
-                            thread_config.sweep_interval,
-                            thread_config.busy_timeout,
-                        );
+                        thread.serve(&receiver);
                     }
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
@@ -256,6 +366,8 @@ impl SqliteStateStore {
         ready_rx.await.map_err(|_| closed())??;
         Ok(SqliteStateStore {
             sender,
+            writer,
+            checkpoint_asked,
             queue: Arc::new(Semaphore::new(MAX_QUEUED)),
             config,
             closed: Arc::default(),
@@ -352,6 +464,7 @@ fn prepare(mut conn: Connection, config: &SqliteConfig) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(map)?;
     migrate(&mut conn)?;
+    conn.wal_hook(Some(note_wal_pages));
     Ok(conn)
 }
 
@@ -456,61 +569,89 @@ const CHANGES_SCHEMA: &str = "
                 NULL, NULL, {now});
     END;";
 
-/// The store thread: runs jobs in order, sweeps expired rows between them.
-fn serve(
-    conn: Connection,
-    receiver: &mpsc::Receiver<Message>,
+/// What the store thread works with.
+struct Serve {
+    writer: Writer,
+    checkpoint_asked: Arc<std::sync::atomic::AtomicBool>,
     sweep_every: Duration,
     busy_timeout: Duration,
-) {
-    let mut conn = conn;
-    let mut next_sweep = later(sweep_every);
-    let mut busy_sweeps = 0;
-    loop {
-        let wait = next_sweep.saturating_duration_since(Instant::now());
-        match next_message(receiver, wait) {
-            Ok(Message::Job(job)) => job(&mut conn),
-            Ok(Message::Close(done)) => {
-                if let Err((_, err)) = conn.close() {
-                    tracing::warn!(error = %err, "closing the SQLite connection failed");
-                }
-                let _ = done.send(());
-                return;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        if Instant::now() >= next_sweep {
-            // After a run of sweeps that found the file busy (another process writing
-            // nonstop), one waits as long as a call would, so expired rows and old changes
-            // cannot pile up for good.
-            let patience = if busy_sweeps < PATIENT_AFTER {
-                SWEEP_BUSY.min(busy_timeout)
-            } else {
-                busy_timeout
-            };
-            next_sweep = match sweep_waiting(&conn, patience, busy_timeout) {
-                // A full batch: more rows may have expired. Sweep again as soon as the
-                // calls already waiting have run, so expired rows never pile up faster than
-                // they are deleted, and no call waits behind one long delete.
-                Ok(removed) if removed >= SWEEP_BATCH => {
-                    busy_sweeps = 0;
-                    Instant::now()
-                }
-                Ok(_) => {
-                    busy_sweeps = 0;
-                    later(sweep_every)
-                }
-                Err(err) => {
-                    busy_sweeps += 1;
-                    if busy_sweeps > PATIENT_AFTER {
-                        tracing::warn!(error = %err, failed = busy_sweeps, "sweeping expired state keeps failing");
-                    } else {
-                        tracing::debug!(error = %err, "sweeping expired state failed");
+}
+
+impl Serve {
+    /// The store thread: runs jobs in order, checkpoints the WAL and sweeps expired rows
+    /// between them.
+    fn serve(self, receiver: &mpsc::Receiver<Message>) {
+        let mut next_sweep = later(self.sweep_every);
+        let mut busy_sweeps = 0;
+        loop {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let message = next_message(receiver, wait);
+            let mut writer = lock(&self.writer);
+            let message = match message {
+                Ok(Message::Close(done)) => {
+                    if let Some(conn) = writer.take() {
+                        if let Err((_, err)) = conn.close() {
+                            tracing::warn!(error = %err, "closing the SQLite connection failed");
+                        }
                     }
-                    later(sweep_every)
+                    let _ = done.send(());
+                    return;
                 }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                other => other,
             };
+            let Some(conn) = writer.as_mut() else { return };
+            match message {
+                Ok(Message::Job(job)) => {
+                    // An inline write may have left its shorter wait on the connection.
+                    if let Err(err) = conn.busy_timeout(self.busy_timeout) {
+                        tracing::debug!(error = %err, "setting the busy timeout failed");
+                    }
+                    job(conn);
+                    if checkpoint_due() {
+                        checkpoint(conn);
+                    }
+                }
+                Ok(Message::Checkpoint) => {
+                    self.checkpoint_asked
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    checkpoint(conn);
+                }
+                // A timeout (time to sweep); closing was handled above.
+                _ => {}
+            }
+            if Instant::now() >= next_sweep {
+                // After a run of sweeps that found the file busy (another process writing
+                // nonstop), one waits as long as a call would, so expired rows and old changes
+                // cannot pile up for good.
+                let patience = if busy_sweeps < PATIENT_AFTER {
+                    SWEEP_BUSY.min(self.busy_timeout)
+                } else {
+                    self.busy_timeout
+                };
+                next_sweep = match sweep_waiting(conn, patience, self.busy_timeout) {
+                    // A full batch: more rows may have expired. Sweep again as soon as the
+                    // calls already waiting have run, so expired rows never pile up faster than
+                    // they are deleted, and no call waits behind one long delete.
+                    Ok(removed) if removed >= SWEEP_BATCH => {
+                        busy_sweeps = 0;
+                        Instant::now()
+                    }
+                    Ok(_) => {
+                        busy_sweeps = 0;
+                        later(self.sweep_every)
+                    }
+                    Err(err) => {
+                        busy_sweeps += 1;
+                        if busy_sweeps > PATIENT_AFTER {
+                            tracing::warn!(error = %err, failed = busy_sweeps, "sweeping expired state keeps failing");
+                        } else {
+                            tracing::debug!(error = %err, "sweeping expired state failed");
+                        }
+                        later(self.sweep_every)
+                    }
+                };
+            }
         }
     }
 }
@@ -898,7 +1039,13 @@ fn list_keys(
     Ok(KeyPage::new(keys, next))
 }
 
-fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Result<Version> {
+/// The new version, or `None` when the condition did not hold.
+fn set(
+    conn: &Connection,
+    key: &str,
+    value: &str,
+    options: &SetOptions,
+) -> rusqlite::Result<Option<i64>> {
     let now = now_ms();
     let expires_at = deadline(now, options.ttl);
     let next = new_version();
@@ -936,19 +1083,13 @@ fn set(conn: &Connection, key: &str, value: &str, options: &SetOptions) -> Resul
                     options.keep_ttl
                 ])
             }),
-    }
-    .map_err(map)?;
-    if written == 0 {
-        return Err(Error::Conflict {
-            key: key.to_owned(),
-        });
-    }
-    Ok(version(next))
+    }?;
+    Ok((written > 0).then_some(next))
 }
 
-fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> Result<bool> {
+fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> rusqlite::Result<bool> {
     let now = now_ms();
-    let removed = match expected {
+    match expected {
         None => conn
             .prepare_cached(
                 "DELETE FROM state_store WHERE key = ?1 RETURNING expires_at IS NULL OR expires_at > ?2",
@@ -966,27 +1107,24 @@ fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> Result<bo
             .and_then(|mut s| s.execute(params![key, expected_version(expected), now]))
             .map(|n| n > 0),
     }
-    .map_err(map)?;
-    Ok(removed)
 }
 
 /// One statement: insert the counter, or add to it when it is a live canonical integer and the
 /// sum stays an integer (SQLite turns an overflowing sum into a REAL). An expired row restarts.
-fn increment(conn: &Connection, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+/// `None`: the stored value is not an integer, or the sum overflows.
+fn increment(
+    conn: &Connection,
+    key: &str,
+    delta: i64,
+    ttl: Option<Duration>,
+) -> rusqlite::Result<Option<i64>> {
     let now = now_ms();
-    let value = conn
-        .prepare_cached(sql::INCREMENT)
-        .and_then(|mut s| {
-            s.query_row(
-                params![key, delta, new_version(), deadline(now, ttl), now],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()
-        })
-        .map_err(map)?;
-    value.ok_or_else(|| Error::NotAnInteger {
-        key: key.to_owned(),
-    })
+    conn.prepare_cached(sql::INCREMENT)?
+        .query_row(
+            params![key, delta, new_version(), deadline(now, ttl), now],
+            |row| row.get::<_, i64>(0),
+        )
+        .optional()
 }
 
 #[async_trait]
@@ -1011,24 +1149,37 @@ impl Backend for SqliteStateStore {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        let key = key.to_owned();
         let value = text(value)?;
-        let options = options.clone();
-        self.call(move |conn| set(conn, &key, &value, &options))
-            .await
+        let args = (key.to_owned(), value, options.clone());
+        let written = self
+            .write(args.1.len(), args, |conn, (key, value, options)| {
+                set(conn, key, value, options)
+            })
+            .await?;
+        written.map(version).ok_or_else(|| Error::Conflict {
+            key: key.to_owned(),
+        })
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        let key = key.to_owned();
-        let expected = expected.cloned();
-        self.call(move |conn| remove(conn, &key, expected.as_ref()))
-            .await
+        let args = (key.to_owned(), expected.cloned());
+        self.write(0, args, |conn, (key, expected)| {
+            remove(conn, key, expected.as_ref())
+        })
+        .await
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        let key = key.to_owned();
-        self.call(move |conn| increment(conn, &key, delta, ttl))
-            .await
+        let sum = self
+            .write(
+                0,
+                (key.to_owned(), delta, ttl),
+                |conn, (key, delta, ttl)| increment(conn, key, *delta, *ttl),
+            )
+            .await?;
+        sum.ok_or_else(|| Error::NotAnInteger {
+            key: key.to_owned(),
+        })
     }
 
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {

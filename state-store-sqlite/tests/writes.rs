@@ -1,0 +1,100 @@
+//! Writes run on the caller's thread when they can (small values, the writer connection free,
+//! the file not locked) and on the store thread otherwise; both paths keep the file healthy.
+
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
+use std::time::Duration;
+
+use serde_json::json;
+use state_store_core::StateStore;
+use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
+use state_store_testkit::harness::temp_dir;
+
+/// Writers never checkpoint (a checkpoint syncs the file, and an inline write must not block
+/// the runtime for that); the store thread does. The WAL must still stay near SQLite's
+/// 1000-page checkpoint size however many writes run inline, not grow with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_while_writes_run_inline() {
+    let dir = temp_dir("sqlite-wal");
+    let path = dir.path().join("state.db");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open"),
+    );
+    // 8 KiB values: each write adds the row and its change-feed copy, ~5 pages; 3000 of them
+    // would make a WAL of about 60 MB without checkpoints.
+    let value = json!("x".repeat(8 * 1024));
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, value) = (store.clone(), value.clone());
+            tokio::spawn(async move {
+                for i in 0..750 {
+                    store
+                        .set_state(&format!("k{t}-{}", i % 50), &value)
+                        .await
+                        .expect("set");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let wal = std::fs::metadata(dir.path().join("state.db-wal"))
+        .expect("the WAL file")
+        .len();
+    assert!(
+        wal < 16 * 1024 * 1024,
+        "the WAL grew to {wal} bytes: it is not checkpointed"
+    );
+    assert_eq!(
+        store.get::<String>("k3-49").await.expect("get"),
+        Some("x".repeat(8 * 1024))
+    );
+    store.destroy().await.expect("destroy");
+}
+
+/// A write that finds the file locked by another process for longer than an inline write may
+/// wait (2 ms) is not failed: the store thread runs it, waiting up to the busy timeout.
+#[tokio::test]
+async fn a_write_outlasts_a_short_lock_held_by_another_process() {
+    let dir = temp_dir("sqlite-short-lock");
+    let path = dir.path().join("state.db");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open"),
+    );
+    store.set_state("n", &json!(1)).await.expect("set");
+
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let other_path = path.clone();
+    let holder = std::thread::spawn(move || {
+        let mut other = rusqlite::Connection::open(other_path).expect("raw open");
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .expect("lock");
+        locked_tx.send(()).expect("signal");
+        std::thread::sleep(Duration::from_millis(300));
+        tx.rollback().expect("release");
+    });
+    locked_rx.recv().expect("locked");
+    assert_eq!(store.increment("n", 1, None).await.expect("increment"), 2);
+    store.set_state("k", &json!("after")).await.expect("set");
+    store.remove_state("k").await.expect("remove");
+    assert_eq!(store.get::<String>("k").await.expect("get"), None);
+    holder.join().expect("holder");
+
+    // Large values go to the store thread, small ones inline; one caller's writes stay in order.
+    let large = json!("y".repeat(100 * 1024));
+    for _ in 0..20 {
+        store.set_state("k", &large).await.expect("large");
+        store.set_state("k", &json!("small")).await.expect("small");
+        assert_eq!(
+            store.get::<String>("k").await.expect("get").as_deref(),
+            Some("small")
+        );
+    }
+    store.destroy().await.expect("destroy");
+}
