@@ -23,6 +23,23 @@ pub trait TestServer {
     ///
     /// Why it could not start.
     fn restart(&mut self) -> Result<(), String>;
+    /// Freezes the server (SIGSTOP, `docker pause`): its connections stay open and nothing
+    /// answers. For [`hung_server_times_out`]; the default says it cannot.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not pause.
+    fn pause(&mut self) -> Result<(), String> {
+        Err("this test server cannot be paused".to_owned())
+    }
+    /// Lets a paused server run again.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not resume.
+    fn resume(&mut self) -> Result<(), String> {
+        Err("this test server cannot be resumed".to_owned())
+    }
 }
 
 /// How long a scenario waits for a call that should end by itself (a timeout) before calling
@@ -90,6 +107,70 @@ pub async fn killed_server_recovers(
     assert_eq!(
         store
             .get::<String>("fault:k")
+            .await
+            .expect("read after")
+            .as_deref(),
+        Some("after")
+    );
+}
+
+/// The server hangs (it keeps the connection open and answers nothing, as in a long GC pause or
+/// on a stuck disk): every read and write on `store` ends by itself with `Unavailable` (its
+/// request timeout), none waits forever; the server wakes up: the same handle reads and writes
+/// again, and what was written before the hang is still there. A write that timed out may or
+/// may not have taken effect (the server may run it when it wakes), as `Unavailable` says.
+///
+/// `store` should have a request timeout well under 30 s.
+pub async fn hung_server_times_out(server: &mut dyn TestServer, store: &StateStore) {
+    store
+        .set_state("fault:hang", &json!("before"))
+        .await
+        .expect("write before the hang");
+
+    server.pause().expect("pause the server");
+    let read = tokio::time::timeout(PATIENCE, store.get_state(&["fault:hang"])).await;
+    let write = tokio::time::timeout(PATIENCE, store.set_state("fault:hang-x", &json!(1))).await;
+    let count =
+        tokio::time::timeout(PATIENCE, store.get_state(&["fault:hang", "fault:hang-x"])).await;
+    // Resumed before any assertion, so a failure does not leave a frozen server behind.
+    server.resume().expect("resume the server");
+    for (what, outcome) in [
+        ("a read", read.map(|r| r.map(drop))),
+        ("a write", write),
+        ("a read of two names", count.map(|r| r.map(drop))),
+    ] {
+        match outcome {
+            Err(_) => panic!("{what} hung with the server frozen"),
+            Ok(Err(err @ Error::Unavailable { .. })) => assert!(err.is_transient()),
+            Ok(other) => panic!("{what} with the server frozen gave {other:?}, not Unavailable"),
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let before = loop {
+        match store.get::<String>("fault:hang").await {
+            Ok(value) => break value,
+            Err(err) => assert!(
+                started.elapsed() < PATIENCE,
+                "the handle did not recover after the server woke up: {}",
+                report(&err)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(before.as_deref(), Some("before"), "the hang lost data");
+    let started = std::time::Instant::now();
+    while let Err(err) = store.set_state("fault:hang", &json!("after")).await {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "writes did not recover after the server woke up: {}",
+            report(&err)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store
+            .get::<String>("fault:hang")
             .await
             .expect("read after")
             .as_deref(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use state_store_conformance::faults::killed_server_recovers;
+use state_store_conformance::faults::{hung_server_times_out, killed_server_recovers};
 use state_store_core::{Error, StateStore};
 use state_store_dapr::{DaprConfig, DaprStateStore};
 use state_store_testkit::harness::dapr::{Component, Daprd, COMPONENT};
@@ -25,6 +25,20 @@ async fn killed_sidecar_gives_unavailable_then_the_same_handle_recovers() {
     let store = StateStore::from(DaprStateStore::connect(config).await.expect("connect"));
     // state.redis: the data lives in Redis, which outlives the sidecar.
     killed_server_recovers(&mut sidecar, &store, true).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sidecar_gives_unavailable_then_the_same_handle_recovers() {
+    let Some(mut sidecar) = daprd(Component::InMemory) else {
+        return;
+    };
+    let config = DaprConfig::new(sidecar.endpoint(), COMPONENT)
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
+    let store = StateStore::from(DaprStateStore::connect(config).await.expect("connect"));
+    // A frozen sidecar keeps its in-memory state.
+    hung_server_times_out(&mut sidecar, &store).await;
     store.destroy().await.expect("destroy");
 }
 

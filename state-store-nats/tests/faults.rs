@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use state_store_conformance::faults::{
-    killed_server_recovers, lease_tokens_survive_restart, limiter_follows_its_failure_policy,
-    TestServer,
+    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
+    limiter_follows_its_failure_policy, TestServer,
 };
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
@@ -48,6 +48,17 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers_with_its_
     let store = connect(config).await;
     // File storage: the data survives the restart.
     killed_server_recovers(&mut server, &store, true).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_gives_unavailable_then_the_same_handle_recovers() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let store = connect(config).await;
+    hung_server_times_out(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

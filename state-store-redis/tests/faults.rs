@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use state_store_conformance::faults::{
-    killed_server_recovers, lease_tokens_survive_restart, limiter_follows_its_failure_policy,
+    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
+    limiter_follows_its_failure_policy,
 };
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
@@ -35,6 +36,18 @@ async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
     let store = impatient_store(&server).await;
     // No persistence configured: a restarted redis-server starts empty.
     killed_server_recovers(&mut server, &store, false).await;
+    store.destroy().await.expect("destroy");
+}
+
+/// A frozen server is why every request carries a deadline (the adapter's one per-request
+/// cost over raw fred, see the benchmark): without it these calls would wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_gives_unavailable_then_the_same_handle_recovers() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let store = impatient_store(&server).await;
+    hung_server_times_out(&mut server, &store).await;
     store.destroy().await.expect("destroy");
 }
 

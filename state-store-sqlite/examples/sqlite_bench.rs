@@ -6,7 +6,8 @@
 //!
 //! The raw side calls rusqlite directly from the task, on one connection behind a mutex: the
 //! cheapest correct way to share one connection, and it blocks the runtime (what the adapter
-//! exists to avoid). The adapter hands each call to its own thread and awaits the answer.
+//! exists to avoid, beyond a bound). The adapter runs small reads and writes on the caller's
+//! thread with a capped lock wait, and hands the rest to its own thread.
 //! Both sides of `get_state` build the same name → value map.
 
 #![allow(clippy::expect_used)] // a benchmark stops on the first failure

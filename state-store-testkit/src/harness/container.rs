@@ -247,6 +247,24 @@ impl Container {
         let _ = docker(&["kill", &self.id]);
     }
 
+    /// Freezes the container's processes (`docker pause`).
+    ///
+    /// # Errors
+    ///
+    /// What `docker pause` reports.
+    pub fn pause(&self) -> Result<(), String> {
+        docker(&["pause", &self.id]).map(drop)
+    }
+
+    /// Lets a paused container run again (`docker unpause`).
+    ///
+    /// # Errors
+    ///
+    /// What `docker unpause` reports.
+    pub fn resume(&self) -> Result<(), String> {
+        docker(&["unpause", &self.id]).map(drop)
+    }
+
     /// Stops the container gracefully (SIGTERM); the container and its files stay.
     pub fn stop(&self) {
         let _ = docker(&["stop", "--time", "10", &self.id]);

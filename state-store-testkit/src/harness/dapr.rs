@@ -244,6 +244,14 @@ impl TestServer for Daprd {
         self.crash();
         self.start()
     }
+
+    fn pause(&mut self) -> Result<(), String> {
+        self.server.pause()
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        self.server.resume()
+    }
 }
 
 /// A temporary directory with an empty `resources/` for the component file.

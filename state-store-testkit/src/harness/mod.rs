@@ -157,6 +157,8 @@ pub struct ServerProcess {
     stdin: Option<ChildStdin>,
     pid: u32,
     log: PathBuf,
+    /// Stopped with SIGSTOP: it must be continued before it can act on a SIGTERM.
+    paused: bool,
 }
 
 const GUARD_SCRIPT: &str = r#"log="$1"; shift
@@ -203,6 +205,7 @@ impl ServerProcess {
             stdin,
             pid,
             log: log.to_owned(),
+            paused: false,
         })
     }
 
@@ -235,8 +238,46 @@ impl ServerProcess {
 
     /// Stops the server with SIGTERM and waits for it to exit.
     pub fn stop(&mut self) {
+        if self.paused {
+            let _ = self.resume();
+        }
         drop(self.stdin.take());
         let _ = self.guard.wait();
+    }
+
+    /// Freezes the server with SIGSTOP: its connections stay open and nothing answers (a hung
+    /// server, as a long GC pause or a stuck disk makes one).
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn pause(&mut self) -> Result<(), String> {
+        self.signal("-STOP")?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn resume(&mut self) -> Result<(), String> {
+        self.signal("-CONT")?;
+        self.paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), String> {
+        let status = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .map_err(|e| format!("kill {signal}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill {signal} {} failed: {status}", self.pid))
+        }
     }
 }
 
@@ -322,6 +363,33 @@ impl Supervised {
         }
         if let Some(container) = &self.container {
             container.kill();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP, `docker pause`): it keeps its connections and answers
+    /// nothing until [`Supervised::resume`].
+    ///
+    /// # Errors
+    ///
+    /// When it is not running, or cannot be paused.
+    pub fn pause(&mut self) -> Result<(), String> {
+        match (&mut self.process, &self.container) {
+            (Some(process), _) => process.pause(),
+            (None, Some(container)) => container.pause(),
+            (None, None) => Err("the server is not running".to_owned()),
+        }
+    }
+
+    /// Lets a paused server run again.
+    ///
+    /// # Errors
+    ///
+    /// When it is not running, or cannot be resumed.
+    pub fn resume(&mut self) -> Result<(), String> {
+        match (&mut self.process, &self.container) {
+            (Some(process), _) => process.resume(),
+            (None, Some(container)) => container.resume(),
+            (None, None) => Err("the server is not running".to_owned()),
         }
     }
 

@@ -150,6 +150,14 @@ impl TestServer for NatsServer {
         self.crash();
         self.start()
     }
+
+    fn pause(&mut self) -> Result<(), String> {
+        self.server.pause()
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        self.server.resume()
+    }
 }
 
 /// The URL of a NATS server for this test binary: [`NATS_URL_VAR`], else one `nats-server -js`

@@ -116,6 +116,14 @@ impl TestServer for RedisServer {
         self.crash();
         self.start()
     }
+
+    fn pause(&mut self) -> Result<(), String> {
+        self.server.pause()
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        self.server.resume()
+    }
 }
 
 /// True when a Redis on `127.0.0.1:port` answers a `PING` (`+PONG`, or `-NOAUTH` when it wants
