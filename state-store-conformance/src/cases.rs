@@ -291,6 +291,20 @@ pub async fn get_state_many(ctx: Context) {
             values.iter().map(|v| v.as_deref().and_then(json)).collect();
         assert_eq!(from_values, expected, "get_values of {names:?}");
     }
+    // One key at a time, the path typed `get` takes.
+    for name in ["n3", "n19", "n21", "n0"] {
+        let value = ok(store.backend().get_value(key(name)).await, "get_value");
+        let expected = name[1..]
+            .parse::<i64>()
+            .ok()
+            .filter(|&i| i < 20)
+            .map(|i| json!(i));
+        assert_eq!(
+            value.and_then(|v| serde_json::from_slice::<Value>(&v).ok()),
+            expected,
+            "get_value of {name}"
+        );
+    }
 }
 
 /// A second write replaces the first, and the version changes.

@@ -536,6 +536,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
             .collect())
     }
 
+    /// Reads one key's value without its version: what a typed `get` needs. It takes the
+    /// key by value, so a client that wants an owned key needs no copy. The default calls
+    /// [`Backend::get_values`]; override it where one key has a cheaper path than a list.
+    async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>> {
+        let mut values = self.get_values(std::slice::from_ref(&key)).await?;
+        match values.len() {
+            1 => Ok(values.pop().flatten()),
+            slots => Err(Error::backend(
+                self.name(),
+                format!("the backend returned {slots} slots for 1 key"),
+            )),
+        }
+    }
+
     /// Writes one key and returns the new version.
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version>;
 
@@ -702,6 +716,9 @@ macro_rules! forward_backend {
             }
             async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
                 (**self).get_values(keys).await
+            }
+            async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>> {
+                (**self).get_value(key).await
             }
             async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
                 (**self).set(key, value, options).await

@@ -35,11 +35,12 @@ impl StateStore {
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         self.check(Operation::Get)?;
-        self.fetch_values(&[name])
+        let key = self.key(name)?;
+        self.dispatch()
+            .get_value(key)
             .instrument(self.span("get", 1))
-            .await?
-            .pop()
-            .flatten()
+            .await
+            .map_err(|e| self.rename(e))?
             .map(|value| decode(name, &value))
             .transpose()
     }

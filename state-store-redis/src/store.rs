@@ -411,6 +411,13 @@ impl Backend for RedisStateStore {
     }
 
     /// `get_state` and typed reads: the values only, without a SHA-1 per value.
+    /// One `GET`; the key moves into fred without a copy.
+    async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>> {
+        self.check_open()?;
+        let value: Option<fred::bytes::Bytes> = self.client.get(key).await.map_err(map)?;
+        Ok(value.map(Vec::from))
+    }
+
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_open()?;
         if self.clustered && keys.len() > 1 {

@@ -46,14 +46,43 @@ enum Message {
 }
 
 /// The store's one read-write connection, shared by the store thread and by callers that
-/// write inline while it is free. `None` once the store is closed.
-type Writer = Arc<std::sync::Mutex<Option<Connection>>>;
+/// write inline while it is free.
+#[derive(Default)]
+struct Writer {
+    /// `None` once the store is closed.
+    conn: std::sync::Mutex<Option<Connection>>,
+    /// Set while the store thread waits for `conn`: inline writers leave it alone then, so a
+    /// stream of them cannot keep jumping ahead of the thread (a `Mutex` is not fair).
+    thread_waiting: std::sync::atomic::AtomicBool,
+    /// Set when an inline write asked the thread for a checkpoint it has not run yet.
+    checkpoint_asked: std::sync::atomic::AtomicBool,
+}
 
-fn lock(writer: &Writer) -> std::sync::MutexGuard<'_, Option<Connection>> {
-    // A panic while holding the lock leaves the connection as usable as SQLite left it.
-    writer
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Writer {
+    /// The connection, for the store thread.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.thread_waiting
+            .store(true, std::sync::atomic::Ordering::Release);
+        // A panic while holding the lock leaves the connection as usable as SQLite left it.
+        let guard = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.thread_waiting
+            .store(false, std::sync::atomic::Ordering::Release);
+        guard
+    }
+
+    /// The connection, for a caller, when neither the thread nor another caller has it.
+    fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Option<Connection>>> {
+        if self
+            .thread_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
+        self.conn.try_lock().ok()
+    }
 }
 
 /// WAL pages after which the store thread checkpoints (SQLite's own default). Writers do not
@@ -73,14 +102,50 @@ fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite:
     Ok(())
 }
 
+/// The first row a `RETURNING` statement gives, after running it to its end. A statement
+/// commits, reports a failed commit and calls the WAL hook only when stepping reaches its end;
+/// `query_row` stops after one row and resets it, which commits silently.
+fn returning<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let mut rows = stmt.query(params)?;
+    let first = rows.next()?.map(read).transpose();
+    while rows.next()?.is_some() {}
+    first
+}
+
 /// Whether the WAL has grown enough to checkpoint, since this thread last asked.
 fn checkpoint_due() -> bool {
     WAL_PAGES.take() >= CHECKPOINT_PAGES
 }
 
+/// Checkpoints the WAL on the store thread. PASSIVE: copies what it can without waiting for
+/// readers or writers.
+///
+/// When it copied everything, the next write starts the WAL over, and SQLite syncs the new WAL
+/// header on that write: one tiny write here makes that happen on this thread rather than in
+/// a caller's inline write (unless a reader still holds the old WAL; then a later write
+/// restarts it).
 fn checkpoint(conn: &Connection) {
-    // PASSIVE: copies what it can without waiting for readers or writers.
-    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        let (log, done): (i64, i64) = (row.get(1)?, row.get(2)?);
+        Ok(log > 0 && log == done)
+    });
+    let restarted = match copied {
+        Ok(true) => conn
+            .busy_timeout(SWEEP_BUSY)
+            .and_then(|()| {
+                conn.execute(
+                    "UPDATE state_store_meta SET value = value WHERE name = 'schema_version'",
+                    [],
+                )
+            })
+            .map(drop),
+        other => other.map(drop),
+    };
+    if let Err(err) = restarted {
         tracing::debug!(error = %err, "checkpointing the WAL failed");
     }
 }
@@ -167,9 +232,7 @@ pub mod sql {
 /// ```
 pub struct SqliteStateStore {
     sender: mpsc::Sender<Message>,
-    writer: Writer,
-    /// Set when an inline write asked the thread for a checkpoint it has not run yet.
-    checkpoint_asked: Arc<std::sync::atomic::AtomicBool>,
+    writer: Arc<Writer>,
     queue: Arc<Semaphore>,
     config: SqliteConfig,
     /// Set by `close`: watch threads stop.
@@ -243,10 +306,12 @@ impl SqliteStateStore {
     /// Runs a write of a value of `size` bytes on the calling thread, on the store's writer
     /// connection, when no one else is using it; `None` hands it to the store thread. An inline
     /// write blocks the runtime for one statement on one row (a value of at most
-    /// [`INLINE_WRITE_BYTES`], plus its change-feed row, appended to the WAL without a sync)
-    /// plus at most [`INLINE_WRITE_BUSY`] waiting for another process's write lock; it never
-    /// checkpoints (the thread does). With [`Durability::Full`] every commit syncs the file, so
-    /// writes always go to the thread.
+    /// [`INLINE_WRITE_BYTES`], plus its change-feed row, appended to the WAL) plus at most
+    /// [`INLINE_WRITE_BUSY`] waiting for another process's write lock. It never checkpoints
+    /// (the thread does), and a commit does not sync the file, with one exception: the write
+    /// that starts the WAL over after another process's checkpoint syncs the new WAL header
+    /// (after this store's own checkpoints, the thread does that write). With
+    /// [`Durability::Full`] every commit syncs, so writes always go to the thread.
     fn write_inline<R>(
         &self,
         size: usize,
@@ -258,13 +323,14 @@ impl SqliteStateStore {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Some(Err(closed()));
         }
-        let guard = self.writer.try_lock().ok()?;
+        let guard = self.writer.try_lock()?;
         let conn = guard.as_ref()?;
         conn.busy_timeout(INLINE_WRITE_BUSY).ok()?;
         let result = write(conn);
         drop(guard);
         if checkpoint_due()
             && !self
+                .writer
                 .checkpoint_asked
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
@@ -335,11 +401,9 @@ impl SqliteStateStore {
         };
         let (sender, receiver) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let writer = Writer::default();
-        let checkpoint_asked = Arc::<std::sync::atomic::AtomicBool>::default();
+        let writer = Arc::<Writer>::default();
         let thread = Serve {
             writer: Arc::clone(&writer),
-            checkpoint_asked: Arc::clone(&checkpoint_asked),
             sweep_every: config.sweep_interval,
             busy_timeout: config.busy_timeout,
         };
@@ -353,7 +417,7 @@ impl SqliteStateStore {
                 };
                 match opened {
                     Ok(conn) => {
-                        *lock(&thread.writer) = Some(conn);
+                        *thread.writer.lock() = Some(conn);
                         let _ = ready_tx.send(Ok(()));
                         thread.serve(&receiver);
                     }
@@ -367,7 +431,6 @@ impl SqliteStateStore {
         Ok(SqliteStateStore {
             sender,
             writer,
-            checkpoint_asked,
             queue: Arc::new(Semaphore::new(MAX_QUEUED)),
             config,
             closed: Arc::default(),
@@ -571,8 +634,7 @@ const CHANGES_SCHEMA: &str = "
 
 /// What the store thread works with.
 struct Serve {
-    writer: Writer,
-    checkpoint_asked: Arc<std::sync::atomic::AtomicBool>,
+    writer: Arc<Writer>,
     sweep_every: Duration,
     busy_timeout: Duration,
 }
@@ -586,7 +648,7 @@ impl Serve {
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
             let message = next_message(receiver, wait);
-            let mut writer = lock(&self.writer);
+            let mut writer = self.writer.lock();
             let message = match message {
                 Ok(Message::Close(done)) => {
                     if let Some(conn) = writer.take() {
@@ -608,12 +670,10 @@ impl Serve {
                         tracing::debug!(error = %err, "setting the busy timeout failed");
                     }
                     job(conn);
-                    if checkpoint_due() {
-                        checkpoint(conn);
-                    }
                 }
                 Ok(Message::Checkpoint) => {
-                    self.checkpoint_asked
+                    self.writer
+                        .checkpoint_asked
                         .store(false, std::sync::atomic::Ordering::Release);
                     checkpoint(conn);
                 }
@@ -651,6 +711,10 @@ impl Serve {
                         later(self.sweep_every)
                     }
                 };
+            }
+            // Whatever committed on this thread (a job, the sweep) may have filled the WAL.
+            if checkpoint_due() {
+                checkpoint(conn);
             }
         }
     }
@@ -1094,10 +1158,7 @@ fn remove(conn: &Connection, key: &str, expected: Option<&Version>) -> rusqlite:
             .prepare_cached(
                 "DELETE FROM state_store WHERE key = ?1 RETURNING expires_at IS NULL OR expires_at > ?2",
             )
-            .and_then(|mut s| {
-                s.query_row(params![key, now], |row| row.get::<_, bool>(0))
-                    .optional()
-            })
+            .and_then(|mut s| returning(&mut s, params![key, now], |row| row.get::<_, bool>(0)))
             .map(|live| live.unwrap_or(false)),
         Some(expected) => conn
             .prepare_cached(
@@ -1119,12 +1180,11 @@ fn increment(
     ttl: Option<Duration>,
 ) -> rusqlite::Result<Option<i64>> {
     let now = now_ms();
-    conn.prepare_cached(sql::INCREMENT)?
-        .query_row(
-            params![key, delta, new_version(), deadline(now, ttl), now],
-            |row| row.get::<_, i64>(0),
-        )
-        .optional()
+    returning(
+        &mut *conn.prepare_cached(sql::INCREMENT)?,
+        params![key, delta, new_version(), deadline(now, ttl), now],
+        |row| row.get::<_, i64>(0),
+    )
 }
 
 #[async_trait]
@@ -1236,8 +1296,47 @@ impl Backend for SqliteStateStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)] // a test fails by panicking
 mod tests {
     use super::*;
+
+    /// What runs inline and what goes to the store thread.
+    #[tokio::test]
+    async fn small_writes_run_inline_and_the_rest_go_to_the_thread() {
+        let dir = state_store_testkit::harness::temp_dir("sqlite-inline");
+        let config = SqliteConfig::new(dir.path().join("state.db"));
+        let store = SqliteStateStore::connect(config.clone())
+            .await
+            .expect("open");
+        let small = store.write_inline(10, |conn| increment(conn, "n", 1, None));
+        assert!(matches!(small, Some(Ok(Some(1)))), "{small:?}");
+        assert!(store
+            .write_inline(INLINE_WRITE_BYTES + 1, |_| Ok(()))
+            .is_none());
+        {
+            // Another user of the connection: the caller does not wait for it.
+            let _held = store.writer.conn.lock().expect("lock");
+            assert!(store.write_inline(10, |_| Ok(())).is_none());
+        }
+        // Nor does it jump ahead of the store thread waiting for the connection.
+        let waiting = &store.writer.thread_waiting;
+        waiting.store(true, std::sync::atomic::Ordering::Release);
+        assert!(store.write_inline(10, |_| Ok(())).is_none());
+        waiting.store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(store.increment("n", 1, None).await.expect("increment"), 2);
+        store.close().await.expect("close");
+        assert!(matches!(
+            store.write_inline(10, |_| Ok(())),
+            Some(Err(Error::Closed { .. }))
+        ));
+
+        // Every commit syncs with `Durability::Full`: never on the caller's thread.
+        let full = SqliteStateStore::connect(config.with_durability(Durability::Full))
+            .await
+            .expect("open");
+        assert!(full.write_inline(10, |_| Ok(())).is_none());
+        full.close().await.expect("close");
+    }
 
     #[test]
     fn deadlines_round_up_to_the_millisecond() {

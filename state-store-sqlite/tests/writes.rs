@@ -55,6 +55,46 @@ async fn the_wal_stays_bounded_while_writes_run_inline() {
     store.destroy().await.expect("destroy");
 }
 
+/// The same with `increment` alone: a statement with `RETURNING` commits (and tells the WAL
+/// hook) only when it is stepped to its end, so a store that only counts must checkpoint too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_increments_alone() {
+    let dir = temp_dir("sqlite-wal-increments");
+    let path = dir.path().join("state.db");
+    let store = StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open"),
+    );
+    // Each increment adds a few pages (the row's, the change feed's and their indexes'):
+    // 6000 of them would make a WAL of tens of MB without checkpoints.
+    let tasks: Vec<_> = (0..2)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..3000 {
+                    store
+                        .increment(&format!("n{t}-{}", i % 20), 1, None)
+                        .await
+                        .expect("increment");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("counter");
+    }
+    let wal = std::fs::metadata(dir.path().join("state.db-wal"))
+        .expect("the WAL file")
+        .len();
+    assert!(
+        wal < 16 * 1024 * 1024,
+        "the WAL grew to {wal} bytes: it is not checkpointed"
+    );
+    assert_eq!(store.get::<i64>("n1-19").await.expect("get"), Some(150));
+    store.destroy().await.expect("destroy");
+}
+
 /// A write that finds the file locked by another process for longer than an inline write may
 /// wait (2 ms) is not failed: the store thread runs it, waiting up to the busy timeout.
 #[tokio::test]
