@@ -80,38 +80,10 @@ pub async fn killed_server_recovers(
     }
 
     server.restart().expect("restart the server");
-    let started = std::time::Instant::now();
-    let before = loop {
-        match store.get::<String>("fault:k").await {
-            Ok(value) => break value,
-            Err(err) => assert!(
-                started.elapsed() < PATIENCE,
-                "the handle did not recover after the restart: {}",
-                report(&err)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let before = recovered(store, "fault:k", "the restart").await;
     if keeps_data {
         assert_eq!(before.as_deref(), Some("before"), "the restart lost data");
     }
-    let started = std::time::Instant::now();
-    while let Err(err) = store.set_state("fault:k", &json!("after")).await {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "writes did not recover after the restart: {}",
-            report(&err)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        store
-            .get::<String>("fault:k")
-            .await
-            .expect("read after")
-            .as_deref(),
-        Some("after")
-    );
 }
 
 /// The server hangs (it keeps the connection open and answers nothing, as in a long GC pause or
@@ -130,14 +102,14 @@ pub async fn hung_server_times_out(server: &mut dyn TestServer, store: &StateSto
     server.pause().expect("pause the server");
     let read = tokio::time::timeout(PATIENCE, store.get_state(&["fault:hang"])).await;
     let write = tokio::time::timeout(PATIENCE, store.set_state("fault:hang-x", &json!(1))).await;
-    let count =
+    let both =
         tokio::time::timeout(PATIENCE, store.get_state(&["fault:hang", "fault:hang-x"])).await;
     // Resumed before any assertion, so a failure does not leave a frozen server behind.
     server.resume().expect("resume the server");
     for (what, outcome) in [
         ("a read", read.map(|r| r.map(drop))),
         ("a write", write),
-        ("a read of two names", count.map(|r| r.map(drop))),
+        ("a read of two names", both.map(|r| r.map(drop))),
     ] {
         match outcome {
             Err(_) => panic!("{what} hung with the server frozen"),
@@ -146,36 +118,43 @@ pub async fn hung_server_times_out(server: &mut dyn TestServer, store: &StateSto
         }
     }
 
+    let before = recovered(store, "fault:hang", "the server woke up").await;
+    assert_eq!(before.as_deref(), Some("before"), "the hang lost data");
+}
+
+/// Waits (up to 30 s) until the same handle reads `key` again after `event`, then until it
+/// writes it again; returns what the first read found, and checks the write.
+async fn recovered(store: &StateStore, key: &str, event: &str) -> Option<String> {
     let started = std::time::Instant::now();
     let before = loop {
-        match store.get::<String>("fault:hang").await {
+        match store.get::<String>(key).await {
             Ok(value) => break value,
             Err(err) => assert!(
                 started.elapsed() < PATIENCE,
-                "the handle did not recover after the server woke up: {}",
+                "the handle did not recover after {event}: {}",
                 report(&err)
             ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(before.as_deref(), Some("before"), "the hang lost data");
     let started = std::time::Instant::now();
-    while let Err(err) = store.set_state("fault:hang", &json!("after")).await {
+    while let Err(err) = store.set_state(key, &json!("after")).await {
         assert!(
             started.elapsed() < PATIENCE,
-            "writes did not recover after the server woke up: {}",
+            "writes did not recover after {event}: {}",
             report(&err)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
         store
-            .get::<String>("fault:hang")
+            .get::<String>(key)
             .await
             .expect("read after")
             .as_deref(),
         Some("after")
     );
+    before
 }
 
 /// Fencing tokens survive a server restart: a lease taken after the restart gets a greater

@@ -382,7 +382,9 @@ impl SqliteStateStore {
 
     /// Uses a connection you opened (to a file: an in-memory database is not shared and
     /// loses everything on close), with `config`'s busy timeout, durability and sweep. The
-    /// store sets WAL mode and creates its tables, then owns the connection on its own thread.
+    /// store sets WAL mode and creates its tables, then owns the connection: its thread and
+    /// small inline writes use it, and it installs a WAL hook that replaces SQLite's
+    /// auto-checkpoint (the store thread checkpoints instead).
     ///
     /// # Errors
     ///

@@ -10,6 +10,25 @@ use state_store_core::StateStore;
 use state_store_sqlite::{rusqlite, SqliteConfig, SqliteStateStore};
 use state_store_testkit::harness::temp_dir;
 
+async fn open(path: &std::path::Path) -> StateStore {
+    StateStore::from(
+        SqliteStateStore::connect(SqliteConfig::new(path))
+            .await
+            .expect("open"),
+    )
+}
+
+/// The WAL stays near SQLite's 1000-page checkpoint size (4 MB), not growing with every write.
+fn assert_wal_bounded(path: &std::path::Path) {
+    let wal = std::fs::metadata(path.with_extension("db-wal"))
+        .expect("the WAL file")
+        .len();
+    assert!(
+        wal < 16 * 1024 * 1024,
+        "the WAL grew to {wal} bytes: it is not checkpointed"
+    );
+}
+
 /// Writers never checkpoint (a checkpoint syncs the file, and an inline write must not block
 /// the runtime for that); the store thread does. The WAL must still stay near SQLite's
 /// 1000-page checkpoint size however many writes run inline, not grow with every write.
@@ -17,11 +36,7 @@ use state_store_testkit::harness::temp_dir;
 async fn the_wal_stays_bounded_while_writes_run_inline() {
     let dir = temp_dir("sqlite-wal");
     let path = dir.path().join("state.db");
-    let store = StateStore::from(
-        SqliteStateStore::connect(SqliteConfig::new(&path))
-            .await
-            .expect("open"),
-    );
+    let store = open(&path).await;
     // 8 KiB values: each write adds the row and its change-feed copy, ~5 pages; 3000 of them
     // would make a WAL of about 60 MB without checkpoints.
     let value = json!("x".repeat(8 * 1024));
@@ -41,13 +56,7 @@ async fn the_wal_stays_bounded_while_writes_run_inline() {
     for task in tasks {
         task.await.expect("writer");
     }
-    let wal = std::fs::metadata(dir.path().join("state.db-wal"))
-        .expect("the WAL file")
-        .len();
-    assert!(
-        wal < 16 * 1024 * 1024,
-        "the WAL grew to {wal} bytes: it is not checkpointed"
-    );
+    assert_wal_bounded(&path);
     assert_eq!(
         store.get::<String>("k3-49").await.expect("get"),
         Some("x".repeat(8 * 1024))
@@ -61,11 +70,7 @@ async fn the_wal_stays_bounded_while_writes_run_inline() {
 async fn the_wal_stays_bounded_under_increments_alone() {
     let dir = temp_dir("sqlite-wal-increments");
     let path = dir.path().join("state.db");
-    let store = StateStore::from(
-        SqliteStateStore::connect(SqliteConfig::new(&path))
-            .await
-            .expect("open"),
-    );
+    let store = open(&path).await;
     // Each increment adds a few pages (the row's, the change feed's and their indexes'):
     // 6000 of them would make a WAL of tens of MB without checkpoints.
     let tasks: Vec<_> = (0..2)
@@ -84,13 +89,7 @@ async fn the_wal_stays_bounded_under_increments_alone() {
     for task in tasks {
         task.await.expect("counter");
     }
-    let wal = std::fs::metadata(dir.path().join("state.db-wal"))
-        .expect("the WAL file")
-        .len();
-    assert!(
-        wal < 16 * 1024 * 1024,
-        "the WAL grew to {wal} bytes: it is not checkpointed"
-    );
+    assert_wal_bounded(&path);
     assert_eq!(store.get::<i64>("n1-19").await.expect("get"), Some(150));
     store.destroy().await.expect("destroy");
 }
@@ -101,11 +100,7 @@ async fn the_wal_stays_bounded_under_increments_alone() {
 async fn a_write_outlasts_a_short_lock_held_by_another_process() {
     let dir = temp_dir("sqlite-short-lock");
     let path = dir.path().join("state.db");
-    let store = StateStore::from(
-        SqliteStateStore::connect(SqliteConfig::new(&path))
-            .await
-            .expect("open"),
-    );
+    let store = open(&path).await;
     store.set_state("n", &json!(1)).await.expect("set");
 
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();

@@ -254,7 +254,30 @@ impl ServerProcess {
     pub fn pause(&mut self) -> Result<(), String> {
         self.signal("-STOP")?;
         self.paused = true;
-        Ok(())
+        // `kill` returns once the signal is queued; the threads stop when they next run, and
+        // on a busy machine one may still answer a request first. Wait until all have stopped.
+        if wait_for(Duration::from_secs(10), || self.all_threads_stopped()) {
+            Ok(())
+        } else {
+            Err(format!("pid {} did not stop within 10 s", self.pid))
+        }
+    }
+
+    /// True when every thread of the server is stopped (state `T` in `/proc/<pid>/task`);
+    /// also true where there is no `/proc` to ask.
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return true;
+        };
+        tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state …`: the state follows the last `)`.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim_start().chars().next());
+            matches!(state, Some('T' | 't') | None)
+        })
     }
 
     /// Lets a paused server run again (SIGCONT).
