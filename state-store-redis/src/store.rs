@@ -410,14 +410,14 @@ impl Backend for RedisStateStore {
             .collect())
     }
 
-    /// `get_state` and typed reads: the values only, without a SHA-1 per value.
-    /// One `GET`; the key moves into fred without a copy.
+    /// A typed read: one `GET`; the key moves into fred without a copy.
     async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>> {
         self.check_open()?;
         let value: Option<fred::bytes::Bytes> = self.client.get(key).await.map_err(map)?;
         Ok(value.map(Vec::from))
     }
 
+    /// `get_state`: the values only, without a SHA-1 per value.
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_open()?;
         if self.clustered && keys.len() > 1 {

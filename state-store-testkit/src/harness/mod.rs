@@ -250,7 +250,7 @@ impl ServerProcess {
     ///
     /// # Errors
     ///
-    /// When the signal cannot be sent.
+    /// When the signal cannot be sent, or the server's threads do not all stop within 10 s.
     pub fn pause(&mut self) -> Result<(), String> {
         self.signal("-STOP")?;
         self.paused = true;
