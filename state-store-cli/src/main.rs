@@ -240,6 +240,7 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
             };
             let watch = match caps.watch {
                 WatchSupport::Resumable => "resumable",
+                WatchSupport::Compacted => "compacted",
                 WatchSupport::Lossy => "lossy",
                 _ => "no",
             };

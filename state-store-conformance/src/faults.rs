@@ -122,6 +122,110 @@ pub async fn hung_server_times_out(server: &mut dyn TestServer, store: &StateSto
     assert_eq!(before.as_deref(), Some("before"), "the hang lost data");
 }
 
+/// How many writes [`failed_writes_never_land_later`] makes to the frozen server.
+const WRITES_TO_A_FROZEN_SERVER: usize = 40;
+
+/// How large each of them is (at most: a store's value limit may be lower): together more
+/// than a loopback connection buffers, so the client has to keep some to itself.
+const FROZEN_WRITE_SIZE: usize = 900 * 1024;
+
+/// The server freezes (SIGSTOP) and the handle writes more than the connection can buffer:
+/// every write fails by itself ([`Error::OutcomeUnknown`] or [`Error::Unavailable`]), the last
+/// ones while the client still holds them. The server is then killed (as a watchdog would)
+/// and restarted; a new handle from `connect` reads the keys and writes newer values; the
+/// failed writer makes a successful write of its own (so anything its client had kept has
+/// been sent before it). No read ever sees a failed write: the frozen server lost what it had
+/// received, and what the client held was never sent after its call failed.
+///
+/// `connect` makes a new handle on the server (a connection of its own, with a request
+/// timeout well under 30 s). Needs a server that can be paused and whose data dies with its
+/// process (a container that must be resumed before it can be killed would run what it had
+/// received).
+pub async fn failed_writes_never_land_later<F, Fut>(server: &mut dyn TestServer, connect: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<StateStore, Error>>,
+{
+    let writer = connect().await.expect("connect the writer");
+    let names: Vec<String> = (0..WRITES_TO_A_FROZEN_SERVER)
+        .map(|i| format!("late:{i}"))
+        .collect();
+    for name in &names {
+        writer
+            .set_state(name, &json!("before"))
+            .await
+            .expect("write before the hang");
+    }
+    let size = FROZEN_WRITE_SIZE.min(writer.capabilities().max_value_len.saturating_sub(64));
+    let failed = json!({ "failed": true, "pad": "x".repeat(size) });
+
+    server.pause().expect("pause the server");
+    let mut writes = tokio::task::JoinSet::new();
+    for name in names.clone() {
+        let (writer, failed) = (writer.clone(), failed.clone());
+        writes.spawn(async move {
+            let write = tokio::time::timeout(PATIENCE, writer.set_state(&name, &failed)).await;
+            (name, write)
+        });
+    }
+    let outcomes = writes.join_all().await;
+    server.crash();
+    for (name, write) in outcomes {
+        match write {
+            Err(_) => panic!("a write to {name} hung with the server frozen"),
+            Ok(Err(err)) if err.is_transient() => {}
+            Ok(other) => panic!("a write to {name} with the server frozen gave {other:?}"),
+        }
+    }
+
+    server.restart().expect("restart the server");
+    let newer = eventually_ok(&connect, "a new handle after the restart").await;
+    let seen = eventually_ok(|| newer.get_state(&names), "a read after the restart").await;
+    let failed = Some(failed);
+    for name in &names {
+        assert!(
+            seen[name] != failed,
+            "a write to {name} that failed while the server hung landed after the restart"
+        );
+    }
+    let value = json!("newer");
+    for name in &names {
+        eventually_ok(|| newer.set_state(name, &value), "a newer write").await;
+    }
+    // Whatever the writer's client had kept would go out before this write.
+    let one = json!(1);
+    eventually_ok(|| writer.set_state("late:fence", &one), "the writer's next write").await;
+    let state = newer.get_state(&names).await.expect("read the keys");
+    for name in &names {
+        assert!(
+            state[name] == Some(value.clone()),
+            "a write to {name} that failed while the server hung landed later, over newer data"
+        );
+    }
+    writer.destroy().await.expect("destroy the writer");
+    newer.destroy().await.expect("destroy the second handle");
+}
+
+/// Runs `op` until it succeeds, for up to 30 s (a reconnect).
+async fn eventually_ok<T, F, Fut>(mut op: F, what: &str) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) => assert!(
+                started.elapsed() < PATIENCE,
+                "{what} never succeeded: {}",
+                report(&err)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits (up to 30 s) until the same handle reads `key` again after `event`, then until it
 /// writes it again; returns what the first read found, and checks the write.
 async fn recovered(store: &StateStore, key: &str, event: &str) -> Option<String> {

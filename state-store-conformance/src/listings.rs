@@ -191,7 +191,7 @@ pub async fn watch_sees_every_change_in_order(ctx: Context) {
         "watch a name",
     );
     let expected = changes(&writer).await;
-    if support == WatchSupport::Resumable {
+    if support.resumes() {
         let mut seen = Vec::new();
         while seen.len() < expected.len() {
             seen.push(describe(&next_event(&mut prefix).await));
@@ -245,11 +245,14 @@ async fn settles(watch: &mut Watch, prefix: &str, finals: &[(&str, &str)]) {
     }
 }
 
-/// A `Resumable` watch resumes after any version it reported, without gaps, even across
-/// changes made while nobody watched; expiry is reported as such.
+/// A watch resumed after a version either delivers every change after it, in order
+/// (`Resumable`), or starts with `Resync` and then delivers, in order, the latest change of
+/// each name changed since (`Compacted`); nothing else, even across changes made while nobody
+/// watched, including a name written twice; expiry is reported as such.
 pub async fn watch_resumes_after_a_version(ctx: Context) {
     let store = ctx.store().await;
-    if store.capabilities().watch != WatchSupport::Resumable {
+    let support = store.capabilities().watch;
+    if !support.resumes() {
         return;
     }
     let mut first = ok(
@@ -278,7 +281,7 @@ pub async fn watch_resumes_after_a_version(ctx: Context) {
     );
     // Resume after the second change: the rest, then the late write.
     let after = versions[1].clone().expect("a put has a version");
-    let mut resumed = ok(
+    let mut resumed_w = ok(
         store
             .watch(
                 Selector::Prefix("w:".into()),
@@ -287,13 +290,40 @@ pub async fn watch_resumes_after_a_version(ctx: Context) {
             .await,
         "resume",
     );
-    for want in expected[2..]
-        .iter()
-        .cloned()
-        .chain([r#"put w:late "while nobody watched""#.to_owned()])
-    {
-        assert_eq!(describe(&next_event(&mut resumed).await), want);
-    }
+    let mut since: Vec<String> = expected[2..].to_vec();
+    since.push(r#"put w:late "while nobody watched""#.to_owned());
+    expect_resumed(&store, &mut resumed_w, support, &since, "w:end").await;
+
+    // The scenario of a name written twice while nobody watched.
+    let mut watch = ok(
+        store
+            .watch(Selector::Prefix("r:".into()), WatchStart::Now)
+            .await,
+        "watch",
+    );
+    ok(store.set_state("r:1", &json!(1)).await, "write");
+    let after = match next_event(&mut watch).await {
+        WatchEvent::Put { version, .. } => version,
+        other => panic!("expected put r:1 1, got {other:?}"),
+    };
+    drop(watch);
+    ok(store.set_state("r:1", &json!(2)).await, "rewrite");
+    ok(store.set_state("r:2", &json!(3)).await, "write");
+    ok(store.remove_state("r:1").await, "remove");
+    let mut resumed = ok(
+        store
+            .watch(
+                Selector::Prefix("r:".into()),
+                WatchStart::AfterVersion(after),
+            )
+            .await,
+        "resume",
+    );
+    ok(store.set_state("r:3", &json!(4)).await, "write");
+    let since = ["put r:1 2", "put r:2 3", "removed r:1 Removed", "put r:3 4"].map(str::to_owned);
+    expect_resumed(&store, &mut resumed, support, &since, "r:end").await;
+
+    let mut resumed = resumed_w;
     if store.capabilities().ttl {
         let options = state_store_core::SetOptions::new().ttl(Duration::from_millis(300));
         ok(
@@ -308,5 +338,53 @@ pub async fn watch_resumes_after_a_version(ctx: Context) {
             }
             other => panic!("expected the expiry, got {other:?}"),
         }
+    }
+}
+
+/// Reads a resumed watch up to a write of `sentinel` (made here): the events before it must be
+/// `since` exactly (`Resumable`), or a `Resync` followed by a subsequence of `since` holding
+/// the last change of each name (`Compacted`).
+async fn expect_resumed(
+    store: &StateStore,
+    watch: &mut Watch,
+    support: WatchSupport,
+    since: &[String],
+    sentinel: &str,
+) {
+    ok(store.set_state(sentinel, &json!("end")).await, "write");
+    let end = format!(r#"put {sentinel} "end""#);
+    let mut seen = Vec::new();
+    loop {
+        let event = describe(&next_event(watch).await);
+        if event == end {
+            break;
+        }
+        seen.push(event);
+    }
+    if support == WatchSupport::Resumable {
+        assert_eq!(seen, since, "a resumed watch skipped or added changes");
+        return;
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("resync"),
+        "a compacted watch resumed without Resync: {seen:?}"
+    );
+    let mut rest = since.iter();
+    for event in &seen[1..] {
+        assert!(
+            rest.any(|want| want == event),
+            "{event:?} is not one of the changes since, in order: {seen:?} against {since:?}"
+        );
+    }
+    for (i, change) in since.iter().enumerate() {
+        let name = change.split(' ').nth(1);
+        let last_of_name = !since[i + 1..]
+            .iter()
+            .any(|later| later.split(' ').nth(1) == name);
+        assert!(
+            !last_of_name || seen.contains(change),
+            "a compacted watch skipped the last change {change:?}: {seen:?}"
+        );
     }
 }

@@ -315,8 +315,23 @@ pub enum WatchSupport {
     /// [`BackendEvent::Resync`], and watching from a version is refused.
     Lossy,
     /// Every change is delivered in order, and a watch can resume after a version without
-    /// gaps.
+    /// gaps: it delivers every change after that version, or, when the backend no longer
+    /// holds them all, starts with [`BackendEvent::Resync`].
     Resumable,
+    /// Changes are delivered in order and a watch can resume after a version, but the backend
+    /// keeps only the latest change of each key, like a compacted log (a NATS KV bucket):
+    /// a resumed watch starts with [`BackendEvent::Resync`] and then delivers the latest
+    /// change of each key changed since the version, in order. A watcher that falls behind
+    /// may see only a key's latest change where it changed several times; a lost
+    /// connection gives a `Resync`.
+    Compacted,
+}
+
+impl WatchSupport {
+    /// Whether a watch can start after a version ([`WatchStart::AfterVersion`]).
+    pub fn resumes(self) -> bool {
+        matches!(self, WatchSupport::Resumable | WatchSupport::Compacted)
+    }
 }
 
 /// A page of stored keys: [`Backend::list_keys`].

@@ -112,10 +112,30 @@ pub enum Error {
         key: String,
     },
 
-    /// The backend could not be reached: connection refused or lost, timeout. Usually
-    /// transient; see [`Error::is_transient`]. Whether a write took effect is unknown.
+    /// The backend could not be reached, and the call took no effect: the request never left
+    /// the client (no connection, the client refused to queue it, the connection could not be
+    /// made in time), the server refused it unprocessed, or the call only read. Nothing was
+    /// written, and nothing will be later. Usually transient: safe to retry.
     #[error("state store {store:?} is unavailable")]
     Unavailable {
+        /// The store name.
+        store: String,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A write was sent (or may have been) and no answer came: a timeout after sending, or a
+    /// connection lost mid-call. It may have taken effect. Read before acting on it; a
+    /// compare-and-set write ([`SetMode::Create`](crate::SetMode::Create),
+    /// [`SetMode::Update`](crate::SetMode::Update)) can be retried safely after reading.
+    ///
+    /// Once the call has returned, the client never sends the request again (no queued copy
+    /// goes out after a reconnect). A server that had already received it may still apply it
+    /// later, though: a frozen server processes its input when it wakes up. Like
+    /// FoundationDB's `commit_unknown_result`; transient ([`Error::is_transient`]).
+    #[error("state store {store:?} did not answer: the write may or may not have taken effect")]
+    OutcomeUnknown {
         /// The store name.
         store: String,
         /// The underlying failure.
@@ -181,9 +201,20 @@ fn disabled_message(operation: Operation) -> &'static str {
 }
 
 impl Error {
-    /// True when retrying the same call later may succeed (the backend was unreachable).
+    /// True when retrying the same call later may succeed: the backend was unreachable
+    /// ([`Error::Unavailable`]) or did not answer a write ([`Error::OutcomeUnknown`]). Before
+    /// retrying a write blindly, see [`Error::may_have_applied`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::OutcomeUnknown { .. }
+        )
+    }
+
+    /// True for [`Error::OutcomeUnknown`]: a write that failed but may have taken effect.
+    /// Every other error means the call changed nothing.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     /// True for [`Error::Conflict`].
@@ -196,6 +227,24 @@ impl Error {
         Error::Unavailable {
             store: store.into(),
             source: source.into(),
+        }
+    }
+
+    /// Builds [`Error::OutcomeUnknown`] from a client error.
+    pub fn outcome_unknown(store: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::OutcomeUnknown {
+            store: store.into(),
+            source: source.into(),
+        }
+    }
+
+    /// For a write: the same error, except that [`Error::Unavailable`] becomes
+    /// [`Error::OutcomeUnknown`]. For adapters whose client cannot tell a request that never
+    /// left from one that got no answer.
+    pub fn after_sending(self) -> Self {
+        match self {
+            Error::Unavailable { store, source } => Error::OutcomeUnknown { store, source },
+            other => other,
         }
     }
 
@@ -451,8 +500,13 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_is_transient() {
+    fn only_unreachable_backends_are_transient() {
         assert!(Error::unavailable("s", "down").is_transient());
+        assert!(!Error::unavailable("s", "down").may_have_applied());
+        let unknown = Error::unavailable("s", "no answer").after_sending();
+        assert!(unknown.is_transient());
+        assert!(unknown.may_have_applied());
+        assert!(!Error::backend("s", "bad").after_sending().may_have_applied());
         assert!(!Error::backend("s", "bad").is_transient());
         assert!(!Error::Conflict { key: "k".into() }.is_transient());
     }

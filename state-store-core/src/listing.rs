@@ -299,7 +299,7 @@ impl StateStore {
         self.require(support != WatchSupport::None, "watching changes")?;
         if matches!(start, WatchStart::AfterVersion(_)) {
             self.require(
-                support == WatchSupport::Resumable,
+                support.resumes(),
                 "resuming a watch from a version (its watch is lossy)",
             )?;
         }

@@ -62,9 +62,11 @@ impl<T> fmt::Debug for StateEntry<T> {
 /// # Errors
 ///
 /// Every method can return [`Error::OperationDisabled`] (by config), [`Error::InvalidKey`],
-/// [`Error::Unavailable`] (backend unreachable or timed out), [`Error::Backend`] and
-/// [`Error::Closed`] (after [`StateStore::destroy`]); writes also [`Error::ValueTooLarge`] and
-/// [`Error::Serialization`]; reads [`Error::Decode`] when a stored value is not JSON.
+/// [`Error::Unavailable`] (backend unreachable: the call changed nothing), [`Error::Backend`]
+/// and [`Error::Closed`] (after [`StateStore::destroy`]); writes also [`Error::ValueTooLarge`],
+/// [`Error::Serialization`] and [`Error::OutcomeUnknown`] (sent, no answer: it may have taken
+/// effect, and will not be sent again); reads [`Error::Decode`] when a stored value is not
+/// JSON.
 ///
 /// # Examples
 ///

@@ -88,7 +88,8 @@ impl StateStore {
     ///
     /// [`Error::Conflict`] when every attempt lost a race; [`Error::Decode`] when the stored
     /// value does not fit `T`; [`Error::Unsupported`] without conditional writes; and see
-    /// [`StateStore`].
+    /// [`StateStore`]. An attempt that ends with [`Error::OutcomeUnknown`] is not retried: its
+    /// write may have happened, so the error goes to the caller.
     ///
     /// # Examples
     ///

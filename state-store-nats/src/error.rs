@@ -24,14 +24,29 @@ pub(crate) fn connect(err: async_nats::ConnectError) -> Error {
     }
 }
 
-/// A failed publish: a wrong expected revision is `Conflict`; a message over the server's
-/// limit `ValueTooLarge`; timeouts and broken connections `Unavailable`; the rest `Backend`.
+/// A publish that could not be handed to the connection: nothing was sent, so a lost or
+/// congested connection is `Unavailable`; a message over the server's limit `ValueTooLarge`.
 pub(crate) fn publish(
     key: &str,
     size: usize,
     limit: usize,
     err: async_nats::jetstream::context::PublishError,
 ) -> Error {
+    match err.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Error::ValueTooLarge {
+            key: key.to_owned(),
+            size,
+            limit,
+        },
+        _ => Error::unavailable(STORE, err),
+    }
+}
+
+/// A publish that was sent and did not succeed: a wrong expected revision is `Conflict`; no
+/// stream answering (a cluster electing a leader, a server restarting) is `Unavailable`, as
+/// nothing stored it; no answer in time or a connection lost before the answer is
+/// `OutcomeUnknown` (the server may have stored it); the rest `Backend`.
+pub(crate) fn publish_ack(key: &str, err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
         PublishErrorKind::WrongLastSequence => Error::Conflict {
             key: key.to_owned(),
@@ -45,15 +60,10 @@ pub(crate) fn publish(
                 key: key.to_owned(),
             }
         }
-        // No stream answering (a cluster electing a leader, a server restarting) is transient.
-        PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::StreamNotFound => Error::unavailable(STORE, err),
-        PublishErrorKind::MaxPayloadExceeded => Error::ValueTooLarge {
-            key: key.to_owned(),
-            size,
-            limit,
-        },
+        PublishErrorKind::StreamNotFound => Error::unavailable(STORE, err),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            Error::outcome_unknown(STORE, err)
+        }
         _ => Error::backend(STORE, err),
     }
 }

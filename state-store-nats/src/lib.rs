@@ -20,6 +20,7 @@
 
 mod config;
 mod error;
+mod link;
 pub mod key;
 mod store;
 

@@ -1,5 +1,6 @@
 //! `NatsStateStore`: the backend over a JetStream KV bucket.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
@@ -7,20 +8,22 @@ use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv, Context};
-use async_nats::{ConnectOptions, HeaderValue};
+use async_nats::HeaderValue;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use state_store_core::{
-    increment_with_cas, watch_channel, Backend, BackendEvent, Backoff, Capabilities, CloseFlag,
-    Entry, Error, KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions, Version,
-    WatchStart, WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, PREFIX_SEPARATOR,
+    increment_with_cas, watch_channel, Backend, BackendEvent, Backoff, Capabilities, Entry, Error,
+    KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions, Version, WatchStart,
+    WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, PREFIX_SEPARATOR,
 };
+use tokio::sync::mpsc;
 
-use crate::config::{Credentials, NatsConfig};
+use crate::config::NatsConfig;
 use crate::error::{self, STORE};
 use crate::key::encode;
+use crate::link::{self, Link, Links};
 
 const KV_OPERATION: &str = "KV-Operation";
 const NATS_TTL: &str = "Nats-TTL";
@@ -58,11 +61,15 @@ const HEADER_ROOM: usize = 1024;
 ///   `remove_if` refuse an expired value without a round trip. A bucket without per-message TTL (PURISTA creates it so) declares
 ///   `ttl: false`, and TTL writes fail with `Unsupported` rather than being stored forever;
 ///   [`NatsConfig::with_message_ttl`] turns it on.
-/// - A write is refused with `Unavailable` while the client is reconnecting, rather than
-///   queued: async-nats would send a queued write once reconnected, after the caller was told
-///   it failed, over whatever was written meanwhile. The one window left is a write sent in
-///   the instant the connection drops, before the client has noticed; make writes that must
-///   never land late conditional (`Update`, `remove_if`).
+/// - No write that failed is sent later. The store's connections never reconnect by
+///   themselves (async-nats would send what it had queued once reconnected, after the caller
+///   was told the write failed, over whatever was written meanwhile): a broken connection is
+///   dropped with everything it had not sent, and the next call makes a new one. A write that
+///   could not be sent fails with `Unavailable`; one sent without an answer with
+///   `OutcomeUnknown` (it may have been stored before the connection broke). With
+///   [`NatsStateStore::from_client`] the caller's client reconnects by itself: writes are
+///   refused while it is not connected, but a write handed to it in the instant the connection
+///   drops can still go out after the reconnect.
 /// - `remove` publishes a purge marker with a TTL of [`NatsConfig::with_marker_ttl`], so removed
 ///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
 /// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
@@ -87,10 +94,8 @@ const HEADER_ROOM: usize = 1024;
 /// ```
 #[derive(Debug)]
 pub struct NatsStateStore {
-    client: Option<async_nats::Client>,
-    js: Context,
-    kv: kv::Store,
-    put_prefix: String,
+    links: Arc<Links>,
+    bucket: Bucket,
     ttl: bool,
     marker_ttl: Option<Duration>,
     persistent: bool,
@@ -101,7 +106,16 @@ pub struct NatsStateStore {
     max_value_len: usize,
     /// How long a listing waits for the server's next message.
     request_timeout: Duration,
-    closed: CloseFlag,
+}
+
+/// Where the bucket's messages live.
+#[derive(Debug, Clone)]
+struct Bucket {
+    name: String,
+    /// The subject prefix of the bucket's keys (`$KV.<bucket>.`).
+    prefix: String,
+    /// The subject prefix writes go to (differs across JetStream domains).
+    put_prefix: String,
 }
 
 impl NatsStateStore {
@@ -113,34 +127,11 @@ impl NatsStateStore {
     /// [`Error::Unavailable`] when no server answers in time.
     pub async fn connect(config: NatsConfig) -> Result<Self> {
         config.validate()?;
-        let mut options = ConnectOptions::new()
-            .connection_timeout(config.timeouts.connect)
-            .request_timeout(Some(config.timeouts.request))
-            .require_tls(config.require_tls);
-        options = match &config.credentials {
-            Credentials::None => options,
-            Credentials::UserPassword { user, password } => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            Credentials::Token(token) => options.token(token.clone()),
-            Credentials::NKey(seed) => options.nkey(seed.clone()),
-            Credentials::CredsFile(path) => options
-                .credentials_file(path)
-                .await
-                .map_err(|e| Error::config_with("cannot read the NATS credentials file", e))?,
-        };
-        let servers = config
-            .url
-            .split(',')
-            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
-        let client = options.connect(servers).await.map_err(error::connect)?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.timeouts.request)
-            .build(client.clone());
-        let mut store = Self::from_client(js, config).await?;
-        store.client = Some(client);
+        let servers = link::servers(&config)?;
+        let client = link::dial(&config, &servers).await?;
+        let js = link::context(&config, client);
+        let (mut store, stream_name) = Self::open(&js, &config).await?;
+        store.links = Arc::new(Links::owned(js, &stream_name, config, servers).await?);
         Ok(store)
     }
 
@@ -148,14 +139,27 @@ impl NatsStateStore {
     /// `config` and creating it with `config`'s settings when absent. [`StateStore::destroy`](state_store_core::StateStore::destroy)
     /// leaves the context's connection open.
     ///
+    /// Your client reconnects by itself: writes are refused with `Unavailable` while it is
+    /// not connected, but one handed to it in the instant its connection drops can still be
+    /// sent after it reconnects, after the call reported a failure. [`NatsStateStore::connect`]
+    /// has no such window.
+    ///
     /// # Errors
     ///
     /// As [`NatsStateStore::connect`].
     pub async fn from_client(js: Context, config: NatsConfig) -> Result<Self> {
         config.validate()?;
+        let (mut store, stream_name) = Self::open(&js, &config).await?;
+        store.links = Arc::new(Links::borrowed(js, &stream_name).await?);
+        Ok(store)
+    }
+
+    /// Opens (or creates) the bucket over `js` and checks it can honour the contract: the
+    /// store over `js`, and the name of the bucket's stream.
+    async fn open(js: &Context, config: &NatsConfig) -> Result<(Self, String)> {
         let mut kv = match js.get_key_value(&config.bucket).await {
             Ok(kv) => kv,
-            Err(_) => match js.create_key_value(bucket_config(&config)).await {
+            Err(_) => match js.create_key_value(bucket_config(config)).await {
                 Ok(kv) => kv,
                 // Another instance may have created it meanwhile.
                 Err(create) => js
@@ -196,47 +200,49 @@ impl NatsStateStore {
                 "NATS KV bucket has no per-message TTL (created without limit_markers, as PURISTA does): TTL writes will fail with Unsupported; NatsConfig::with_message_ttl turns it on"
             );
         }
-        let server_max = js_max_payload(&js);
+        let server_max = js_max_payload(js);
         let stream_max = usize::try_from(stream.max_message_size).unwrap_or(0);
         let max_value_len = match stream_max {
             0 => server_max,
             n => n.min(server_max),
         }
         .saturating_sub(HEADER_ROOM);
-        Ok(NatsStateStore {
-            client: None,
-            put_prefix: kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone()),
+        let store = NatsStateStore {
+            links: Arc::new(Links::borrowed(js.clone(), &kv.stream_name).await?),
+            bucket: Bucket {
+                name: config.bucket.clone(),
+                prefix: kv.prefix.clone(),
+                put_prefix: kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone()),
+            },
             persistent: stream.storage == jetstream::stream::StorageType::File,
             leader_reads: stream.num_replicas > 1,
-            js,
-            kv,
             ttl,
             marker_ttl: ttl.then_some(config.marker_ttl),
             max_value_len,
             request_timeout: config.timeouts.request,
-            closed: CloseFlag::new(),
-        })
+        };
+        Ok((store, kv.stream_name.clone()))
     }
 
-    /// The KV bucket, for calls this crate does not offer.
-    pub fn kv(&self) -> &kv::Store {
-        &self.kv
-    }
-
-    fn check_open(&self) -> Result<()> {
-        self.closed.check(STORE)
+    /// The KV bucket over the current connection, for calls this crate does not offer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when no server answers; [`Error::Closed`] after close.
+    pub async fn kv(&self) -> Result<kv::Store> {
+        let link = self.links.get().await?;
+        link.js
+            .get_key_value(&self.bucket.name)
+            .await
+            .map_err(|e| Error::unavailable(STORE, e))
     }
 
     /// The last message on the key's subject, tombstones included.
     async fn last_message(&self, key: &str) -> Result<Option<jetstream::message::StreamMessage>> {
-        let subject = format!("{}{}", self.kv.prefix, encode(key));
+        let link = self.links.get().await?;
+        let subject = format!("{}{}", self.bucket.prefix, encode(key));
         if self.leader_reads {
-            return match self
-                .kv
-                .stream
-                .get_last_raw_message_by_subject(&subject)
-                .await
-            {
+            return match link.stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(message) => Ok(Some(message)),
                 Err(err) if matches!(err.kind(), LastRawMessageErrorKind::NoMessageFound) => {
                     Ok(None)
@@ -244,41 +250,11 @@ impl NatsStateStore {
                 Err(err) => Err(error::leader_get(err)),
             };
         }
-        match self.kv.stream.direct_get_last_for_subject(subject).await {
+        match link.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message)),
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(err) => Err(error::direct_get(err)),
         }
-    }
-
-    /// An ordered push consumer on the keys under `prefix`'s whole `:` segments.
-    async fn consumer(
-        &self,
-        prefix: &str,
-        deliver_policy: DeliverPolicy,
-        headers_only: bool,
-    ) -> Result<jetstream::consumer::Consumer<OrderedConfig>> {
-        let filter = match prefix.rfind(PREFIX_SEPARATOR) {
-            Some(end) => crate::key::prefix_filter(&prefix[..end]),
-            None => ">".to_owned(),
-        };
-        self.kv
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.js.client().new_inbox(),
-                filter_subject: format!("{}{filter}", self.kv.prefix),
-                headers_only,
-                replay_policy: ReplayPolicy::Instant,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::unavailable(STORE, e))
-    }
-
-    /// The stored key of a message subject in this bucket.
-    fn key_of(&self, subject: &str) -> Option<String> {
-        crate::key::decode(subject.strip_prefix(self.kv.prefix.as_str())?)
     }
 
     async fn read(&self, key: &str) -> Result<Option<Entry>> {
@@ -308,26 +284,18 @@ impl NatsStateStore {
         })
     }
 
+    /// Publishes one write and waits for its acknowledgement: the new revision.
     async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
-        // While the client is reconnecting, async-nats queues publishes and sends them once it
-        // is back, even after the caller gave up on the ack: a write reported as failed would
-        // land later, over newer data. Refuse instead of queueing. (What remains: a publish
-        // racing with the moment the connection drops, before the client has noticed.)
-        if self.js.client().connection_state() != async_nats::connection::State::Connected {
-            return Err(Error::unavailable(
-                STORE,
-                "not connected to the NATS server (reconnecting)",
-            ));
-        }
-        let subject = format!("{}{}", self.put_prefix, encode(key));
+        let link = self.links.get().await?;
+        let subject = format!("{}{}", self.bucket.put_prefix, encode(key));
         let (size, limit) = (payload.len(), self.max_value_len);
-        let ack = self
+        let ack = link
             .js
             .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| error::publish(key, size, limit, e))?
             .await
-            .map_err(|e| error::publish(key, size, limit, e))?;
+            .map_err(|e| error::publish_ack(key, e))?;
         Ok(ack.sequence)
     }
 
@@ -574,7 +542,7 @@ impl Backend for NatsStateStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
             .with_list(true)
-            .with_watch(WatchSupport::Resumable)
+            .with_watch(WatchSupport::Compacted)
             .with_ttl(self.ttl)
             .with_batch_get(false)
             .with_persistent(self.persistent)
@@ -582,12 +550,11 @@ impl Backend for NatsStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        self.check_open()?;
         try_join_all(keys.iter().map(|key| self.read(key))).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        self.check_open()?;
+        self.links.closed.check(STORE)?;
         if options.ttl.is_some() && !self.ttl {
             return Err(Error::unsupported(STORE, "atomic expiry"));
         }
@@ -605,7 +572,6 @@ impl Backend for NatsStateStore {
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        self.check_open()?;
         let mut headers = HeaderMap::new();
         headers.insert(KV_OPERATION, "PURGE");
         headers.insert(NATS_ROLLUP, "sub");
@@ -632,7 +598,7 @@ impl Backend for NatsStateStore {
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        self.check_open()?;
+        self.links.closed.check(STORE)?;
         increment_with_cas(self, key, delta, ttl).await
     }
 
@@ -641,9 +607,8 @@ impl Backend for NatsStateStore {
     /// Every page reads the filtered keys' headers once (no values): keyset pages cost the
     /// size of the filtered set each.
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
-        self.closed.check(STORE)?;
-        let consumer = self
-            .consumer(prefix, DeliverPolicy::LastPerSubject, true)
+        let link = self.links.get().await?;
+        let consumer = consumer(&link, &self.bucket, prefix, DeliverPolicy::LastPerSubject, true)
             .await?;
         let mut keys = Vec::new();
         if consumer.cached_info().num_pending > 0 {
@@ -668,7 +633,7 @@ impl Backend for NatsStateStore {
                     .headers
                     .as_ref()
                     .is_none_or(|h| headers_live(h, published, now));
-                if let Some(key) = self.key_of(&message.subject) {
+                if let Some(key) = key_of(&self.bucket.prefix, &message.subject) {
                     if live && key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
                         keys.push(key);
                     }
@@ -685,94 +650,192 @@ impl Backend for NatsStateStore {
         Ok(KeyPage::new(keys, next))
     }
 
-    /// The bucket's own change stream: resumable by revision; removals and expiry (the
-    /// server's TTL marker, up to a second after the deadline) are reported. A resumed watch
-    /// delivers what the bucket still holds after the revision, in order: the latest change
-    /// of each key (a KV bucket keeps one per key, so earlier rewrites of a key rewritten
-    /// since are not replayed), and removal markers younger than the marker TTL (60 s by
-    /// default). When the revision is older than anything the stream holds, the watch starts
-    /// with `Resync`.
+    /// The bucket's own change stream, resumable by revision (the KV revision a version
+    /// carries); removals and expiry (the server's TTL marker, up to a second after the
+    /// deadline) are reported. The bucket keeps one message per key
+    /// ([`WatchSupport::Compacted`]): a resumed watch starts with `Resync`, then delivers what
+    /// the bucket still holds after the revision, in order: the latest change of each key
+    /// changed since, and removal markers younger than the marker TTL (60 s by default). When
+    /// the subscription is lost (a broken connection), the watch says `Resync` and follows on
+    /// from the last revision it delivered, over a new connection.
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
-        self.closed.check(STORE)?;
-        let policy = match start {
-            WatchStart::Now => DeliverPolicy::New,
-            WatchStart::AfterVersion(version) => {
-                let (revision, _) = parse_version(version).ok_or_else(|| {
-                    Error::invalid_key(version.as_str(), "not a version of this store")
-                })?;
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: revision.saturating_add(1),
-                }
-            }
+        let after = match start {
+            WatchStart::Now => None,
+            WatchStart::AfterVersion(version) => Some(
+                parse_version(version)
+                    .ok_or_else(|| {
+                        Error::invalid_key(version.as_str(), "not a version of this store")
+                    })?
+                    .0,
+            ),
             _ => return Err(Error::unsupported(STORE, "this watch start")),
         };
         let prefix = match selector {
-            KeySelector::Key(key) | KeySelector::Prefix(key) => key.as_str(),
-            _ => "",
+            KeySelector::Key(key) | KeySelector::Prefix(key) => key.clone(),
+            _ => String::new(),
         };
-        let resync = match policy {
-            DeliverPolicy::ByStartSequence { start_sequence } => {
-                let mut stream = self.kv.stream.clone();
-                let first = stream
-                    .info()
-                    .await
-                    .map_err(|e| Error::unavailable(STORE, e))?
-                    .state
-                    .first_sequence;
-                first > start_sequence
-            }
-            _ => false,
+        let link = self.links.get().await?;
+        let policy = match after {
+            None => DeliverPolicy::New,
+            Some(revision) => DeliverPolicy::ByStartSequence {
+                start_sequence: revision.saturating_add(1),
+            },
         };
-        let consumer = self.consumer(prefix, policy, false).await?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::unavailable(STORE, e))?;
+        let messages = subscribe(&link, &self.bucket, &prefix, policy).await?;
         let (tx, stream) = watch_channel(256);
-        if resync {
-            let reason = "the stream no longer holds the changes after that version".to_owned();
+        if after.is_some() {
+            let reason = "the NATS KV bucket keeps only the latest change of each key: \
+                          changes after that version may have been replaced"
+                .to_owned();
             let _ = tx.send(Ok(BackendEvent::Resync { reason })).await;
         }
-        let selector = selector.clone();
-        let kv_prefix = self.kv.prefix.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = messages.next() => message,
-                    () = tx.closed() => return,
-                };
-                let event = match message {
-                    None => return,
-                    // The ordered consumer recreates itself after a reconnect and goes on from
-                    // the last sequence it delivered: nothing is lost.
-                    Some(Err(err)) => {
-                        let _ = tx.send(Err(Error::unavailable(STORE, err))).await;
-                        continue;
-                    }
-                    Some(Ok(message)) => match change(&kv_prefix, &message) {
-                        Some(event) => event,
-                        None => continue,
-                    },
-                };
-                if selector.selects(&event) && tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let follower = Follower {
+            links: self.links.clone(),
+            bucket: self.bucket.clone(),
+            selector: selector.clone(),
+            prefix,
+            next: after.map(|revision| revision.saturating_add(1)),
+            tx,
+        };
+        tokio::spawn(follower.run(messages));
         Ok(stream)
     }
 
     async fn close(&self) -> Result<()> {
-        if !self.closed.close() {
-            return Ok(());
+        self.links.close().await
+    }
+}
+
+
+/// The messages of an ordered push consumer.
+type Messages = jetstream::consumer::push::Ordered;
+
+/// An ordered push consumer on the keys under `prefix`'s whole `:` segments.
+async fn consumer(
+    link: &Link,
+    bucket: &Bucket,
+    prefix: &str,
+    deliver_policy: DeliverPolicy,
+    headers_only: bool,
+) -> Result<jetstream::consumer::Consumer<OrderedConfig>> {
+    let filter = match prefix.rfind(PREFIX_SEPARATOR) {
+        Some(end) => crate::key::prefix_filter(&prefix[..end]),
+        None => ">".to_owned(),
+    };
+    link.stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: link.client().new_inbox(),
+            filter_subject: format!("{}{filter}", bucket.prefix),
+            headers_only,
+            replay_policy: ReplayPolicy::Instant,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::unavailable(STORE, e))
+}
+
+/// The messages under `prefix` from `policy` on.
+async fn subscribe(
+    link: &Link,
+    bucket: &Bucket,
+    prefix: &str,
+    policy: DeliverPolicy,
+) -> Result<Messages> {
+    consumer(link, bucket, prefix, policy, false)
+        .await?
+        .messages()
+        .await
+        .map_err(|e| Error::unavailable(STORE, e))
+}
+
+/// The stored key of a message subject in the bucket with subject prefix `kv_prefix`.
+fn key_of(kv_prefix: &str, subject: &str) -> Option<String> {
+    crate::key::decode(subject.strip_prefix(kv_prefix)?)
+}
+
+/// The task behind a watch: forwards the bucket's changes and, when its subscription ends
+/// (the connection broke), says `Resync` and subscribes again after the last revision it saw.
+struct Follower {
+    links: Arc<Links>,
+    bucket: Bucket,
+    selector: KeySelector,
+    prefix: String,
+    /// The revision to follow on from: one past the last delivered.
+    next: Option<u64>,
+    tx: mpsc::Sender<Result<BackendEvent>>,
+}
+
+impl Follower {
+    async fn run(mut self, mut messages: Messages) {
+        loop {
+            if !self.forward(&mut messages).await {
+                return;
+            }
+            let reason = "the watch lost its NATS subscription: changes may have been missed";
+            let resync = BackendEvent::Resync {
+                reason: reason.to_owned(),
+            };
+            if self.tx.send(Ok(resync)).await.is_err() {
+                return;
+            }
+            match self.resubscribe().await {
+                Some(renewed) => messages = renewed,
+                None => return,
+            }
         }
-        if let Some(client) = &self.client {
-            client
-                .drain()
-                .await
-                .map_err(|e| Error::unavailable(STORE, e))?;
+    }
+
+    /// Forwards events until the subscription ends (true) or the watcher is gone (false).
+    async fn forward(&mut self, messages: &mut Messages) -> bool {
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                () = self.tx.closed() => return false,
+            };
+            let Some(Ok(message)) = message else {
+                // An error of an ordered consumer (missed heartbeats, a deleted consumer) or
+                // its end: it may have skipped messages, so it is not trusted further.
+                return true;
+            };
+            if let Ok(info) = message.info() {
+                self.next = Some(info.stream_sequence.saturating_add(1));
+            }
+            let Some(event) = change(&self.bucket.prefix, &message) else {
+                continue;
+            };
+            if self.selector.selects(&event) && self.tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
         }
-        Ok(())
+    }
+
+    /// A new subscription after the last delivered revision, retried until it works; `None`
+    /// when the watcher is gone or the store closed.
+    async fn resubscribe(&mut self) -> Option<Messages> {
+        let mut backoff = Backoff::new(usize::MAX, Duration::MAX);
+        loop {
+            let policy = match self.next {
+                Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+                None => DeliverPolicy::New,
+            };
+            let attempt = async {
+                let link = self.links.get().await?;
+                subscribe(&link, &self.bucket, &self.prefix, policy).await
+            };
+            match attempt.await {
+                Ok(messages) => return Some(messages),
+                Err(err @ Error::Closed { .. }) => {
+                    let _ = self.tx.send(Err(err)).await;
+                    return None;
+                }
+                Err(err) => tracing::debug!("NATS watch cannot resubscribe yet: {err}"),
+            }
+            tokio::select! {
+                _ = backoff.wait() => {}
+                () = self.tx.closed() => return None,
+            }
+        }
     }
 }
 
