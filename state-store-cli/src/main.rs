@@ -90,8 +90,41 @@ enum Command {
         #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
         prefix: String,
     },
-    /// The backend, what it supports, and how many names it holds under the prefix.
-    Info,
+    /// The backend and what it supports; with `--count`, how many names it holds under the
+    /// prefix.
+    Info {
+        /// Count the names: lists every key under the prefix (a full scan of a store without
+        /// one), with progress on a terminal's stderr.
+        #[arg(long)]
+        count: bool,
+    },
+}
+
+/// Counts the names under the handle's prefix, a page at a time, showing the count so far on
+/// stderr when it is a terminal. (Redis pages may repeat a key: names are counted once.)
+async fn count_names(store: &StateStore) -> Result<usize, Error> {
+    use std::io::{IsTerminal, Write};
+
+    let progress = std::io::stderr().is_terminal();
+    let mut seen = std::collections::HashSet::new();
+    let mut options = ListOptions::new().limit(state_store::MAX_PAGE);
+    loop {
+        let page = store.list("", options.clone()).await?;
+        seen.extend(page.names);
+        if progress {
+            let mut stderr = std::io::stderr();
+            let _ = write!(stderr, "\rcounting names: {}", seen.len());
+            let _ = stderr.flush();
+        }
+        match page.next {
+            Some(next) => options = options.cursor(next),
+            None => break,
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(seen.len())
 }
 
 /// A failure with its exit code.
@@ -231,10 +264,10 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
             }
         }
         Command::Watch { prefix } => watch(store, prefix, cli.json).await,
-        Command::Info => {
+        Command::Info { count } => {
             let caps = store.capabilities();
-            let names = if caps.list {
-                Some(store.list_all("").await?.len())
+            let names = if *count && caps.list {
+                Some(count_names(store).await?)
             } else {
                 None
             };
@@ -268,7 +301,8 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
                 println!("prefix           {:?}", store.config().key_prefix);
                 match names {
                     Some(n) => println!("names            {n}"),
-                    None => println!("names            (this backend cannot list)"),
+                    None if !caps.list => println!("names            (this backend cannot list)"),
+                    None => println!("names            (not counted: info --count lists them all)"),
                 }
                 for (feature, on) in [
                     ("ttl", caps.ttl),

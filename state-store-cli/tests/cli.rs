@@ -68,10 +68,14 @@ fn commands(url: &str) {
     // The prefix is the service's: another prefix sees none of it.
     assert_eq!(ok(url, &format!("{p}-other"), &["ls"]), "");
 
+    // `info` does not scan the store unless asked to.
     let info = ok(url, p, &["--json", "info"]);
     let info: serde_json::Value = serde_json::from_str(info.trim()).expect("JSON");
-    assert_eq!(info["names"], 3);
+    assert_eq!(info["names"], serde_json::Value::Null);
     assert_eq!(info["capabilities"]["list"], true);
+    let counted = ok(url, p, &["--json", "info", "--count"]);
+    let counted: serde_json::Value = serde_json::from_str(counted.trim()).expect("JSON");
+    assert_eq!(counted["names"], 3);
 
     ok(url, p, &["rm", "job:1", "job:2"]);
     let missing = run(url, p, &["get", "job:1"]);

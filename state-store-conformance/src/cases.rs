@@ -571,10 +571,18 @@ pub async fn increment_semantics(ctx: Context) {
 /// A TTL'd value reads back before its deadline and is gone after it; zero TTL is refused.
 pub async fn ttl_expires(ctx: Context) {
     let store = ctx.store().await;
-    let short = SetOptions::new().ttl(Duration::from_millis(700));
-    let result = store.set_with("t", &json!("soon gone"), short).await;
+    let ttl = Duration::from_millis(700);
+    let written = std::time::Instant::now();
+    let result = store
+        .set_with("t", &json!("soon gone"), SetOptions::new().ttl(ttl))
+        .await;
     if !declared_or_unsupported(store.capabilities().ttl, result, "TTL") {
         return;
+    }
+    let early = read(&store, "t").await;
+    // Only a read that surely ended before the deadline must find it (no timing assumption).
+    if written.elapsed() < ttl {
+        assert_eq!(early, Some(json!("soon gone")), "gone before its deadline");
     }
     let long = SetOptions::new().ttl(Duration::from_secs(3600));
     ok(
@@ -946,7 +954,8 @@ pub async fn unprefixed_awkward_keys_round_trip(ctx: Context) {
 }
 
 /// `update` keeps a value's TTL: a session touched by `update` a second after it was written
-/// keeps its first deadline (where the backend reports deadlines), and does expire;
+/// keeps its first deadline (read where the backend reports deadlines, observed against a
+/// marker elsewhere), and does expire;
 /// a value created by `update` gets none (the config has no default TTL).
 pub async fn update_keeps_ttl(ctx: Context) {
     let store = ctx.store().await;
@@ -960,6 +969,7 @@ pub async fn update_keeps_ttl(ctx: Context) {
     if !declared_or_unsupported(store.capabilities().ttl, written, "TTL") {
         return;
     }
+    let written = std::time::Instant::now();
     let before = deadline(&store, "session").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let updated = store
@@ -971,12 +981,26 @@ pub async fn update_keeps_ttl(ctx: Context) {
         return;
     }
     assert_eq!(read(&store, "session").await, Some(json!({ "n": 1 })));
-    if let (Some(before), Some(after)) = (before, deadline(&store, "session").await) {
-        assert!(
+    match (before, deadline(&store, "session").await) {
+        (Some(before), Some(after)) => assert!(
             after <= before + Duration::from_millis(100),
             "update pushed the deadline {:?} later",
             after - before
-        );
+        ),
+        // Where deadlines are not reported (Redis), a marker that expires no earlier than the
+        // first deadline (3 s after the write, counted from before it) must outlive the
+        // session; one renewed by the update would outlive the marker by about a second.
+        _ => {
+            let left = Duration::from_secs(3).saturating_sub(written.elapsed());
+            let marker = SetOptions::new().ttl(left + Duration::from_millis(1));
+            ok(store.set_with("marker", &json!(0), marker).await, "marker");
+            wait_until_missing(&store, "marker").await;
+            assert_eq!(
+                read(&store, "session").await,
+                None,
+                "update pushed the deadline later"
+            );
+        }
     }
     wait_until_missing(&store, "session").await;
     ok(
@@ -990,25 +1014,48 @@ pub async fn update_keeps_ttl(ctx: Context) {
 
 /// A fixed window closes under heavy traffic: `increment(.., ttl 2 s)` back to back (so that
 /// rewrites land at every point of every second) starts again from the delta once the window
-/// created by the first increment has passed.
+/// created by the first increment has passed — not before, and not later.
 pub async fn fixed_window_closes_under_traffic(ctx: Context) {
     let store = ctx.store().await;
     let window = Duration::from_secs(2);
+    let opened = std::time::Instant::now();
     let first = store.increment("rl", 1, Some(window)).await;
     let caps = store.capabilities();
     if !declared_or_unsupported(caps.increment && caps.ttl, first, "increment with TTL") {
         return;
     }
     let started = std::time::Instant::now();
-    // Where the backend reports deadlines, the window's must never move later.
+    // Where the backend reports deadlines, the window's must never move later. Elsewhere a
+    // marker written now with the window's TTL expires no earlier than the window: once it is
+    // gone, the next increment must start a new window.
     let first_deadline = deadline(&store, "rl").await;
+    let marker = first_deadline.is_none();
+    if marker {
+        let options = SetOptions::new().ttl(window);
+        ok(
+            store.set_with("rl-marker", &json!(0), options).await,
+            "marker",
+        );
+    }
     let mut highest = 1;
     loop {
         tokio::time::sleep(Duration::from_millis(1)).await;
+        let must_close = marker && read(&store, "rl-marker").await.is_none();
         let n = ok(store.increment("rl", 1, Some(window)).await, "increment");
         if n == 1 {
+            // Never before its time: the first increment started the window at `opened` at
+            // the earliest (a few ms for clocks that count whole milliseconds).
+            assert!(
+                opened.elapsed() + Duration::from_millis(5) >= window,
+                "the window closed {:?} after it opened, before its {window:?}",
+                opened.elapsed()
+            );
             break;
         }
+        assert!(
+            !must_close,
+            "increment {n} kept the window open past its deadline"
+        );
         highest = highest.max(n);
         if let (Some(first), Some(now)) = (first_deadline, deadline(&store, "rl").await) {
             assert!(

@@ -124,7 +124,8 @@ impl StoreConfig {
 }
 
 /// How long connecting, and each call, may take before failing with
-/// [`Error::Unavailable`](crate::Error::Unavailable). Every adapter's config holds one and
+/// [`Error::Unavailable`](crate::Error::Unavailable) (or, for a write that may have been sent,
+/// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown)). Every adapter's config holds one and
 /// offers `with_connect_timeout` / `with_request_timeout` ([`timeout_setters!`](crate::timeout_setters)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

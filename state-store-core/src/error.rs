@@ -506,7 +506,9 @@ mod tests {
         let unknown = Error::unavailable("s", "no answer").after_sending();
         assert!(unknown.is_transient());
         assert!(unknown.may_have_applied());
-        assert!(!Error::backend("s", "bad").after_sending().may_have_applied());
+        assert!(!Error::backend("s", "bad")
+            .after_sending()
+            .may_have_applied());
         assert!(!Error::backend("s", "bad").is_transient());
         assert!(!Error::Conflict { key: "k".into() }.is_transient());
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{
@@ -118,6 +118,9 @@ enum Algorithm {
 /// On Dapr (compare-and-set by ETag through the sidecar) both are correct but slow under
 /// contention: use them for low rates.
 ///
+/// Cheap to clone, like [`StateStore`]: clones share the handle and the cache of window
+/// deadlines, so one limiter can be handed to every task.
+///
 /// ```
 /// # use std::time::Duration;
 /// # use state_store_core::{DefaultStateStore, Limiter, Quota, StateStore};
@@ -133,13 +136,14 @@ enum Algorithm {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct Limiter {
     store: StateStore,
     algorithm: Algorithm,
     policy: FailurePolicy,
     /// Fixed windows: window deadlines read from the store, per key, so that repeated denials
-    /// in one window cost one read.
-    deadlines: Mutex<HashMap<String, Instant>>,
+    /// in one window cost one read. Shared by clones.
+    deadlines: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl fmt::Debug for Limiter {
@@ -178,7 +182,7 @@ impl Limiter {
             store: store.clone(),
             algorithm,
             policy: FailurePolicy::default(),
-            deadlines: Mutex::default(),
+            deadlines: Arc::default(),
         }
     }
 
@@ -506,6 +510,18 @@ pub(crate) fn gcra(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn clones_share_one_limit() {
+        let store = StateStore::new(crate::DefaultStateStore::new());
+        let limiter = Limiter::fixed_window(&store, 2, Duration::from_secs(3600));
+        let clone = limiter.clone();
+        let task = tokio::spawn(async move { clone.check("k").await });
+        assert!(task.await.expect("join").expect("check").allowed);
+        assert!(limiter.check("k").await.expect("check").allowed);
+        let third = limiter.clone().check("k").await.expect("check");
+        assert!(!third.allowed, "{third:?}");
+    }
 
     #[test]
     fn gcra_allows_the_burst_then_one_per_interval() {

@@ -37,6 +37,32 @@ pub(crate) fn map(key: &str, status: Status) -> Error {
     }
 }
 
+/// Maps a failed write: as [`map`], except that a transient failure is
+/// [`Error::OutcomeUnknown`] unless the channel could not connect (then the request never left:
+/// `Unavailable`). A timeout, a reset connection or a sidecar answering `Unavailable` may come
+/// after the sidecar, or its component, received the write.
+pub(crate) fn map_write(key: &str, status: Status) -> Error {
+    let never_sent = connect_failed(&status);
+    let mapped = map(key, status);
+    if never_sent {
+        mapped
+    } else {
+        mapped.after_sending()
+    }
+}
+
+/// Whether tonic failed to connect: a [`tonic::ConnectError`] somewhere in the source chain.
+fn connect_failed(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn mentions_etag(status: &Status) -> bool {
     let message = status.message().to_ascii_lowercase();
     message.contains("etag") || message.contains("possible etag mismatch")
@@ -67,5 +93,19 @@ mod tests {
             map("k", Status::internal("boom")),
             Error::Backend { .. }
         ));
+    }
+
+    #[test]
+    fn only_a_write_that_could_not_connect_is_known_not_applied() {
+        assert!(!map("k", Status::deadline_exceeded("slow")).may_have_applied());
+        assert!(map_write("k", Status::deadline_exceeded("slow")).may_have_applied());
+        assert!(map_write("k", Status::unavailable("reset")).may_have_applied());
+        let refused = Status::from_error(Box::new(tonic::ConnectError("refused".into())));
+        let never_sent = map_write("k", refused);
+        assert!(
+            never_sent.is_transient() && !never_sent.may_have_applied(),
+            "{never_sent:?}"
+        );
+        assert!(map_write("k", Status::aborted("etag mismatch")).is_conflict());
     }
 }

@@ -18,10 +18,10 @@ use state_store_core::{
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 use crate::config::DaprConfig;
-use crate::error::{map, STORE};
+use crate::error::{map, map_write, STORE};
 use crate::key::encode;
 
 const TTL: &str = "ttlInSeconds";
@@ -93,6 +93,8 @@ pub struct DaprStateStore {
     /// `state.in-memory` among the components this crate knows (see the type docs).
     atomic: bool,
     persistent: bool,
+    /// Each call's deadline, from the moment it is made (see [`DaprStateStore::within`]).
+    request_timeout: Duration,
     closed: CloseFlag,
 }
 
@@ -172,12 +174,29 @@ impl DaprStateStore {
             store_name: config.store_name,
             atomic,
             persistent: component.r#type != "state.in-memory",
+            request_timeout: config.timeouts.request,
             closed: CloseFlag::new(),
         })
     }
 
     fn check_open(&self) -> Result<()> {
         self.closed.check(STORE)
+    }
+
+    /// Runs one gRPC call within the request timeout. tonic's own deadline starts only when
+    /// its buffer hands the call to a connection: a call queued behind a reconnect would
+    /// otherwise wait through several connect timeouts. A call given up here is dropped from
+    /// that queue too, so it is never sent after it failed.
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<Response<T>, Status>>,
+    ) -> std::result::Result<T, Status> {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(reply) => reply.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the Dapr sidecar did not answer within the request timeout",
+            )),
+        }
     }
 
     /// One `SaveState` (conditional per `mode`). With `want_version` it reads the key back for
@@ -214,14 +233,13 @@ impl DaprStateStore {
             metadata: ttl.metadata(),
             options,
         };
-        self.client
-            .clone()
-            .save_state(SaveStateRequest {
-                store_name: self.store_name.clone(),
-                states: vec![item],
-            })
-            .await
-            .map_err(|s| map(key, s))?;
+        let mut client = self.client.clone();
+        self.within(client.save_state(SaveStateRequest {
+            store_name: self.store_name.clone(),
+            states: vec![item],
+        }))
+        .await
+        .map_err(|s| map_write(key, s))?;
         let Some(written) = written else {
             return Ok(Version::new(UNKNOWN_VERSION));
         };
@@ -283,17 +301,15 @@ impl DaprStateStore {
     }
 
     async fn read_raw(&self, key: &str) -> Result<Option<Stored>> {
+        let mut client = self.client.clone();
         let response = self
-            .client
-            .clone()
-            .get_state(GetStateRequest {
+            .within(client.get_state(GetStateRequest {
                 store_name: self.store_name.clone(),
                 key: encode(key),
                 ..GetStateRequest::default()
-            })
+            }))
             .await
-            .map_err(|s| map(key, s))?
-            .into_inner();
+            .map_err(|s| map(key, s))?;
         Stored::new(response.data, response.etag, &response.metadata)
     }
 }
@@ -475,17 +491,15 @@ impl Backend for DaprStateStore {
             return Ok(vec![self.read(key).await?]);
         }
         let encoded: Vec<String> = keys.iter().map(|k| encode(k)).collect();
+        let mut client = self.client.clone();
         let items = self
-            .client
-            .clone()
-            .get_bulk_state(GetBulkStateRequest {
+            .within(client.get_bulk_state(GetBulkStateRequest {
                 store_name: self.store_name.clone(),
                 keys: encoded.clone(),
                 ..GetBulkStateRequest::default()
-            })
+            }))
             .await
             .map_err(|s| map("", s))?
-            .into_inner()
             .items;
         let mut by_key: HashMap<String, _> = HashMap::with_capacity(items.len());
         for item in items {
@@ -550,17 +564,16 @@ impl Backend for DaprStateStore {
                 Err(_) => return Ok(false),
             },
         };
-        self.client
-            .clone()
-            .delete_state(DeleteStateRequest {
-                store_name: self.store_name.clone(),
-                key: encode(key),
-                etag,
-                options,
-                ..DeleteStateRequest::default()
-            })
-            .await
-            .map_err(|s| map(key, s))?;
+        let mut client = self.client.clone();
+        self.within(client.delete_state(DeleteStateRequest {
+            store_name: self.store_name.clone(),
+            key: encode(key),
+            etag,
+            options,
+            ..DeleteStateRequest::default()
+        }))
+        .await
+        .map_err(|s| map_write(key, s))?;
         Ok(true)
     }
 

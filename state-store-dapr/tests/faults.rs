@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use state_store_conformance::faults::{hung_server_times_out, killed_server_recovers};
+use state_store_conformance::faults::{
+    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
+};
 use state_store_core::{Error, StateStore};
 use state_store_dapr::{DaprConfig, DaprStateStore};
 use state_store_testkit::harness::dapr::{Component, Daprd, COMPONENT};
@@ -40,6 +42,23 @@ async fn a_hung_sidecar_gives_unavailable_then_the_same_handle_recovers() {
     // A frozen sidecar keeps its in-memory state.
     hung_server_times_out(&mut sidecar, &store).await;
     store.destroy().await.expect("destroy");
+}
+
+/// Writes that time out against a frozen daprd never reach `state.redis` after daprd is
+/// killed and restarted: tonic drops them from its queue when the call gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_never_land_after_a_restart() {
+    let Some(mut sidecar) = daprd(Component::Redis) else {
+        return;
+    };
+    let endpoint = sidecar.endpoint();
+    failed_writes_never_land_later(&mut sidecar, || {
+        let config = DaprConfig::new(endpoint.clone(), COMPONENT)
+            .with_request_timeout(Duration::from_secs(1))
+            .with_connect_timeout(Duration::from_secs(1));
+        async move { DaprStateStore::connect(config).await.map(StateStore::from) }
+    })
+    .await;
 }
 
 #[tokio::test]

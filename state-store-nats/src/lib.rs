@@ -20,8 +20,8 @@
 
 mod config;
 mod error;
-mod link;
 pub mod key;
+mod link;
 mod store;
 
 pub use config::{Credentials, NatsConfig, DEFAULT_BUCKET};

@@ -231,7 +231,10 @@ pub(crate) fn context(config: &NatsConfig, client: async_nats::Client) -> Contex
 /// # Errors
 ///
 /// [`Error::Config`] for refused credentials; [`Error::Unavailable`] when no server answers.
-pub(crate) async fn dial(config: &NatsConfig, servers: &[ServerAddr]) -> Result<async_nats::Client> {
+pub(crate) async fn dial(
+    config: &NatsConfig,
+    servers: &[ServerAddr],
+) -> Result<async_nats::Client> {
     let mut last = None;
     for server in servers {
         // async-nats counts the first connection as an attempt: a limit of one allows no
@@ -250,10 +253,7 @@ pub(crate) async fn dial(config: &NatsConfig, servers: &[ServerAddr]) -> Result<
             Err(err) => last = Some(err),
         }
     }
-    Err(last.map_or_else(
-        || Error::config("no NATS server URL"),
-        error::connect,
-    ))
+    Err(last.map_or_else(|| Error::config("no NATS server URL"), error::connect))
 }
 
 async fn options(config: &NatsConfig) -> Result<ConnectOptions> {

@@ -608,8 +608,14 @@ impl Backend for NatsStateStore {
     /// size of the filtered set each.
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
         let link = self.links.get().await?;
-        let consumer = consumer(&link, &self.bucket, prefix, DeliverPolicy::LastPerSubject, true)
-            .await?;
+        let consumer = consumer(
+            &link,
+            &self.bucket,
+            prefix,
+            DeliverPolicy::LastPerSubject,
+            true,
+        )
+        .await?;
         let mut keys = Vec::new();
         if consumer.cached_info().num_pending > 0 {
             let mut messages = consumer
@@ -705,7 +711,6 @@ impl Backend for NatsStateStore {
         self.links.close().await
     }
 }
-
 
 /// The messages of an ordered push consumer.
 type Messages = jetstream::consumer::push::Ordered;

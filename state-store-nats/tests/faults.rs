@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::TryFutureExt;
 use serde_json::json;
 use state_store_conformance::faults::{
-    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
-    limiter_follows_its_failure_policy, TestServer,
+    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
+    lease_tokens_survive_restart, limiter_follows_its_failure_policy, TestServer,
 };
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};

@@ -26,6 +26,7 @@ pub struct RedisConfig {
     pub(crate) timeouts: Timeouts,
     pub(crate) reconnect_max_attempts: u32,
     pub(crate) reconnect_max_delay: Duration,
+    pub(crate) enable_notifications: bool,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -49,6 +50,7 @@ impl fmt::Debug for RedisConfig {
             .field("tls", &self.tls())
             .field("timeouts", &self.timeouts)
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
+            .field("enable_notifications", &self.enable_notifications)
             .finish()
     }
 }
@@ -88,6 +90,7 @@ impl RedisConfig {
             timeouts: Timeouts::default(),
             reconnect_max_attempts: 0,
             reconnect_max_delay: Duration::from_secs(2),
+            enable_notifications: false,
         })
     }
 
@@ -115,6 +118,15 @@ impl RedisConfig {
     pub fn with_reconnect(mut self, max_attempts: u32, max_delay: Duration) -> Self {
         self.reconnect_max_attempts = max_attempts;
         self.reconnect_max_delay = max_delay;
+        self
+    }
+
+    /// Lets [`connect`](crate::RedisStateStore::connect) turn on the keyspace notifications a
+    /// watch needs (`CONFIG SET notify-keyspace-events`, adding `K$gx` to the server's flags)
+    /// when the server has them off. Off by default: it changes the server for every client,
+    /// and costs it a publish per write. Where `CONFIG` is refused, the setting stays as it is.
+    pub fn with_keyspace_notifications(mut self, enable: bool) -> Self {
+        self.enable_notifications = enable;
         self
     }
 

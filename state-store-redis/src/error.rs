@@ -5,7 +5,7 @@ use state_store_core::Error;
 
 pub(crate) const STORE: &str = "redis";
 
-/// Maps a command failure. Lost connections and timeouts are `Unavailable` (transient); a
+/// Maps a read's failure. Lost connections and timeouts are `Unavailable` (transient); a
 /// refused login is `Config`; everything else is `Backend`. The fred error stays the source.
 pub(crate) fn map(err: FredError) -> Error {
     match err.kind() {
@@ -23,6 +23,22 @@ pub(crate) fn map(err: FredError) -> Error {
         // fred reports a command it could not send to any connection as `Unknown`.
         _ if is_unroutable(&err) => Error::unavailable(STORE, err),
         _ => Error::backend(STORE, err),
+    }
+}
+
+/// Maps a write's failure: as [`map`], except that a write fred may have sent is
+/// [`Error::OutcomeUnknown`]. fred cannot say whether a command that timed out, lost its
+/// connection or was canceled reached the server; only backpressure and a command it could
+/// not route to any connection mean it never left. (Such a command is never sent later:
+/// `max_command_attempts` is 1 and fred drops a timed-out command it still holds.)
+pub(crate) fn map_write(err: FredError) -> Error {
+    let never_sent =
+        matches!(err.kind(), ErrorKind::Backpressure) || err.details().contains("Failed to route");
+    let mapped = map(err);
+    if never_sent {
+        mapped
+    } else {
+        mapped.after_sending()
     }
 }
 
@@ -74,6 +90,16 @@ mod tests {
             map(FredError::new(ErrorKind::Unknown, "WRONGTYPE")),
             Error::Backend { .. }
         ));
+        assert!(map_write(FredError::new(ErrorKind::Timeout, "slow")).may_have_applied());
+        assert!(map_write(FredError::new(ErrorKind::IO, "reset")).may_have_applied());
+        let never_sent = map_write(FredError::new(ErrorKind::Backpressure, "full"));
+        assert!(never_sent.is_transient() && !never_sent.may_have_applied());
+        let unroutable = map_write(FredError::new(
+            ErrorKind::Unknown,
+            "Failed to route command.",
+        ));
+        assert!(unroutable.is_transient() && !unroutable.may_have_applied());
+        assert!(!map(FredError::new(ErrorKind::Timeout, "slow")).may_have_applied());
         assert!(is_not_an_integer(&FredError::new(
             ErrorKind::Unknown,
             "ERR value is not an integer or out of range"

@@ -19,7 +19,7 @@ use state_store_core::{
 };
 
 use crate::config::RedisConfig;
-use crate::error::{is_not_an_integer, map, STORE};
+use crate::error::{is_not_an_integer, map, map_write, STORE};
 
 /// `Update(version)`: write only if the digest of the current value is the expected version.
 /// `ARGV[4] == '1'` keeps the key's TTL.
@@ -154,8 +154,11 @@ return {count, left}",
 /// releasing are the `Update` and conditional-remove scripts.
 ///
 /// A client built by this crate does not resend a command after a lost connection (fred's
-/// default is to retry up to three times, which could apply an `INCRBY` twice): the call fails
-/// with [`Error::Unavailable`] and the outcome is unknown, as with any network store.
+/// default is to retry up to three times, which could apply an `INCRBY` twice), nor one whose
+/// call has timed out. A write that may have reached the server fails with
+/// [`Error::OutcomeUnknown`] (a timeout, a lost connection); one that never left the client
+/// (backpressure, no connection to route it to) fails with [`Error::Unavailable`], as every
+/// failed read does.
 ///
 /// # Example
 ///
@@ -174,6 +177,8 @@ return {count, left}",
 pub struct RedisStateStore {
     client: Client,
     clustered: bool,
+    /// What [`RedisStateStore::probe_watch`] found at connect.
+    watch: WatchSupport,
     closed: CloseFlag,
     /// Tells watch tasks (each with a subscriber connection of its own) that the store closed.
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -183,25 +188,44 @@ impl RedisStateStore {
     /// Refuses to watch when the server (as far as `CONFIG GET` tells) publishes no keyspace
     /// notifications for writes, removals and expiry; a server that denies `CONFIG` is trusted.
     async fn check_notifications(&self) -> Result<()> {
-        let reply: std::result::Result<Vec<String>, _> = self
-            .client
-            .custom(fred::cmd!("CONFIG"), vec!["GET", "notify-keyspace-events"])
-            .await;
-        let Ok(reply) = reply else {
-            return Ok(());
-        };
-        let flags = reply.get(1).map(String::as_str).unwrap_or_default();
-        let all = flags.contains('A');
-        let enough = flags.contains('K')
-            && (all || (flags.contains('$') && flags.contains('g') && flags.contains('x')));
-        if enough {
-            Ok(())
-        } else {
-            Err(Error::config(format!(
+        match notification_flags(&self.client).await {
+            Some(flags) if !notifies_enough(&flags) => Err(Error::config(format!(
                 "watching needs keyspace notifications: the server has notify-keyspace-events \
-                 {flags:?}; set it to include K$gx (CONFIG SET notify-keyspace-events K$gx)"
-            )))
+                 {flags:?}; set it to include K$gx (CONFIG SET notify-keyspace-events K$gx, or \
+                 RedisConfig::with_keyspace_notifications)"
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// What a watch can deliver on this server: nothing on a cluster, or when the server
+    /// publishes no keyspace notifications (turned on first when `enable` asks, and `CONFIG`
+    /// allows).
+    async fn probe_watch(client: &Client, enable: bool) -> WatchSupport {
+        if client.is_clustered() {
+            return WatchSupport::None;
+        }
+        let Some(flags) = notification_flags(client).await else {
+            // `CONFIG` refused (managed services often rename it): trust the server.
+            return WatchSupport::Lossy;
+        };
+        if notifies_enough(&flags) {
+            return WatchSupport::Lossy;
+        }
+        if enable {
+            let mut wanted = flags.clone();
+            wanted.extend("K$gx".chars().filter(|c| !flags.contains(*c)));
+            let set: std::result::Result<(), _> = client
+                .custom(
+                    fred::cmd!("CONFIG"),
+                    vec!["SET", "notify-keyspace-events", &wanted],
+                )
+                .await;
+            if set.is_ok() {
+                return WatchSupport::Lossy;
+            }
+        }
+        WatchSupport::None
     }
 
     /// Connects with `config`.
@@ -231,7 +255,13 @@ impl RedisStateStore {
         let client = builder.build().map_err(map)?;
         let connected = tokio::time::timeout(config.timeouts.connect, client.init()).await;
         match connected {
-            Ok(Ok(_)) => Ok(Self::from_client(client)),
+            Ok(Ok(_)) => {
+                let watch = Self::probe_watch(&client, config.enable_notifications).await;
+                Ok(Self {
+                    watch,
+                    ..Self::from_client(client)
+                })
+            }
             Ok(Err(err)) => {
                 let _ = client.quit().await;
                 Err(map(err))
@@ -244,12 +274,20 @@ impl RedisStateStore {
     }
 
     /// Wraps a ready, connected fred client (standalone or cluster). Its own timeout and retry
-    /// settings apply; see the type docs about command retries.
+    /// settings apply; see the type docs about command retries. Unlike
+    /// [`connect`](Self::connect), it does not ask the server about keyspace notifications:
+    /// capabilities report a lossy watch on any standalone server, and `watch` checks when
+    /// called.
     pub fn from_client(client: Client) -> Self {
         let clustered = client.is_clustered();
         RedisStateStore {
             client,
             clustered,
+            watch: if clustered {
+                WatchSupport::None
+            } else {
+                WatchSupport::Lossy
+            },
             closed: CloseFlag::new(),
             shutdown: tokio::sync::watch::channel(false).0,
         }
@@ -284,6 +322,23 @@ impl RedisStateStore {
 /// The version of a stored value: its SHA-1 in lower-case hex, as `redis.sha1hex` computes it.
 pub(crate) fn digest(value: &[u8]) -> Version {
     Version::new(sha1_smol::Sha1::from(value).digest().to_string())
+}
+
+/// The server's `notify-keyspace-events`, or `None` when it refuses `CONFIG GET`.
+async fn notification_flags(client: &Client) -> Option<String> {
+    let reply: Vec<String> = client
+        .custom(fred::cmd!("CONFIG"), vec!["GET", "notify-keyspace-events"])
+        .await
+        .ok()?;
+    Some(reply.get(1).cloned().unwrap_or_default())
+}
+
+/// Whether `flags` publish keyspace events (`K`) for writes, removals and expiry (`$gx`, or
+/// `A` for all).
+fn notifies_enough(flags: &str) -> bool {
+    flags.contains('K')
+        && (flags.contains('A')
+            || (flags.contains('$') && flags.contains('g') && flags.contains('x')))
 }
 
 /// Completes once the store is closed (or gone).
@@ -383,15 +438,15 @@ impl Backend for RedisStateStore {
         STORE
     }
 
+    /// `watch` is lossy on a standalone server that publishes keyspace notifications (`K$gx`
+    /// in `notify-keyspace-events`, as read at connect), none otherwise: on a cluster, or on a
+    /// server with the default `""` (see [`RedisConfig::with_keyspace_notifications`]).
+    ///
+    /// [`RedisConfig::with_keyspace_notifications`]: crate::RedisConfig::with_keyspace_notifications
     fn capabilities(&self) -> Capabilities {
-        let watch = if self.clustered {
-            WatchSupport::None
-        } else {
-            WatchSupport::Lossy
-        };
         Capabilities::full()
             .with_list(true)
-            .with_watch(watch)
+            .with_watch(self.watch)
             .with_versions_from_value(true)
             .with_max_value_len(512 * 1024 * 1024)
     }
@@ -465,7 +520,7 @@ impl Backend for RedisStateStore {
                     self.client
                         .set::<(), _, _>(key, value, Some(Expiration::KEEPTTL), None, false)
                         .await
-                        .map_err(map)?;
+                        .map_err(map_write)?;
                 }
                 Some(ttl) => {
                     UPSERT_KEEP_TTL
@@ -475,21 +530,21 @@ impl Backend for RedisStateStore {
                             vec![value.as_str(), &px(ttl).to_string()],
                         )
                         .await
-                        .map_err(map)?;
+                        .map_err(map_write)?;
                 }
             },
             SetMode::Upsert => {
                 self.client
                     .set::<(), _, _>(key, value, expire, None, false)
                     .await
-                    .map_err(map)?;
+                    .map_err(map_write)?;
             }
             SetMode::Create => {
                 let written: Option<String> = self
                     .client
                     .set(key, value, expire, Some(FredSetOptions::NX), false)
                     .await
-                    .map_err(map)?;
+                    .map_err(map_write)?;
                 if written.is_none() {
                     return Err(Error::Conflict {
                         key: key.to_owned(),
@@ -506,7 +561,7 @@ impl Backend for RedisStateStore {
                         vec![value.as_str(), expected.as_str(), &ttl, keep],
                     )
                     .await
-                    .map_err(map)?;
+                    .map_err(map_write)?;
                 if written == 0 {
                     return Err(Error::Conflict {
                         key: key.to_owned(),
@@ -521,14 +576,14 @@ impl Backend for RedisStateStore {
         self.check_open()?;
         match expected {
             None => {
-                let removed: i64 = self.client.del(key).await.map_err(map)?;
+                let removed: i64 = self.client.del(key).await.map_err(map_write)?;
                 Ok(removed > 0)
             }
             Some(expected) => {
                 let outcome: i64 = REMOVE_IF
                     .evalsha_with_reload(&self.client, key, expected.as_str())
                     .await
-                    .map_err(map)?;
+                    .map_err(map_write)?;
                 match outcome {
                     1 => Ok(true),
                     0 => Ok(false),
@@ -562,7 +617,7 @@ impl Backend for RedisStateStore {
                     key: key.to_owned(),
                 }
             } else {
-                map(err)
+                map_write(err)
             }
         })
     }
@@ -592,7 +647,7 @@ impl Backend for RedisStateStore {
                         key: request.counter_key.to_owned(),
                     }
                 } else {
-                    map(err)
+                    map_write(err)
                 }
             })?;
         let Some(granted) = granted else {
@@ -617,6 +672,8 @@ impl Backend for RedisStateStore {
                 Error::NotAnInteger {
                     key: request.key.to_owned(),
                 }
+            } else if request.write {
+                map_write(err)
             } else {
                 map(err)
             }
@@ -813,6 +870,16 @@ impl Backend for RedisStateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_need_keyspace_events_for_writes_removals_and_expiry() {
+        for enough in ["K$gx", "KEA", "AK", "xgK$E"] {
+            assert!(notifies_enough(enough), "{enough}");
+        }
+        for short in ["", "E$gx", "K$g", "Kx", "KEl"] {
+            assert!(!notifies_enough(short), "{short}");
+        }
+    }
 
     #[test]
     fn the_version_is_the_sha1_redis_computes() {

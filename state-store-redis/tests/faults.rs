@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use state_store_conformance::faults::{
-    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
-    limiter_follows_its_failure_policy,
+    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
+    lease_tokens_survive_restart, limiter_follows_its_failure_policy,
 };
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
@@ -49,6 +49,24 @@ async fn a_hung_server_gives_unavailable_then_the_same_handle_recovers() {
     let store = impatient_store(&server).await;
     hung_server_times_out(&mut server, &store).await;
     store.destroy().await.expect("destroy");
+}
+
+/// Writes that time out against a frozen server are never sent later: not after the server
+/// is killed and restarted, not once the client has reconnected. (With append-only
+/// persistence, so what a write did before the freeze survives the restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_never_land_after_a_restart() {
+    let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let url = server.url();
+    failed_writes_never_land_later(&mut server, || async {
+        let config = RedisConfig::from_url(&url)?
+            .with_request_timeout(Duration::from_secs(1))
+            .with_reconnect(0, Duration::from_millis(200));
+        RedisStateStore::connect(config).await.map(StateStore::from)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,3 +104,63 @@ async fn taking_a_lease_is_one_script_call() {
     lease.renew().await.expect("renew");
     assert!(lease.release().await.expect("release"));
 }
+
+/// A server with Redis's default `notify-keyspace-events ""` cannot feed a watch: the
+/// capabilities say so before anyone tries, the handle refuses to watch, and the opt-in turns
+/// the notifications on (then a watch sees a write).
+#[tokio::test]
+async fn capabilities_tell_whether_the_server_publishes_keyspace_notifications() {
+    use state_store_core::{Selector, WatchEvent, WatchStart, WatchSupport};
+    let prefix = || Selector::Prefix("w:".to_owned());
+
+    let Some(server) = RedisServer::spawn(&["--notify-keyspace-events", ""])
+        .map_or_else(|why| unavailable("redis", &why), Some)
+    else {
+        return;
+    };
+    let config = RedisConfig::from_url(&server.url()).expect("url");
+    let quiet = StateStore::from(
+        RedisStateStore::connect(config.clone())
+            .await
+            .expect("connect"),
+    );
+    assert_eq!(quiet.capabilities().watch, WatchSupport::None);
+    let refused = quiet
+        .watch(prefix(), WatchStart::Now)
+        .await
+        .map(drop)
+        .expect_err("no notifications");
+    assert!(
+        matches!(refused, state_store_core::Error::Unsupported { .. }),
+        "{refused:?}"
+    );
+
+    let store = StateStore::from(
+        RedisStateStore::connect(config.with_keyspace_notifications(true))
+            .await
+            .expect("connect and turn notifications on"),
+    );
+    assert_eq!(store.capabilities().watch, WatchSupport::Lossy);
+    let mut watch = store.watch(prefix(), WatchStart::Now).await.expect("watch");
+    store
+        .set_state("w:1", &serde_json::json!(1))
+        .await
+        .expect("write");
+    let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("a notification")
+        .expect("an event")
+        .expect("no error");
+    assert!(
+        matches!(&event, WatchEvent::Put { name, .. } if name == "w:1"),
+        "{event:?}"
+    );
+    // A new handle on the same server now sees them on.
+    let later = RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        StateStore::from(later).capabilities().watch,
+        WatchSupport::Lossy
+    );
+}

@@ -457,7 +457,10 @@ impl SqliteStateStore {
         self.call(move |conn| read(conn, &keys).map_err(map)).await
     }
 
-    /// Runs `f` on the store's thread and awaits its result.
+    /// Runs `f` on the store's thread and awaits its result. A call whose caller has gone (its
+    /// future dropped: a timeout, a cancelled task) before the thread reaches it is skipped,
+    /// so a write the caller gave up on never runs behind its back; one the thread has
+    /// started runs to its end.
     async fn call<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -469,7 +472,9 @@ impl SqliteStateStore {
             .await
             .map_err(|_| closed())?;
         let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            if !tx.is_closed() {
+                let _ = tx.send(f(conn));
+            }
             drop(place);
         });
         self.sender.send(Message::Job(job)).map_err(|_| closed())?;

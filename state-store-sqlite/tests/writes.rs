@@ -133,3 +133,64 @@ async fn a_write_outlasts_a_short_lock_held_by_another_process() {
     }
     store.destroy().await.expect("destroy");
 }
+
+/// A write whose caller gave up (here a timeout) while it waited behind another for a lock
+/// held by another process never runs after the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_gave_up_never_runs_later() {
+    let dir = temp_dir("sqlite-gave-up");
+    let path = dir.path().join("state.db");
+    let store = StateStore::from(
+        SqliteStateStore::connect(
+            SqliteConfig::new(&path).with_busy_timeout(Duration::from_secs(60)),
+        )
+        .await
+        .expect("open"),
+    );
+    store
+        .set_state("late", &json!("before"))
+        .await
+        .expect("set");
+
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let other_path = path.clone();
+    let holder = std::thread::spawn(move || {
+        let mut other = rusqlite::Connection::open(other_path).expect("raw open");
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .expect("lock");
+        locked_tx.send(()).expect("signal");
+        release_rx.recv().expect("release signal");
+        tx.rollback().expect("release");
+    });
+    locked_rx.recv().expect("locked");
+
+    // The store thread waits for the lock with this write...
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.set_state("first", &json!(1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and this one waits behind it until its caller stops waiting.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        store.set_state("late", &json!("gave up")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the write finished with the file locked");
+    release_tx.send(()).expect("release");
+    holder.join().expect("holder");
+    first.await.expect("join").expect("the first write");
+
+    store
+        .set_state("fence", &json!(1))
+        .await
+        .expect("a later write");
+    assert_eq!(
+        store.get::<String>("late").await.expect("get").as_deref(),
+        Some("before"),
+        "a write whose caller gave up ran later"
+    );
+    store.destroy().await.expect("destroy");
+}
