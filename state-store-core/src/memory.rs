@@ -514,12 +514,15 @@ mod tests {
         let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
         let ttl = SetOptions::new().ttl(Duration::from_millis(1));
         for i in 0..5 {
-            store.set(&format!("k{i}"), b"1".to_vec(), &ttl).await.ok();
+            store
+                .set(&format!("k{i}"), b"1".to_vec(), &ttl)
+                .await
+                .expect("write");
         }
         store
             .set("keep", b"1".to_vec(), &SetOptions::new())
             .await
-            .ok();
+            .expect("write");
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.sweep_expired(3), 3);
         assert_eq!(store.sweep_expired(100), 2);
@@ -531,15 +534,15 @@ mod tests {
         // No sweep within the test: only the read can drop the key.
         let store = DefaultStateStore::with_sweep_interval(Duration::from_secs(3600));
         let ttl = SetOptions::new().ttl(Duration::from_millis(1));
-        store.set("gone", b"1".to_vec(), &ttl).await.ok();
+        store.set("gone", b"1".to_vec(), &ttl).await.expect("write");
         store
             .set("kept", b"2".to_vec(), &SetOptions::new())
             .await
-            .ok();
+            .expect("write");
         std::thread::sleep(Duration::from_millis(5));
         let keys = ["gone".to_owned(), "kept".to_owned()];
-        let values = store.get_values(&keys).await.ok();
-        assert_eq!(values, Some(vec![None, Some(b"2".to_vec())]));
+        let values = store.get_values(&keys).await.expect("read");
+        assert_eq!(values, vec![None, Some(b"2".to_vec())]);
         assert_eq!(store.len_including_expired(), 1);
     }
 
@@ -547,7 +550,7 @@ mod tests {
     async fn background_sweep_frees_memory() {
         let store = DefaultStateStore::with_sweep_interval(Duration::from_millis(10));
         let ttl = SetOptions::new().ttl(Duration::from_millis(1));
-        store.set("gone", b"1".to_vec(), &ttl).await.ok();
+        store.set("gone", b"1".to_vec(), &ttl).await.expect("write");
         for _ in 0..1000 {
             if store.len_including_expired() == 0 {
                 return;
@@ -567,8 +570,11 @@ mod tests {
                 &SetOptions::new().ttl(Duration::from_millis(1)),
             )
             .await
-            .ok();
-        store.set("k", b"2".to_vec(), &SetOptions::new()).await.ok();
+            .expect("write");
+        store
+            .set("k", b"2".to_vec(), &SetOptions::new())
+            .await
+            .expect("write");
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(store.sweep_expired(100), 0);
         assert_eq!(store.len_including_expired(), 1);
