@@ -137,7 +137,8 @@ pub async fn gcra_never_exceeds_the_quota_across_processes(ctx: Context) {
 }
 
 /// A denied request carries `retry_after` (at most an emission interval for GCRA, at most the
-/// window for a fixed window), the same request after that wait passes, and a request above
+/// window — as the backend rounds its TTL — for a fixed window), the same request after that
+/// wait passes, and a request above
 /// the limit is told it can never pass.
 pub async fn retry_after_is_honoured(ctx: Context) {
     let store = ctx.store().await;
@@ -149,8 +150,11 @@ pub async fn retry_after_is_honoured(ctx: Context) {
         limiters.push(("gcra", Limiter::gcra(&store, quota), interval));
     }
     if window {
+        // The window ends when its counter expires, and a backend may round a TTL up to whole
+        // seconds, plus one (Dapr's components).
         let window = Duration::from_millis(1500);
-        limiters.push(("window", Limiter::fixed_window(&store, 2, window), window));
+        let rounded = window + Duration::from_secs(2);
+        limiters.push(("window", Limiter::fixed_window(&store, 2, window), rounded));
     }
     for (kind, limiter, longest) in limiters {
         let key = format!("retry-{kind}");

@@ -130,10 +130,11 @@ pub enum Error {
     /// compare-and-set write ([`SetMode::Create`](crate::SetMode::Create),
     /// [`SetMode::Update`](crate::SetMode::Update)) can be retried safely after reading.
     ///
-    /// Once the call has returned, the client never sends the request again (no queued copy
-    /// goes out after a reconnect). A server that had already received it may still apply it
-    /// later, though: a frozen server processes its input when it wakes up. Like
-    /// FoundationDB's `commit_unknown_result`; transient ([`Error::is_transient`]).
+    /// Once the call has returned, no reconnect sends the request again (no queued copy goes
+    /// out on a new connection). What was already on its way may still be applied later,
+    /// though: a frozen server processes its input when it wakes up, including bytes the
+    /// connection was still delivering to it. Like FoundationDB's `commit_unknown_result`;
+    /// transient ([`Error::is_transient`]).
     #[error("state store {store:?} did not answer: the write may or may not have taken effect")]
     OutcomeUnknown {
         /// The store name.
