@@ -30,12 +30,12 @@ async fn impatient_store(server: &RedisServer) -> StateStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
-    let Some(mut server) = server(&[]) else {
+    // Append-only persistence, fsync on every write: the data must survive the restart.
+    let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
         return;
     };
     let store = impatient_store(&server).await;
-    // No persistence configured: a restarted redis-server starts empty.
-    killed_server_recovers(&mut server, &store, false).await;
+    killed_server_recovers(&mut server, &store, true).await;
     store.destroy().await.expect("destroy");
 }
 
