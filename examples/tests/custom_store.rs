@@ -1,9 +1,10 @@
 //! A store written outside this workspace's crates, proved with one macro line: a `HashMap`
 //! with versions and conditional writes, no TTL and no increment (the suite checks that those
-//! are refused with `Unsupported`).
+//! are refused with `Unsupported`). It registers a `map://` scheme, and the suite opens it by
+//! URL, as a service would with `state_store::open`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use state_store::{
@@ -93,11 +94,37 @@ impl Backend for MapStore {
     }
 }
 
+/// Every `map://<name>` URL opens the one map of that name, as a server would.
+static MAPS: LazyLock<Mutex<HashMap<String, MapStore>>> = LazyLock::new(Mutex::default);
+
+/// What a backend crate offers its users: `map://` URLs for `state_store::open`.
+fn register() {
+    state_store::register_scheme("map", |url| {
+        let store = MAPS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(url.to_owned())
+            .or_default()
+            .clone();
+        Box::pin(async move { Ok(Arc::new(store) as Arc<dyn Backend>) })
+    });
+}
+
 // The one line.
 state_store_conformance::conformance_suite!({
-    let data = MapStore::default();
-    move |config: StoreConfig| {
-        let data = data.clone();
-        async move { Ok(StateStore::with_config(data, config)) }
-    }
+    register();
+    |config: StoreConfig| state_store::open_with("map://suite", config)
 });
+
+#[tokio::test]
+async fn the_scheme_opens_the_store_by_url() {
+    register();
+    let store: StateStore = state_store::open("map://here").await.expect("open");
+    assert_eq!(store.name(), "map");
+    store
+        .set_state("k", &serde_json::json!(1))
+        .await
+        .expect("set");
+    let again = state_store::open("map://here").await.expect("open again");
+    assert_eq!(again.get::<i64>("k").await.expect("get"), Some(1));
+}

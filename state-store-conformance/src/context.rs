@@ -278,9 +278,68 @@ where
             None => Context::new(factory),
         };
         ctx.test = test;
+        SKIPPED.with_borrow_mut(Vec::clear);
         case(ctx.clone()).await;
+        report_case(&ctx);
         ctx.close().await;
     });
+}
+
+thread_local! {
+    /// Features the running case found undeclared, so it checked the refusal and stopped
+    /// there (the case runs on the test's thread: `block_on`).
+    static SKIPPED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes that the running case stopped early because the store does not declare `feature`.
+pub(crate) fn skipped(feature: &str) {
+    SKIPPED.with_borrow_mut(|skipped| skipped.push(feature.to_owned()));
+}
+
+/// Env var naming a directory: each case run appends `<backend>\t<test>\t<ran | skipped: …>`
+/// to `<dir>/cases.tsv`, for `scripts/test`'s summary of what ran where.
+const REPORT_VAR: &str = "STATE_STORE_CONFORMANCE_REPORT";
+
+fn report_case(ctx: &Context) {
+    let (Ok(dir), Some(test)) = (std::env::var(REPORT_VAR), ctx.test.as_deref()) else {
+        return;
+    };
+    if ctx.role.is_some() {
+        return;
+    }
+    let backend = ctx
+        .opened
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .first()
+        .map_or_else(|| "?".to_owned(), |store| store.name().to_owned());
+    let skipped = SKIPPED.with_borrow_mut(std::mem::take);
+    let outcome = if skipped.is_empty() {
+        "ran".to_owned()
+    } else {
+        format!("skipped: {} not declared", skipped.join(", "))
+    };
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .map(|stem| {
+            stem.rsplit_once('-')
+                .map_or(stem.clone(), |(name, _)| name.to_owned())
+        })
+        .unwrap_or_default();
+    let line = format!("{backend}\t{binary}::{test}\t{outcome}\n");
+    let path = std::path::Path::new(&dir).join("cases.tsv");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
+    if let Err(err) = written {
+        panic!("cannot write the case report {}: {err}", path.display());
+    }
 }
 
 /// Tells a copy of the test binary that it is a worker: `<case id>\t<role>`.

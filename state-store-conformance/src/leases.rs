@@ -46,6 +46,7 @@ async fn lease_store(ctx: &Context) -> Option<StateStore> {
     if caps.leases() {
         return Some(store);
     }
+    crate::context::skipped("leases (ttl, conditional, increment)");
     match store.lease("unsupported").try_acquire().await {
         Err(Error::Unsupported { .. }) => {}
         other => panic!("a store without ttl/conditional/increment gave {other:?} for a lease"),

@@ -21,6 +21,7 @@ async fn supported(store: &StateStore) -> (bool, bool) {
     let gcra = caps.conditional && caps.ttl;
     let window = caps.increment && caps.ttl;
     if !gcra {
+        crate::context::skipped("GCRA (conditional, ttl)");
         let limiter = Limiter::gcra(store, Quota::per_second(1));
         match limiter.check("unsupported").await {
             Err(Error::Unsupported { .. }) => {}
@@ -28,6 +29,7 @@ async fn supported(store: &StateStore) -> (bool, bool) {
         }
     }
     if !window {
+        crate::context::skipped("fixed window (increment, ttl)");
         let limiter = Limiter::fixed_window(store, 1, Duration::from_secs(1));
         match limiter.check("unsupported").await {
             Err(Error::Unsupported { .. }) => {}

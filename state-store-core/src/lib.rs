@@ -112,7 +112,7 @@ pub use lease::{
 };
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};
 pub use memory::DefaultStateStore;
-pub use ratelimit::{Decision, FailurePolicy, Limiter, Quota};
+pub use ratelimit::{gcra_step, Decision, FailurePolicy, Limiter, Quota};
 pub use retry::Backoff;
 pub use store::{StateEntry, StateMap, StateStore};
 

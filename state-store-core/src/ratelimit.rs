@@ -323,7 +323,7 @@ impl Limiter {
                 let current = store.get_versioned::<u64>(&name).await?;
                 let now = now_micros();
                 let tat = current.as_ref().map_or(now, |entry| entry.value);
-                let (reply, new_tat) = gcra(now, tat, micros(interval), burst, cost);
+                let (reply, new_tat) = gcra_step(now, tat, micros(interval), burst, cost);
                 if !write || !reply.allowed {
                     return Ok(decision(burst, reply));
                 }
@@ -476,9 +476,14 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-/// One GCRA step at `now` (µs) with the stored theoretical arrival time `tat`: the answer,
-/// and the new arrival time to store when allowed. The same arithmetic as the Redis script.
-pub(crate) fn gcra(
+/// One GCRA step at `now` (µs since the epoch) with the stored theoretical arrival time `tat`
+/// (µs; `now` or earlier when nothing is stored), an emission interval of `interval` µs (at
+/// least 1), `burst` and `cost`: the answer, and the arrival time to store when allowed (`tat`
+/// unchanged when denied).
+///
+/// The reference arithmetic of [`Limiter::gcra`]: a backend that runs GCRA natively (the
+/// Redis script) tests its own against this one on the same inputs.
+pub fn gcra_step(
     now: u64,
     tat: u64,
     interval: u64,
@@ -529,25 +534,25 @@ mod tests {
         let mut tat = 0;
         let now = 1_000;
         for expected_remaining in [2, 1, 0] {
-            let (reply, next) = gcra(now, tat, interval, burst, 1);
+            let (reply, next) = gcra_step(now, tat, interval, burst, 1);
             assert!(reply.allowed);
             assert_eq!(reply.remaining, expected_remaining);
             tat = next;
         }
-        let (denied, next) = gcra(now, tat, interval, burst, 1);
+        let (denied, next) = gcra_step(now, tat, interval, burst, 1);
         assert!(!denied.allowed);
         assert_eq!(next, tat, "a denial stores nothing new");
         assert_eq!(denied.retry_after, Some(Duration::from_micros(100)));
         assert_eq!(denied.reset_after, Duration::from_micros(300));
         // After retry_after, exactly one more passes.
-        let (later, _) = gcra(now + 100, tat, interval, burst, 1);
+        let (later, _) = gcra_step(now + 100, tat, interval, burst, 1);
         assert!(later.allowed);
         assert_eq!(later.remaining, 0);
     }
 
     #[test]
     fn gcra_cost_above_the_burst_never_passes() {
-        let (reply, _) = gcra(0, 0, 10, 5, 6);
+        let (reply, _) = gcra_step(0, 0, 10, 5, 6);
         assert!(!reply.allowed);
         assert_eq!(reply.retry_after, None);
     }

@@ -23,112 +23,40 @@ use crate::error::{is_not_an_integer, map, map_write, STORE};
 
 /// `Update(version)`: write only if the digest of the current value is the expected version.
 /// `ARGV[4] == '1'` keeps the key's TTL.
-static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"local cur = redis.call('GET', KEYS[1])
-if not cur or redis.sha1hex(cur) ~= ARGV[2] then return 0 end
-if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-elseif ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
-else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
-return 1",
-    )
-});
+static UPDATE: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/update.lua")));
 
 /// Upsert keeping an existing key's TTL, with `PX ARGV[2]` when it creates the key.
-static UPSERT_KEEP_TTL: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then
-return redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
-return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])",
-    )
-});
+static UPSERT_KEEP_TTL: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/upsert_keep_ttl.lua")));
 
 /// Conditional remove: 1 removed, 0 missing, -1 changed.
-static REMOVE_IF: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if redis.sha1hex(cur) ~= ARGV[1] then return -1 end
-redis.call('DEL', KEYS[1])
-return 1",
-    )
-});
+static REMOVE_IF: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/remove_if.lua")));
 
 /// `INCRBY` whose TTL applies only when it creates the counter, atomically. The counter is
 /// created by one `SET … PX`, so a TTL Redis refuses fails the call before anything changed.
 /// The new value is returned as the stored text: Lua numbers are doubles, which would round
 /// counters beyond 2^53.
-static INCREMENT_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then
-redis.call('INCRBY', KEYS[1], ARGV[1])
-return redis.call('GET', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]",
-    )
-});
+static INCREMENT_WITH_TTL: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/increment_with_ttl.lua")));
 
 /// A lease in one call: when the record `KEYS[1]` is absent, `INCR` the token counter
 /// `KEYS[2]` and store `ARGV[1] .. token .. ARGV[2]` with `PX ARGV[3]`. Returns
 /// `"<token> <sha1 of the record>"`, or nil when the lease is held.
-static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local token = string.format('%d', redis.call('INCR', KEYS[2]))
-local record = ARGV[1] .. token .. ARGV[2]
-redis.call('SET', KEYS[1], record, 'PX', ARGV[3])
-return token .. ' ' .. redis.sha1hex(record)",
-    )
-});
+static ACQUIRE_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/acquire_lease.lua")));
 
 /// GCRA on the server's clock: `KEYS[1]` holds the theoretical arrival time (µs since the
 /// epoch, as an integer). `ARGV`: emission interval µs, burst, cost, write (`1`/`0`). Returns
 /// `{allowed, remaining, retry_after µs (-1: none), reset_after µs}`. The arithmetic is the
 /// core's `gcra` (Lua numbers are doubles: exact for µs timestamps until the year 2255).
-static GCRA: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tolerance = interval * burst
-local stored = redis.call('GET', KEYS[1])
-local tat = now
-if stored then
-  tat = tonumber(stored)
-  if not tat then return redis.error_reply('ERR value is not an integer or out of range') end
-end
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-if new_tat - now <= tolerance then
-  if ARGV[4] == '1' then
-    redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-  end
-  return {1, math.floor((tolerance - (new_tat - now)) / interval), -1, new_tat - now}
-end
-local retry = -1
-if cost <= burst then retry = new_tat - now - tolerance end
-return {0, math.floor(math.max(0, tolerance - (tat - now)) / interval), retry, tat - now}",
-    )
-});
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("lua/gcra.lua")));
 
 /// A fixed window: `INCRBY KEYS[1] ARGV[1]` (when `ARGV[3] == '1'`), a new window gets
 /// `PEXPIRE ARGV[2]`. Returns `{count, ms left in the window}`.
-static FIXED_WINDOW: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"local count
-if ARGV[3] == '1' then
-  local fresh = redis.call('EXISTS', KEYS[1]) == 0
-  count = redis.call('INCRBY', KEYS[1], ARGV[1])
-  if fresh then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-else
-  count = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if not count then return redis.error_reply('ERR value is not an integer or out of range') end
-end
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then left = tonumber(ARGV[2]) end
-return {count, left}",
-    )
-});
+static FIXED_WINDOW: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("lua/fixed_window.lua")));
 
 /// The Redis state store.
 ///
@@ -878,6 +806,76 @@ mod tests {
         }
         for short in ["", "E$gx", "K$g", "Kx", "KEl"] {
             assert!(!notifies_enough(short), "{short}");
+        }
+    }
+
+    /// The GCRA script and the core's `gcra_step` give the same answers and store the same
+    /// arrival time, on 500 generated inputs (a fixed seed, so a failure replays) against a
+    /// real server: the one algorithm in two languages cannot drift apart.
+    #[tokio::test]
+    async fn the_gcra_script_computes_what_core_computes() {
+        use crate::RedisConfig;
+        use state_store_core::gcra_step;
+
+        let Some(url) = state_store_testkit::harness::redis::redis_url() else {
+            return;
+        };
+        let config = RedisConfig::from_url(&url).expect("url");
+        let store = RedisStateStore::connect(config).await.expect("connect");
+        let client = store.client();
+        let mut seed: u64 = 0x5eed_6c7a;
+        let mut next = |bound: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % bound.max(1)
+        };
+        for case in 0..500 {
+            let now = 1_700_000_000_000_000 + next(1_000_000_000_000_000);
+            // Intervals from 1 µs to 1000 s, on a log scale.
+            let digits = u32::try_from(next(10)).unwrap_or(0);
+            let interval = 1 + next(10u64.pow(digits));
+            let burst = 1 + next(1000);
+            // Now and then above the burst: never passes.
+            let cost = 1 + next(burst + burst / 10 + 1);
+            let tolerance = interval * burst;
+            let stored = match next(3) {
+                0 => None,
+                1 => Some(now - next(3 * tolerance + 1)),
+                _ => Some(now + next(2 * tolerance + 1)),
+            };
+            let key = format!("gcra-check:{case}");
+            match stored {
+                Some(tat) => client
+                    .set::<(), _, _>(key.as_str(), tat.to_string(), None, None, false)
+                    .await
+                    .expect("plant the arrival time"),
+                None => client.del::<(), _>(key.as_str()).await.expect("clear"),
+            }
+            let args = [interval, burst, cost, 1, now].map(|n| n.to_string());
+            let (allowed, remaining, retry, reset): (i64, i64, i64, i64) = GCRA
+                .evalsha_with_reload(client, key.as_str(), args.to_vec())
+                .await
+                .expect("the script");
+            let (expected, new_tat) = gcra_step(now, stored.unwrap_or(now), interval, burst, cost);
+            let inputs = format!(
+                "case {case}: now {now}, stored {stored:?}, interval {interval}, burst {burst}, cost {cost}"
+            );
+            let micros = |d: Duration| i64::try_from(d.as_micros()).expect("fits");
+            assert_eq!(allowed == 1, expected.allowed, "{inputs}");
+            assert_eq!(
+                u64::try_from(remaining).ok(),
+                Some(expected.remaining),
+                "{inputs}"
+            );
+            assert_eq!(retry, expected.retry_after.map_or(-1, micros), "{inputs}");
+            assert_eq!(reset, micros(expected.reset_after), "{inputs}");
+            // What it stored (when its TTL cannot have run out since).
+            if expected.allowed && new_tat - now >= 1_000_000 {
+                let after: Option<String> = client.get(key.as_str()).await.expect("read");
+                assert_eq!(after, Some(new_tat.to_string()), "{inputs}");
+            }
+            client.del::<(), _>(key.as_str()).await.expect("clean up");
         }
     }
 

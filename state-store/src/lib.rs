@@ -33,7 +33,13 @@
 //! ```
 //!
 //! Each adapter crate is re-exported as a module (`state_store::redis`, …) for its config and
-//! bring-your-own-client constructor; `StateStore::from(adapter)` wraps one in a handle.
+//! bring-your-own-client constructor; `StateStore::from(adapter)` wraps one in a handle. A
+//! backend crate of your own adds its scheme with [`register_scheme`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 pub use state_store_core::*;
 
@@ -46,13 +52,98 @@ pub use state_store_redis as redis;
 #[cfg(feature = "sqlite")]
 pub use state_store_sqlite as sqlite;
 
+/// What an [`Opener`] returns: the backend the URL names.
+pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn Backend>>> + Send>>;
+
+/// Opens the backend a URL names; it is given the whole URL. See [`register_scheme`].
+pub type Opener = fn(&str) -> OpenFuture;
+
+/// The schemes [`open`] knows: the built-in ones this build has, and the registered ones.
+static SCHEMES: LazyLock<RwLock<HashMap<String, Opener>>> =
+    LazyLock::new(|| RwLock::new(built_in()));
+
+/// Built-in schemes and the cargo feature each needs, for the error naming a feature that is
+/// off.
+const FEATURES: [(&str, &str); 8] = [
+    ("sqlite", "sqlite"),
+    ("redis", "redis"),
+    ("rediss", "redis"),
+    ("redis-cluster", "redis"),
+    ("redis-sentinel", "redis"),
+    ("nats", "nats"),
+    ("tls", "nats"),
+    ("dapr", "dapr"),
+];
+
+fn built_in() -> HashMap<String, Opener> {
+    let mut schemes: HashMap<String, Opener> = HashMap::new();
+    schemes.insert("memory".into(), |_| {
+        Box::pin(async { Ok(Arc::new(DefaultStateStore::new()) as Arc<dyn Backend>) })
+    });
+    #[cfg(feature = "sqlite")]
+    schemes.insert("sqlite".into(), |url| {
+        let config = sqlite::SqliteConfig::from_url(url);
+        Box::pin(async move { shared(sqlite::SqliteStateStore::connect(config?).await?) })
+    });
+    #[cfg(feature = "redis")]
+    for scheme in ["redis", "rediss", "redis-cluster", "redis-sentinel"] {
+        schemes.insert(scheme.into(), |url| {
+            let config = redis::RedisConfig::from_url(url);
+            Box::pin(async move { shared(redis::RedisStateStore::connect(config?).await?) })
+        });
+    }
+    #[cfg(feature = "nats")]
+    for scheme in ["nats", "tls"] {
+        schemes.insert(scheme.into(), |url| {
+            let config = nats::NatsConfig::from_url(url);
+            Box::pin(async move { shared(nats::NatsStateStore::connect(config?).await?) })
+        });
+    }
+    #[cfg(feature = "dapr")]
+    schemes.insert("dapr".into(), |url| {
+        let config = dapr::DaprConfig::from_url(url);
+        Box::pin(async move { shared(dapr::DaprStateStore::connect(config?).await?) })
+    });
+    schemes
+}
+
+#[allow(dead_code)] // unused when every backend feature is off
+fn shared(backend: impl Backend + 'static) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(backend))
+}
+
+/// Makes [`open`] and [`open_with`] open `scheme://…` URLs with `opener` — for a backend crate
+/// of your own (a built-in scheme can be replaced too). Call it once at startup, before the
+/// first `open` of such a URL.
+///
+/// ```
+/// use std::sync::Arc;
+/// use state_store::{Backend, DefaultStateStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store::Error> {
+/// state_store::register_scheme("scratch", |_url| {
+///     Box::pin(async { Ok(Arc::new(DefaultStateStore::new()) as Arc<dyn Backend>) })
+/// });
+/// let store = state_store::open("scratch://").await?;
+/// assert_eq!(store.name(), "memory");
+/// # Ok(())
+/// # }
+/// ```
+pub fn register_scheme(scheme: &str, opener: Opener) {
+    SCHEMES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(scheme.to_owned(), opener);
+}
+
 /// Opens the store a URL names, with the default [`StoreConfig`]. See the table in the crate
-/// docs for the schemes.
+/// docs for the built-in schemes, and [`register_scheme`] for others.
 ///
 /// # Errors
 ///
-/// [`Error::Config`] for an unknown scheme, a scheme whose cargo feature is off (the message
-/// names the feature), or a bad URL; whatever connecting to the store reports
+/// [`Error::Config`] for an unknown scheme, a built-in scheme whose cargo feature is off (the
+/// message names the feature), or a bad URL; whatever connecting to the store reports
 /// ([`Error::Unavailable`] when its server does not answer).
 pub async fn open(url: &str) -> Result<StateStore> {
     open_with(url, StoreConfig::default()).await
@@ -65,69 +156,35 @@ pub async fn open(url: &str) -> Result<StateStore> {
 /// As [`open`].
 pub async fn open_with(url: &str, config: StoreConfig) -> Result<StateStore> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    match scheme {
-        "memory" => Ok(StateStore::with_config(DefaultStateStore::new(), config)),
-        "sqlite" => open_sqlite(url, config).await,
-        "redis" | "rediss" | "redis-cluster" | "redis-sentinel" => open_redis(url, config).await,
-        "nats" | "tls" => open_nats(url, config).await,
-        "dapr" => open_dapr(url, config).await,
-        _ => Err(Error::config(format!(
-            "unknown state store URL scheme {scheme:?}: use sqlite://, memory://, redis://, nats:// or dapr://"
-        ))),
+    let opener = SCHEMES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(scheme)
+        .copied();
+    match opener {
+        Some(opener) => Ok(StateStore::from_arc(opener(url).await?, config)),
+        None => Err(unknown_scheme(scheme)),
     }
 }
 
-/// `Config` error for a scheme whose feature is off.
-#[allow(dead_code)] // unused when every feature is on
-fn feature_off(feature: &str) -> Error {
+fn unknown_scheme(scheme: &str) -> Error {
+    if let Some((_, feature)) = FEATURES.iter().find(|(name, _)| *name == scheme) {
+        return Error::config(format!(
+            "{scheme}:// URLs need the `{feature}` feature of the state-store crate \
+             (state-store = {{ version = \"0.1\", features = [\"{feature}\"] }})"
+        ));
+    }
+    let mut known: Vec<String> = SCHEMES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .map(|scheme| format!("{scheme}://"))
+        .collect();
+    known.sort();
     Error::config(format!(
-        "{feature}:// URLs need the `{feature}` feature of the state-store crate \
-         (state-store = {{ version = \"0.1\", features = [\"{feature}\"] }})"
+        "unknown state store URL scheme {scheme:?}: this build opens {}",
+        known.join(", ")
     ))
-}
-
-#[cfg(feature = "sqlite")]
-async fn open_sqlite(url: &str, config: StoreConfig) -> Result<StateStore> {
-    let store = sqlite::SqliteStateStore::connect(sqlite::SqliteConfig::from_url(url)?).await?;
-    Ok(StateStore::with_config(store, config))
-}
-
-#[cfg(not(feature = "sqlite"))]
-async fn open_sqlite(_: &str, _: StoreConfig) -> Result<StateStore> {
-    Err(feature_off("sqlite"))
-}
-
-#[cfg(feature = "redis")]
-async fn open_redis(url: &str, config: StoreConfig) -> Result<StateStore> {
-    let store = redis::RedisStateStore::connect(redis::RedisConfig::from_url(url)?).await?;
-    Ok(StateStore::with_config(store, config))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn open_redis(_: &str, _: StoreConfig) -> Result<StateStore> {
-    Err(feature_off("redis"))
-}
-
-#[cfg(feature = "nats")]
-async fn open_nats(url: &str, config: StoreConfig) -> Result<StateStore> {
-    let store = nats::NatsStateStore::connect(nats::NatsConfig::from_url(url)?).await?;
-    Ok(StateStore::with_config(store, config))
-}
-
-#[cfg(not(feature = "nats"))]
-async fn open_nats(_: &str, _: StoreConfig) -> Result<StateStore> {
-    Err(feature_off("nats"))
-}
-
-#[cfg(feature = "dapr")]
-async fn open_dapr(url: &str, config: StoreConfig) -> Result<StateStore> {
-    let store = dapr::DaprStateStore::connect(dapr::DaprConfig::from_url(url)?).await?;
-    Ok(StateStore::with_config(store, config))
-}
-
-#[cfg(not(feature = "dapr"))]
-async fn open_dapr(_: &str, _: StoreConfig) -> Result<StateStore> {
-    Err(feature_off("dapr"))
 }
 
 /// The crate README, compiled as a doctest so its example stays true.
