@@ -35,6 +35,39 @@ impl Version {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A version that also carries its value's deadline (Unix milliseconds), or says it has
+    /// none: `<token>@<ms>`, `<token>@`. For backends whose conditional writes must know,
+    /// without a read, whether the value a version was read from has expired (NATS, Dapr).
+    /// [`Version::token_and_deadline`] reads it back. For backend implementors.
+    pub fn with_deadline(token: &str, deadline_ms: Option<i64>) -> Self {
+        match deadline_ms {
+            None => Version::new(format!("{token}@")),
+            Some(at) => Version::new(format!("{token}@{at}")),
+        }
+    }
+
+    /// The token and deadline of a version made by [`Version::with_deadline`] (the token may
+    /// hold `@` itself). Any other version is all token, with no deadline.
+    ///
+    /// ```
+    /// use state_store_core::Version;
+    ///
+    /// let version = Version::with_deadline("etag@7", Some(1_700_000_000_000));
+    /// assert_eq!(version.token_and_deadline(), ("etag@7", Some(1_700_000_000_000)));
+    /// assert_eq!(Version::with_deadline("12", None).token_and_deadline(), ("12", None));
+    /// assert_eq!(Version::new("plain").token_and_deadline(), ("plain", None));
+    /// ```
+    pub fn token_and_deadline(&self) -> (&str, Option<i64>) {
+        match self.0.rsplit_once('@') {
+            Some((token, "")) => (token, None),
+            Some((token, at)) => match at.parse() {
+                Ok(at) => (token, Some(at)),
+                Err(_) => (&self.0, None),
+            },
+            None => (&self.0, None),
+        }
+    }
 }
 
 impl fmt::Debug for Version {

@@ -357,10 +357,10 @@ impl Stored {
     }
 
     fn version(&self) -> Version {
-        match self.expires_at {
-            None => Version::new(self.etag.as_str()),
-            Some(at) => Version::new(format!("{}@{}", self.etag, at.unix_timestamp())),
-        }
+        let deadline = self
+            .expires_at
+            .map(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+        Version::with_deadline(&self.etag, deadline)
     }
 
     fn into_entry(self) -> Entry {
@@ -375,18 +375,19 @@ impl Stored {
     }
 }
 
-/// A version: the ETag, and the value's reported deadline (Unix seconds) when it has one, so
-/// that a compare-and-set knows without a read whether its value has expired, and a rewrite
-/// keeping the TTL knows the deadline to keep.
+/// A version's ETag, and the value's reported deadline when it has one
+/// ([`Version::with_deadline`]), so that a compare-and-set knows without a read whether its
+/// value has expired, and a rewrite keeping the TTL knows the deadline to keep.
 fn parse_version(version: &Version) -> (&str, Option<time::OffsetDateTime>) {
-    let deadline = version.as_str().rsplit_once('@').and_then(|(etag, at)| {
-        let at = time::OffsetDateTime::from_unix_timestamp(at.parse().ok()?).ok()?;
-        Some((etag, at))
+    let (etag, deadline) = version.token_and_deadline();
+    let at = deadline.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
     });
-    match deadline {
-        Some((etag, at)) => (etag, Some(at)),
-        // No deadline, or an ETag of another component that happens to hold an `@`.
-        None => (version.as_str(), None),
+    match at {
+        Some(at) => (etag, Some(at)),
+        // No deadline, or one out of range: all of it is the ETag.
+        None if deadline.is_some() => (version.as_str(), None),
+        None => (etag, None),
     }
 }
 
@@ -635,9 +636,15 @@ mod tests {
             expires_at: at,
         };
         let version = stored.version();
-        assert_eq!(version.as_str(), "e-1@2000000000");
+        assert_eq!(version.as_str(), "e-1@2000000000000");
         assert_eq!(parse_version(&version), ("e-1", at));
         assert_eq!(parse_version(&Version::new("plain")), ("plain", None));
         assert_eq!(parse_version(&Version::new("a@b")), ("a@b", None));
+        let no_deadline = Stored {
+            data: b"1".to_vec(),
+            etag: "e@2".into(),
+            expires_at: None,
+        };
+        assert_eq!(parse_version(&no_deadline.version()), ("e@2", None));
     }
 }

@@ -57,7 +57,7 @@ const HEADER_ROOM: usize = 1024;
 ///   later), and a rewrite keeping the TTL (`update`, `increment`) carries the deadline over
 ///   instead of restarting it, so a fixed window closes on time under traffic. Deadlines use
 ///   the writer's clock: instances with skewed clocks disagree on expiry by that skew. A
-///   version carries its value's deadline (`<revision>@<unix ms>`), so `Update` and
+///   version carries its value's deadline ([`Version::with_deadline`]), so `Update` and
 ///   `remove_if` refuse an expired value without a round trip. A bucket without per-message TTL (PURISTA creates it so) declares
 ///   `ttl: false`, and TTL writes fail with `Unsupported` rather than being stored forever;
 ///   [`NatsConfig::with_message_ttl`] turns it on.
@@ -515,17 +515,14 @@ fn ttl_secs(ttl: Duration) -> u64 {
 /// A version: the revision, and the value's deadline (Unix ms) when it has one, so that a
 /// compare-and-set knows without a read whether the value it was read from has expired.
 fn version(revision: u64, deadline: Option<i128>) -> Version {
-    match deadline {
-        None => Version::new(revision.to_string()),
-        Some(at) => Version::new(format!("{revision}@{at}")),
-    }
+    let deadline = deadline.map(|at| i64::try_from(at).unwrap_or(i64::MAX));
+    Version::with_deadline(&revision.to_string(), deadline)
 }
 
+/// The revision and deadline of a version this store gave; `None` for any other.
 fn parse_version(version: &Version) -> Option<(u64, Option<i128>)> {
-    match version.as_str().split_once('@') {
-        None => Some((version.as_str().parse().ok()?, None)),
-        Some((revision, at)) => Some((revision.parse().ok()?, Some(at.parse().ok()?))),
-    }
+    let (revision, deadline) = version.token_and_deadline();
+    Some((revision.parse().ok()?, deadline.map(i128::from)))
 }
 
 /// A span in milliseconds as a `Duration`: zero when negative, saturating when huge.
