@@ -889,6 +889,29 @@ pub async fn increment_with_cas<B: Backend + ?Sized>(
     }
 }
 
+/// Runs `attempt` — one try of an upsert that keeps the key's TTL by writing conditionally
+/// on what it read — again after each lost race ([`Error::Conflict`]): losing it is no
+/// conflict for the caller, only a reason to read again. Gives up as [`increment_with_cas`]
+/// does. For backend implementors whose store cannot keep a TTL in one write.
+///
+/// # Errors
+///
+/// [`Error::Conflict`] after [`CAS_RETRIES`] lost races or [`CAS_DEADLINE`]; any other error
+/// of `attempt` at once.
+pub async fn retry_lost_races<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
+    loop {
+        match attempt().await {
+            Err(Error::Conflict { .. }) if backoff.wait().await => {}
+            other => return other,
+        }
+    }
+}
+
 /// Parses a stored counter: JSON text that is an integer within `i64`.
 ///
 /// # Errors

@@ -96,8 +96,8 @@ mod store;
 mod typed;
 
 pub use backend::{
-    increment_with_cas, parse_counter, watch_channel, Backend, BackendEvent, Capabilities,
-    CloseFlag, Entry, KeyPage, KeySelector, LeaseAcquire, LeaseGrant, RateAlgorithm,
+    increment_with_cas, parse_counter, retry_lost_races, watch_channel, Backend, BackendEvent,
+    Capabilities, CloseFlag, Entry, KeyPage, KeySelector, LeaseAcquire, LeaseGrant, RateAlgorithm,
     RateLimitReply, RateLimitRequest, RemoveCause, SetMode, SetOptions, Version, WatchStart,
     WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
 };

@@ -12,8 +12,8 @@ use dapr::dapr::proto::runtime::v1::{
     DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest, SaveStateRequest,
 };
 use state_store_core::{
-    increment_with_cas, Backend, Backoff, Capabilities, CloseFlag, Entry, Error, Result, SetMode,
-    SetOptions, Version, CAS_DEADLINE, CAS_RETRIES,
+    increment_with_cas, retry_lost_races, Backend, Capabilities, CloseFlag, Entry, Error, Result,
+    SetMode, SetOptions, Version,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -542,15 +542,10 @@ impl Backend for DaprStateStore {
                 .write(key, value, &options.mode, ttl, options.want_version)
                 .await;
         }
-        // An upsert keeping the TTL is conditional on what it read; losing that race is no
-        // conflict for the caller, only a reason to read again.
-        let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
-        loop {
-            match self.write_keeping_ttl(key, value.clone(), options).await {
-                Err(Error::Conflict { .. })
-                    if options.mode == SetMode::Upsert && backoff.wait().await => {}
-                other => return other,
-            }
+        if options.mode == SetMode::Upsert {
+            retry_lost_races(|| self.write_keeping_ttl(key, value.clone(), options)).await
+        } else {
+            self.write_keeping_ttl(key, value, options).await
         }
     }
 

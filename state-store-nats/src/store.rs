@@ -14,9 +14,9 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use state_store_core::{
-    increment_with_cas, watch_channel, Backend, BackendEvent, Backoff, Capabilities, Entry, Error,
-    KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions, Version, WatchStart,
-    WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, PREFIX_SEPARATOR,
+    increment_with_cas, retry_lost_races, watch_channel, Backend, BackendEvent, Backoff,
+    Capabilities, Entry, Error, KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions,
+    Version, WatchStart, WatchStream, WatchSupport, PREFIX_SEPARATOR,
 };
 use tokio::sync::mpsc;
 
@@ -556,15 +556,10 @@ impl Backend for NatsStateStore {
             return Err(Error::unsupported(STORE, "atomic expiry"));
         }
         let payload = Bytes::from(value);
-        // An upsert keeping the TTL is conditional on what it read; losing that race is no
-        // conflict for the caller, only a reason to read again.
-        let retry = options.mode == SetMode::Upsert && options.keep_ttl && self.ttl;
-        let mut backoff = Backoff::new(CAS_RETRIES, CAS_DEADLINE);
-        loop {
-            match self.set_once(key, &payload, options).await {
-                Err(Error::Conflict { .. }) if retry && backoff.wait().await => {}
-                other => return other,
-            }
+        if options.mode == SetMode::Upsert && options.keep_ttl && self.ttl {
+            retry_lost_races(|| self.set_once(key, &payload, options)).await
+        } else {
+            self.set_once(key, &payload, options).await
         }
     }
 
