@@ -87,6 +87,7 @@ mod backend;
 mod config;
 mod error;
 mod key;
+mod layer;
 mod lease;
 mod listing;
 mod memory;
@@ -106,6 +107,7 @@ pub use config::{
 };
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
+pub use layer::{Layer, StateStoreBuilder, TimeoutLayer};
 pub use lease::{
     Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,
     MIN_LEASE_TTL,

@@ -123,6 +123,12 @@ impl StateStore {
         Self::with_config(backend, StoreConfig::default())
     }
 
+    /// Starts a handle over `backend` wrapped in [`Layer`](crate::Layer)s:
+    /// `StateStore::builder(backend).layer(…).config(…).build()`.
+    pub fn builder(backend: impl Backend + 'static) -> crate::StateStoreBuilder {
+        crate::StateStoreBuilder::new(Arc::new(backend))
+    }
+
     /// A handle over `backend` with `config`.
     pub fn with_config(backend: impl Backend + 'static, config: StoreConfig) -> Self {
         Self::from_arc(Arc::new(backend), config)
