@@ -1,4 +1,5 @@
-//! The whole suite on the in-memory `DefaultStateStore`: as a concrete type, boxed and shared.
+//! The whole suite on the in-memory `DefaultStateStore`: as a concrete type, boxed, shared, and
+//! behind a layer.
 
 use std::sync::Arc;
 
@@ -36,6 +37,26 @@ mod shared {
         move |config: StoreConfig| {
             let backend = Arc::clone(&backend);
             async move { Ok(StateStore::from_arc(backend, config)) }
+        }
+    });
+}
+
+/// Behind a layer: the stack forwards every operation (lists, watches, leases, limits too).
+mod layered {
+    use std::time::Duration;
+
+    use state_store_core::TimeoutLayer;
+
+    use super::*;
+
+    state_store_conformance::conformance_suite!({
+        let data = DefaultStateStore::new();
+        move |config: StoreConfig| {
+            let store = StateStore::builder(data.clone())
+                .layer(TimeoutLayer::new(Duration::from_secs(30)))
+                .config(config)
+                .build();
+            async move { Ok(store) }
         }
     });
 }
