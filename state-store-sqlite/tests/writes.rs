@@ -18,6 +18,27 @@ async fn open(path: &std::path::Path) -> StateStore {
     )
 }
 
+/// Another process's exclusive lock on the file: taken before this returns, released once
+/// `hold` returns (on the thread this gives back).
+fn lock_file(
+    path: &std::path::Path,
+    hold: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    let holder = std::thread::spawn(move || {
+        let mut other = rusqlite::Connection::open(path).expect("raw open");
+        let tx = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .expect("lock");
+        locked_tx.send(()).expect("signal");
+        hold();
+        tx.rollback().expect("release");
+    });
+    locked_rx.recv().expect("locked");
+    holder
+}
+
 /// The WAL stays near SQLite's 1000-page checkpoint size (4 MB), not growing with every write.
 fn assert_wal_bounded(path: &std::path::Path) {
     let wal = std::fs::metadata(path.with_extension("db-wal"))
@@ -103,18 +124,7 @@ async fn a_write_outlasts_a_short_lock_held_by_another_process() {
     let store = open(&path).await;
     store.set_state("n", &json!(1)).await.expect("set");
 
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let other_path = path.clone();
-    let holder = std::thread::spawn(move || {
-        let mut other = rusqlite::Connection::open(other_path).expect("raw open");
-        let tx = other
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-            .expect("lock");
-        locked_tx.send(()).expect("signal");
-        std::thread::sleep(Duration::from_millis(300));
-        tx.rollback().expect("release");
-    });
-    locked_rx.recv().expect("locked");
+    let holder = lock_file(&path, || std::thread::sleep(Duration::from_millis(300)));
     assert_eq!(store.increment("n", 1, None).await.expect("increment"), 2);
     store.set_state("k", &json!("after")).await.expect("set");
     store.remove_state("k").await.expect("remove");
@@ -152,19 +162,8 @@ async fn a_write_whose_caller_gave_up_never_runs_later() {
         .await
         .expect("set");
 
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let other_path = path.clone();
-    let holder = std::thread::spawn(move || {
-        let mut other = rusqlite::Connection::open(other_path).expect("raw open");
-        let tx = other
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
-            .expect("lock");
-        locked_tx.send(()).expect("signal");
-        release_rx.recv().expect("release signal");
-        tx.rollback().expect("release");
-    });
-    locked_rx.recv().expect("locked");
+    let holder = lock_file(&path, move || release_rx.recv().expect("release signal"));
 
     // The store thread waits for the lock with this write...
     let first = {
