@@ -45,7 +45,7 @@ pub(crate) fn publish(
 /// A publish that was sent and did not succeed: a wrong expected revision is `Conflict`; no
 /// stream answering (a cluster electing a leader, a server restarting) is `Unavailable`, as
 /// nothing stored it; no answer in time or a connection lost before the answer is
-/// `OutcomeUnknown` (the server may have stored it); the rest `Backend`.
+/// `OutcomeUnknown` (the server may have stored it); the server's other errors `Backend`.
 pub(crate) fn publish_ack(key: &str, err: async_nats::jetstream::context::PublishError) -> Error {
     match err.kind() {
         PublishErrorKind::WrongLastSequence => Error::Conflict {
@@ -64,6 +64,11 @@ pub(crate) fn publish_ack(key: &str, err: async_nats::jetstream::context::Publis
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             Error::outcome_unknown(STORE, err)
         }
+        // No answer from the server at all: the connection ended while the acknowledgement
+        // was awaited (its task drops the reply channel).
+        PublishErrorKind::Other if jetstream_code(&err).is_none() => {
+            Error::outcome_unknown(STORE, err)
+        }
         _ => Error::backend(STORE, err),
     }
 }
@@ -78,10 +83,11 @@ fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> 
 /// A failed direct get (not-found is handled by the caller).
 pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> Error {
     match err.kind() {
-        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => {
-            Error::unavailable(STORE, err)
+        DirectGetErrorKind::InvalidSubject | DirectGetErrorKind::ErrorResponse(..) => {
+            Error::backend(STORE, err)
         }
-        _ => Error::backend(STORE, err),
+        // A timeout, a failed request, or a connection that ended before the answer.
+        _ => Error::unavailable(STORE, err),
     }
 }
 

@@ -159,7 +159,16 @@ impl Links {
         config: &NatsConfig,
         servers: &[ServerAddr],
     ) -> Result<Arc<Link>> {
-        let mut redial = self.redial.lock().await;
+        // A redial in progress is waited for, up to the request timeout (a call's whole
+        // budget); then the call fails rather than queue behind a slow dial.
+        let Ok(mut redial) =
+            tokio::time::timeout(config.timeouts.request, self.redial.lock()).await
+        else {
+            return Err(Error::unavailable(
+                STORE,
+                "not connected to the NATS server (reconnecting)",
+            ));
+        };
         let link = self.current();
         if !Arc::ptr_eq(&link, broken) && link.is_connected() {
             // Another call reconnected while this one waited.
@@ -225,8 +234,19 @@ pub(crate) fn context(config: &NatsConfig, client: async_nats::Client) -> Contex
         .build(client)
 }
 
-/// A new connection to the first of `servers` that answers, that never reconnects by itself:
-/// when it breaks, its connection task ends and drops what it had not sent.
+/// Where a connection that broke is sent to die: nothing listens on port 0 (and no packet
+/// leaves the host), so the connection's one reconnect attempt fails at once.
+const NOWHERE: &str = "nats://127.0.0.1:0";
+
+/// A new connection to the first of `servers` that answers, that never reconnects: when it
+/// breaks, its connection task ends and drops every publish it had not sent.
+///
+/// async-nats allows at least one reconnect attempt after each successful connection
+/// (`max_reconnects(1)`; 0 means unlimited), and it would send what it still holds to
+/// whichever server it reaches — a peer of the cluster, or the same server back up — after
+/// the calls that handed it over have failed. So that attempt is aimed at [`NOWHERE`]: it
+/// fails, the next exceeds the limit, and the task ends. Discovered servers are left out of
+/// the client's pool (the store redials them itself, on a new connection).
 ///
 /// # Errors
 ///
@@ -235,12 +255,32 @@ pub(crate) async fn dial(
     config: &NatsConfig,
     servers: &[ServerAddr],
 ) -> Result<async_nats::Client> {
+    let nowhere: ServerAddr = NOWHERE
+        .parse()
+        .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
     let mut last = None;
     for server in servers {
-        // async-nats counts the first connection as an attempt: a limit of one allows no
-        // reconnect. (0 would mean unlimited.)
-        let options = options(config).await?.max_reconnects(1);
-        match options.connect(server.clone()).await {
+        let (first, dead_end) = (server.clone(), nowhere.clone());
+        let options = options(config)
+            .await?
+            .max_reconnects(1)
+            .ignore_discovered_servers()
+            .reconnect_to_server_callback(move |pool: Vec<async_nats::Server>, _| {
+                // The first connection goes to `server`; any later one nowhere.
+                let reconnecting = pool.iter().any(|s| s.did_connect);
+                let addr = if reconnecting {
+                    dead_end.clone()
+                } else {
+                    first.clone()
+                };
+                async move {
+                    Some(async_nats::ReconnectToServer {
+                        addr,
+                        delay: Some(Duration::ZERO),
+                    })
+                }
+            });
+        match options.connect(vec![server.clone(), nowhere.clone()]).await {
             Ok(client) => return Ok(client),
             Err(err)
                 if matches!(

@@ -769,16 +769,18 @@ impl Follower {
             if !self.forward(&mut messages).await {
                 return;
             }
+            // Resync only once the new subscription runs: a watcher that re-reads on it then
+            // misses nothing between its read and the events that follow.
+            match self.resubscribe().await {
+                Some(renewed) => messages = renewed,
+                None => return,
+            }
             let reason = "the watch lost its NATS subscription: changes may have been missed";
             let resync = BackendEvent::Resync {
                 reason: reason.to_owned(),
             };
             if self.tx.send(Ok(resync)).await.is_err() {
                 return;
-            }
-            match self.resubscribe().await {
-                Some(renewed) => messages = renewed,
-                None => return,
             }
         }
     }

@@ -216,3 +216,41 @@ async fn failed_writes_never_land_after_a_restart() {
         .await;
     }
 }
+
+/// A client whose server froze holds writes that failed; when that server dies, the client
+/// must not hand them to another node of the cluster (async-nats reconnects to a discovered
+/// peer at once, and would send them there, where the bucket's stream lives on). The frozen
+/// node is one that does not lead the stream, so the stream keeps serving throughout.
+/// (Fails on a client left to reconnect by itself; see `link::dial`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_never_reach_another_node_of_the_cluster() {
+    let mut cluster = match NatsCluster::spawn() {
+        Ok(cluster) => cluster,
+        Err(why) => return unavailable::<()>("nats cluster", &why).unwrap_or(()),
+    };
+    let config = |url: String| {
+        NatsConfig::new(url)
+            .with_bucket("r3-late")
+            .with_replicas(3)
+            .with_request_timeout(Duration::from_secs(1))
+    };
+    // A race (on the old code about one run in three let a write land): several rounds.
+    for _ in 0..3 {
+        // The bucket first, to learn which node leads its stream.
+        let setup = eventually(|| NatsStateStore::connect(config(cluster.url()))).await;
+        let leader = stream_leader(&cluster.url(), "KV_r3-late").await;
+        let follower = (0..3)
+            .find(|i| format!("node-{i}") != leader)
+            .expect("a node that does not lead");
+        // The follower first: handles connect to it while it is up.
+        let mut urls: Vec<String> = (0..3).filter_map(|i| cluster.node_url(i)).collect();
+        urls.rotate_left(follower);
+        let url = urls.join(",");
+        let node = cluster.node_mut(follower).expect("the follower");
+        failed_writes_never_land_later(node, || {
+            NatsStateStore::connect(config(url.clone())).map_ok(StateStore::from)
+        })
+        .await;
+        drop(setup);
+    }
+}

@@ -29,11 +29,15 @@ pub(crate) fn map(err: FredError) -> Error {
 /// Maps a write's failure: as [`map`], except that a write fred may have sent is
 /// [`Error::OutcomeUnknown`]. fred cannot say whether a command that timed out, lost its
 /// connection or was canceled reached the server; only backpressure and a command it could
-/// not route to any connection mean it never left. (Such a command is never sent later:
-/// `max_command_attempts` is 1 and fred drops a timed-out command it still holds.)
+/// not route to any connection, or refused up front while disconnected (its fail-fast
+/// check), mean it never left. (Such a command is never sent later: `max_command_attempts` is
+/// 1 and fred drops a timed-out command it still holds.)
 pub(crate) fn map_write(err: FredError) -> Error {
-    let never_sent =
-        matches!(err.kind(), ErrorKind::Backpressure) || err.details().contains("Failed to route");
+    let details = err.details();
+    let never_sent = matches!(err.kind(), ErrorKind::Backpressure)
+        || details.contains("Failed to route")
+        || (matches!(err.kind(), ErrorKind::Canceled)
+            && details == "Connection closed unexpectedly.");
     let mapped = map(err);
     if never_sent {
         mapped

@@ -258,6 +258,16 @@ impl NatsCluster {
         urls.join(",")
     }
 
+    /// Node `i`'s URL.
+    pub fn node_url(&self, i: usize) -> Option<String> {
+        self.nodes.get(i).map(NatsServer::url)
+    }
+
+    /// Node `i`, to freeze, kill and restart on its own ([`TestServer`]).
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut NatsServer> {
+        self.nodes.get_mut(i)
+    }
+
     /// Kills node `i` (SIGKILL).
     pub fn crash(&mut self, i: usize) {
         if let Some(node) = self.nodes.get_mut(i) {
