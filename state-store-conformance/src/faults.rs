@@ -316,7 +316,8 @@ pub async fn lease_tokens_survive_restart(server: &mut dyn TestServer, store: &S
 }
 
 /// With the server down, a limiter follows its [`FailurePolicy`](state_store_core::FailurePolicy):
-/// `Open` allows, `Closed` denies with a `retry_after`; neither hangs or errors.
+/// `Open` allows, `Closed` denies with a `retry_after`; neither hangs or errors. The server
+/// comes back, and the scenario waits until the handle reads and writes again.
 pub async fn limiter_follows_its_failure_policy(server: &mut dyn TestServer, store: &StateStore) {
     use state_store_core::{FailurePolicy, Limiter, Quota};
     let open = Limiter::gcra(store, Quota::per_minute(1)).failure_policy(FailurePolicy::Open);
@@ -343,4 +344,6 @@ pub async fn limiter_follows_its_failure_policy(server: &mut dyn TestServer, sto
     assert!(!down.allowed, "fail-closed allowed: {down:?}");
     assert!(down.retry_after.is_some());
     server.restart().expect("restart the server");
+    // The handle is usable again before the scenario hands it back.
+    recovered(store, "fault:policy", "the restart").await;
 }

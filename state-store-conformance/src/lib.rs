@@ -177,7 +177,7 @@ macro_rules! __conformance_cases {
 #[macro_export]
 macro_rules! __conformance_dispatch {
     ((reexport) $($first:ident $(:: $rest:ident)* { $($case:ident)* })*) => {
-        $( pub use crate::$first $(:: $rest)* ::{ $($case),* }; )*
+        $( pub use $crate::$first $(:: $rest)* ::{ $($case),* }; )*
     };
     ((tests $make:expr) $($first:ident $(:: $rest:ident)* { $($case:ident)* })*) => {
         $($(

@@ -68,6 +68,8 @@ impl StateStoreBuilder {
 
     /// Wraps the backend as built so far in `layer`: the last layer added is the outermost,
     /// the first to see each call.
+    // By value, as tower's `ServiceBuilder::layer`: the builder owns what it is given.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn layer(mut self, layer: impl Layer) -> Self {
         self.backend = layer.layer(self.backend);
         self

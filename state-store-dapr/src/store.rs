@@ -617,7 +617,10 @@ mod tests {
         ));
         let e = Stored::new(b"1".to_vec(), "3".into(), &HashMap::new());
         let e = e.ok().flatten().map(Stored::into_entry);
-        assert_eq!(e.map(|e| e.version), Some(Version::with_deadline("3", None)));
+        assert_eq!(
+            e.map(|e| e.version),
+            Some(Version::with_deadline("3", None))
+        );
         let bad = HashMap::from([(TTL_EXPIRE_TIME.to_owned(), "soon".to_owned())]);
         assert!(Stored::new(b"1".to_vec(), "3".into(), &bad).is_err());
     }
