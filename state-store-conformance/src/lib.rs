@@ -106,6 +106,7 @@ macro_rules! __conformance_cases {
                 remove_missing_is_ok
                 typed_decode_error
                 capabilities_are_truthful
+                the_backend_refuses_what_it_does_not_declare
                 destroy_then_fail
             }
             cases::keys {

@@ -275,6 +275,53 @@ pub async fn capabilities_are_truthful(ctx: Context) {
     assert!(caps.max_key_len > 0 && caps.max_value_len > 0);
 }
 
+/// The backend itself — not only the handle in front of it — refuses what its capabilities
+/// leave out with `Unsupported`, and a refused write writes nothing: a layer or a caller that
+/// goes around the handle gets no silent half-support.
+pub async fn the_backend_refuses_what_it_does_not_declare(ctx: Context) {
+    let store = ctx.store().await;
+    let caps = store.capabilities().clone();
+    let backend = store.backend();
+    let key = |name: &str| format!("{}:{name}", store.config().key_prefix);
+    let refused = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::Unsupported { .. }) => {}
+        other => panic!("the backend gave {other:?} for undeclared {what}, not Unsupported"),
+    };
+    if !caps.ttl {
+        let options = SetOptions::new().ttl(Duration::from_secs(60));
+        let written = backend.set(&key("raw-ttl"), b"1".to_vec(), &options).await;
+        refused("TTL", written.map(drop));
+        let left = ok(backend.get_many(&[key("raw-ttl")]).await, "raw read");
+        assert!(left[0].is_none(), "a refused TTL write wrote");
+    }
+    if !caps.conditional {
+        let options = SetOptions::new().mode(SetMode::Create);
+        let written = backend
+            .set(&key("raw-create"), b"1".to_vec(), &options)
+            .await;
+        refused("Create", written.map(drop));
+    }
+    if !caps.increment {
+        refused(
+            "increment",
+            backend.increment(&key("raw-incr"), 1, None).await.map(drop),
+        );
+    }
+    if !caps.list {
+        refused(
+            "list",
+            backend.list_keys(&key(""), None, 10).await.map(drop),
+        );
+    }
+    if caps.watch == WatchSupport::None {
+        let selector = KeySelector::Prefix(key(""));
+        refused(
+            "watch",
+            backend.watch(&selector, &WatchStart::Now).await.map(drop),
+        );
+    }
+}
+
 /// After `destroy`, every operation fails with a clear error, and nothing hangs; a second
 /// `destroy` is `Ok`.
 pub async fn destroy_then_fail(ctx: Context) {

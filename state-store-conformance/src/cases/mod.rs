@@ -12,7 +12,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use state_store_core::{Error, Operation, SetMode, SetOptions, StateStore, StoreConfig, MAX_TTL};
+use state_store_core::{
+    Error, KeySelector, Operation, SetMode, SetOptions, StateStore, StoreConfig, WatchStart,
+    WatchSupport, MAX_TTL,
+};
 
 use crate::context::Context;
 use crate::report;
