@@ -12,8 +12,6 @@
 //! (no prefix at all, or `t1` next to `t1:2`) sees that handle's keys as names with the rest
 //! of the path in front — nesting, as `with_prefix` builds it.
 
-use crate::error::{Error, Result};
-
 /// Separates the segments of a key prefix, and the prefix from the name.
 pub const PREFIX_SEPARATOR: char = ':';
 
@@ -35,52 +33,16 @@ pub(crate) fn join_prefix(outer: &str, inner: &str) -> String {
     out
 }
 
-/// Checks a state name and returns the full key under a canonical `prefix`.
-///
-/// # Errors
-///
-/// [`Error::InvalidKey`] for an empty name, a name over `max_name_len` bytes, or a full key over
-/// `max_key_len` bytes (the backend's limit).
-pub(crate) fn full_key(
-    prefix: &str,
-    name: &str,
-    max_name_len: usize,
-    max_key_len: usize,
-) -> Result<String> {
-    if name.is_empty() {
-        return Err(Error::invalid_key(name, "a state name must not be empty"));
-    }
-    if name.len() > max_name_len {
-        return Err(Error::invalid_key(
-            name,
-            format!("longer than the limit of {max_name_len} bytes"),
-        ));
-    }
-    let separator = if prefix.is_empty() { 0 } else { 1 };
-    let full_len = prefix.len() + separator + name.len();
-    if full_len > max_key_len {
-        return Err(Error::invalid_key(
-            name,
-            format!(
-                "with the prefix the key is {full_len} bytes, over the backend limit of {max_key_len}"
-            ),
-        ));
-    }
-    let mut key = String::with_capacity(full_len);
-    if !prefix.is_empty() {
-        key.push_str(prefix);
-        key.push(PREFIX_SEPARATOR);
-    }
-    key.push_str(name);
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The stored key, as the namespace layer makes it.
     fn key(prefix: &str, name: &str) -> String {
-        full_key(&normalize_prefix(prefix), name, 100, 200).unwrap_or_default()
+        match normalize_prefix(prefix) {
+            root if root.is_empty() => name.to_owned(),
+            root => format!("{root}{PREFIX_SEPARATOR}{name}"),
+        }
     }
 
     #[test]
@@ -99,23 +61,5 @@ mod tests {
         assert_eq!(key("t1", "2:x"), key("t1:2", "x"));
         assert_eq!(join_prefix("a", "b:"), "a:b");
         assert_eq!(join_prefix("", "::"), "");
-    }
-
-    #[test]
-    fn empty_and_long_names_are_refused() {
-        assert!(matches!(
-            full_key("", "", 10, 20),
-            Err(Error::InvalidKey { .. })
-        ));
-        assert!(matches!(
-            full_key("", "abcdefghijk", 10, 20),
-            Err(Error::InvalidKey { .. })
-        ));
-        assert!(matches!(
-            full_key("012345678", "abcdefghijk", 20, 20),
-            Err(Error::InvalidKey { .. })
-        ));
-        assert!(full_key("", "abcdefghij", 10, 10).is_ok());
-        assert!(full_key("a", "abcdefgh", 10, 10).is_ok());
     }
 }

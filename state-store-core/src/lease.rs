@@ -46,9 +46,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use tracing::Instrument;
-
-use crate::backend::{LeaseAcquire, LeaseGrant, SetMode, SetOptions, CAS_DEADLINE, MAX_TTL};
+use crate::backend::{SetMode, SetOptions, MAX_TTL};
+use crate::cas::CAS_DEADLINE;
+use crate::native::{LeaseAcquire, LeaseGrant};
 use crate::error::{Error, Operation, Result};
 use crate::retry::Backoff;
 use crate::store::StateStore;
@@ -171,12 +171,15 @@ impl LeaseRequest {
             nonce: Alphanumeric.sample_string(&mut rand::rng(), 22),
             token: None,
         };
-        let acquired = match self.acquire_native(&record_name, &record).await? {
-            Some(native) => native,
-            None => self.acquire_composed(&record_name, &record).await?,
-        };
-        let Some((token, version)) = acquired else {
-            return Ok(None);
+        let (token, version) = match self.acquire_once(&record_name, &record).await? {
+            LeaseGrant::Granted { token, version } => (token, version),
+            LeaseGrant::Held => return Ok(None),
+            _ => {
+                return Err(Error::backend(
+                    self.store.name(),
+                    "the lease extension declined the request",
+                ))
+            }
         };
         record.token = Some(token);
         let (state, _) = watch::channel(Held {
@@ -238,94 +241,29 @@ impl LeaseRequest {
         Ok(())
     }
 
-    /// The backend's one-call acquisition: `None` when it has none.
-    async fn acquire_native(
-        &self,
-        record_name: &str,
-        record: &Record,
-    ) -> Result<Option<Option<(u64, crate::Version)>>> {
+    /// One attempt, through the stack's lease extension: native where the backend has one,
+    /// composed by the completion layer otherwise.
+    async fn acquire_once(&self, record_name: &str, record: &Record) -> Result<LeaseGrant> {
         let store = &self.store;
         store.check(Operation::Set)?;
-        let rename = |e| self.rename(e);
-        let record_key = store.key(record_name).map_err(rename)?;
-        let counter_key = store.key(&counter_name(&self.name)).map_err(rename)?;
-        // `{"holder":…,"nonce":…,"token":null}`, the token spliced in by the backend.
-        let json =
-            serde_json::to_string(record).map_err(|e| Error::serialization(&self.name, &e))?;
-        let before_token = json.strip_suffix("null}").unwrap_or(&json);
-        let request = LeaseAcquire {
-            record_key: &record_key,
-            counter_key: &counter_key,
-            before_token: before_token.as_bytes(),
-            after_token: b"}",
-            ttl: self.ttl,
-        };
-        let grant = store
-            .dispatch()
+        let leases = store.extensions().lease.ok_or_else(|| {
+            Error::unsupported(
+                store.name(),
+                "leases (they need atomic expiry, conditional writes and atomic increments)",
+            )
+        })?;
+        let counter = counter_name(&self.name);
+        let request = LeaseAcquire::new(
+            record_name,
+            &counter,
+            &record.holder,
+            &record.nonce,
+            self.ttl,
+        );
+        leases
             .acquire_lease(&request)
-            .instrument(store.span("acquire_lease", 2))
             .await
-            .map_err(|e| self.rename(store.rename(e)))?;
-        Ok(match grant {
-            LeaseGrant::Granted { token, version } => Some(Some((token, version))),
-            LeaseGrant::Held => Some(None),
-            LeaseGrant::NotNative => None,
-        })
-    }
-
-    /// Acquisition from the contract's operations: create the record if absent, increment
-    /// the counter, then write the token into the record if it is still the one created.
-    async fn acquire_composed(
-        &self,
-        record_name: &str,
-        record: &Record,
-    ) -> Result<Option<(u64, crate::Version)>> {
-        let store = &self.store;
-        let options = |mode| SetOptions::new().mode(mode).ttl(self.ttl);
-        let created = match store
-            .set_with(record_name, record, options(SetMode::Create))
-            .await
-        {
-            Ok(version) => version,
-            Err(Error::Conflict { .. }) => return Ok(None),
-            Err(err) => return Err(self.rename(err)),
-        };
-        let counted = store
-            .increment(&counter_name(&self.name), 1, None)
-            .await
-            .map_err(|e| self.rename(e));
-        let token = match counted.map(u64::try_from) {
-            Ok(Ok(token)) if token > 0 => token,
-            Ok(_) => {
-                self.abandon(record_name, &created).await;
-                return Err(Error::NotAnInteger {
-                    key: self.name.clone(),
-                });
-            }
-            Err(err) => {
-                self.abandon(record_name, &created).await;
-                return Err(err);
-            }
-        };
-        let with_token = Record {
-            token: Some(token),
-            ..record.clone()
-        };
-        match store
-            .set_with(record_name, &with_token, options(SetMode::Update(created)))
-            .await
-        {
-            Ok(version) => Ok(Some((token, version))),
-            // Expired (or was taken over) between the calls: never held.
-            Err(Error::Conflict { .. }) => Ok(None),
-            Err(err) => Err(self.rename(err)),
-        }
-    }
-
-    /// Best effort: a record this request created but cannot complete is removed rather than
-    /// left to expire.
-    async fn abandon(&self, record_name: &str, version: &crate::Version) {
-        let _ = self.store.remove_if(record_name, version).await;
+            .map_err(|e| self.rename(e))
     }
 
     fn rename(&self, err: Error) -> Error {

@@ -84,39 +84,54 @@
 //! ```
 
 mod backend;
+mod capability;
+mod cas;
+mod change;
 mod config;
 mod error;
 mod key;
-mod layer;
+pub mod layer;
 mod lease;
 mod listing;
 mod memory;
+mod native;
 mod ratelimit;
 mod retry;
 mod store;
 mod typed;
+mod version;
 
 pub use backend::{
-    increment_with_cas, parse_counter, retry_lost_races, watch_channel, Backend, BackendEvent,
-    Capabilities, CloseFlag, Entry, KeyPage, KeySelector, LeaseAcquire, LeaseGrant, RateAlgorithm,
-    RateLimitReply, RateLimitRequest, RemoveCause, SetMode, SetOptions, Version, WatchStart,
-    WatchStream, WatchSupport, CAS_DEADLINE, CAS_RETRIES, MAX_TTL,
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetMode, SetOptions,
+    WatchKeys, MAX_TTL,
+};
+pub use capability::{Capabilities, WatchSupport};
+pub use cas::{
+    increment_with_cas, parse_counter, retry_lost_races, CloseFlag, CAS_DEADLINE, CAS_RETRIES,
+};
+pub use change::{
+    watch_channel, BackendEvent, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
 };
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
 };
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use key::PREFIX_SEPARATOR;
-pub use layer::{Layer, StateStoreBuilder, TimeoutLayer};
+pub use layer::{
+    Call, CallInfo, CapabilityLayer, ClosedLayer, CompletionLayer, Intercept, Intercepted, Layer,
+    LimitLayer, NamespaceLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer,
+};
 pub use lease::{
     Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,
     MIN_LEASE_TTL,
 };
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};
 pub use memory::DefaultStateStore;
+pub use native::{LeaseAcquire, LeaseGrant, RateAlgorithm, RateLimitReply, RateLimitRequest};
 pub use ratelimit::{gcra_step, Decision, FailurePolicy, Limiter, Quota};
 pub use retry::Backoff;
 pub use store::{StateEntry, StateMap, StateStore};
+pub use version::{Entry, Version};
 
 /// Re-exported so `async_trait` versions match when you implement [`Backend`].
 pub use async_trait::async_trait;

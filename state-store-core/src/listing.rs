@@ -8,12 +8,10 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use serde_json::Value;
 
-use crate::backend::{
-    BackendEvent, KeySelector, RemoveCause, Version, WatchStart, WatchStream, WatchSupport,
-};
+use crate::change::{BackendEvent, KeySelector, RemoveCause, WatchStart, WatchStream};
 use crate::error::{Error, Operation, Result};
-use crate::key::PREFIX_SEPARATOR;
 use crate::store::{decode, StateStore};
+use crate::version::Version;
 
 /// The default page size of [`StateStore::list`].
 pub const DEFAULT_PAGE: usize = 1000;
@@ -132,14 +130,11 @@ impl fmt::Debug for WatchEvent {
 /// A value that is not JSON arrives as an [`Error::Decode`] item; the watch goes on.
 pub struct Watch {
     inner: WatchStream,
-    strip: String,
 }
 
 impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watch")
-            .field("prefix", &self.strip)
-            .finish()
+        f.debug_struct("Watch").finish_non_exhaustive()
     }
 }
 
@@ -149,38 +144,34 @@ impl Watch {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
 
-    fn name(&self, key: &str) -> Option<String> {
-        key.strip_prefix(self.strip.as_str()).map(str::to_owned)
-    }
-
-    fn convert(&self, event: BackendEvent) -> Option<Result<WatchEvent>> {
-        Some(Ok(match event {
+    /// The handle's event for a backend's (whose keys the namespace layer made names).
+    fn convert(event: BackendEvent) -> Result<WatchEvent> {
+        Ok(match event {
             BackendEvent::Put {
-                key,
+                key: name,
                 value,
                 version,
             } => {
-                let name = self.name(&key)?;
                 match decode::<Value>(&name, &value) {
                     Ok(value) => WatchEvent::Put {
                         name,
                         value,
                         version,
                     },
-                    Err(err) => return Some(Err(err)),
+                    Err(err) => return Err(err),
                 }
             }
             BackendEvent::Removed {
-                key,
+                key: name,
                 cause,
                 version,
             } => WatchEvent::Removed {
-                name: self.name(&key)?,
+                name,
                 cause,
                 version,
             },
             BackendEvent::Resync { reason } => WatchEvent::Resync { reason },
-        }))
+        })
     }
 }
 
@@ -188,32 +179,14 @@ impl Stream for Watch {
     type Item = Result<WatchEvent>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let event = match self.inner.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err))),
-                Poll::Ready(Some(Ok(event))) => event,
-            };
-            // Keys outside the handle's prefix (a backend filtering coarsely) are skipped.
-            if let Some(item) = self.convert(event) {
-                return Poll::Ready(Some(item));
-            }
-        }
+        self.inner
+            .as_mut()
+            .poll_next(cx)
+            .map(|event| event.map(|event| event.and_then(Watch::convert)))
     }
 }
 
 impl StateStore {
-    /// The stored-key prefix of this handle's names: `prefix:` (empty without a prefix).
-    fn name_root(&self) -> String {
-        let prefix = &self.config().key_prefix;
-        if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}{PREFIX_SEPARATOR}")
-        }
-    }
-
     /// One page of the names starting with `prefix` (an empty prefix: every name under this
     /// handle, including those of nested prefixes, as `inner:name`). Expired names are not
     /// listed.
@@ -224,7 +197,8 @@ impl StateStore {
     /// a page size of 0 or above [`MAX_PAGE`]; and see [`StateStore`].
     pub async fn list(&self, prefix: &str, options: ListOptions) -> Result<Page> {
         self.check(Operation::Get)?;
-        self.require(self.capabilities().list, "listing keys")?;
+        let lister = self.extensions().list;
+        let lister = lister.ok_or_else(|| Error::unsupported(self.name(), "listing keys"))?;
         let limit = options.limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(Error::invalid_key(
@@ -232,18 +206,11 @@ impl StateStore {
                 format!("a page holds 1 to {MAX_PAGE} names"),
             ));
         }
-        let root = self.name_root();
-        let page = self
-            .dispatch()
-            .list_keys(&format!("{root}{prefix}"), options.cursor.as_deref(), limit)
+        let page = lister
+            .list_keys(prefix, options.cursor.as_deref(), limit)
             .await?;
-        let names = page
-            .keys
-            .into_iter()
-            .filter_map(|key| key.strip_prefix(root.as_str()).map(str::to_owned))
-            .collect();
         Ok(Page {
-            names,
+            names: page.keys,
             next: page.next,
         })
     }
@@ -291,25 +258,18 @@ impl StateStore {
     /// # Errors
     ///
     /// [`Error::Unsupported`] where the backend cannot watch, or cannot resume
-    /// ([`WatchSupport::Lossy`]) and `start` is [`WatchStart::AfterVersion`]; and see
+    /// ([`WatchSupport::Lossy`](crate::WatchSupport::Lossy)) and `start` is [`WatchStart::AfterVersion`]; and see
     /// [`StateStore`].
     pub async fn watch(&self, selector: Selector, start: WatchStart) -> Result<Watch> {
         self.check(Operation::Get)?;
-        let support = self.capabilities().watch;
-        self.require(support != WatchSupport::None, "watching changes")?;
-        if matches!(start, WatchStart::AfterVersion(_)) {
-            self.require(
-                support.resumes(),
-                "resuming a watch from a version (its watch is lossy)",
-            )?;
-        }
-        let root = self.name_root();
+        let watcher = self.extensions().watch;
+        let watcher = watcher.ok_or_else(|| Error::unsupported(self.name(), "watching changes"))?;
         let selector = match selector {
-            Selector::Name(name) => KeySelector::Key(self.key(&name)?),
-            Selector::Prefix(prefix) => KeySelector::Prefix(format!("{root}{prefix}")),
-            Selector::All => KeySelector::Prefix(root.clone()),
+            Selector::Name(name) => KeySelector::Key(name),
+            Selector::Prefix(prefix) => KeySelector::Prefix(prefix),
+            Selector::All => KeySelector::Prefix(String::new()),
         };
-        let inner = self.dispatch().watch(&selector, &start).await?;
-        Ok(Watch { inner, strip: root })
+        let inner = watcher.watch(&selector, &start).await?;
+        Ok(Watch { inner })
     }
 }

@@ -11,10 +11,13 @@ use async_trait::async_trait;
 
 use tokio::sync::broadcast;
 
-use crate::backend::{
-    parse_counter, watch_channel, Backend, BackendEvent, Capabilities, CloseFlag, Entry, KeyPage,
-    KeySelector, RemoveCause, SetMode, SetOptions, Version, WatchStart, WatchStream, WatchSupport,
+use crate::backend::{Backend, Extensions, Increment, ListKeys, SetMode, SetOptions, WatchKeys};
+use crate::capability::{Capabilities, WatchSupport};
+use crate::cas::parse_counter;
+use crate::change::{
+    watch_channel, BackendEvent, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
 };
+use crate::version::{Entry, Version};
 use crate::error::{Error, Result};
 
 /// How often the background sweep runs by default.
@@ -52,7 +55,6 @@ pub struct DefaultStateStore {
 
 struct Shared {
     state: RwLock<State>,
-    closed: CloseFlag,
     sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -195,7 +197,6 @@ impl fmt::Debug for DefaultStateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultStateStore")
             .field("keys", &self.read().slots.len())
-            .field("closed", &self.shared.closed.is_closed())
             .finish()
     }
 }
@@ -211,7 +212,6 @@ impl DefaultStateStore {
         let store = DefaultStateStore {
             shared: Arc::new(Shared {
                 state: RwLock::new(State::default()),
-                closed: CloseFlag::new(),
                 sweeper: Mutex::new(None),
             }),
         };
@@ -247,18 +247,6 @@ impl DefaultStateStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The state for a change, once the store is known to be open.
-    fn open(&self) -> Result<RwLockWriteGuard<'_, State>> {
-        self.shared.closed.check("memory")?;
-        Ok(self.write())
-    }
-
-    /// The state for a read: readers share it.
-    fn open_read(&self) -> Result<RwLockReadGuard<'_, State>> {
-        self.shared.closed.check("memory")?;
-        Ok(self.read())
-    }
-
     /// `read` of each live slot, under the shared lock. Expired slots read as absent; when
     /// there are any, they are dropped (and announced) under the write lock afterwards, so a
     /// store without a sweeper still frees them on access.
@@ -267,7 +255,7 @@ impl DefaultStateStore {
         keys: &[String],
         read: impl Fn(&Slot, Instant) -> T,
     ) -> Result<Vec<Option<T>>> {
-        let state = self.open_read()?;
+        let state = self.read();
         let now = Instant::now();
         let mut expired = false;
         let found = keys
@@ -367,7 +355,7 @@ impl Backend for DefaultStateStore {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        let mut state = self.open()?;
+        let mut state = self.write();
         let now = Instant::now();
         if matches!(options.mode, SetMode::Upsert) && !options.keep_ttl {
             // Nothing to check: one lookup, in `write`.
@@ -406,7 +394,7 @@ impl Backend for DefaultStateStore {
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        let mut state = self.open()?;
+        let mut state = self.write();
         let current = state.live(key, Instant::now()).map(|slot| slot.version);
         match (expected, current) {
             (_, None) => Ok(false),
@@ -425,8 +413,27 @@ impl Backend for DefaultStateStore {
         }
     }
 
+    async fn close(&self) -> Result<()> {
+        if let Some(task) = lock(&self.shared.sweeper).take() {
+            task.abort();
+        }
+        // Watchers end: their channel closes with the old state.
+        *self.write() = State::default();
+        Ok(())
+    }
+
+    fn extensions(&self) -> Extensions<'_> {
+        Extensions::none()
+            .with_increment(self)
+            .with_list(self)
+            .with_watch(self)
+    }
+}
+
+#[async_trait]
+impl ListKeys for DefaultStateStore {
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
-        let state = self.open_read()?;
+        let state = self.read();
         let now = Instant::now();
         let mut keys: Vec<&String> = state
             .slots
@@ -444,7 +451,10 @@ impl Backend for DefaultStateStore {
         let next = more.then(|| keys.last().cloned()).flatten();
         Ok(KeyPage::new(keys, next))
     }
+}
 
+#[async_trait]
+impl WatchKeys for DefaultStateStore {
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
         if matches!(start, WatchStart::AfterVersion(_)) {
             return Err(Error::unsupported(
@@ -452,7 +462,7 @@ impl Backend for DefaultStateStore {
                 "resuming a watch from a version",
             ));
         }
-        let mut events = self.open_read()?.events.subscribe();
+        let mut events = self.read().events.subscribe();
         let (tx, stream) = watch_channel(64);
         let selector = selector.clone();
         tokio::spawn(async move {
@@ -475,9 +485,12 @@ impl Backend for DefaultStateStore {
         });
         Ok(stream)
     }
+}
 
+#[async_trait]
+impl Increment for DefaultStateStore {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        let mut state = self.open()?;
+        let mut state = self.write();
         let now = Instant::now();
         let (next, expires_at) = match state.live(key, now) {
             None => (delta, deadline(now, ttl)),
@@ -492,16 +505,6 @@ impl Backend for DefaultStateStore {
         };
         state.write(key, next.to_string().into_bytes(), expires_at, now);
         Ok(next)
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.shared.closed.close();
-        if let Some(task) = lock(&self.shared.sweeper).take() {
-            task.abort();
-        }
-        // Watchers end: their channel closes with the old state.
-        *self.write() = State::default();
-        Ok(())
     }
 }
 

@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::backend::{
-    RateAlgorithm, RateLimitReply, RateLimitRequest, SetMode, SetOptions, CAS_DEADLINE,
-};
+use crate::backend::{SetMode, SetOptions};
+use crate::cas::CAS_DEADLINE;
+use crate::native::{RateAlgorithm, RateLimitReply, RateLimitRequest};
 use crate::error::{Error, Operation, Result};
 use crate::retry::Backoff;
 use crate::store::StateStore;
@@ -280,18 +280,16 @@ impl Limiter {
         if write {
             store.check(Operation::Set)?;
         }
-        let key = store.key(name)?;
+        let Some(native) = store.extensions().rate_limit else {
+            return Ok(None);
+        };
         let request = RateLimitRequest {
-            key: &key,
+            key: name,
             algorithm,
             cost,
             write,
         };
-        store
-            .dispatch()
-            .rate_limit(&request)
-            .await
-            .map_err(|e| store.rename(e))
+        native.rate_limit(&request).await
     }
 
     async fn gcra_decide(
@@ -429,7 +427,7 @@ impl Limiter {
         if let Some(left) = self.cached(name) {
             return Ok(Some(left));
         }
-        let Some(entry) = self.store.raw_entry(&self.store.key(name)?).await? else {
+        let Some(entry) = self.store.fetch_entry(name).await? else {
             return Ok(None);
         };
         let Some(left) = entry.expires_in else {

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tracing::Instrument;
 
-use crate::backend::{
-    Backend, Capabilities, CloseFlag, Entry, SetMode, SetOptions, Version, MAX_TTL,
-};
+use crate::backend::{Backend, Extensions, SetMode, SetOptions};
+use crate::capability::Capabilities;
 use crate::config::StoreConfig;
 use crate::error::{Error, Operation, Result};
-use crate::key::{full_key, join_prefix, normalize_prefix, PREFIX_SEPARATOR};
+use crate::key::{join_prefix, normalize_prefix};
+use crate::layer::{handle_stack, ClosedLayer, Layer};
+use crate::version::{Entry, Version};
 
 /// The answer of [`StateStore::get_state`]: one entry per requested name; `None` when the name
 /// is not stored, `Some(Value::Null)` when a JSON `null` is.
@@ -40,10 +40,11 @@ impl<T> fmt::Debug for StateEntry<T> {
 
 /// The state store handle: what request handlers hold.
 ///
-/// Cheap to clone (an `Arc`); clones share the backend and its connections. It applies
-/// [`StoreConfig`] (enable flags, key prefix, limits, default TTL), encodes values as JSON
-/// text and opens a tracing span per operation (operation, store, number of keys — never
-/// values), the same way for every backend.
+/// Cheap to clone (an `Arc`); clones share the backend and its connections. It is the typed,
+/// PURISTA-shaped face of a stack of [layers](crate::layer) over the backend: it applies the
+/// enable flags and the default TTL of its [`StoreConfig`] and encodes values as JSON text;
+/// the layers below check names, limits, capabilities and the closed state, apply the key
+/// prefix, complete what the backend lacks and trace, the same way for every backend.
 ///
 /// # Contract
 ///
@@ -94,16 +95,20 @@ pub struct StateStore {
 }
 
 struct Inner {
-    backend: Arc<dyn Backend>,
+    /// What calls go through: the handle's layers over `base`.
+    stack: Arc<dyn Backend>,
+    /// The backend with the completion layer and the builder's layers: what
+    /// [`StateStore::with_prefix`] stacks another namespace on.
+    base: Arc<dyn Backend>,
+    closed: ClosedLayer,
     config: StoreConfig,
     capabilities: Capabilities,
-    closed: Arc<CloseFlag>,
 }
 
 impl fmt::Debug for StateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateStore")
-            .field("backend", &self.inner.backend)
+            .field("backend", &self.inner.base)
             .field("config", &self.inner.config)
             .finish()
     }
@@ -136,15 +141,26 @@ impl StateStore {
 
     /// A handle over a shared backend, for several handles (say, with different configs) over
     /// one set of connections.
-    pub fn from_arc(backend: Arc<dyn Backend>, mut config: StoreConfig) -> Self {
+    pub fn from_arc(backend: Arc<dyn Backend>, config: StoreConfig) -> Self {
+        Self::over(crate::CompletionLayer.layer(backend), config)
+    }
+
+    /// A handle whose layers sit over `base` (a backend under the completion layer).
+    pub(crate) fn over(base: Arc<dyn Backend>, config: StoreConfig) -> Self {
+        Self::assemble(base, config, ClosedLayer::new())
+    }
+
+    fn assemble(base: Arc<dyn Backend>, mut config: StoreConfig, closed: ClosedLayer) -> Self {
         config.key_prefix = normalize_prefix(&config.key_prefix);
-        let capabilities = backend.capabilities();
+        let stack = handle_stack(&base, &config, &closed);
+        let capabilities = stack.capabilities();
         StateStore {
             inner: Arc::new(Inner {
-                backend,
+                stack,
+                base,
+                closed,
                 config,
                 capabilities,
-                closed: Arc::new(CloseFlag::new()),
             }),
         }
     }
@@ -155,22 +171,20 @@ impl StateStore {
     pub fn with_prefix(&self, prefix: &str) -> Self {
         let mut config = self.inner.config.clone();
         config.key_prefix = join_prefix(&config.key_prefix, prefix);
-        StateStore {
-            inner: Arc::new(Inner {
-                backend: Arc::clone(&self.inner.backend),
-                config,
-                capabilities: self.inner.capabilities.clone(),
-                closed: Arc::clone(&self.inner.closed),
-            }),
-        }
+        Self::assemble(
+            Arc::clone(&self.inner.base),
+            config,
+            self.inner.closed.clone(),
+        )
     }
 
     /// The backend's name (`"memory"`, `"redis"`, …).
     pub fn name(&self) -> &str {
-        self.inner.backend.name()
+        self.inner.stack.name()
     }
 
-    /// What the backend supports.
+    /// What the stack supports: the backend's features, with what the completion layer adds,
+    /// and the limits this handle applies.
     pub fn capabilities(&self) -> &Capabilities {
         &self.inner.capabilities
     }
@@ -183,28 +197,25 @@ impl StateStore {
     /// The longest name (in bytes) this handle accepts: the config's limit, or what the
     /// backend's key limit leaves after the prefix, whichever is smaller.
     pub fn max_name_len(&self) -> usize {
-        let prefix = &self.inner.config.key_prefix;
-        let taken = if prefix.is_empty() {
-            0
-        } else {
-            prefix.len() + 1
-        };
-        self.inner
-            .config
-            .max_key_len
-            .min(self.inner.capabilities.max_key_len.saturating_sub(taken))
+        self.inner.capabilities.max_key_len
     }
 
-    /// The backend, for calls the handle does not offer.
+    /// The layered backend this handle calls (names in, its prefix applied below), for calls
+    /// the handle does not offer.
     pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.inner.backend
+        &self.inner.stack
     }
 
-    /// The backend to call. Calls go through `&dyn Backend`: on the `Arc` itself, method
+    /// The stack to call. Calls go through `&dyn Backend`: on the `Arc` itself, method
     /// resolution picks the forwarding `impl Backend for Arc<B>`, which boxes every call's
     /// future a second time.
     pub(crate) fn dispatch(&self) -> &dyn Backend {
-        &*self.inner.backend
+        &*self.inner.stack
+    }
+
+    /// The stack's optional operations.
+    pub(crate) fn extensions(&self) -> Extensions<'_> {
+        self.inner.stack.extensions()
     }
 
     /// Reads every requested name in one backend call (one round trip where the backend
@@ -217,10 +228,7 @@ impl StateStore {
     pub async fn get_state<S: AsRef<str>>(&self, names: &[S]) -> Result<StateMap> {
         self.check(Operation::Get)?;
         let unique = distinct(names);
-        let values = self
-            .fetch_values(&unique)
-            .instrument(self.span("get", unique.len()))
-            .await?;
+        let values = self.fetch_values(&unique).await?;
         // Sized up front: collecting `Result`s would grow the map from nothing.
         let mut state = StateMap::with_capacity(unique.len());
         for (name, value) in unique.into_iter().zip(values) {
@@ -269,14 +277,8 @@ impl StateStore {
         options: SetOptions,
     ) -> Result<Version> {
         self.check(Operation::Set)?;
-        let key = self.key(name)?;
-        self.check_options(name, &options)?;
-        let bytes = self.encode(name, value)?;
-        self.dispatch()
-            .set(&key, bytes, &options)
-            .instrument(self.span("set", 1))
-            .await
-            .map_err(|e| self.rename(e))
+        let bytes = encode(name, value)?;
+        self.dispatch().set(name, bytes, &options).await
     }
 
     /// Removes `name` (PURISTA's `removeState`). Removing a missing name is `Ok`.
@@ -286,13 +288,7 @@ impl StateStore {
     /// See [`StateStore`].
     pub async fn remove_state(&self, name: &str) -> Result<()> {
         self.check(Operation::Remove)?;
-        let key = self.key(name)?;
-        self.dispatch()
-            .remove(&key, None)
-            .instrument(self.span("remove", 1))
-            .await
-            .map(drop)
-            .map_err(|e| self.rename(e))
+        self.dispatch().remove(name, None).await.map(drop)
     }
 
     /// Removes `name` only if its current version is `expected`.
@@ -303,15 +299,7 @@ impl StateStore {
     /// [`Error::Unsupported`] without conditional writes; and see [`StateStore`].
     pub async fn remove_if(&self, name: &str, expected: &Version) -> Result<()> {
         self.check(Operation::Remove)?;
-        let key = self.key(name)?;
-        self.require(self.inner.capabilities.conditional, "conditional writes")?;
-        match self
-            .dispatch()
-            .remove(&key, Some(expected))
-            .instrument(self.span("remove_if", 1))
-            .await
-            .map_err(|e| self.rename(e))?
-        {
+        match self.dispatch().remove(name, Some(expected)).await? {
             true => Ok(()),
             false => Err(Error::Conflict {
                 key: name.to_owned(),
@@ -335,14 +323,11 @@ impl StateStore {
         ttl_on_create: Option<Duration>,
     ) -> Result<i64> {
         self.check(Operation::Set)?;
-        let key = self.key(name)?;
-        self.require(self.inner.capabilities.increment, "atomic increment")?;
-        self.check_ttl(name, ttl_on_create)?;
-        self.dispatch()
-            .increment(&key, delta, ttl_on_create)
-            .instrument(self.span("increment", 1))
-            .await
-            .map_err(|e| self.rename(e))
+        let counter = self
+            .extensions()
+            .increment
+            .ok_or_else(|| Error::unsupported(self.name(), "atomic increment"))?;
+        counter.increment(name, delta, ttl_on_create).await
     }
 
     /// Closes the backend gracefully. Every later call on this handle, its clones and its
@@ -352,13 +337,14 @@ impl StateStore {
     ///
     /// What the backend reports while closing.
     pub async fn destroy(&self) -> Result<()> {
-        if !self.inner.closed.close() {
+        if self.inner.closed.is_closed() {
             return Ok(());
         }
-        self.dispatch()
-            .close()
-            .instrument(self.span("destroy", 0))
-            .await
+        match self.dispatch().close().await {
+            // Another clone closed it first.
+            Err(Error::Closed { .. }) => Ok(()),
+            other => other,
+        }
     }
 
     pub(crate) async fn get_entry_as<T: serde::de::DeserializeOwned>(
@@ -366,12 +352,7 @@ impl StateStore {
         name: &str,
     ) -> Result<Option<StateEntry<T>>> {
         self.check(Operation::Get)?;
-        let entry = self
-            .fetch(&[name])
-            .instrument(self.span("get", 1))
-            .await?
-            .pop()
-            .flatten();
+        let entry = self.fetch_entry(name).await?;
         entry
             .map(|e| {
                 Ok(StateEntry {
@@ -382,8 +363,8 @@ impl StateStore {
             .transpose()
     }
 
+    /// The enable flags (PURISTA's `enableGet`, `enableSet`, `enableRemove`).
     pub(crate) fn check(&self, operation: Operation) -> Result<()> {
-        self.inner.closed.check(self.name())?;
         let config = &self.inner.config;
         let enabled = match operation {
             Operation::Get => config.enable_get,
@@ -397,15 +378,6 @@ impl StateStore {
         }
     }
 
-    pub(crate) fn key(&self, name: &str) -> Result<String> {
-        full_key(
-            &self.inner.config.key_prefix,
-            name,
-            self.inner.config.max_key_len,
-            self.inner.capabilities.max_key_len,
-        )
-    }
-
     pub(crate) fn require(&self, supported: bool, feature: &'static str) -> Result<()> {
         if supported {
             Ok(())
@@ -414,76 +386,21 @@ impl StateStore {
         }
     }
 
-    fn check_ttl(&self, name: &str, ttl: Option<Duration>) -> Result<()> {
-        match ttl {
-            None => Ok(()),
-            Some(ttl) if ttl.is_zero() || ttl > MAX_TTL => Err(Error::InvalidTtl {
-                key: name.to_owned(),
-            }),
-            Some(_) => self.require(self.inner.capabilities.ttl, "atomic expiry"),
-        }
+    /// One name's entry, and the check that the backend kept its promise of one slot.
+    pub(crate) async fn fetch_entry(&self, name: &str) -> Result<Option<Entry>> {
+        let slots = self.dispatch().get_many(&[name.to_owned()]).await?;
+        Ok(self.one_slot_per_key(slots, 1)?.pop().flatten())
     }
 
-    pub(crate) fn check_options(&self, name: &str, options: &SetOptions) -> Result<()> {
-        if options.mode != SetMode::Upsert {
-            self.require(self.inner.capabilities.conditional, "conditional writes")?;
-        }
-        self.check_ttl(name, options.ttl)
-    }
-
-    pub(crate) fn encode<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(value).map_err(|e| Error::serialization(name, &e))?;
-        let limit = self
-            .inner
-            .config
-            .max_value_len
-            .min(self.inner.capabilities.max_value_len);
-        if bytes.len() > limit {
-            return Err(Error::ValueTooLarge {
-                key: crate::error::shorten(name),
-                size: bytes.len(),
-                limit,
-            });
-        }
-        Ok(bytes)
-    }
-
-    /// Validates names, calls `get_many` once, and checks the backend kept its promise of one
-    /// slot per key.
-    async fn fetch(&self, names: &[&str]) -> Result<Vec<Option<Entry>>> {
-        let Some(keys) = self.keys(names)? else {
-            return Ok(Vec::new());
-        };
-        let entries = self
-            .dispatch()
-            .get_many(&keys)
-            .await
-            .map_err(|e| self.rename(e))?;
-        self.one_slot_per_key(entries, keys.len())
-    }
-
-    /// As [`StateStore::fetch`], without versions.
+    /// Reads the values of `names` with one `get_values`, and checks the backend kept its
+    /// promise of one slot per key.
     pub(crate) async fn fetch_values(&self, names: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        let Some(keys) = self.keys(names)? else {
-            return Ok(Vec::new());
-        };
-        let values = self
-            .dispatch()
-            .get_values(&keys)
-            .await
-            .map_err(|e| self.rename(e))?;
-        self.one_slot_per_key(values, keys.len())
-    }
-
-    fn keys(&self, names: &[&str]) -> Result<Option<Vec<String>>> {
         if names.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        names
-            .iter()
-            .map(|name| self.key(name))
-            .collect::<Result<_>>()
-            .map(Some)
+        let keys: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
+        let values = self.dispatch().get_values(&keys).await?;
+        self.one_slot_per_key(values, keys.len())
     }
 
     fn one_slot_per_key<T>(&self, slots: Vec<T>, keys: usize) -> Result<Vec<T>> {
@@ -494,52 +411,6 @@ impl StateStore {
             ));
         }
         Ok(slots)
-    }
-
-    pub(crate) async fn raw_entry(&self, key: &str) -> Result<Option<Entry>> {
-        Ok(self
-            .dispatch()
-            .get_many(&[key.to_owned()])
-            .await
-            .map_err(|e| self.rename(e))?
-            .pop()
-            .flatten())
-    }
-
-    pub(crate) async fn raw_set(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        options: &SetOptions,
-    ) -> Result<Version> {
-        self.dispatch()
-            .set(key, bytes, options)
-            .await
-            .map_err(|e| self.rename(e))
-    }
-
-    /// A backend error naming a stored key, made to name the caller's name: another tenant's
-    /// prefix (or a backend's escaping) never shows in this handle's errors.
-    pub(crate) fn rename(&self, error: Error) -> Error {
-        let prefix = self.inner.config.key_prefix.as_str();
-        if prefix.is_empty() {
-            return error;
-        }
-        error.rename_key(|key| {
-            key.strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix(PREFIX_SEPARATOR))
-                .map(str::to_owned)
-        })
-    }
-
-    pub(crate) fn span(&self, operation: &'static str, keys: usize) -> tracing::Span {
-        tracing::debug_span!(
-            "state_store",
-            operation,
-            store = self.name(),
-            keys,
-            prefix = self.inner.config.key_prefix.as_str()
-        )
     }
 }
 
@@ -564,6 +435,11 @@ fn distinct<S: AsRef<str>>(names: &[S]) -> Vec<&str> {
         );
     }
     unique
+}
+
+/// `value` as JSON text. The limit on its size is the limit layer's.
+pub(crate) fn encode<T: Serialize + ?Sized>(name: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::serialization(name, &e))
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {

@@ -2,12 +2,12 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::Instrument;
 
-use crate::backend::{SetMode, SetOptions, CAS_DEADLINE};
+use crate::backend::{SetMode, SetOptions};
+use crate::cas::CAS_DEADLINE;
 use crate::error::{Error, Operation, Result};
 use crate::retry::Backoff;
-use crate::store::{decode, StateEntry, StateStore};
+use crate::store::{decode, encode, StateEntry, StateStore};
 
 impl StateStore {
     /// Reads `name` and decodes it into `T`; `None` when missing.
@@ -35,12 +35,10 @@ impl StateStore {
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         self.check(Operation::Get)?;
-        let key = self.key(name)?;
-        self.dispatch()
-            .get_value(key)
-            .instrument(self.span("get", 1))
-            .await
-            .map_err(|e| self.rename(e))?
+        self.fetch_values(&[name])
+            .await?
+            .pop()
+            .flatten()
             .map(|value| decode(name, &value))
             .transpose()
     }
@@ -116,44 +114,32 @@ impl StateStore {
     {
         self.check(Operation::Get)?;
         self.check(Operation::Set)?;
-        let key = self.key(name)?;
         let ttl = self.config().default_ttl;
-        self.check_options(
-            name,
-            &SetOptions {
-                mode: SetMode::Create,
+        let mut backoff = Backoff::new(self.config().update_retries, CAS_DEADLINE);
+        loop {
+            let (old, mode) = match self.fetch_entry(name).await? {
+                None => (None, SetMode::Create),
+                Some(entry) => (
+                    Some(decode::<T>(name, &entry.value)?),
+                    SetMode::Update(entry.version),
+                ),
+            };
+            let new = f(old);
+            let options = SetOptions {
+                mode,
                 ttl,
-                keep_ttl: false,
+                keep_ttl: true,
                 want_version: false,
-            },
-        )?;
-        let attempts = self.config().update_retries;
-        async {
-            let mut backoff = Backoff::new(attempts, CAS_DEADLINE);
-            loop {
-                let (old, mode) = match self.raw_entry(&key).await? {
-                    None => (None, SetMode::Create),
-                    Some(entry) => (
-                        Some(decode::<T>(name, &entry.value)?),
-                        SetMode::Update(entry.version),
-                    ),
-                };
-                let new = f(old);
-                let bytes = self.encode(name, &new)?;
-                let options = SetOptions {
-                    mode,
-                    ttl,
-                    keep_ttl: true,
-                    want_version: false,
-                };
-                match self.raw_set(&key, bytes, &options).await {
-                    Ok(_) => return Ok(new),
-                    Err(Error::Conflict { .. }) if backoff.wait().await => {}
-                    Err(other) => return Err(other),
-                }
+            };
+            match self
+                .dispatch()
+                .set(name, encode(name, &new)?, &options)
+                .await
+            {
+                Ok(_) => return Ok(new),
+                Err(Error::Conflict { .. }) if backoff.wait().await => {}
+                Err(other) => return Err(other),
             }
         }
-        .instrument(self.span("update", 1))
-        .await
     }
 }

@@ -1,0 +1,314 @@
+//! The concerns that act on every call alike, each an [`Intercept`] and a [`Layer`]: closed
+//! check, limits, capability check, timeout, tracing.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::intercept::{Call, CallInfo, Intercept, Intercepted, Site};
+use super::Layer;
+use crate::backend::{Backend, SetMode, SetOptions, MAX_TTL};
+use crate::capability::{Capabilities, WatchSupport};
+use crate::cas::CloseFlag;
+use crate::change::{KeySelector, WatchStart};
+use crate::config::{DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN};
+use crate::error::{shorten, Error, Result};
+
+macro_rules! intercept_layer {
+    ($($layer:ty),*) => {$(
+        impl Layer for $layer {
+            fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+                Arc::new(Intercepted::new(inner, self.clone()))
+            }
+        }
+    )*};
+}
+
+intercept_layer!(
+    ClosedLayer,
+    LimitLayer,
+    CapabilityLayer,
+    TimeoutLayer,
+    TracingLayer
+);
+
+/// After the first `close`, refuses every call with [`Error::Closed`] (a second `close`
+/// too), so a backend is closed once and never used after. Clones share the state: layers
+/// over one backend cloned from one `ClosedLayer` close together.
+#[derive(Debug, Clone, Default)]
+pub struct ClosedLayer {
+    flag: Arc<CloseFlag>,
+}
+
+impl ClosedLayer {
+    /// An open layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.flag.is_closed()
+    }
+}
+
+impl Intercept for ClosedLayer {
+    fn before(&self, site: Site<'_>, call: &Call<'_>) -> Result<()> {
+        match call {
+            Call::Close if self.flag.close() => Ok(()),
+            _ => self.flag.check(site.store),
+        }
+    }
+}
+
+/// Refuses, before the backend sees them, a key that is empty or too long
+/// ([`Error::InvalidKey`]), a value too large ([`Error::ValueTooLarge`]) and a TTL of zero or
+/// above [`MAX_TTL`] ([`Error::InvalidTtl`]). The limits are the smaller of this layer's and
+/// the backend's ([`Capabilities::max_key_len`], [`Capabilities::max_value_len`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitLayer {
+    max_key_len: usize,
+    max_value_len: usize,
+}
+
+impl Default for LimitLayer {
+    fn default() -> Self {
+        LimitLayer::new(DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN)
+    }
+}
+
+impl LimitLayer {
+    /// Keys up to `max_key_len` bytes, values up to `max_value_len` bytes (or the backend's
+    /// limits, when smaller).
+    pub fn new(max_key_len: usize, max_value_len: usize) -> Self {
+        LimitLayer {
+            max_key_len,
+            max_value_len,
+        }
+    }
+
+    fn key(&self, site: Site<'_>, key: &str) -> Result<()> {
+        let limit = self.max_key_len.min(site.capabilities.max_key_len);
+        if key.is_empty() {
+            Err(Error::invalid_key(key, "a state name must not be empty"))
+        } else if key.len() > limit {
+            Err(Error::invalid_key(
+                key,
+                format!("longer than the limit of {limit} bytes"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn value(&self, site: Site<'_>, key: &str, value: &[u8]) -> Result<()> {
+        let limit = self.max_value_len.min(site.capabilities.max_value_len);
+        if value.len() > limit {
+            return Err(Error::ValueTooLarge {
+                key: shorten(key),
+                size: value.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn valid_ttl(key: &str, ttl: Option<Duration>) -> Result<()> {
+    match ttl {
+        Some(ttl) if ttl.is_zero() || ttl > MAX_TTL => Err(Error::InvalidTtl {
+            key: key.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Intercept for LimitLayer {
+    fn capabilities(&self, mut inner: Capabilities) -> Capabilities {
+        inner.max_key_len = inner.max_key_len.min(self.max_key_len);
+        inner.max_value_len = inner.max_value_len.min(self.max_value_len);
+        inner
+    }
+
+    fn before(&self, site: Site<'_>, call: &Call<'_>) -> Result<()> {
+        match call {
+            Call::Get { keys } => keys.iter().try_for_each(|key| self.key(site, key)),
+            Call::Set {
+                key,
+                value,
+                options,
+            } => {
+                self.key(site, key)?;
+                valid_ttl(key, options.ttl)?;
+                self.value(site, key, value)
+            }
+            Call::Remove { key, .. } => self.key(site, key),
+            Call::Increment { key, ttl } => {
+                self.key(site, key)?;
+                valid_ttl(key, *ttl)
+            }
+            Call::Watch {
+                selector: KeySelector::Key(key),
+                ..
+            } => self.key(site, key),
+            Call::Lease { request } => {
+                self.key(site, request.record_key)?;
+                self.key(site, request.counter_key)?;
+                valid_ttl(request.record_key, Some(request.ttl))
+            }
+            Call::RateLimit { request } => self.key(site, request.key),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses, with [`Error::Unsupported`] and before the backend sees it, a call that needs a
+/// feature the backend does not declare in its [`Capabilities`]: a conditional write or
+/// removal, a TTL, an increment, a listing, a watch (resumed, on a lossy one), a lease.
+/// Nothing is written and no TTL is silently dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapabilityLayer;
+
+impl CapabilityLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        CapabilityLayer
+    }
+}
+
+fn require(site: Site<'_>, supported: bool, feature: &'static str) -> Result<()> {
+    if supported {
+        Ok(())
+    } else {
+        Err(Error::unsupported(site.store, feature))
+    }
+}
+
+fn require_ttl(site: Site<'_>, ttl: Option<Duration>) -> Result<()> {
+    require(
+        site,
+        ttl.is_none() || site.capabilities.ttl,
+        "atomic expiry",
+    )
+}
+
+impl Intercept for CapabilityLayer {
+    fn before(&self, site: Site<'_>, call: &Call<'_>) -> Result<()> {
+        let caps = site.capabilities;
+        match call {
+            Call::Set { options, .. } => {
+                let SetOptions { mode, ttl, .. } = options;
+                require(
+                    site,
+                    *mode == SetMode::Upsert || caps.conditional,
+                    "conditional writes",
+                )?;
+                require_ttl(site, *ttl)
+            }
+            Call::Remove {
+                expected: Some(_), ..
+            } => require(site, caps.conditional, "conditional writes"),
+            Call::Increment { ttl, .. } => {
+                require(site, caps.increment, "atomic increment")?;
+                require_ttl(site, *ttl)
+            }
+            Call::List { .. } => require(site, caps.list, "listing keys"),
+            Call::Watch { start, .. } => {
+                require(site, caps.watch != WatchSupport::None, "watching changes")?;
+                require(
+                    site,
+                    !matches!(start, WatchStart::AfterVersion(_)) || caps.watch.resumes(),
+                    "resuming a watch from a version (its watch is lossy)",
+                )
+            }
+            Call::Lease { .. } => require(
+                site,
+                caps.leases(),
+                "leases (they need atomic expiry, conditional writes and atomic increments)",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Ends every call that has not finished within a limit: a read (or a peek at a rate limit)
+/// with [`Error::Unavailable`], a write with [`Error::OutcomeUnknown`] (it may have reached
+/// the store). For a backend without deadlines of its own — the adapters of this workspace
+/// have theirs (`with_request_timeout`). Opening a watch is one call; the events that follow
+/// are not.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    limit: Duration,
+}
+
+impl TimeoutLayer {
+    /// Calls end after `limit`.
+    pub fn new(limit: Duration) -> Self {
+        TimeoutLayer { limit }
+    }
+}
+
+impl Intercept for TimeoutLayer {
+    fn around<'a, T, F>(
+        &'a self,
+        site: Site<'a>,
+        call: CallInfo,
+        inner: F,
+    ) -> impl Future<Output = Result<T>> + Send + 'a
+    where
+        T: Send + 'a,
+        F: Future<Output = Result<T>> + Send + 'a,
+    {
+        async move {
+            match tokio::time::timeout(self.limit, inner).await {
+                Ok(result) => result,
+                Err(elapsed) if call.writes => Err(Error::outcome_unknown(site.store, elapsed)),
+                Err(elapsed) => Err(Error::unavailable(site.store, elapsed)),
+            }
+        }
+    }
+}
+
+/// A `debug` span per call that reaches the backend: `state_store` with the operation, the
+/// store's name, the number of keys and the handle's prefix — never keys or values.
+#[derive(Debug, Clone, Default)]
+pub struct TracingLayer {
+    prefix: Arc<str>,
+}
+
+impl TracingLayer {
+    /// Spans without a prefix.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spans that name the handle's prefix.
+    pub fn with_prefix(prefix: &str) -> Self {
+        TracingLayer {
+            prefix: prefix.into(),
+        }
+    }
+}
+
+impl Intercept for TracingLayer {
+    fn around<'a, T, F>(
+        &'a self,
+        site: Site<'a>,
+        call: CallInfo,
+        inner: F,
+    ) -> impl Future<Output = Result<T>> + Send + 'a
+    where
+        T: Send + 'a,
+        F: Future<Output = Result<T>> + Send + 'a,
+    {
+        inner.instrument(tracing::debug_span!(
+            "state_store",
+            operation = call.operation,
+            store = site.store,
+            keys = call.keys,
+            prefix = &*self.prefix
+        ))
+    }
+}

@@ -1,0 +1,219 @@
+//! Layers: a backend wrapped in another that adds one concern to every call, whatever the
+//! backend — as tower's layers wrap services. Each cross-cutting concern is one layer;
+//! [`StateStore::builder`] stacks the default ones over the backend and yours.
+//!
+//! ```text
+//! StateStore           enable flags, JSON, typed helpers, leases, limiter, watch
+//!   TracingLayer       a span per call
+//!   ClosedLayer        after destroy, every call fails with Closed
+//!   LimitLayer         empty or long names, large values, bad TTLs
+//!   CapabilityLayer    undeclared features fail with Unsupported
+//!   NamespaceLayer     prefix:name (StoreConfig::key_prefix, StateStore::with_prefix)
+//!   CompletionLayer    increments by CAS, TTL-keeping upserts, composed leases
+//!   your layers        StateStoreBuilder::layer (TimeoutLayer, your own), last added outermost
+//!   Backend            the adapter
+//! ```
+
+mod completion;
+mod concerns;
+mod intercept;
+mod namespace;
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::config::StoreConfig;
+use crate::store::StateStore;
+
+pub use completion::CompletionLayer;
+pub use concerns::{CapabilityLayer, ClosedLayer, LimitLayer, TimeoutLayer, TracingLayer};
+pub use intercept::{Call, CallInfo, Intercept, Intercepted, Site};
+pub use namespace::NamespaceLayer;
+
+/// Wraps a backend in another. Implement it for a concern of your own (metrics, say) — an
+/// [`Intercept`] is the short way — or use a closure:
+/// `|inner: Arc<dyn Backend>| -> Arc<dyn Backend>`.
+pub trait Layer {
+    /// The backend `inner` with this layer's concern added.
+    fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend>;
+}
+
+impl<F> Layer for F
+where
+    F: Fn(Arc<dyn Backend>) -> Arc<dyn Backend>,
+{
+    fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        self(inner)
+    }
+}
+
+/// Builds a [`StateStore`] over a backend wrapped in layers: [`StateStore::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use state_store_core::{DefaultStateStore, StateStore, StoreConfig, TimeoutLayer};
+///
+/// let store = StateStore::builder(DefaultStateStore::new())
+///     .layer(TimeoutLayer::new(Duration::from_secs(2)))
+///     .config(StoreConfig::default().with_prefix("billing"))
+///     .build();
+/// assert_eq!(store.name(), "memory");
+/// ```
+#[must_use]
+pub struct StateStoreBuilder {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+}
+
+impl std::fmt::Debug for StateStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStoreBuilder")
+            .field("backend", &self.backend.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl StateStoreBuilder {
+    pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+        StateStoreBuilder {
+            backend,
+            config: StoreConfig::default(),
+        }
+    }
+
+    /// Wraps the backend as built so far in `layer`: the last layer added is the outermost
+    /// of yours, the first to see each call after the default stack.
+    // By value, as tower's `ServiceBuilder::layer`: the builder owns what it is given.
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.backend = layer.layer(self.backend);
+        self
+    }
+
+    /// The handle's config (prefix, enable flags, limits, default TTL).
+    pub fn config(mut self, config: StoreConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The handle over the default stack (see the [module docs](self)) and your layers.
+    pub fn build(self) -> StateStore {
+        StateStore::over(CompletionLayer.layer(self.backend), self.config)
+    }
+}
+
+/// The layers of a handle above the completion layer: the namespace, the checks and tracing.
+/// `closed` is shared by every handle over one stack, so that destroying one closes all.
+pub(crate) fn handle_stack(
+    base: &Arc<dyn Backend>,
+    config: &StoreConfig,
+    closed: &ClosedLayer,
+) -> Arc<dyn Backend> {
+    let named = NamespaceLayer::new(&config.key_prefix).layer(Arc::clone(base));
+    Arc::new(Intercepted::new(
+        named,
+        (
+            TracingLayer::with_prefix(&config.key_prefix),
+            (
+                closed.clone(),
+                (
+                    LimitLayer::new(config.max_key_len, config.max_value_len),
+                    CapabilityLayer,
+                ),
+            ),
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        Capabilities, DefaultStateStore, Entry, Error, Result, SetOptions, TimeoutLayer, Version,
+    };
+
+    /// A store that never answers a write (a frozen server), and reads from memory.
+    #[derive(Debug)]
+    struct Frozen(DefaultStateStore);
+
+    #[async_trait]
+    impl Backend for Frozen {
+        fn name(&self) -> &str {
+            "frozen"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+            self.0.get_many(keys).await
+        }
+        async fn set(&self, _: &str, _: Vec<u8>, _: &SetOptions) -> Result<Version> {
+            std::future::pending().await
+        }
+        async fn remove(&self, _: &str, _: Option<&Version>) -> Result<bool> {
+            std::future::pending().await
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_ends_gives_outcome_unknown_and_reads_still_work() {
+        let store = StateStore::builder(Frozen(DefaultStateStore::new()))
+            .layer(TimeoutLayer::new(Duration::from_millis(20)))
+            .build();
+        let write = store.set_state("k", &serde_json::json!(1)).await;
+        assert!(
+            matches!(&write, Err(err) if err.may_have_applied()),
+            "{write:?}"
+        );
+        let counted = store.increment("n", 1, None).await;
+        assert!(
+            matches!(&counted, Err(Error::OutcomeUnknown { store, .. }) if store == "frozen"),
+            "{counted:?}"
+        );
+        assert_eq!(
+            store.get::<i64>("k").await.ok(),
+            Some(None),
+            "reads go through"
+        );
+    }
+
+    #[tokio::test]
+    async fn layers_wrap_in_order_and_the_config_applies() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tag = |name: &'static str| {
+            let order = Arc::clone(&order);
+            move |inner: Arc<dyn Backend>| {
+                order
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(name);
+                inner
+            }
+        };
+        let store = StateStore::builder(DefaultStateStore::new())
+            .layer(tag("first"))
+            .layer(tag("second"))
+            .config(StoreConfig::default().with_prefix("p"))
+            .build();
+        assert_eq!(
+            *order
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ["first", "second"]
+        );
+        assert_eq!(store.config().key_prefix, "p");
+        store
+            .set_state("k", &serde_json::json!(1))
+            .await
+            .expect("write");
+        assert_eq!(store.get::<i64>("k").await.expect("read"), Some(1));
+    }
+}
