@@ -1,11 +1,11 @@
 //! A store written outside this workspace's crates, proved with one macro line: a `HashMap`
-//! with versions and conditional writes, no TTL and no increment (the suite checks that those
-//! are refused with `Unsupported`). It registers a `map://` scheme, and the suite opens it by
-//! URL, as a service would with `state_store::open`.
+//! with versions and conditional writes, and no TTL (the suite checks that TTLs are refused
+//! with `Unsupported`). Its five methods are all it writes: the completion layer adds atomic
+//! increments from its compare-and-set. It registers a `map://` scheme, and the suite opens it
+//! by URL, as a service would with `state_store::open`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use state_store::{
     async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore, StoreConfig,
@@ -83,10 +83,6 @@ impl Backend for MapStore {
             }
             _ => Ok(map.values.remove(key).is_some()),
         }
-    }
-
-    async fn increment(&self, _: &str, _: i64, _: Option<Duration>) -> Result<i64, Error> {
-        Err(Error::unsupported("map", "atomic increment"))
     }
 
     async fn close(&self) -> Result<(), Error> {

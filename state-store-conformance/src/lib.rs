@@ -14,10 +14,10 @@
 //! ```no_run
 //! use std::collections::HashMap;
 //! use std::sync::{Arc, Mutex};
-//! use std::time::Duration;
 //! use state_store_core::{async_trait, Backend, Capabilities, Entry, Error, SetMode, SetOptions, StateStore, StoreConfig, Version};
 //!
-//! /// A tiny store: a `HashMap` with versions, no TTL, no increment.
+//! /// A tiny store: a `HashMap` with versions, no TTL (increments come from the completion
+//! /// layer, over its compare-and-set).
 //! #[derive(Debug, Clone, Default)]
 //! struct MapStore(Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>);
 //!
@@ -52,9 +52,6 @@
 //!             (Some(v), Some((_, n))) if v.as_str() != n.to_string() => Err(Error::Conflict { key: key.into() }),
 //!             _ => Ok(map.remove(key).is_some()),
 //!         }
-//!     }
-//!     async fn increment(&self, _: &str, _: i64, _: Option<Duration>) -> Result<i64, Error> {
-//!         Err(Error::unsupported("map", "atomic increment"))
 //!     }
 //!     async fn close(&self) -> Result<(), Error> { Ok(()) }
 //! }

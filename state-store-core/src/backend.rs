@@ -13,7 +13,6 @@ use crate::error::Result;
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
 
-
 /// When a write may happen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SetMode {

@@ -158,4 +158,3 @@ impl futures_core::Stream for ChannelStream {
         self.0.poll_recv(cx)
     }
 }
-

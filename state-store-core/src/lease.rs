@@ -48,8 +48,8 @@ use tokio::time::Instant;
 
 use crate::backend::{SetMode, SetOptions, MAX_TTL};
 use crate::cas::CAS_DEADLINE;
-use crate::native::{LeaseAcquire, LeaseGrant};
 use crate::error::{Error, Operation, Result};
+use crate::native::{LeaseAcquire, LeaseGrant};
 use crate::retry::Backoff;
 use crate::store::StateStore;
 

@@ -151,16 +151,14 @@ impl Watch {
                 key: name,
                 value,
                 version,
-            } => {
-                match decode::<Value>(&name, &value) {
-                    Ok(value) => WatchEvent::Put {
-                        name,
-                        value,
-                        version,
-                    },
-                    Err(err) => return Err(err),
-                }
-            }
+            } => match decode::<Value>(&name, &value) {
+                Ok(value) => WatchEvent::Put {
+                    name,
+                    value,
+                    version,
+                },
+                Err(err) => return Err(err),
+            },
             BackendEvent::Removed {
                 key: name,
                 cause,

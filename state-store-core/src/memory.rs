@@ -17,8 +17,8 @@ use crate::cas::parse_counter;
 use crate::change::{
     watch_channel, BackendEvent, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
 };
-use crate::version::{Entry, Version};
 use crate::error::{Error, Result};
+use crate::version::{Entry, Version};
 
 /// How often the background sweep runs by default.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -168,7 +168,13 @@ mod tests {
 
     #[test]
     fn the_lease_record_is_json_with_the_token_last() {
-        let request = LeaseAcquire::new("r", "c", "ada \"lovelace\" ü", "n0nce", Duration::from_secs(1));
+        let request = LeaseAcquire::new(
+            "r",
+            "c",
+            "ada \"lovelace\" ü",
+            "n0nce",
+            Duration::from_secs(1),
+        );
         let record: serde_json::Value =
             serde_json::from_slice(&request.record(Some(42))).unwrap_or_default();
         assert_eq!(
@@ -179,6 +185,9 @@ mod tests {
             serde_json::from_slice(&request.record(None)).unwrap_or_default();
         assert_eq!(pending["token"], serde_json::Value::Null);
         let (before, after) = request.record_around_token();
-        assert_eq!(format!("{before}42{after}").into_bytes(), request.record(Some(42)));
+        assert_eq!(
+            format!("{before}42{after}").into_bytes(),
+            request.record(Some(42))
+        );
     }
 }

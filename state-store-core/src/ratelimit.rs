@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{SetMode, SetOptions};
 use crate::cas::CAS_DEADLINE;
-use crate::native::{RateAlgorithm, RateLimitReply, RateLimitRequest};
 use crate::error::{Error, Operation, Result};
+use crate::native::{RateAlgorithm, RateLimitReply, RateLimitRequest};
 use crate::retry::Backoff;
 use crate::store::StateStore;
 

@@ -100,6 +100,8 @@ struct Inner {
     /// The backend with the completion layer and the builder's layers: what
     /// [`StateStore::with_prefix`] stacks another namespace on.
     base: Arc<dyn Backend>,
+    /// The backend under every layer.
+    raw: Arc<dyn Backend>,
     closed: ClosedLayer,
     config: StoreConfig,
     capabilities: Capabilities,
@@ -142,15 +144,26 @@ impl StateStore {
     /// A handle over a shared backend, for several handles (say, with different configs) over
     /// one set of connections.
     pub fn from_arc(backend: Arc<dyn Backend>, config: StoreConfig) -> Self {
-        Self::over(crate::CompletionLayer.layer(backend), config)
+        Self::over(Arc::clone(&backend), backend, config)
     }
 
-    /// A handle whose layers sit over `base` (a backend under the completion layer).
-    pub(crate) fn over(base: Arc<dyn Backend>, config: StoreConfig) -> Self {
-        Self::assemble(base, config, ClosedLayer::new())
+    /// A handle over `layered` (the builder's layers over `raw`), with the default stack on
+    /// top.
+    pub(crate) fn over(
+        raw: Arc<dyn Backend>,
+        layered: Arc<dyn Backend>,
+        config: StoreConfig,
+    ) -> Self {
+        let base = crate::CompletionLayer.layer(layered);
+        Self::assemble(raw, base, config, ClosedLayer::new())
     }
 
-    fn assemble(base: Arc<dyn Backend>, mut config: StoreConfig, closed: ClosedLayer) -> Self {
+    fn assemble(
+        raw: Arc<dyn Backend>,
+        base: Arc<dyn Backend>,
+        mut config: StoreConfig,
+        closed: ClosedLayer,
+    ) -> Self {
         config.key_prefix = normalize_prefix(&config.key_prefix);
         let stack = handle_stack(&base, &config, &closed);
         let capabilities = stack.capabilities();
@@ -158,6 +171,7 @@ impl StateStore {
             inner: Arc::new(Inner {
                 stack,
                 base,
+                raw,
                 closed,
                 config,
                 capabilities,
@@ -172,6 +186,7 @@ impl StateStore {
         let mut config = self.inner.config.clone();
         config.key_prefix = join_prefix(&config.key_prefix, prefix);
         Self::assemble(
+            Arc::clone(&self.inner.raw),
             Arc::clone(&self.inner.base),
             config,
             self.inner.closed.clone(),
@@ -204,6 +219,12 @@ impl StateStore {
     /// the handle does not offer.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.stack
+    }
+
+    /// The backend under every layer, as it was given: for tests of the backend itself
+    /// (keys as stored, no checks, no completion).
+    pub fn raw_backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.raw
     }
 
     /// The stack to call. Calls go through `&dyn Backend`: on the `Arc` itself, method

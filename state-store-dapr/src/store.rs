@@ -11,10 +11,7 @@ use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{
     DeleteStateRequest, GetBulkStateRequest, GetMetadataRequest, GetStateRequest, SaveStateRequest,
 };
-use state_store_core::{
-    increment_with_cas, retry_lost_races, Backend, Capabilities, CloseFlag, Entry, Error, Result,
-    SetMode, SetOptions, Version,
-};
+use state_store_core::{Backend, Capabilities, Entry, Error, Result, SetMode, SetOptions, Version};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -95,7 +92,6 @@ pub struct DaprStateStore {
     persistent: bool,
     /// Each call's deadline, from the moment it is made (see [`DaprStateStore::within`]).
     request_timeout: Duration,
-    closed: CloseFlag,
 }
 
 impl std::fmt::Debug for Token {
@@ -175,12 +171,7 @@ impl DaprStateStore {
             atomic,
             persistent: component.r#type != "state.in-memory",
             request_timeout: config.timeouts.request,
-            closed: CloseFlag::new(),
         })
-    }
-
-    fn check_open(&self) -> Result<()> {
-        self.closed.check(STORE)
     }
 
     /// Runs one gRPC call within the request timeout. tonic's own deadline starts only when
@@ -251,8 +242,8 @@ impl DaprStateStore {
         }
     }
 
-    /// A write keeping the key's deadline. An update takes it from its version; an upsert
-    /// reads it, then writes conditionally on that read.
+    /// A write keeping the key's deadline: an update takes it from its version. An upsert
+    /// cannot in one write (the completion layer reads, then updates).
     async fn write_keeping_ttl(
         &self,
         key: &str,
@@ -273,20 +264,9 @@ impl DaprStateStore {
                 };
                 (SetMode::Update(version.clone()), ttl)
             }
-            SetMode::Upsert => loop {
-                let Some(stored) = self.read_raw(key).await?.filter(Stored::live) else {
-                    break (SetMode::Create, TtlChange::from_write(options.ttl));
-                };
-                let ttl = match stored.expires_at {
-                    None => TtlChange::Clear,
-                    // Expired while settling: read again, it may be gone or replaced.
-                    Some(at) => match settle(at).await {
-                        Some(left) => TtlChange::Until(left),
-                        None => continue,
-                    },
-                };
-                break (SetMode::Update(stored.version()), ttl);
-            },
+            SetMode::Upsert => {
+                return Err(Error::unsupported(STORE, "keeping the TTL in an upsert"));
+            }
         };
         self.write(key, value, &mode, ttl, options.want_version)
             .await
@@ -481,13 +461,14 @@ impl Backend for DaprStateStore {
         Capabilities::full()
             .with_ttl(self.atomic)
             .with_conditional(self.atomic)
-            .with_increment(self.atomic)
+            .with_increment(false)
+            // Without TTLs there is no TTL to keep.
+            .with_upsert_keep_ttl(!self.atomic)
             .with_persistent(self.persistent)
             .with_max_value_len(3 * 1024 * 1024)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        self.check_open()?;
         if let [key] = keys {
             return Ok(vec![self.read(key).await?]);
         }
@@ -528,7 +509,6 @@ impl Backend for DaprStateStore {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        self.check_open()?;
         if options.ttl.is_some() && !self.atomic {
             return Err(Error::unsupported(STORE, "atomic expiry"));
         }
@@ -542,15 +522,10 @@ impl Backend for DaprStateStore {
                 .write(key, value, &options.mode, ttl, options.want_version)
                 .await;
         }
-        if options.mode == SetMode::Upsert {
-            retry_lost_races(|| self.write_keeping_ttl(key, value.clone(), options)).await
-        } else {
-            self.write_keeping_ttl(key, value, options).await
-        }
+        self.write_keeping_ttl(key, value, options).await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        self.check_open()?;
         let (etag, options) = match expected {
             None => (None, None),
             Some(_) if !self.atomic => return Err(Error::unsupported(STORE, "conditional writes")),
@@ -573,16 +548,8 @@ impl Backend for DaprStateStore {
         Ok(true)
     }
 
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        self.check_open()?;
-        if !self.atomic {
-            return Err(Error::unsupported(STORE, "atomic increment"));
-        }
-        increment_with_cas(self, key, delta, ttl).await
-    }
-
     async fn close(&self) -> Result<()> {
-        self.closed.close();
+        // The gRPC channel closes with the last clone of the client.
         Ok(())
     }
 }

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use state_store_core::{
-    increment_with_cas, retry_lost_races, watch_channel, Backend, BackendEvent, Backoff,
-    Capabilities, Entry, Error, KeyPage, KeySelector, RemoveCause, Result, SetMode, SetOptions,
-    Version, WatchStart, WatchStream, WatchSupport, PREFIX_SEPARATOR,
+    watch_channel, Backend, BackendEvent, Backoff, Capabilities, Entry, Error, Extensions, KeyPage,
+    KeySelector, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
+    WatchStart, WatchStream, WatchSupport, PREFIX_SEPARATOR,
 };
 use tokio::sync::mpsc;
 
@@ -273,17 +273,6 @@ impl NatsStateStore {
         }))
     }
 
-    /// For an upsert keeping the TTL: the revision to expect, and the live value's deadline
-    /// (`Some(None)`: live without one; `None`: no live value, the write creates it).
-    async fn current_deadline(&self, key: &str) -> Result<(u64, Option<Option<i128>>)> {
-        let message = self.last_message(key).await?;
-        Ok(match message {
-            Some(m) if is_live(&m, now_ms()) => (m.sequence, Some(deadline_ms(&m))),
-            Some(m) => (m.sequence, None),
-            None => (0, None),
-        })
-    }
-
     /// Publishes one write and waits for its acknowledgement: the new revision.
     async fn publish(&self, key: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
         let link = self.links.get().await?;
@@ -300,8 +289,7 @@ impl NatsStateStore {
     }
 
     /// One attempt of [`Backend::set`].
-    async fn set_once(&self, key: &str, payload: &Bytes, options: &SetOptions) -> Result<Version> {
-        let payload = payload.clone();
+    async fn set_once(&self, key: &str, payload: Bytes, options: &SetOptions) -> Result<Version> {
         let now = now_ms();
         let new_deadline = options
             .ttl
@@ -322,12 +310,6 @@ impl NatsStateStore {
                 }
                 let deadline = if options.keep_ttl { kept } else { new_deadline };
                 (Some(seq), deadline)
-            }
-            // Keeping the TTL needs the current deadline: one read, then a write conditional
-            // on what was read, so no other write slips in between.
-            SetMode::Upsert if options.keep_ttl && self.ttl => {
-                let (seq, live) = self.current_deadline(key).await?;
-                (Some(seq), live.unwrap_or(new_deadline))
             }
             SetMode::Upsert => (None, new_deadline),
         };
@@ -541,6 +523,9 @@ impl Backend for NatsStateStore {
             .with_list(true)
             .with_watch(WatchSupport::Compacted)
             .with_ttl(self.ttl)
+            .with_increment(false)
+            // Without TTLs in the bucket there is no TTL to keep.
+            .with_upsert_keep_ttl(!self.ttl)
             .with_batch_get(false)
             .with_persistent(self.persistent)
             .with_max_value_len(self.max_value_len)
@@ -551,16 +536,14 @@ impl Backend for NatsStateStore {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        self.links.closed.check(STORE)?;
         if options.ttl.is_some() && !self.ttl {
             return Err(Error::unsupported(STORE, "atomic expiry"));
         }
-        let payload = Bytes::from(value);
         if options.mode == SetMode::Upsert && options.keep_ttl && self.ttl {
-            retry_lost_races(|| self.set_once(key, &payload, options)).await
-        } else {
-            self.set_once(key, &payload, options).await
+            // Not one write here: the completion layer reads, then updates.
+            return Err(Error::unsupported(STORE, "keeping the TTL in an upsert"));
         }
+        self.set_once(key, Bytes::from(value), options).await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
@@ -589,11 +572,17 @@ impl Backend for NatsStateStore {
         Ok(true)
     }
 
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        self.links.closed.check(STORE)?;
-        increment_with_cas(self, key, delta, ttl).await
+    async fn close(&self) -> Result<()> {
+        self.links.close().await
     }
 
+    fn extensions(&self) -> Extensions<'_> {
+        Extensions::none().with_list(self).with_watch(self)
+    }
+}
+
+#[async_trait]
+impl ListKeys for NatsStateStore {
     /// An ordered consumer on the keys below `prefix`'s whole segments (a server-side subject
     /// filter, `_E_.tenant.sessions.>`), keys read back and matched exactly here; sorted.
     /// Every page reads the filtered keys' headers once (no values): keyset pages cost the
@@ -647,7 +636,10 @@ impl Backend for NatsStateStore {
         let next = more.then(|| keys.last().cloned()).flatten();
         Ok(KeyPage::new(keys, next))
     }
+}
 
+#[async_trait]
+impl WatchKeys for NatsStateStore {
     /// The bucket's own change stream, resumable by revision (the KV revision a version
     /// carries); removals and expiry (the server's TTL marker, up to a second after the
     /// deadline) are reported. The bucket keeps one message per key
@@ -697,10 +689,6 @@ impl Backend for NatsStateStore {
         };
         tokio::spawn(follower.run(messages));
         Ok(stream)
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.links.close().await
     }
 }
 

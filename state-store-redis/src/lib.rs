@@ -22,7 +22,9 @@
 
 mod config;
 mod error;
+mod native;
 mod store;
+mod watch;
 
 pub use config::RedisConfig;
 pub use store::RedisStateStore;

@@ -134,6 +134,7 @@ pub async fn get_state_many(ctx: Context) {
     // Through the backend, which does not deduplicate: each slot answers its own key, in
     // order, also when a key is asked twice; short and long lists (backends batch them
     // differently), with and without versions.
+    let backend = store.raw_backend();
     let key = |name: &str| format!("{}:{name}", store.config().key_prefix);
     let short: Vec<&str> = vec!["n3", "n21", "n3", "n0", "n21"];
     let long: Vec<&str> = short
@@ -156,29 +157,31 @@ pub async fn get_state_many(ctx: Context) {
             })
             .collect();
         let json = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).ok();
-        let entries = ok(store.backend().get_many(&keys).await, "get_many");
+        let entries = ok(backend.get_many(&keys).await, "get_many");
         let from_entries: Vec<Option<Value>> = entries
             .iter()
             .map(|e| e.as_ref().and_then(|e| json(&e.value)))
             .collect();
         assert_eq!(from_entries, expected, "get_many of {names:?}");
-        let values = ok(store.backend().get_values(&keys).await, "get_values");
+        let values = ok(backend.get_values(&keys).await, "get_values");
         let from_values: Vec<Option<Value>> =
             values.iter().map(|v| v.as_deref().and_then(json)).collect();
         assert_eq!(from_values, expected, "get_values of {names:?}");
     }
     // One key at a time, the path typed `get` takes.
     for name in ["n3", "n19", "n21", "n0"] {
-        let value = ok(store.backend().get_value(key(name)).await, "get_value");
+        let value = ok(backend.get_values(&[key(name)]).await, "get_values").pop();
         let expected = name[1..]
             .parse::<i64>()
             .ok()
             .filter(|&i| i < 20)
             .map(|i| json!(i));
         assert_eq!(
-            value.and_then(|v| serde_json::from_slice::<Value>(&v).ok()),
+            value
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<Value>(&v).ok()),
             expected,
-            "get_value of {name}"
+            "get_values of {name}"
         );
     }
 }
@@ -275,13 +278,15 @@ pub async fn capabilities_are_truthful(ctx: Context) {
     assert!(caps.max_key_len > 0 && caps.max_value_len > 0);
 }
 
-/// The backend itself — not only the handle in front of it — refuses what its capabilities
-/// leave out with `Unsupported`, and a refused write writes nothing: a layer or a caller that
-/// goes around the handle gets no silent half-support.
+/// The backend itself — not only the stack in front of it — refuses what its capabilities
+/// leave out with `Unsupported`, and a refused write writes nothing; it offers an extension
+/// exactly when it declares the feature. A layer or a caller that goes around the handle gets
+/// no silent half-support.
 pub async fn the_backend_refuses_what_it_does_not_declare(ctx: Context) {
     let store = ctx.store().await;
-    let caps = store.capabilities().clone();
-    let backend = store.backend();
+    let backend = store.raw_backend();
+    let caps = backend.capabilities();
+    let extensions = backend.extensions();
     let key = |name: &str| format!("{}:{name}", store.config().key_prefix);
     let refused = |what: &str, result: Result<(), Error>| match result {
         Err(Error::Unsupported { .. }) => {}
@@ -301,25 +306,34 @@ pub async fn the_backend_refuses_what_it_does_not_declare(ctx: Context) {
             .await;
         refused("Create", written.map(drop));
     }
-    if !caps.increment {
-        refused(
-            "increment",
-            backend.increment(&key("raw-incr"), 1, None).await.map(drop),
-        );
+    if caps.ttl && !caps.upsert_keep_ttl {
+        let options = SetOptions::new().keep_ttl(true);
+        let written = backend.set(&key("raw-keep"), b"1".to_vec(), &options).await;
+        refused("an upsert keeping the TTL", written.map(drop));
     }
-    if !caps.list {
-        refused(
-            "list",
-            backend.list_keys(&key(""), None, 10).await.map(drop),
-        );
-    }
-    if caps.watch == WatchSupport::None {
-        let selector = KeySelector::Prefix(key(""));
-        refused(
-            "watch",
-            backend.watch(&selector, &WatchStart::Now).await.map(drop),
-        );
-    }
+    assert_eq!(
+        extensions.increment.is_some(),
+        caps.increment,
+        "offers increments exactly when it declares them"
+    );
+    assert_eq!(
+        extensions.list.is_some(),
+        caps.list,
+        "offers listing exactly when it declares it"
+    );
+    assert_eq!(
+        extensions.watch.is_some(),
+        caps.watch != WatchSupport::None,
+        "offers watching exactly when it declares it"
+    );
+    // And the stack over it completes what it can, and declares that.
+    let stack = store.capabilities();
+    assert_eq!(stack.increment, caps.increment || caps.conditional);
+    assert_eq!(
+        store.backend().extensions().lease.is_some(),
+        stack.leases(),
+        "the stack offers leases exactly when it declares them"
+    );
 }
 
 /// After `destroy`, every operation fails with a clear error, and nothing hangs; a second

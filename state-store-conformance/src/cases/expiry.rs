@@ -213,10 +213,12 @@ pub async fn fixed_window_closes_under_traffic(ctx: Context) {
 /// When `name` expires, where the backend reports it (read through the backend, bypassing
 /// the handle, which does not expose deadlines).
 async fn deadline(store: &StateStore, name: &str) -> Option<std::time::Instant> {
-    let key = format!("{}:{name}", store.config().key_prefix);
-    let entry = ok(store.backend().get_many(&[key]).await, "get_many")
-        .pop()
-        .flatten()?;
+    let entry = ok(
+        store.backend().get_many(&[name.to_owned()]).await,
+        "get_many",
+    )
+    .pop()
+    .flatten()?;
     Some(std::time::Instant::now() + entry.expires_in?)
 }
 

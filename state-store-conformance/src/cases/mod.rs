@@ -13,8 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use state_store_core::{
-    Error, KeySelector, Operation, SetMode, SetOptions, StateStore, StoreConfig, WatchStart,
-    WatchSupport, MAX_TTL,
+    Error, Operation, SetMode, SetOptions, StateStore, StoreConfig, WatchSupport, MAX_TTL,
 };
 
 use crate::context::Context;

@@ -61,6 +61,7 @@ where
 /// ```
 #[must_use]
 pub struct StateStoreBuilder {
+    raw: Arc<dyn Backend>,
     backend: Arc<dyn Backend>,
     config: StoreConfig,
 }
@@ -77,6 +78,7 @@ impl std::fmt::Debug for StateStoreBuilder {
 impl StateStoreBuilder {
     pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
         StateStoreBuilder {
+            raw: Arc::clone(&backend),
             backend,
             config: StoreConfig::default(),
         }
@@ -99,7 +101,7 @@ impl StateStoreBuilder {
 
     /// The handle over the default stack (see the [module docs](self)) and your layers.
     pub fn build(self) -> StateStore {
-        StateStore::over(CompletionLayer.layer(self.backend), self.config)
+        StateStore::over(self.raw, self.backend, self.config)
     }
 }
 

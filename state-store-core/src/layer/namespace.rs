@@ -103,10 +103,7 @@ impl Backend for Namespace {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let keys = self.keys(keys);
-        self.inner
-            .get_many(&keys)
-            .await
-            .map_err(|e| self.rename(e))
+        self.inner.get_many(&keys).await.map_err(|e| self.rename(e))
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -232,7 +229,10 @@ impl CheckRateLimit for Namespace {
             .ok_or_else(|| self.missing("native rate limits"))?;
         let key = self.key(request.key);
         limits
-            .rate_limit(&RateLimitRequest { key: &key, ..*request })
+            .rate_limit(&RateLimitRequest {
+                key: &key,
+                ..*request
+            })
             .await
             .map_err(|e| self.rename(e))
     }

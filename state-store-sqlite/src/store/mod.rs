@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use state_store_core::{
-    watch_channel, Backend, BackendEvent, Capabilities, Entry, Error, KeyPage, KeySelector,
-    RemoveCause, Result, SetMode, SetOptions, Version, WatchStart, WatchStream, WatchSupport,
+    watch_channel, Backend, BackendEvent, Capabilities, Entry, Error, Extensions, Increment,
+    KeyPage, KeySelector, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
+    WatchStart, WatchStream, WatchSupport,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -356,9 +357,14 @@ impl Backend for SqliteStateStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // The change feed is read from the file: an in-memory database has none.
+        let watch = match self.file {
+            Some(_) => WatchSupport::Resumable,
+            None => WatchSupport::None,
+        };
         Capabilities::full()
             .with_list(true)
-            .with_watch(WatchSupport::Resumable)
+            .with_watch(watch)
             .with_max_value_len(256 * 1024 * 1024)
     }
 
@@ -391,6 +397,27 @@ impl Backend for SqliteStateStore {
         .await
     }
 
+    async fn close(&self) -> Result<()> {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.sender.send(Message::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    fn extensions(&self) -> Extensions<'_> {
+        let extensions = Extensions::none().with_increment(self).with_list(self);
+        match self.file {
+            Some(_) => extensions.with_watch(self),
+            None => extensions,
+        }
+    }
+}
+
+#[async_trait]
+impl Increment for SqliteStateStore {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
         let sum = self
             .write(
@@ -403,14 +430,20 @@ impl Backend for SqliteStateStore {
             key: key.to_owned(),
         })
     }
+}
 
+#[async_trait]
+impl ListKeys for SqliteStateStore {
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
         self.call(move |conn| list_keys(conn, &prefix, after.as_deref(), limit).map_err(map))
             .await
     }
+}
 
+#[async_trait]
+impl WatchKeys for SqliteStateStore {
     /// The change feed (see the crate docs): resumable from any event's version for as long
     /// as changes are kept (5 minutes); older than that, the watch starts with `Resync`.
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
@@ -444,16 +477,6 @@ impl Backend for SqliteStateStore {
             // The thread failed before it started: the error is in the stream.
             Err(_) => Ok(stream),
         }
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        let (tx, rx) = oneshot::channel();
-        if self.sender.send(Message::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
-        Ok(())
     }
 }
 
