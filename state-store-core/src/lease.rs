@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use crate::backend::{SetMode, SetOptions, MAX_TTL};
 use crate::cas::CAS_DEADLINE;
 use crate::error::{Error, Operation, Result};
+use crate::layer::Call;
 use crate::native::{LeaseAcquire, LeaseGrant};
 use crate::retry::Backoff;
 use crate::store::StateStore;
@@ -246,12 +247,6 @@ impl LeaseRequest {
     async fn acquire_once(&self, record_name: &str, record: &Record) -> Result<LeaseGrant> {
         let store = &self.store;
         store.check(Operation::Set)?;
-        let leases = store.extensions().lease.ok_or_else(|| {
-            Error::unsupported(
-                store.name(),
-                "leases (they need atomic expiry, conditional writes and atomic increments)",
-            )
-        })?;
         let counter = counter_name(&self.name);
         let request = LeaseAcquire::new(
             record_name,
@@ -260,6 +255,10 @@ impl LeaseRequest {
             &record.nonce,
             self.ttl,
         );
+        let Some(leases) = store.extensions().lease else {
+            let call = Call::Lease { request: &request };
+            return Err(self.rename(store.refuse(&call, "leases")));
+        };
         leases
             .acquire_lease(&request)
             .await

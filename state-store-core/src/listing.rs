@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::change::{BackendEvent, KeySelector, RemoveCause, WatchStart, WatchStream};
 use crate::error::{Error, Operation, Result};
+use crate::layer::Call;
 use crate::store::{decode, StateStore};
 use crate::version::Version;
 
@@ -195,8 +196,9 @@ impl StateStore {
     /// a page size of 0 or above [`MAX_PAGE`]; and see [`StateStore`].
     pub async fn list(&self, prefix: &str, options: ListOptions) -> Result<Page> {
         self.check(Operation::Get)?;
-        let lister = self.extensions().list;
-        let lister = lister.ok_or_else(|| Error::unsupported(self.name(), "listing keys"))?;
+        let Some(lister) = self.extensions().list else {
+            return Err(self.refuse(&Call::List { prefix }, "listing keys"));
+        };
         let limit = options.limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(Error::invalid_key(
@@ -260,12 +262,17 @@ impl StateStore {
     /// [`StateStore`].
     pub async fn watch(&self, selector: Selector, start: WatchStart) -> Result<Watch> {
         self.check(Operation::Get)?;
-        let watcher = self.extensions().watch;
-        let watcher = watcher.ok_or_else(|| Error::unsupported(self.name(), "watching changes"))?;
         let selector = match selector {
             Selector::Name(name) => KeySelector::Key(name),
             Selector::Prefix(prefix) => KeySelector::Prefix(prefix),
             Selector::All => KeySelector::Prefix(String::new()),
+        };
+        let Some(watcher) = self.extensions().watch else {
+            let call = Call::Watch {
+                selector: &selector,
+                start: &start,
+            };
+            return Err(self.refuse(&call, "watching changes"));
         };
         let inner = watcher.watch(&selector, &start).await?;
         Ok(Watch { inner })

@@ -13,7 +13,7 @@ use crate::capability::Capabilities;
 use crate::config::StoreConfig;
 use crate::error::{Error, Operation, Result};
 use crate::key::{join_prefix, normalize_prefix};
-use crate::layer::{handle_stack, ClosedLayer, Layer};
+use crate::layer::{handle_stack, Call, ClosedLayer, HandleStack, Layer};
 use crate::version::{Entry, Version};
 
 /// The answer of [`StateStore::get_state`]: one entry per requested name; `None` when the name
@@ -97,6 +97,8 @@ pub struct StateStore {
 struct Inner {
     /// What calls go through: the handle's layers over `base`.
     stack: Arc<dyn Backend>,
+    /// The same, typed: its top intercept.
+    top: Arc<HandleStack>,
     /// The backend with the completion layer and the builder's layers: what
     /// [`StateStore::with_prefix`] stacks another namespace on.
     base: Arc<dyn Backend>,
@@ -165,11 +167,12 @@ impl StateStore {
         closed: ClosedLayer,
     ) -> Self {
         config.key_prefix = normalize_prefix(&config.key_prefix);
-        let stack = handle_stack(&base, &config, &closed);
-        let capabilities = stack.capabilities();
+        let top = handle_stack(&base, &config, &closed);
+        let capabilities = top.capabilities();
         StateStore {
             inner: Arc::new(Inner {
-                stack,
+                stack: Arc::clone(&top) as Arc<dyn Backend>,
+                top,
                 base,
                 raw,
                 closed,
@@ -237,6 +240,12 @@ impl StateStore {
     /// The stack's optional operations.
     pub(crate) fn extensions(&self) -> Extensions<'_> {
         self.inner.stack.extensions()
+    }
+
+    /// Why `call`, of an extension the stack does not offer, fails: what the layers refuse
+    /// first (a closed store, a bad name), else `Unsupported` for `feature`.
+    pub(crate) fn refuse(&self, call: &Call<'_>, feature: &'static str) -> Error {
+        self.inner.top.refuse(call, feature)
     }
 
     /// Reads every requested name in one backend call (one round trip where the backend
@@ -344,10 +353,13 @@ impl StateStore {
         ttl_on_create: Option<Duration>,
     ) -> Result<i64> {
         self.check(Operation::Set)?;
-        let counter = self
-            .extensions()
-            .increment
-            .ok_or_else(|| Error::unsupported(self.name(), "atomic increment"))?;
+        let Some(counter) = self.extensions().increment else {
+            let call = Call::Increment {
+                key: name,
+                ttl: ttl_on_create,
+            };
+            return Err(self.refuse(&call, "atomic increment"));
+        };
         counter.increment(name, delta, ttl_on_create).await
     }
 

@@ -264,6 +264,15 @@ impl<I: Intercept> Intercepted<I> {
     fn missing(&self, feature: &'static str) -> Error {
         Error::unsupported(self.inner.name(), feature)
     }
+
+    /// Why `call`, of an extension the backend below does not offer, fails: what the
+    /// intercept refuses first (a closed store, a bad key), else `Unsupported`.
+    pub(crate) fn refuse(&self, call: &Call<'_>, feature: &'static str) -> Error {
+        match self.before(call) {
+            Err(err) => err,
+            Ok(_) => self.missing(feature),
+        }
+    }
 }
 
 #[async_trait]

@@ -105,13 +105,17 @@ impl StateStoreBuilder {
     }
 }
 
+/// The checks and tracing at the top of a handle's stack, as one intercept.
+pub(crate) type HandleStack =
+    Intercepted<(TracingLayer, (ClosedLayer, (LimitLayer, CapabilityLayer)))>;
+
 /// The layers of a handle above the completion layer: the namespace, the checks and tracing.
 /// `closed` is shared by every handle over one stack, so that destroying one closes all.
 pub(crate) fn handle_stack(
     base: &Arc<dyn Backend>,
     config: &StoreConfig,
     closed: &ClosedLayer,
-) -> Arc<dyn Backend> {
+) -> Arc<HandleStack> {
     let named = NamespaceLayer::new(&config.key_prefix).layer(Arc::clone(base));
     Arc::new(Intercepted::new(
         named,
