@@ -70,6 +70,7 @@
 //!
 pub mod cases;
 mod context;
+mod elections;
 pub mod faults;
 mod leases;
 mod limits;
@@ -152,6 +153,8 @@ macro_rules! __conformance_cases {
                 with_lease_runs_alone_and_cancels_on_loss
                 lease_mutual_exclusion
                 lease_of_a_killed_holder_is_taken_over
+            }
+            elections {
                 election_has_one_leader_and_fails_over
             }
             limits {

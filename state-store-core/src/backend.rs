@@ -13,6 +13,9 @@ use crate::error::Result;
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
 
+#[cfg(doc)]
+use crate::{increment_with_cas, Error};
+
 /// When a write may happen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SetMode {

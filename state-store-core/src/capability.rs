@@ -2,6 +2,8 @@
 
 #[cfg(doc)]
 use crate::Error;
+#[cfg(doc)]
+use crate::{BackendEvent, WatchStart};
 
 /// What a backend supports. A backend declares what it does itself; a layer declares what
 /// the stack under it does (the completion layer adds what it composes). The capability

@@ -6,6 +6,9 @@ use std::fmt;
 use crate::error::Result;
 use crate::version::Version;
 
+#[cfg(doc)]
+use crate::WatchSupport;
+
 /// A page of stored keys: [`ListKeys`](crate::ListKeys).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

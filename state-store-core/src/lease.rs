@@ -36,18 +36,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backend::{SetMode, SetOptions, MAX_TTL};
-use crate::cas::CAS_DEADLINE;
 use crate::error::{Error, Operation, Result};
 use crate::layer::Call;
 use crate::native::{LeaseAcquire, LeaseGrant};
@@ -96,29 +93,6 @@ struct Record {
     token: Option<u64>,
 }
 
-/// A fenced value as stored by [`StateStore::set_fenced`].
-#[derive(Serialize)]
-struct FencedRecord<'a, T: ?Sized> {
-    fence: u64,
-    value: &'a T,
-}
-
-/// Only the fence of a stored fenced value.
-#[derive(Deserialize)]
-struct FenceOnly {
-    fence: u64,
-}
-
-/// A value written with [`StateStore::set_fenced`], with the token of its writer.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Fenced<T> {
-    /// The value.
-    pub value: T,
-    /// The token it was written with: the highest token this name has seen.
-    #[serde(rename = "fence")]
-    pub token: FencingToken,
-}
-
 /// `lease:{<name>}`: the braces make it a Redis Cluster hash tag, so the record and the
 /// counter share a slot and one script can touch both.
 fn record_name(name: &str) -> String {
@@ -134,9 +108,9 @@ fn counter_name(name: &str) -> String {
 #[derive(Debug, Clone)]
 #[must_use = "a lease request does nothing until `try_acquire` or `acquire`"]
 pub struct LeaseRequest {
-    store: StateStore,
-    name: String,
-    ttl: Duration,
+    pub(crate) store: StateStore,
+    pub(crate) name: String,
+    pub(crate) ttl: Duration,
     holder: String,
 }
 
@@ -278,7 +252,7 @@ fn rename(name: &str, err: Error) -> Error {
 }
 
 /// A random pause between attempts to take a lease held by somebody else.
-fn poll_pause(ttl: Duration) -> Duration {
+pub(crate) fn poll_pause(ttl: Duration) -> Duration {
     let base = (ttl / 4).min(Duration::from_millis(500));
     base + base.mul_f64(rand::random::<f64>())
 }
@@ -462,7 +436,7 @@ impl Lease {
 
     /// Renews every third of the TTL until the lease is lost; retries failed renews (say, the
     /// store is briefly unreachable) until the local deadline passes.
-    async fn keep_alive(&self) {
+    pub(crate) async fn keep_alive(&self) {
         let period = self.inner.ttl / 3;
         loop {
             tokio::select! {
@@ -578,224 +552,5 @@ impl StateStore {
             .await
             .map_err(|e| rename(name, e))?
             .map(|record| record.holder))
-    }
-
-    /// Writes `value` under `name` only if `token` is at least the highest token written to
-    /// `name` so far: a holder whose lease was taken over cannot overwrite what the next
-    /// holder wrote. The value is stored with its token as `{"fence": token, "value": …}`;
-    /// read it with [`StateStore::get_fenced`]. Removing the name forgets its highest token.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Fenced`] when a higher token was seen (nothing written);
-    /// [`Error::Unsupported`] without conditional writes; [`Error::Decode`] when `name`
-    /// holds a value that was not written fenced; [`Error::Conflict`] after losing races for
-    /// [`CAS_DEADLINE`](crate::CAS_DEADLINE); and see [`StateStore`].
-    pub async fn set_fenced<T: Serialize + ?Sized>(
-        &self,
-        name: &str,
-        value: &T,
-        token: FencingToken,
-    ) -> Result<()> {
-        self.require(self.capabilities().conditional, "conditional writes")?;
-        let record = FencedRecord {
-            fence: token.0,
-            value,
-        };
-        let mut backoff = Backoff::new(usize::MAX, CAS_DEADLINE);
-        loop {
-            let mode = match self.get_versioned::<FenceOnly>(name).await? {
-                None => SetMode::Create,
-                Some(current) if current.value.fence > token.0 => {
-                    return Err(Error::Fenced {
-                        key: name.to_owned(),
-                        token: token.0,
-                        highest: current.value.fence,
-                    })
-                }
-                Some(current) => SetMode::Update(current.version),
-            };
-            let mut options = SetOptions::new().mode(mode);
-            options.want_version = false;
-            match self.set_with(name, &record, options).await {
-                Ok(_) => return Ok(()),
-                Err(Error::Conflict { .. }) if backoff.wait().await => {}
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Reads a value written with [`StateStore::set_fenced`], with its token.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Decode`] when the stored value is not a fenced `T`; and see [`StateStore`].
-    pub async fn get_fenced<T: serde::de::DeserializeOwned>(
-        &self,
-        name: &str,
-    ) -> Result<Option<Fenced<T>>> {
-        self.get(name).await
-    }
-
-    /// Campaigns for leadership of `name` as `candidate` until the returned [`Election`] is
-    /// dropped or resigned: takes the lease `name` when it is free, renews it every third of
-    /// `ttl`, and campaigns again after losing it. Reports what this candidate sees as
-    /// [`LeaderEvent`]s; see [`Election`].
-    pub fn elect(&self, name: &str, candidate: impl Into<String>, ttl: Duration) -> Election {
-        let request = self.lease(name).ttl(ttl).holder(candidate);
-        let (events, rx) = mpsc::channel(16);
-        let (resign, resigned) = watch::channel(false);
-        let task = tokio::spawn(campaign(request, events, resigned));
-        Election {
-            events: rx,
-            resign,
-            task: Some(task),
-        }
-    }
-}
-
-/// What a candidate in [`StateStore::elect`] sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LeaderEvent {
-    /// This candidate leads now, with this fencing token.
-    Elected {
-        /// The token of this tenure.
-        token: FencingToken,
-    },
-    /// This candidate no longer leads (the lease was lost or could not be renewed in time).
-    /// Stop acting as the leader at once.
-    Lost,
-    /// Another candidate leads (reported when the leader this candidate sees changes).
-    NewLeader {
-        /// Its candidate id.
-        id: String,
-    },
-}
-
-/// A running campaign: a stream of [`LeaderEvent`]s (use [`Election::next`], or
-/// `futures::Stream`). Errors from the store are reported as `Err` items; the campaign goes
-/// on after transient ones and ends after others (say [`Error::Unsupported`]).
-///
-/// Dropping it ends the campaign in the background, releasing leadership if held;
-/// [`Election::resign`] does the same and waits for it.
-#[derive(Debug)]
-pub struct Election {
-    events: mpsc::Receiver<Result<LeaderEvent>>,
-    resign: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Election {
-    /// The next event; `None` once the campaign has ended.
-    pub async fn next(&mut self) -> Option<Result<LeaderEvent>> {
-        self.events.recv().await
-    }
-
-    /// Ends the campaign and waits until leadership, if held, is released.
-    pub async fn resign(mut self) {
-        let _ = self.resign.send(true);
-        // Undelivered events are dropped, so the campaign never waits for room to send one.
-        self.events.close();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Election {
-    fn drop(&mut self) {
-        let _ = self.resign.send(true);
-    }
-}
-
-impl futures_core::Stream for Election {
-    type Item = Result<LeaderEvent>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_recv(cx)
-    }
-}
-
-/// Completes once [`Election::resign`] (or drop) asked the campaign to end.
-async fn until_resigned(resigned: &mut watch::Receiver<bool>) {
-    // A dropped sender also ends the campaign.
-    let _ = resigned.wait_for(|r| *r).await.map(drop);
-}
-
-/// The campaign behind [`Election`].
-async fn campaign(
-    request: LeaseRequest,
-    events: mpsc::Sender<Result<LeaderEvent>>,
-    mut resigned: watch::Receiver<bool>,
-) {
-    let mut seen_leader: Option<String> = None;
-    let ended = |resigned: &watch::Receiver<bool>| *resigned.borrow() || events.is_closed();
-    while !ended(&resigned) {
-        let mut failure = None;
-        match request.try_acquire().await {
-            Ok(Some(lease)) => {
-                seen_leader = Some(lease.holder().to_owned());
-                let elected = LeaderEvent::Elected {
-                    token: lease.fencing_token(),
-                };
-                // Renewing starts at once, not when the consumer takes the event.
-                let keep_alive = lease.keep_alive();
-                tokio::pin!(keep_alive);
-                let delivered = tokio::select! {
-                    sent = events.send(Ok(elected)) => sent.is_ok(),
-                    () = &mut keep_alive => {
-                        // Lost before anybody heard of it: campaign again.
-                        continue;
-                    }
-                };
-                if !delivered {
-                    let _ = lease.release().await;
-                    return;
-                }
-                tokio::select! {
-                    () = &mut keep_alive => {
-                        if events.send(Ok(LeaderEvent::Lost)).await.is_err() {
-                            return;
-                        }
-                    }
-                    () = until_resigned(&mut resigned) => {
-                        let _ = lease.release().await;
-                        return;
-                    }
-                    () = events.closed() => {
-                        let _ = lease.release().await;
-                        return;
-                    }
-                }
-            }
-            Ok(None) => match request.store.leader(&request.name).await {
-                Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
-                    seen_leader = Some(id.clone());
-                    if events
-                        .send(Ok(LeaderEvent::NewLeader { id }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                // Gone between the calls, or unchanged: campaign again.
-                Ok(_) => {}
-                Err(err) => failure = Some(err),
-            },
-            Err(err) => failure = Some(err),
-        }
-        if let Some(err) = failure {
-            let transient = err.is_transient();
-            if events.send(Err(err)).await.is_err() || !transient {
-                return;
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(poll_pause(request.ttl)) => {}
-            () = until_resigned(&mut resigned) => return,
-            () = events.closed() => return,
-        }
     }
 }

@@ -88,7 +88,9 @@ mod capability;
 mod cas;
 mod change;
 mod config;
+mod election;
 mod error;
+mod fenced;
 mod key;
 pub mod layer;
 mod lease;
@@ -115,16 +117,15 @@ pub use change::{
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
 };
+pub use election::{Election, LeaderEvent};
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
+pub use fenced::Fenced;
 pub use key::PREFIX_SEPARATOR;
 pub use layer::{
     Call, CallInfo, CapabilityLayer, ClosedLayer, CompletionLayer, Intercept, Intercepted, Layer,
     LimitLayer, NamespaceLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer,
 };
-pub use lease::{
-    Election, Fenced, FencingToken, LeaderEvent, Lease, LeaseRequest, DEFAULT_LEASE_TTL,
-    MIN_LEASE_TTL,
-};
+pub use lease::{FencingToken, Lease, LeaseRequest, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};
 pub use memory::DefaultStateStore;
 pub use native::{LeaseAcquire, LeaseGrant, RateAlgorithm, RateLimitReply, RateLimitRequest};

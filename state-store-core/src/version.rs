@@ -4,6 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::{SetMode, SetOptions};
+
 /// An opaque version of a stored value: a counter, a stream revision or an ETag.
 ///
 /// Read it with [`StateStore::get_entry`](crate::StateStore::get_entry) and hand it back in

@@ -22,7 +22,9 @@ mod config;
 mod error;
 pub mod key;
 mod link;
+mod message;
 mod store;
+mod watch;
 
 pub use config::{Credentials, NatsConfig, DEFAULT_BUCKET};
 pub use store::NatsStateStore;

@@ -14,27 +14,18 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use state_store_core::{
-    watch_channel, Backend, BackendEvent, Backoff, Capabilities, Entry, Error, Extensions, KeyPage,
-    KeySelector, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
-    WatchStart, WatchStream, WatchSupport, PREFIX_SEPARATOR,
+    Backend, Capabilities, Entry, Error, Extensions, KeyPage, ListKeys, Result, SetMode,
+    SetOptions, Version, WatchSupport, PREFIX_SEPARATOR,
 };
-use tokio::sync::mpsc;
 
 use crate::config::NatsConfig;
 use crate::error::{self, STORE};
 use crate::key::encode;
 use crate::link::{self, Link, Links};
-
-const KV_OPERATION: &str = "KV-Operation";
-const NATS_TTL: &str = "Nats-TTL";
-const NATS_ROLLUP: &str = "Nats-Rollup";
-const MARKER_REASON: &str = "Nats-Marker-Reason";
-/// Our own header on a value written with a TTL: its deadline in Unix milliseconds. NATS
-/// keeps TTLs in whole seconds and restarts them on every write; this keeps a deadline exact
-/// and fixed across rewrites ([`SetOptions::keep_ttl`]).
-const EXPIRES_AT: &str = "State-Store-Expires-At";
-/// Room left for headers below the server's payload limit.
-const HEADER_ROOM: usize = 1024;
+use crate::message::{
+    deadline_ms, headers_live, insert_deadline, is_live, millis, now_ms, parse_version, ttl_secs,
+    version, HEADER_ROOM, KV_OPERATION, NATS_ROLLUP, NATS_TTL,
+};
 
 /// The NATS JetStream KV state store.
 ///
@@ -94,8 +85,8 @@ const HEADER_ROOM: usize = 1024;
 /// ```
 #[derive(Debug)]
 pub struct NatsStateStore {
-    links: Arc<Links>,
-    bucket: Bucket,
+    pub(crate) links: Arc<Links>,
+    pub(crate) bucket: Bucket,
     ttl: bool,
     marker_ttl: Option<Duration>,
     persistent: bool,
@@ -110,10 +101,10 @@ pub struct NatsStateStore {
 
 /// Where the bucket's messages live.
 #[derive(Debug, Clone)]
-struct Bucket {
+pub(crate) struct Bucket {
     name: String,
     /// The subject prefix of the bucket's keys (`$KV.<bucket>.`).
-    prefix: String,
+    pub(crate) prefix: String,
     /// The subject prefix writes go to (differs across JetStream domains).
     put_prefix: String,
 }
@@ -366,152 +357,6 @@ fn js_max_payload(js: &Context) -> usize {
     js.client().server_info().max_payload
 }
 
-/// A watched message as a change: `None` for subjects that are not our keys.
-fn change(kv_prefix: &str, message: &jetstream::Message) -> Option<BackendEvent> {
-    let key = crate::key::decode(message.subject.strip_prefix(kv_prefix)?)?;
-    let info = message.info().ok()?;
-    let revision = info.stream_sequence;
-    let headers = message.headers.as_ref();
-    if headers.is_some_and(is_tombstone) {
-        let expired = headers
-            .and_then(|h| h.get(MARKER_REASON))
-            .is_some_and(|reason| reason.as_str() == "MaxAge");
-        return Some(BackendEvent::Removed {
-            key,
-            cause: if expired {
-                RemoveCause::Expired
-            } else {
-                RemoveCause::Removed
-            },
-            version: Some(Version::new(revision.to_string())),
-        });
-    }
-    let deadline = headers.and_then(|h| {
-        h.get(EXPIRES_AT)
-            .and_then(|v| v.as_str().parse::<i128>().ok())
-    });
-    Some(BackendEvent::Put {
-        key,
-        value: message.payload.to_vec(),
-        version: version(revision, deadline),
-    })
-}
-
-/// [`is_live`] from a message's headers and publish time.
-fn headers_live(headers: &HeaderMap, published: time::OffsetDateTime, now: i128) -> bool {
-    if is_tombstone(headers) {
-        return false;
-    }
-    let deadline = headers
-        .get(EXPIRES_AT)
-        .and_then(|v| v.as_str().parse::<i128>().ok())
-        .or_else(|| {
-            let ttl = message_ttl(headers)?;
-            let written = published.unix_timestamp_nanos() / 1_000_000;
-            Some(written + i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX))
-        });
-    deadline.is_none_or(|at| at > now)
-}
-
-fn is_tombstone(headers: &HeaderMap) -> bool {
-    headers.get(MARKER_REASON).is_some()
-        || headers
-            .get(KV_OPERATION)
-            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
-}
-
-/// The client clock in Unix milliseconds.
-fn now_ms() -> i128 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
-}
-
-/// When a stored value expires, in Unix milliseconds: our exact deadline header, else the
-/// server's `Nats-TTL` from the message's time (values PURISTA or older releases wrote).
-fn deadline_ms(message: &jetstream::message::StreamMessage) -> Option<i128> {
-    if let Some(at) = message
-        .headers
-        .get(EXPIRES_AT)
-        .and_then(|v| v.as_str().parse::<i128>().ok())
-    {
-        return Some(at);
-    }
-    let ttl = message_ttl(&message.headers)?;
-    let written = message.time.unix_timestamp_nanos() / 1_000_000;
-    Some(written + i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX))
-}
-
-/// A value that has not been removed and whose deadline has not passed. The server drops an
-/// expired message up to a second or so after its deadline; until then it reads as missing.
-fn is_live(message: &jetstream::message::StreamMessage, now: i128) -> bool {
-    !is_tombstone(&message.headers) && deadline_ms(message).is_none_or(|at| at > now)
-}
-
-/// Headers giving a value the deadline `at` (Unix ms): ours, exact, and the server's
-/// `Nats-TTL`, rounded up to whole seconds (at least one) so the server never drops it early.
-fn insert_deadline(headers: &mut HeaderMap, at: i128, now: i128) {
-    headers.insert(NATS_TTL, HeaderValue::from(ttl_secs(millis(at - now))));
-    headers.insert(EXPIRES_AT, HeaderValue::from(at.to_string().as_str()));
-}
-
-/// The `Nats-TTL` of a message: whole seconds (`"5"`) or a Go duration (`"1m30s"`, `"500ms"`).
-fn message_ttl(headers: &HeaderMap) -> Option<Duration> {
-    parse_ttl(headers.get(NATS_TTL)?.as_str())
-}
-
-fn parse_ttl(text: &str) -> Option<Duration> {
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::try_from_secs_f64(value * scale).ok()?)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
-/// Whole seconds for `Nats-TTL`, rounded up: the client's own `as_secs()` would turn 500 ms
-/// into 0, which never expires.
-fn ttl_secs(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_nanos().div_ceil(1_000_000_000))
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-/// A version: the revision, and the value's deadline (Unix ms) when it has one, so that a
-/// compare-and-set knows without a read whether the value it was read from has expired.
-fn version(revision: u64, deadline: Option<i128>) -> Version {
-    let deadline = deadline.map(|at| i64::try_from(at).unwrap_or(i64::MAX));
-    Version::with_deadline(&revision.to_string(), deadline)
-}
-
-/// The revision and deadline of a version this store gave; `None` for any other.
-fn parse_version(version: &Version) -> Option<(u64, Option<i128>)> {
-    let (revision, deadline) = version.token_and_deadline();
-    Some((revision.parse().ok()?, deadline.map(i128::from)))
-}
-
-/// A span in milliseconds as a `Duration`: zero when negative, saturating when huge.
-fn millis(ms: i128) -> Duration {
-    Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(u64::MAX))
-}
-
 #[async_trait]
 impl Backend for NatsStateStore {
     fn name(&self) -> &str {
@@ -638,65 +483,8 @@ impl ListKeys for NatsStateStore {
     }
 }
 
-#[async_trait]
-impl WatchKeys for NatsStateStore {
-    /// The bucket's own change stream, resumable by revision (the KV revision a version
-    /// carries); removals and expiry (the server's TTL marker, up to a second after the
-    /// deadline) are reported. The bucket keeps one message per key
-    /// ([`WatchSupport::Compacted`]): a resumed watch starts with `Resync`, then delivers what
-    /// the bucket still holds after the revision, in order: the latest change of each key
-    /// changed since, and removal markers younger than the marker TTL (60 s by default). When
-    /// the subscription is lost (a broken connection), the watch says `Resync` and follows on
-    /// from the last revision it delivered, over a new connection.
-    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
-        let after = match start {
-            WatchStart::Now => None,
-            WatchStart::AfterVersion(version) => Some(
-                parse_version(version)
-                    .ok_or_else(|| {
-                        Error::invalid_key(version.as_str(), "not a version of this store")
-                    })?
-                    .0,
-            ),
-            _ => return Err(Error::unsupported(STORE, "this watch start")),
-        };
-        let prefix = match selector {
-            KeySelector::Key(key) | KeySelector::Prefix(key) => key.clone(),
-            _ => String::new(),
-        };
-        let link = self.links.get().await?;
-        let policy = match after {
-            None => DeliverPolicy::New,
-            Some(revision) => DeliverPolicy::ByStartSequence {
-                start_sequence: revision.saturating_add(1),
-            },
-        };
-        let messages = subscribe(&link, &self.bucket, &prefix, policy).await?;
-        let (tx, stream) = watch_channel(256);
-        if after.is_some() {
-            let reason = "the NATS KV bucket keeps only the latest change of each key: \
-                          changes after that version may have been replaced"
-                .to_owned();
-            let _ = tx.send(Ok(BackendEvent::Resync { reason })).await;
-        }
-        let follower = Follower {
-            links: self.links.clone(),
-            bucket: self.bucket.clone(),
-            selector: selector.clone(),
-            prefix,
-            next: after.map(|revision| revision.saturating_add(1)),
-            tx,
-        };
-        tokio::spawn(follower.run(messages));
-        Ok(stream)
-    }
-}
-
-/// The messages of an ordered push consumer.
-type Messages = jetstream::consumer::push::Ordered;
-
 /// An ordered push consumer on the keys under `prefix`'s whole `:` segments.
-async fn consumer(
+pub(crate) async fn consumer(
     link: &Link,
     bucket: &Bucket,
     prefix: &str,
@@ -720,129 +508,7 @@ async fn consumer(
         .map_err(|e| Error::unavailable(STORE, e))
 }
 
-/// The messages under `prefix` from `policy` on.
-async fn subscribe(
-    link: &Link,
-    bucket: &Bucket,
-    prefix: &str,
-    policy: DeliverPolicy,
-) -> Result<Messages> {
-    consumer(link, bucket, prefix, policy, false)
-        .await?
-        .messages()
-        .await
-        .map_err(|e| Error::unavailable(STORE, e))
-}
-
 /// The stored key of a message subject in the bucket with subject prefix `kv_prefix`.
-fn key_of(kv_prefix: &str, subject: &str) -> Option<String> {
+pub(crate) fn key_of(kv_prefix: &str, subject: &str) -> Option<String> {
     crate::key::decode(subject.strip_prefix(kv_prefix)?)
-}
-
-/// The task behind a watch: forwards the bucket's changes and, when its subscription ends
-/// (the connection broke), says `Resync` and subscribes again after the last revision it saw.
-struct Follower {
-    links: Arc<Links>,
-    bucket: Bucket,
-    selector: KeySelector,
-    prefix: String,
-    /// The revision to follow on from: one past the last delivered.
-    next: Option<u64>,
-    tx: mpsc::Sender<Result<BackendEvent>>,
-}
-
-impl Follower {
-    async fn run(mut self, mut messages: Messages) {
-        loop {
-            if !self.forward(&mut messages).await {
-                return;
-            }
-            // Resync only once the new subscription runs: a watcher that re-reads on it then
-            // misses nothing between its read and the events that follow.
-            match self.resubscribe().await {
-                Some(renewed) => messages = renewed,
-                None => return,
-            }
-            let reason = "the watch lost its NATS subscription: changes may have been missed";
-            let resync = BackendEvent::Resync {
-                reason: reason.to_owned(),
-            };
-            if self.tx.send(Ok(resync)).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Forwards events until the subscription ends (true) or the watcher is gone (false).
-    async fn forward(&mut self, messages: &mut Messages) -> bool {
-        loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
-                () = self.tx.closed() => return false,
-            };
-            let Some(Ok(message)) = message else {
-                // An error of an ordered consumer (missed heartbeats, a deleted consumer) or
-                // its end: it may have skipped messages, so it is not trusted further.
-                return true;
-            };
-            if let Ok(info) = message.info() {
-                self.next = Some(info.stream_sequence.saturating_add(1));
-            }
-            let Some(event) = change(&self.bucket.prefix, &message) else {
-                continue;
-            };
-            if self.selector.selects(&event) && self.tx.send(Ok(event)).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    /// A new subscription after the last delivered revision, retried until it works; `None`
-    /// when the watcher is gone or the store closed.
-    async fn resubscribe(&mut self) -> Option<Messages> {
-        let mut backoff = Backoff::new(usize::MAX, Duration::MAX);
-        loop {
-            let policy = match self.next {
-                Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-                None => DeliverPolicy::New,
-            };
-            let attempt = async {
-                let link = self.links.get().await?;
-                subscribe(&link, &self.bucket, &self.prefix, policy).await
-            };
-            match attempt.await {
-                Ok(messages) => return Some(messages),
-                Err(err @ Error::Closed { .. }) => {
-                    let _ = self.tx.send(Err(err)).await;
-                    return None;
-                }
-                Err(err) => tracing::debug!("NATS watch cannot resubscribe yet: {err}"),
-            }
-            tokio::select! {
-                _ = backoff.wait() => {}
-                () = self.tx.closed() => return None,
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls_round_up_to_whole_seconds() {
-        assert_eq!(ttl_secs(Duration::from_millis(500)), 1);
-        assert_eq!(ttl_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(ttl_secs(Duration::from_secs(60)), 60);
-        assert_eq!(ttl_secs(Duration::from_nanos(1)), 1);
-    }
-
-    #[test]
-    fn ttl_headers_parse() {
-        assert_eq!(parse_ttl("5"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_ttl("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_ttl("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_ttl("never"), None);
-    }
 }

@@ -142,7 +142,7 @@ async fn ttl_left(store: &StateStore, url: &str, key: String) -> Option<std::tim
         return u64::try_from(ms).ok().map(std::time::Duration::from_millis);
     }
     store
-        .backend()
+        .raw_backend()
         .get_many(&[key])
         .await
         .expect("raw read")

@@ -251,22 +251,15 @@ impl TimeoutLayer {
 }
 
 impl Intercept for TimeoutLayer {
-    fn around<'a, T, F>(
-        &'a self,
-        site: Site<'a>,
-        call: CallInfo,
-        inner: F,
-    ) -> impl Future<Output = Result<T>> + Send + 'a
+    async fn around<'a, T, F>(&'a self, site: Site<'a>, call: CallInfo, inner: F) -> Result<T>
     where
         T: Send + 'a,
         F: Future<Output = Result<T>> + Send + 'a,
     {
-        async move {
-            match tokio::time::timeout(self.limit, inner).await {
-                Ok(result) => result,
-                Err(elapsed) if call.writes => Err(Error::outcome_unknown(site.store, elapsed)),
-                Err(elapsed) => Err(Error::unavailable(site.store, elapsed)),
-            }
+        match tokio::time::timeout(self.limit, inner).await {
+            Ok(result) => result,
+            Err(elapsed) if call.writes => Err(Error::outcome_unknown(site.store, elapsed)),
+            Err(elapsed) => Err(Error::unavailable(site.store, elapsed)),
         }
     }
 }

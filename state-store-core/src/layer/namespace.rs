@@ -246,7 +246,7 @@ struct Unprefixed {
 }
 
 impl Unprefixed {
-    fn strip(&self, key: String) -> Option<String> {
+    fn strip(&self, key: &str) -> Option<String> {
         key.strip_prefix(self.root.as_str()).map(str::to_owned)
     }
 }
@@ -265,7 +265,7 @@ impl Stream for Unprefixed {
                     key,
                     value,
                     version,
-                } => self.strip(key).map(|key| BackendEvent::Put {
+                } => self.strip(&key).map(|key| BackendEvent::Put {
                     key,
                     value,
                     version,
@@ -274,7 +274,7 @@ impl Stream for Unprefixed {
                     key,
                     cause,
                     version,
-                } => self.strip(key).map(|key| BackendEvent::Removed {
+                } => self.strip(&key).map(|key| BackendEvent::Removed {
                     key,
                     cause,
                     version,
