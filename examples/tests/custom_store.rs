@@ -1,6 +1,6 @@
 //! A store written outside this workspace's crates, proved with one macro line: a `HashMap`
 //! with versions and conditional writes, and no TTL (the suite checks that TTLs are refused
-//! with `Unsupported`). Its five methods are all it writes: the completion layer adds atomic
+//! with `Unsupported`). Its six required methods are all it writes: the completion layer adds atomic
 //! increments from its compare-and-set. It registers a `map://` scheme, and the suite opens it
 //! by URL, as a service would with `state_store::open`.
 

@@ -302,6 +302,21 @@ impl<'a> Extensions<'a> {
         self.rate_limit = Some(rate_limit);
         self
     }
+
+    /// The same extensions, each served by `layer` instead: for a layer that wraps every
+    /// call of the backend these came from, and forwards to them.
+    pub fn served_by<L>(self, layer: &'a L) -> Self
+    where
+        L: Increment + ListKeys + WatchKeys + AcquireLease + CheckRateLimit,
+    {
+        Extensions {
+            increment: self.increment.map(|_| layer as &dyn Increment),
+            list: self.list.map(|_| layer as &dyn ListKeys),
+            watch: self.watch.map(|_| layer as &dyn WatchKeys),
+            lease: self.lease.map(|_| layer as &dyn AcquireLease),
+            rate_limit: self.rate_limit.map(|_| layer as &dyn CheckRateLimit),
+        }
+    }
 }
 
 impl fmt::Debug for Extensions<'_> {

@@ -7,8 +7,9 @@ use crate::backend::{Backend, SetMode, SetOptions};
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
 
-/// Whether a backend was closed: for [`Backend`] implementors, so that every handle sharing a
-/// backend fails with [`Error::Closed`] after one of them closes it.
+/// Whether something was closed, shared by whoever must know: [`ClosedLayer`](crate::ClosedLayer)
+/// holds one for a handle, its clones and its prefixed views; a backend whose background work
+/// must not restart after `close` (the NATS store's redialling) holds its own.
 #[derive(Debug, Default)]
 pub struct CloseFlag(AtomicBool);
 

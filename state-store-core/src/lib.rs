@@ -8,10 +8,14 @@
 //! semantics for every backend.
 //!
 //! This crate holds:
-//! - [`Backend`]: the small trait an adapter implements (bytes, versions, options);
-//! - [`StateStore`]: the cheap-to-clone handle services hold, which applies [`StoreConfig`]
-//!   (enable flags, key prefix, limits, default TTL), JSON encoding and tracing for every
-//!   backend, plus typed `get::<T>` / `set` / `update::<T>`;
+//! - [`Backend`]: the small trait an adapter implements (six methods: bytes, versions,
+//!   options), with the optional operations it has natively as [`Extensions`];
+//! - [`layer`]: each cross-cutting concern once, as a layer over any backend (key prefix,
+//!   limits, capability and closed checks, completion of what a backend lacks, timeouts,
+//!   tracing);
+//! - [`StateStore`]: the cheap-to-clone handle services hold, over a stack of layers: the
+//!   enable flags and default TTL of its [`StoreConfig`], JSON encoding, typed
+//!   `get::<T>` / `set` / `update::<T>`, leases, rate limits, listing and watching;
 //! - [`DefaultStateStore`]: the whole contract in memory (lost on restart).
 //!
 //! Adapters live in their own crates: `state-store-sqlite` (embedded, persistent),

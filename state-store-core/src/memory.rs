@@ -417,8 +417,8 @@ impl Backend for DefaultStateStore {
         if let Some(task) = lock(&self.shared.sweeper).take() {
             task.abort();
         }
-        // Watchers end: their channel closes with the old state.
-        *self.write() = State::default();
+        // Watchers end: their channel closes. The data stays for clones still in use.
+        self.write().events = broadcast::channel(WATCH_BUFFER).0;
         Ok(())
     }
 

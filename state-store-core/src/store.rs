@@ -242,6 +242,12 @@ impl StateStore {
         self.inner.stack.extensions()
     }
 
+    /// What the stack's checks say of `call`, without making it: for a loop that would do
+    /// work before its first write reaches them.
+    pub(crate) fn preflight(&self, call: &Call<'_>) -> Result<()> {
+        self.inner.top.preflight(call)
+    }
+
     /// Why `call`, of an extension the stack does not offer, fails: what the layers refuse
     /// first (a closed store, a bad name), else `Unsupported` for `feature`.
     pub(crate) fn refuse(&self, call: &Call<'_>, feature: &'static str) -> Error {
@@ -396,8 +402,11 @@ impl StateStore {
             .transpose()
     }
 
-    /// The enable flags (PURISTA's `enableGet`, `enableSet`, `enableRemove`).
+    /// A destroyed handle first (the closed layer's state, consulted before the handle does
+    /// any work of its own), then the enable flags (PURISTA's `enableGet`, `enableSet`,
+    /// `enableRemove`).
     pub(crate) fn check(&self, operation: Operation) -> Result<()> {
+        self.inner.closed.check(self.name())?;
         let config = &self.inner.config;
         let enabled = match operation {
             Operation::Get => config.enable_get,

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::backend::{SetMode, SetOptions};
 use crate::cas::CAS_DEADLINE;
 use crate::error::{Error, Operation, Result};
+use crate::layer::Call;
 use crate::retry::Backoff;
 use crate::store::{decode, encode, StateEntry, StateStore};
 
@@ -115,6 +116,18 @@ impl StateStore {
         self.check(Operation::Get)?;
         self.check(Operation::Set)?;
         let ttl = self.config().default_ttl;
+        // Refused before the first read (and before `f` runs) when no write could follow.
+        let first = SetOptions {
+            mode: SetMode::Create,
+            ttl,
+            keep_ttl: true,
+            want_version: false,
+        };
+        self.preflight(&Call::Set {
+            key: name,
+            value: &[],
+            options: &first,
+        })?;
         let mut backoff = Backoff::new(self.config().update_retries, CAS_DEADLINE);
         loop {
             let (old, mode) = match self.fetch_entry(name).await? {

@@ -65,8 +65,9 @@ type Client = DaprClient<InterceptedService<Channel, Token>>;
 ///   the reported deadline is the exact one: a value reads as missing from then on, and a
 ///   rewrite that keeps the TTL (`update`, `increment`) carries that deadline over unchanged.
 ///   A write without TTL sends `-1`, which clears an earlier TTL.
-/// - `get_state` is one `GetBulkState`. `increment` is an ETag compare-and-set loop, atomic
-///   across processes.
+/// - `get_state` is one `GetBulkState`. No native increment: the stack's completion layer
+///   increments by ETag compare-and-set, atomic across processes; an upsert that keeps the TTL
+///   is a read and a conditional write there too (`upsert_keep_ttl: false` here).
 /// - Dapr refuses keys containing `||`; they are stored escaped (see [`crate::key`]).
 ///
 /// # Example

@@ -63,8 +63,10 @@ use crate::message::{
 ///   drops can still go out after the reconnect.
 /// - `remove` publishes a purge marker with a TTL of [`NatsConfig::with_marker_ttl`], so removed
 ///   keys leave nothing behind once the marker expires: the stream does not grow without bound.
-/// - `increment` is a compare-and-set loop on the revision, atomic across processes; a counter
-///   created with a TTL keeps its deadline (to within the second NATS rounds to).
+/// - No native increment: the stack's completion layer increments by compare-and-set on the
+///   revision, atomic across processes; a counter created with a TTL keeps its deadline (to
+///   within the second NATS rounds to). Likewise an upsert that keeps the TTL is a read and a
+///   conditional write there; this store refuses one on its own (`upsert_keep_ttl: false`).
 /// - `get_state` of N names sends N gets at once over the one connection: about one round trip
 ///   of latency, N messages (NATS has no multi-key read before 2.11's batch API). Replicated
 ///   buckets read through the stream leader rather than with direct gets, which any replica may

@@ -51,9 +51,14 @@ impl fmt::Debug for Completion {
 }
 
 impl Completion {
+    /// The backend below, called through `&dyn Backend` (see `Intercepted`).
+    fn below(&self) -> &dyn Backend {
+        &*self.inner
+    }
+
     /// Native increments, or compare-and-set ones.
     fn counts(&self) -> bool {
-        self.inner.extensions().increment.is_some() || self.below.conditional
+        self.below().extensions().increment.is_some() || self.below.conditional
     }
 
     fn leases(&self) -> bool {
@@ -70,7 +75,7 @@ impl Completion {
     ) -> Result<Version> {
         let keys = [key.to_owned()];
         retry_lost_races(|| async {
-            let current: Option<Entry> = self.inner.get_many(&keys).await?.pop().flatten();
+            let current: Option<Entry> = self.below().get_many(&keys).await?.pop().flatten();
             let mode = match current {
                 None => SetMode::Create,
                 Some(entry) => SetMode::Update(entry.version),
@@ -79,7 +84,7 @@ impl Completion {
                 mode,
                 ..options.clone()
             };
-            self.inner.set(key, value.clone(), &options).await
+            self.below().set(key, value.clone(), &options).await
         })
         .await
     }
@@ -104,7 +109,7 @@ impl Completion {
             failed => {
                 // Best effort: a record that cannot be completed is removed rather than left
                 // to expire.
-                let _ = self.inner.remove(record, Some(&created)).await;
+                let _ = self.below().remove(record, Some(&created)).await;
                 return Err(match failed {
                     Err(err) => err,
                     Ok(_) => Error::NotAnInteger {
@@ -133,7 +138,7 @@ impl Completion {
 #[async_trait]
 impl Backend for Completion {
     fn name(&self) -> &str {
-        self.inner.name()
+        self.below().name()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -144,11 +149,11 @@ impl Backend for Completion {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        self.inner.get_many(keys).await
+        self.below().get_many(keys).await
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.inner.get_values(keys).await
+        self.below().get_values(keys).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
@@ -159,20 +164,20 @@ impl Backend for Completion {
         if composed {
             self.upsert_keeping_ttl(key, value, options).await
         } else {
-            self.inner.set(key, value, options).await
+            self.below().set(key, value, options).await
         }
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        self.inner.remove(key, expected).await
+        self.below().remove(key, expected).await
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        self.below().close().await
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        let inner = self.inner.extensions();
+        let inner = self.below().extensions();
         Extensions {
             increment: self.counts().then_some(self as &dyn Increment),
             lease: self.leases().then_some(self as &dyn AcquireLease),
@@ -184,7 +189,7 @@ impl Backend for Completion {
 #[async_trait]
 impl Increment for Completion {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        match self.inner.extensions().increment {
+        match self.below().extensions().increment {
             Some(native) => native.increment(key, delta, ttl).await,
             None => increment_with_cas(&*self.inner, key, delta, ttl).await,
         }
@@ -194,7 +199,7 @@ impl Increment for Completion {
 #[async_trait]
 impl AcquireLease for Completion {
     async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
-        if let Some(native) = self.inner.extensions().lease {
+        if let Some(native) = self.below().extensions().lease {
             match native.acquire_lease(request).await? {
                 LeaseGrant::NotNative => {}
                 answer => return Ok(answer),

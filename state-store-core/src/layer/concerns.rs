@@ -36,7 +36,10 @@ intercept_layer!(
 
 /// After the first `close`, refuses every call with [`Error::Closed`] (a second `close`
 /// too), so a backend is closed once and never used after. Clones share the state: layers
-/// over one backend cloned from one `ClosedLayer` close together.
+/// over one backend cloned from one `ClosedLayer` close together. (A handle, its clones and
+/// its [`with_prefix`](crate::StateStore::with_prefix) views share one; handles built
+/// separately over one shared backend each have their own, and after one closes the backend
+/// the others get what the closed backend answers.)
 #[derive(Debug, Clone, Default)]
 pub struct ClosedLayer {
     flag: Arc<CloseFlag>,
@@ -51,6 +54,15 @@ impl ClosedLayer {
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.flag.is_closed()
+    }
+
+    /// `Ok` while open; [`Error::Closed`] naming `store` once closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once closed.
+    pub fn check(&self, store: &str) -> Result<()> {
+        self.flag.check(store)
     }
 }
 

@@ -241,9 +241,16 @@ impl<I: Intercept> Intercepted<I> {
         }
     }
 
+    /// The backend below. Called through `&dyn Backend`: on the `Arc` itself, method
+    /// resolution picks the forwarding `impl Backend for Arc<B>`, which boxes every call's
+    /// future a second time.
+    fn below(&self) -> &dyn Backend {
+        &*self.inner
+    }
+
     fn site(&self) -> Site<'_> {
         Site {
-            store: self.inner.name(),
+            store: self.below().name(),
             capabilities: &self.below,
         }
     }
@@ -262,7 +269,12 @@ impl<I: Intercept> Intercepted<I> {
     }
 
     fn missing(&self, feature: &'static str) -> Error {
-        Error::unsupported(self.inner.name(), feature)
+        Error::unsupported(self.below().name(), feature)
+    }
+
+    /// What [`Intercept::before`] says of `call`, without making it.
+    pub(crate) fn preflight(&self, call: &Call<'_>) -> Result<()> {
+        self.before(call).map(drop)
     }
 
     /// Why `call`, of an extension the backend below does not offer, fails: what the
@@ -278,7 +290,7 @@ impl<I: Intercept> Intercepted<I> {
 #[async_trait]
 impl<I: Intercept> Backend for Intercepted<I> {
     fn name(&self) -> &str {
-        self.inner.name()
+        self.below().name()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -287,12 +299,12 @@ impl<I: Intercept> Backend for Intercepted<I> {
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let call = self.before(&Call::Get { keys })?;
-        self.around(call, self.inner.get_many(keys)).await
+        self.around(call, self.below().get_many(keys)).await
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let call = self.before(&Call::Get { keys })?;
-        self.around(call, self.inner.get_values(keys)).await
+        self.around(call, self.below().get_values(keys)).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
@@ -301,28 +313,22 @@ impl<I: Intercept> Backend for Intercepted<I> {
             value: &value,
             options,
         })?;
-        self.around(call, self.inner.set(key, value, options)).await
+        self.around(call, self.below().set(key, value, options))
+            .await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
         let call = self.before(&Call::Remove { key, expected })?;
-        self.around(call, self.inner.remove(key, expected)).await
+        self.around(call, self.below().remove(key, expected)).await
     }
 
     async fn close(&self) -> Result<()> {
         let call = self.before(&Call::Close)?;
-        self.around(call, self.inner.close()).await
+        self.around(call, self.below().close()).await
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        let inner = self.inner.extensions();
-        Extensions {
-            increment: inner.increment.map(|_| self as &dyn Increment),
-            list: inner.list.map(|_| self as &dyn ListKeys),
-            watch: inner.watch.map(|_| self as &dyn WatchKeys),
-            lease: inner.lease.map(|_| self as &dyn AcquireLease),
-            rate_limit: inner.rate_limit.map(|_| self as &dyn CheckRateLimit),
-        }
+        self.below().extensions().served_by(self)
     }
 }
 

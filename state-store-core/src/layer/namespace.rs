@@ -67,6 +67,11 @@ impl fmt::Debug for Namespace {
 }
 
 impl Namespace {
+    /// The backend below, called through `&dyn Backend` (see `Intercepted`).
+    fn below(&self) -> &dyn Backend {
+        &*self.inner
+    }
+
     fn key(&self, name: &str) -> String {
         let mut key = String::with_capacity(self.root.len() + name.len());
         key.push_str(&self.root);
@@ -85,25 +90,28 @@ impl Namespace {
     }
 
     fn missing(&self, feature: &'static str) -> Error {
-        Error::unsupported(self.inner.name(), feature)
+        Error::unsupported(self.below().name(), feature)
     }
 }
 
 #[async_trait]
 impl Backend for Namespace {
     fn name(&self) -> &str {
-        self.inner.name()
+        self.below().name()
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut caps = self.inner.capabilities();
+        let mut caps = self.below().capabilities();
         caps.max_key_len = caps.max_key_len.saturating_sub(self.root.len());
         caps
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let keys = self.keys(keys);
-        self.inner.get_many(&keys).await.map_err(|e| self.rename(e))
+        self.below()
+            .get_many(&keys)
+            .await
+            .map_err(|e| self.rename(e))
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -129,18 +137,11 @@ impl Backend for Namespace {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        self.below().close().await
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        let inner = self.inner.extensions();
-        Extensions {
-            increment: inner.increment.map(|_| self as &dyn Increment),
-            list: inner.list.map(|_| self as &dyn ListKeys),
-            watch: inner.watch.map(|_| self as &dyn WatchKeys),
-            lease: inner.lease.map(|_| self as &dyn AcquireLease),
-            rate_limit: inner.rate_limit.map(|_| self as &dyn CheckRateLimit),
-        }
+        self.below().extensions().served_by(self)
     }
 }
 
