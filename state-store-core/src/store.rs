@@ -437,12 +437,16 @@ impl StateStore {
     /// Reads the values of `names` with one `get_values`, and checks the backend kept its
     /// promise of one slot per key.
     pub(crate) async fn fetch_values(&self, names: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
-        let values = self.dispatch().get_values(&keys).await?;
-        self.one_slot_per_key(values, keys.len())
+        let values = match names {
+            [] => return Ok(Vec::new()),
+            // One name (a typed `get`): its key on the stack, no list to allocate.
+            [name] => self.dispatch().get_values(&[(*name).to_owned()]).await?,
+            _ => {
+                let keys: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
+                self.dispatch().get_values(&keys).await?
+            }
+        };
+        self.one_slot_per_key(values, names.len())
     }
 
     fn one_slot_per_key<T>(&self, slots: Vec<T>, keys: usize) -> Result<Vec<T>> {
