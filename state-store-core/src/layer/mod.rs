@@ -222,4 +222,124 @@ mod tests {
             .expect("write");
         assert_eq!(store.get::<i64>("k").await.expect("read"), Some(1));
     }
+
+    /// Records the operations that reach it, and refuses names starting with `deny`.
+    #[derive(Debug, Default, Clone)]
+    struct Record(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Record {
+        fn seen(&self) -> Vec<&'static str> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    impl Intercept for Record {
+        fn before(&self, _: Site<'_>, call: &Call<'_>) -> Result<()> {
+            match call {
+                Call::Set { key, .. } if key.starts_with("deny") => {
+                    Err(Error::invalid_key(key, "refused by the test layer"))
+                }
+                _ => Ok(()),
+            }
+        }
+
+        fn around<'a, T, F>(
+            &'a self,
+            _: Site<'a>,
+            call: CallInfo,
+            inner: F,
+        ) -> impl std::future::Future<Output = Result<T>> + Send + 'a
+        where
+            T: Send + 'a,
+            F: std::future::Future<Output = Result<T>> + Send + 'a,
+        {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(call.operation);
+            inner
+        }
+    }
+
+    /// A user's intercept sits under the completion layer: it sees the calls the backend gets
+    /// (an increment composed by compare-and-set is a read and a write; a native one is one
+    /// increment), and what it refuses never reaches the backend.
+    #[tokio::test]
+    async fn an_intercept_sees_what_reaches_the_backend() {
+        let record = Record::default();
+        let layer = {
+            let record = record.clone();
+            move |inner: Arc<dyn Backend>| {
+                Arc::new(Intercepted::new(inner, record.clone())) as Arc<dyn Backend>
+            }
+        };
+        let native = StateStore::builder(DefaultStateStore::new())
+            .layer(layer.clone())
+            .config(StoreConfig::default().with_prefix("p"))
+            .build();
+        assert_eq!(native.increment("n", 2, None).await.expect("increment"), 2);
+        assert_eq!(record.seen(), ["increment"]);
+
+        let record = Record::default();
+        let layer = {
+            let record = record.clone();
+            move |inner: Arc<dyn Backend>| {
+                Arc::new(Intercepted::new(inner, record.clone())) as Arc<dyn Backend>
+            }
+        };
+        // No native increment: the completion layer composes one over the intercept.
+        let composed = StateStore::builder(Plain(DefaultStateStore::new()))
+            .layer(layer)
+            .build();
+        assert!(composed.capabilities().increment);
+        assert_eq!(
+            composed.increment("n", 2, None).await.expect("increment"),
+            2
+        );
+        assert_eq!(record.seen(), ["get", "set"]);
+        let refused = composed.set_state("deny-me", &serde_json::json!(1)).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidKey { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(composed.get::<i64>("deny-me").await.expect("read"), None);
+        assert_eq!(
+            record.seen(),
+            ["get", "set", "get"],
+            "the refused write never ran"
+        );
+    }
+
+    /// The memory store without its extensions: get, set, remove, close.
+    #[derive(Debug)]
+    struct Plain(DefaultStateStore);
+
+    #[async_trait]
+    impl Backend for Plain {
+        fn name(&self) -> &str {
+            "plain"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0
+                .capabilities()
+                .with_increment(false)
+                .with_list(false)
+                .with_watch(crate::WatchSupport::None)
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+            self.0.get_many(keys).await
+        }
+        async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+            self.0.set(key, value, options).await
+        }
+        async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+            self.0.remove(key, expected).await
+        }
+        async fn close(&self) -> Result<()> {
+            self.0.close().await
+        }
+    }
 }
