@@ -175,3 +175,41 @@ async fn a_version_1_file_is_upgraded_in_place_and_keeps_its_data() {
         .expect("schema version");
     assert_eq!(version, 2);
 }
+
+/// State is private from its first byte: a new database file, its WAL and shared-memory files
+/// are 0600, and directories the store creates are 0700 (no other user on the machine can read
+/// sessions or tokens).
+#[cfg(unix)]
+#[tokio::test]
+async fn files_and_directories_the_store_creates_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir("sqlite-private");
+    let nested = dir.path().join("state").join("inner");
+    let path = nested.join("state.db");
+    let store = StateStore::new(
+        SqliteStateStore::connect(SqliteConfig::new(&path))
+            .await
+            .expect("open"),
+    );
+    store
+        .set_state("session:abc", &json!({ "user": "ada" }))
+        .await
+        .expect("write");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let wal = nested.join("state.db-wal");
+    let shm = nested.join("state.db-shm");
+    for file in [&path, &wal, &shm] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    for created in [&nested, &dir.path().join("state")] {
+        assert_eq!(mode(created), 0o700, "{}", created.display());
+    }
+    store.destroy().await.expect("close");
+}

@@ -6,17 +6,48 @@ pub(super) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     let path = &config.path;
     if config.create_dirs {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            create_dirs(parent).map_err(|e| {
                 Error::config_with(format!("cannot create directory {}", parent.display()), e)
             })?;
         }
     }
+    create_file(path)
+        .map_err(|e| Error::config_with(format!("cannot create {}", path.display()), e))?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::config_with(format!("cannot open {}", path.display()), e))?;
     prepare(conn, config)
+}
+
+/// Missing directories, readable by their owner only (0700 on Unix); existing ones keep their
+/// mode.
+fn create_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// A missing database file, created empty and readable by its owner only (0600 on Unix), so
+/// that state is private from its first byte: SQLite gives the `-wal` and `-shm` files the
+/// database file's mode. An existing file keeps its mode; `:memory:` and URIs are SQLite's.
+fn create_file(path: &std::path::Path) -> std::io::Result<()> {
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" || path.to_string_lossy().starts_with("file:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// Makes an open connection a store's: busy timeout, WAL, durability, schema.
