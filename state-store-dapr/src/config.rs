@@ -125,6 +125,19 @@ impl DaprConfig {
                 "the Dapr state store component name is required",
             ));
         }
+        // This build has no TLS to the sidecar: tonic would send an `https://` endpoint's calls,
+        // API token included, in plaintext. Refuse rather than downgrade.
+        match self.endpoint.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http") => {}
+            Some("https") => {
+                return Err(Error::config(
+                    "an https:// Dapr endpoint needs TLS to the sidecar, which this build does \
+                     not have: its calls and API token would go out in plaintext. Use http:// \
+                     to a sidecar on loopback or in the same pod",
+                ))
+            }
+            _ => return Err(Error::config("a Dapr gRPC endpoint is http://host:port")),
+        }
         self.timeouts.validate("Dapr")
     }
 }
@@ -160,6 +173,22 @@ mod tests {
             "dapr://h:1/c?x=1",
         ] {
             let err = DaprConfig::from_url(bad).expect_err(bad);
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn only_plaintext_http_endpoints_are_accepted() {
+        assert!(DaprConfig::new("127.0.0.1:50001", "s").validate().is_ok());
+        assert!(DaprConfig::new("http://sidecar:50001", "s")
+            .validate()
+            .is_ok());
+        for refused in [
+            "https://sidecar:50001",
+            "unix:///tmp/dapr.sock",
+            "grpc://h:1",
+        ] {
+            let err = DaprConfig::new(refused, "s").validate().expect_err(refused);
             assert!(matches!(err, Error::Config { .. }), "{err:?}");
         }
     }
