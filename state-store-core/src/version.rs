@@ -68,8 +68,11 @@ impl Version {
 }
 
 impl fmt::Debug for Version {
+    // Redacted: a version can be derived from the value (Redis: its SHA-1, which a short or
+    // guessable value can be recovered from), and `Debug` ends up in logs. `Display` (and
+    // `as_str`) give the token to code that asks for it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Version({})", self.0)
+        f.write_str("Version(<redacted>)")
     }
 }
 
@@ -124,5 +127,16 @@ mod tests {
         let shown = format!("{entry:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("8 bytes"));
+    }
+
+    #[test]
+    fn version_debug_hides_the_token() {
+        // What Redis would store as the version of `"secret"`: its SHA-1.
+        let digest = "1f0ab1b2c4fb8e9c8e1a4d8f1e2b0a9c3d4e5f60";
+        let entry = Entry::new(b"\"secret\"".to_vec(), Version::new(digest));
+        for shown in [format!("{entry:?}"), format!("{:?}", entry.version)] {
+            assert!(!shown.contains(digest), "{shown}");
+        }
+        assert_eq!(entry.version.to_string(), digest, "Display gives the token");
     }
 }
