@@ -26,7 +26,7 @@ mod ratelimit;
 mod sessions;
 
 #[cfg(feature = "ratelimit")]
-pub use ratelimit::{Global, Header, KeyExtractor, PeerIp, RateLimit, RateLimitLayer};
+pub use ratelimit::{Global, Header, KeyExtractor, MissingKey, PeerIp, RateLimit, RateLimitLayer};
 #[cfg(any(feature = "sessions", feature = "sessions-014"))]
 pub use sessions::SessionStore;
 /// Re-exported so versions match.

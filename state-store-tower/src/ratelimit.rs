@@ -14,29 +14,45 @@ use tower_service::Service;
 
 /// What a request is limited by.
 ///
-/// Implement it for your own keys (a user id from an extension, an API key); `None` lets the
-/// request through without counting it.
+/// Implement it for your own keys (a user id from an extension, an API key); `None` means the
+/// request has no key, and the layer's [`MissingKey`] policy decides.
 pub trait KeyExtractor: Clone + Send + Sync + 'static {
-    /// The key for `request`, or `None` to let it through unlimited.
+    /// The key for `request`, or `None` when it has none.
     fn extract<B>(&self, request: &Request<B>) -> Option<String>;
 }
 
 /// Limits by the client's IP address: axum's `ConnectInfo<SocketAddr>` (serve with
 /// `into_make_service_with_connect_info::<SocketAddr>()`), or a `SocketAddr` extension.
 /// Behind a proxy, use [`Header`] with the header the proxy sets instead.
+///
+/// An IPv6 client is keyed by its /64 network, the block one subscriber is usually given: a
+/// client that rotates through its own /64 stays one key (and one stored record). An
+/// IPv4-mapped IPv6 address counts as the IPv4 address.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerIp;
+
+/// The key of an address: `ip:<v4>`, or `ip:<first four groups>::/64` for IPv6.
+fn ip_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("ip:{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+    }
+}
 
 impl KeyExtractor for PeerIp {
     fn extract<B>(&self, request: &Request<B>) -> Option<String> {
         let extensions = request.extensions();
         #[cfg(feature = "axum")]
         if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-            return Some(format!("ip:{}", info.0.ip()));
+            return Some(ip_key(info.0.ip()));
         }
-        extensions
-            .get::<SocketAddr>()
-            .map(|addr| format!("ip:{}", addr.ip()))
+        extensions.get::<SocketAddr>().map(|addr| ip_key(addr.ip()))
     }
 }
 
@@ -67,6 +83,21 @@ impl KeyExtractor for Global {
     }
 }
 
+/// What [`RateLimitLayer`] does with a request its [`KeyExtractor`] finds no key for (no peer
+/// address, no header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Every such request counts against one shared key (`anonymous`): limited together, so a
+    /// client cannot get out of its limit by leaving the key out. The default.
+    #[default]
+    Shared,
+    /// Refused with `403 Forbidden`.
+    Deny,
+    /// Let through without counting: only where something in front guarantees a key.
+    Allow,
+}
+
 /// A [`Layer`] that checks every request against a [`Limiter`]: allowed requests go on with
 /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers added to the
 /// response; denied ones get `429 Too Many Requests` with the same headers and `Retry-After`
@@ -88,6 +119,7 @@ impl KeyExtractor for Global {
 pub struct RateLimitLayer<K> {
     limiter: Arc<Limiter>,
     key: K,
+    missing: MissingKey,
 }
 
 impl<K: KeyExtractor> RateLimitLayer<K> {
@@ -96,7 +128,14 @@ impl<K: KeyExtractor> RateLimitLayer<K> {
         RateLimitLayer {
             limiter: Arc::new(limiter),
             key,
+            missing: MissingKey::default(),
         }
+    }
+
+    /// What to do with a request without a key (default [`MissingKey::Shared`]).
+    pub fn on_missing_key(mut self, policy: MissingKey) -> Self {
+        self.missing = policy;
+        self
     }
 }
 
@@ -108,6 +147,7 @@ impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
             inner,
             limiter: Arc::clone(&self.limiter),
             key: self.key.clone(),
+            missing: self.missing,
         }
     }
 }
@@ -118,6 +158,7 @@ pub struct RateLimit<S, K> {
     inner: S,
     limiter: Arc<Limiter>,
     key: K,
+    missing: MissingKey,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -144,9 +185,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = Arc::clone(&self.limiter);
+        let missing = self.missing;
         Box::pin(async move {
-            let Some(key) = key else {
-                return inner.call(request).await;
+            let key = match (key, missing) {
+                (Some(key), _) => key,
+                (None, MissingKey::Shared) => "anonymous".to_owned(),
+                (None, MissingKey::Deny) => {
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                    return Ok(response);
+                }
+                (None, MissingKey::Allow) => return inner.call(request).await,
             };
             match limiter.check(&key).await {
                 Ok(decision) if decision.allowed => {

@@ -1,5 +1,6 @@
 //! The rate-limit layer's HTTP behaviour: headers on every answer, 429 with Retry-After,
-//! keys from the extractor, unlimited requests without a key, 500 when the limiter fails.
+//! keys from the extractor, requests without a key limited together (or denied, or let
+//! through, as configured), IPv6 clients by /64, 500 when the limiter fails.
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Request, Response, StatusCode};
 use state_store::{Limiter, Quota, StateStore, StoreConfig};
-use state_store_tower::{Global, Header, PeerIp, RateLimitLayer};
+use state_store_tower::{Global, Header, MissingKey, PeerIp, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 async fn ok(_: Request<()>) -> Result<Response<String>, Infallible> {
@@ -70,20 +71,20 @@ async fn allowed_requests_get_headers_and_denied_ones_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn requests_without_a_key_pass_uncounted() {
+async fn requests_without_a_key_share_one_limit_by_default() {
     let store = memory().await;
     let limiter = Limiter::gcra(&store, Quota::per_hour(1));
     let service = RateLimitLayer::new(limiter, Header(HeaderName::from_static("x-api-key")))
         .layer(tower::service_fn(ok));
-    for _ in 0..3 {
-        let response = service
-            .clone()
-            .oneshot(Request::new(()))
-            .await
-            .expect("call");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.headers().get("ratelimit-limit").is_none());
-    }
+    let status = |response: Response<String>| response.status();
+    let anonymous = || service.clone().oneshot(Request::new(()));
+    assert_eq!(status(anonymous().await.expect("call")), StatusCode::OK);
+    // A second request without the header is not a fresh client: it is out of the quota.
+    assert_eq!(
+        status(anonymous().await.expect("call")),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A keyed client has a limit of its own.
     let keyed = || {
         Request::builder()
             .header("x-api-key", "k1")
@@ -91,17 +92,69 @@ async fn requests_without_a_key_pass_uncounted() {
             .expect("request")
     };
     assert_eq!(
-        service
-            .clone()
-            .oneshot(keyed())
-            .await
-            .expect("call")
-            .status(),
+        status(service.clone().oneshot(keyed()).await.expect("call")),
         StatusCode::OK
     );
     assert_eq!(
-        service.oneshot(keyed()).await.expect("call").status(),
+        status(service.clone().oneshot(keyed()).await.expect("call")),
         StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn requests_without_a_key_are_denied_or_let_through_when_configured() {
+    let store = memory().await;
+    let header = || Header(HeaderName::from_static("x-api-key"));
+    let deny = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_hour(1)), header())
+        .on_missing_key(MissingKey::Deny)
+        .layer(tower::service_fn(ok));
+    let response = deny.oneshot(Request::new(())).await.expect("call");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let allow = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_hour(1)), header())
+        .on_missing_key(MissingKey::Allow)
+        .layer(tower::service_fn(ok));
+    for _ in 0..3 {
+        let response = allow.clone().oneshot(Request::new(())).await.expect("call");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("ratelimit-limit").is_none());
+    }
+}
+
+/// An IPv6 client is limited by its /64: rotating addresses inside it is the same client,
+/// another /64 is another; an IPv4-mapped address is its IPv4 address.
+#[tokio::test]
+async fn ipv6_clients_are_limited_by_their_64() {
+    let store = memory().await;
+    let service = RateLimitLayer::new(
+        Limiter::fixed_window(&store, 1, Duration::from_secs(60)),
+        PeerIp,
+    )
+    .layer(tower::service_fn(ok));
+    let from_v6 = |ip: &str| {
+        let mut request = Request::new(());
+        let ip: std::net::Ipv6Addr = ip.parse().expect("ipv6");
+        request
+            .extensions_mut()
+            .insert(SocketAddr::from((ip, 40000)));
+        request
+    };
+    let status = |request| {
+        let service = service.clone();
+        async move { service.oneshot(request).await.expect("call").status() }
+    };
+    assert_eq!(status(from_v6("2001:db8:1:2::1")).await, StatusCode::OK);
+    assert_eq!(
+        status(from_v6("2001:db8:1:2:ffff:aaaa:bbbb:cccc")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same /64"
+    );
+    assert_eq!(status(from_v6("2001:db8:1:3::1")).await, StatusCode::OK);
+    assert_eq!(status(from([192, 0, 2, 7])).await, StatusCode::OK);
+    assert_eq!(
+        status(from_v6("::ffff:192.0.2.7")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an IPv4-mapped address is the IPv4 client"
     );
 }
 
