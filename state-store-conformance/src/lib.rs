@@ -111,6 +111,7 @@ macro_rules! __conformance_cases {
                 awkward_keys_round_trip
                 key_limits
                 value_limit
+                reads_are_capped
                 unprefixed_awkward_keys_round_trip
                 errors_name_the_callers_name
                 prefixes_isolate

@@ -128,6 +128,7 @@ pub use key::PREFIX_SEPARATOR;
 pub use layer::{
     Call, CallInfo, CapabilityLayer, ClosedLayer, CompletionLayer, Intercept, Intercepted, Layer,
     LimitLayer, NamespaceLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer,
+    MAX_NAMES_PER_CALL,
 };
 pub use lease::{FencingToken, Lease, LeaseRequest, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};

@@ -11,8 +11,7 @@ use async_nats::jetstream::{self, kv, Context};
 use async_nats::HeaderValue;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::try_join_all;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use state_store_core::{
     Backend, Capabilities, Entry, Error, Extensions, KeyPage, ListKeys, Result, SetMode,
     SetOptions, Version, WatchSupport, PREFIX_SEPARATOR,
@@ -26,6 +25,9 @@ use crate::message::{
     deadline_ms, headers_live, insert_deadline, is_live, millis, now_ms, parse_version, ttl_secs,
     version, HEADER_ROOM, KV_OPERATION, NATS_ROLLUP, NATS_TTL,
 };
+
+/// How many gets of one `get_many` are in flight at once.
+const READS_IN_FLIGHT: usize = 64;
 
 /// The NATS JetStream KV state store.
 ///
@@ -379,7 +381,12 @@ impl Backend for NatsStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        try_join_all(keys.iter().map(|key| self.read(key))).await
+        // Sent at once, at most `READS_IN_FLIGHT` at a time, answers in request order.
+        let reads: Vec<_> = keys.iter().map(|key| self.read(key)).collect();
+        futures_util::stream::iter(reads)
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {

@@ -74,6 +74,25 @@ pub async fn value_limit(ctx: Context) {
     assert_eq!(read(&store, "v").await, Some(fits));
 }
 
+/// One read of more than `MAX_NAMES_PER_CALL` distinct names is refused with `InvalidKey`,
+/// before the backend does any work: bounded work per call.
+pub async fn reads_are_capped(ctx: Context) {
+    let store = ctx.store().await;
+    let names: Vec<String> = (0..=state_store_core::MAX_NAMES_PER_CALL)
+        .map(|i| format!("cap-{i}"))
+        .collect();
+    let err = expect_err(store.get_state(&names).await, "a read over the cap");
+    assert!(matches!(err, Error::InvalidKey { .. }), "{}", report(&err));
+    // Repeats count once: the cap is on distinct names.
+    let repeated: Vec<&str> = vec!["cap-0"; state_store_core::MAX_NAMES_PER_CALL + 1];
+    let state = store.get_state(&repeated).await;
+    assert!(
+        matches!(&state, Ok(map) if map.len() == 1),
+        "{:?}",
+        state.map(|m| m.len())
+    );
+}
+
 /// Awkward names round-trip without any prefix too (the stored key is the name, as PURISTA
 /// stores it), one by one and all in one `get_state`; one odd name never fails a batch.
 pub async fn unprefixed_awkward_keys_round_trip(ctx: Context) {

@@ -75,9 +75,15 @@ impl Intercept for ClosedLayer {
     }
 }
 
+/// The most names one read may ask for ([`StateStore::get_state`](crate::StateStore::get_state)
+/// counts distinct names): bounded work for one call. More is [`Error::InvalidKey`], naming
+/// the first name beyond the cap; read in batches.
+pub const MAX_NAMES_PER_CALL: usize = 10_000;
+
 /// Refuses, before the backend sees them, a key that is empty or too long
-/// ([`Error::InvalidKey`]), a value too large ([`Error::ValueTooLarge`]) and a TTL of zero or
-/// above [`MAX_TTL`] ([`Error::InvalidTtl`]). The limits are the smaller of this layer's and
+/// ([`Error::InvalidKey`]), a read of more than [`MAX_NAMES_PER_CALL`] keys (`InvalidKey`), a
+/// value too large ([`Error::ValueTooLarge`]) and a TTL of zero or above [`MAX_TTL`]
+/// ([`Error::InvalidTtl`]). The limits are the smaller of this layer's and
 /// the backend's ([`Capabilities::max_key_len`], [`Capabilities::max_value_len`]).
 #[derive(Debug, Clone, Copy)]
 pub struct LimitLayer {
@@ -146,7 +152,15 @@ impl Intercept for LimitLayer {
 
     fn before(&self, site: Site<'_>, call: &Call<'_>) -> Result<()> {
         match call {
-            Call::Get { keys } => keys.iter().try_for_each(|key| self.key(site, key)),
+            Call::Get { keys } => {
+                if let Some(beyond) = keys.get(MAX_NAMES_PER_CALL) {
+                    return Err(Error::invalid_key(
+                        beyond,
+                        format!("one read asks for at most {MAX_NAMES_PER_CALL} names"),
+                    ));
+                }
+                keys.iter().try_for_each(|key| self.key(site, key))
+            }
             Call::Set {
                 key,
                 value,

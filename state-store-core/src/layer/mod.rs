@@ -26,7 +26,9 @@ use crate::config::StoreConfig;
 use crate::store::StateStore;
 
 pub use completion::CompletionLayer;
-pub use concerns::{CapabilityLayer, ClosedLayer, LimitLayer, TimeoutLayer, TracingLayer};
+pub use concerns::{
+    CapabilityLayer, ClosedLayer, LimitLayer, TimeoutLayer, TracingLayer, MAX_NAMES_PER_CALL,
+};
 pub use intercept::{Call, CallInfo, Intercept, Intercepted, Site};
 pub use namespace::NamespaceLayer;
 
