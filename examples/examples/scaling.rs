@@ -153,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for backend in BACKENDS.iter().copied().filter(|b| chosen.contains(b)) {
         stores.push((
             backend,
-            open(backend, dir.path()).await?.with_prefix("scaling"),
+            open(backend, dir.path()).await?.with_prefix("scaling")?,
         ));
     }
     let mut points = Vec::new();

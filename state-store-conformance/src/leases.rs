@@ -192,8 +192,9 @@ pub async fn lease_tokens_always_increase(ctx: Context) {
 
     let removed = take(&store, "job", LONG).await;
     tokens.push(removed.fencing_token());
+    let records = ok(store.reserved("lease"), "the lease area");
     ok(
-        store.remove_state("lease:{job}").await,
+        records.remove_state("{job}").await,
         "remove the holder record",
     );
 
@@ -208,6 +209,82 @@ pub async fn lease_tokens_always_increase(ctx: Context) {
         "tokens must grow strictly: {tokens:?}"
     );
     assert!(ok(last.release().await, "release"));
+}
+
+/// The store's own records (a lease's holder and fencing counter, a rate limit's state) are
+/// out of reach of every name and prefix a caller can pass: reading, writing, incrementing or
+/// removing them is refused with `InvalidKey`, listings and `remove_prefix` skip them (so
+/// tokens never restart and limits never reset), and no prefix leads into them.
+pub async fn store_records_are_out_of_callers_reach(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    let parent = ctx.store_without_prefix().await;
+    let case = ctx.prefix().to_owned();
+    let first = take(&store, "job", LONG).await;
+    assert!(ok(first.release().await, "release"));
+    let limiter = state_store_core::Limiter::fixed_window(&store, 1, LONG);
+    assert!(ok(limiter.check("client").await, "first request").allowed);
+    assert!(!ok(limiter.check("client").await, "second request").allowed);
+
+    // Every spelling of the records' names, from this handle and from the one above it.
+    let forged = [
+        "$lease:{job}:token",
+        "$lease:{job}",
+        "$ratelimit:window:client",
+        "$sessions:x",
+        "a:$b",
+    ];
+    let refused = |what: &str, result: Result<(), Error>| match result {
+        Err(Error::InvalidKey { .. }) => {}
+        other => panic!("{what}: a reserved name gave {other:?}"),
+    };
+    for name in forged {
+        let outer = format!("{case}:{name}");
+        for (handle, name) in [(&store, name), (&parent, outer.as_str())] {
+            refused(name, handle.get_state(&[name]).await.map(drop));
+            refused(name, handle.set_state(name, &serde_json::json!(0)).await);
+            refused(name, handle.remove_state(name).await);
+            if handle.capabilities().increment {
+                refused(name, handle.increment(name, 1, None).await.map(drop));
+            }
+        }
+    }
+    for prefix in ["", ":", "$lease", "x:$lease", "::$"] {
+        refused(prefix, store.with_prefix(prefix).map(drop));
+    }
+    let under_reserved = ctx
+        .store_with(state_store_core::StoreConfig::default().with_prefix("$lease"))
+        .await;
+    refused(
+        "a config prefix with a reserved segment",
+        under_reserved.get_state(&["{job}:token"]).await.map(drop),
+    );
+    if store.capabilities().list {
+        refused("list", store.list_all("$lease").await.map(drop));
+        for (handle, prefix) in [(&store, String::new()), (&parent, format!("{case}:"))] {
+            let names = ok(handle.list_all(&prefix).await, "list_all");
+            assert!(
+                names.iter().all(|name| !name.contains('$')),
+                "a listing shows the store's own records: {names:?}"
+            );
+            ok(handle.remove_prefix(&prefix).await, "remove_prefix");
+        }
+    }
+
+    // Nothing above reached them: the counter goes on, the window still denies.
+    let second = take(&store, "job", LONG).await;
+    assert!(
+        second.fencing_token() > first.fencing_token(),
+        "fencing tokens restarted: {} after {}",
+        second.fencing_token(),
+        first.fencing_token()
+    );
+    assert!(ok(second.release().await, "release"));
+    assert!(
+        !ok(limiter.check("client").await, "third request").allowed,
+        "the rate limit was reset"
+    );
 }
 
 /// A holder paused past its TTL cannot overwrite what the next holder wrote: its fenced write
@@ -307,7 +384,8 @@ pub async fn with_lease_runs_alone_and_cancels_on_loss(ctx: Context) {
     let result = within(
         "cancelling the body",
         store.with_lease("job", Duration::from_millis(600), |_lease| async move {
-            ok(thief.remove_state("lease:{job}").await, "remove the record");
+            let records = ok(thief.reserved("lease"), "the lease area");
+            ok(records.remove_state("{job}").await, "remove the record");
             let _taken = take(&thief, "job", LONG).await;
             std::future::pending::<()>().await;
         }),

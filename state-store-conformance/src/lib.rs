@@ -150,6 +150,7 @@ macro_rules! __conformance_cases {
                 lease_names_are_any_state_names
                 lease_release_by_non_holder_is_refused
                 lease_tokens_always_increase
+                store_records_are_out_of_callers_reach
                 fenced_write_from_a_paused_holder_is_refused
                 with_lease_runs_alone_and_cancels_on_loss
                 lease_mutual_exclusion

@@ -233,18 +233,19 @@ pub async fn limiter_keys_are_isolated(ctx: Context) {
 
 /// Limiter state has a TTL: an idle key's state disappears once its limit is restored.
 pub async fn idle_limiter_state_expires(ctx: Context) {
-    let store = ctx.store().await;
-    let (gcra, window) = supported(&store).await;
+    let caller = ctx.store().await;
+    let (gcra, window) = supported(&caller).await;
+    let store = ok(caller.reserved("ratelimit"), "the limiter's area");
     let mut names = Vec::new();
     if gcra {
-        let limiter = Limiter::gcra(&store, Quota::per_second(10));
+        let limiter = Limiter::gcra(&caller, Quota::per_second(10));
         assert!(ok(limiter.check("idle").await, "check").allowed);
-        names.push("ratelimit:gcra:idle");
+        names.push("gcra:idle");
     }
     if window {
-        let limiter = Limiter::fixed_window(&store, 5, Duration::from_millis(200));
+        let limiter = Limiter::fixed_window(&caller, 5, Duration::from_millis(200));
         assert!(ok(limiter.check("idle").await, "check").allowed);
-        names.push("ratelimit:window:idle");
+        names.push("window:idle");
     }
     let state = ok(store.get_state(&names).await, "read state");
     for name in &names {

@@ -389,15 +389,19 @@ impl Run<'_> {
 /// in `t1`), and `t1` again over a second connection.
 async fn handles(ctx: &Context, rng: &mut StdRng, seed: u64) -> Vec<Handle> {
     let segment = seed.to_string();
-    let root = ctx.store().await.with_prefix(&segment);
-    let second = ctx.store().await.with_prefix(&segment);
+    let nest = |store: &StateStore, prefix: &str| match store.with_prefix(prefix) {
+        Ok(store) => store,
+        Err(err) => panic!("with_prefix({prefix:?}): {err}"),
+    };
+    let root = nest(&ctx.store().await, &segment);
+    let second = nest(&ctx.store().await, &segment);
     let stores = [
         ctx.store_without_prefix().await,
         root.clone(),
-        root.with_prefix("t1"),
-        root.with_prefix("t12"),
-        root.with_prefix("t1:2"),
-        second.with_prefix("t1"),
+        nest(&root, "t1"),
+        nest(&root, "t12"),
+        nest(&root, "t1:2"),
+        nest(&second, "t1"),
     ];
     let mut out: Vec<Handle> = Vec::new();
     for (i, store) in stores.into_iter().enumerate() {

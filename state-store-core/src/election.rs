@@ -146,7 +146,7 @@ async fn campaign(
                     }
                 }
             }
-            Ok(None) => match request.store.leader(&request.name).await {
+            Ok(None) => match crate::lease::holder(&request.store, &request.name).await {
                 Ok(Some(id)) if seen_leader.as_ref() != Some(&id) => {
                     seen_leader = Some(id.clone());
                     if events

@@ -12,11 +12,13 @@
 //!
 //! # Layout
 //!
-//! A lease `name` is two state names under the handle's prefix: `lease:{<name>}` holds the
-//! current holder (JSON `{"holder", "nonce", "token"}`, with the lease's TTL) and
-//! `lease:{<name>}:token` the token counter (an integer without TTL, never removed by the
-//! lease). Removing the counter by hand restarts tokens at 1 and voids the guarantee. (The
-//! braces are a Redis Cluster hash tag: both keys land in one slot.)
+//! A lease `name` is two records in the [reserved](crate::RESERVED_MARKER) area `$lease`
+//! under the handle's prefix: `$lease:{<name>}` holds the current holder (JSON `{"holder",
+//! "nonce", "token"}`, with the lease's TTL) and `$lease:{<name>}:token` the token counter
+//! (an integer without TTL, never removed by the lease). No caller's name, prefix or
+//! [`StateStore::remove_prefix`] reaches them: a counter removed would restart tokens at 1 and
+//! void the guarantee. Only clearing the whole store does that. (The braces are a Redis
+//! Cluster hash tag: both keys land in one slot.)
 //!
 //! # How it is built
 //!
@@ -29,8 +31,7 @@
 //! expiry is judged by the writer's deadline against the reader's clock: a candidate whose
 //! clock runs ahead by `s` can take over `s` early. Keep NATS clients' clocks synced.)
 //!
-//! [`StateStore::remove_prefix`] with a prefix covering `lease:` removes token counters too:
-//! tokens then restart, and fenced names refuse the new holders' lower tokens. Renewing is one
+//! Renewing is one
 //! compare-and-set (which fails once anybody else holds the lease); releasing is one
 //! conditional remove.
 
@@ -93,21 +94,26 @@ struct Record {
     token: Option<u64>,
 }
 
-/// `lease:{<name>}`: the braces make it a Redis Cluster hash tag, so the record and the
-/// counter share a slot and one script can touch both.
+/// Where lease records live: the reserved area `$lease` of the handle that takes them, out
+/// of reach of any name a caller passes (a removed counter would restart fencing tokens).
+const AREA: &str = "lease";
+
+/// `{<name>}` in [`AREA`]: the braces make it a Redis Cluster hash tag, so the record and
+/// the counter share a slot and one script can touch both.
 fn record_name(name: &str) -> String {
-    format!("lease:{{{name}}}")
+    format!("{{{name}}}")
 }
 
-/// `lease:{<name>}:token`. Never equal to a record name: those end with `}`.
+/// `{<name>}:token` in [`AREA`]. Never equal to a record name: those end with `}`.
 fn counter_name(name: &str) -> String {
-    format!("lease:{{{name}}}:token")
+    format!("{{{name}}}:token")
 }
 
 /// Builds a lease request: [`StateStore::lease`].
 #[derive(Debug, Clone)]
 #[must_use = "a lease request does nothing until `try_acquire` or `acquire`"]
 pub struct LeaseRequest {
+    /// The caller's handle's [`AREA`].
     pub(crate) store: StateStore,
     pub(crate) name: String,
     pub(crate) ttl: Duration,
@@ -249,6 +255,15 @@ fn rename(name: &str, err: Error) -> Error {
     let record = record_name(name);
     let counter = counter_name(name);
     err.rename_key(|key| (key == record || key == counter).then(|| name.to_owned()))
+}
+
+/// Who holds the lease `name`, read in the lease area `records`.
+pub(crate) async fn holder(records: &StateStore, name: &str) -> Result<Option<String>> {
+    Ok(records
+        .get::<Record>(&record_name(name))
+        .await
+        .map_err(|e| rename(name, e))?
+        .map(|record| record.holder))
 }
 
 /// A random pause between attempts to take a lease held by somebody else.
@@ -489,7 +504,7 @@ impl StateStore {
     /// ```
     pub fn lease(&self, name: &str) -> LeaseRequest {
         LeaseRequest {
-            store: self.clone(),
+            store: self.reserved_area(AREA),
             name: name.to_owned(),
             ttl: DEFAULT_LEASE_TTL,
             holder: Alphanumeric.sample_string(&mut rand::rng(), 16),
@@ -545,12 +560,8 @@ impl StateStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] when `lease:{<name>}` holds something else; what the store returns.
+    /// What the store returns ([`Error::Decode`] if the record was damaged).
     pub async fn leader(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .get::<Record>(&record_name(name))
-            .await
-            .map_err(|e| rename(name, e))?
-            .map(|record| record.holder))
+        holder(&self.reserved_area(AREA), name).await
     }
 }

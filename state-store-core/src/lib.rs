@@ -124,7 +124,7 @@ pub use config::{
 pub use election::{Election, LeaderEvent};
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use fenced::Fenced;
-pub use key::PREFIX_SEPARATOR;
+pub use key::{PREFIX_SEPARATOR, RESERVED_MARKER};
 pub use layer::{
     Call, CallInfo, CapabilityLayer, ClosedLayer, CompletionLayer, Intercept, Intercepted, Layer,
     LimitLayer, NamespaceLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer,

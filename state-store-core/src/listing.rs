@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::change::{BackendEvent, KeySelector, RemoveCause, WatchStart, WatchStream};
 use crate::error::{Error, Operation, Result};
+use crate::key::has_reserved_segment;
 use crate::layer::Call;
 use crate::store::{decode, StateStore};
 use crate::version::Version;
@@ -53,7 +54,9 @@ impl ListOptions {
 #[non_exhaustive]
 pub struct Page {
     /// Names as the caller wrote them (the handle's prefix removed). In byte order on
-    /// ordered backends (memory, SQLite, NATS); in no particular order on Redis.
+    /// ordered backends (memory, SQLite, NATS); in no particular order on Redis. A page
+    /// before the last may hold fewer names than asked, even none (Redis `SCAN`, and the
+    /// store's own records, which are left out): go on while [`Page::next`] is `Some`.
     pub names: Vec<String>,
     /// The cursor of the next page (opaque); `None` on the last one.
     pub next: Option<String>,
@@ -131,6 +134,8 @@ impl fmt::Debug for WatchEvent {
 /// A value that is not JSON arrives as an [`Error::Decode`] item; the watch goes on.
 pub struct Watch {
     inner: WatchStream,
+    /// Skip events of reserved keys: a caller's handle watching a prefix.
+    hide_reserved: bool,
 }
 
 impl fmt::Debug for Watch {
@@ -178,10 +183,17 @@ impl Stream for Watch {
     type Item = Result<WatchEvent>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner
-            .as_mut()
-            .poll_next(cx)
-            .map(|event| event.map(|event| event.and_then(Watch::convert)))
+        loop {
+            let event = std::task::ready!(self.inner.as_mut().poll_next(cx));
+            if let Some(Ok(BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. })) =
+                &event
+            {
+                if self.hide_reserved && has_reserved_segment(key) {
+                    continue;
+                }
+            }
+            return Poll::Ready(event.map(|event| event.and_then(Watch::convert)));
+        }
     }
 }
 
@@ -206,9 +218,13 @@ impl StateStore {
                 format!("a page holds 1 to {MAX_PAGE} names"),
             ));
         }
-        let page = lister
+        let mut page = lister
             .list_keys(prefix, options.cursor.as_deref(), limit)
             .await?;
+        if self.is_caller() {
+            // The store's own records (a nested handle's leases, say) are not the caller's.
+            page.keys.retain(|key| !has_reserved_segment(key));
+        }
         Ok(Page {
             names: page.keys,
             next: page.next,
@@ -236,9 +252,9 @@ impl StateStore {
     }
 
     /// Removes every name starting with `prefix` (listed first, then removed in turn) and
-    /// returns how many were removed. Names written meanwhile may stay. A prefix covering
-    /// `lease:` removes lease token counters too (tokens restart; see
-    /// [`StateStore::lease`]).
+    /// returns how many were removed. Names written meanwhile may stay. The store's own
+    /// records ([reserved](crate::RESERVED_MARKER): lease fencing counters, rate limits,
+    /// sessions) are not names and stay.
     ///
     /// # Errors
     ///
@@ -274,7 +290,11 @@ impl StateStore {
             };
             return Err(self.refuse(&call, "watching changes"));
         };
+        let hide_reserved = self.is_caller() && matches!(selector, KeySelector::Prefix(_));
         let inner = watcher.watch(&selector, &start).await?;
-        Ok(Watch { inner })
+        Ok(Watch {
+            inner,
+            hide_reserved,
+        })
     }
 }

@@ -108,8 +108,9 @@ enum Algorithm {
 /// - [`Limiter::fixed_window`]: an atomic counter per key whose TTL starts with the window's
 ///   first request; exactly `limit` requests pass per window. Needs increment and TTL.
 ///
-/// State lives under the handle's prefix as `ratelimit:gcra:<key>` / `ratelimit:window:<key>`
-/// and expires once the limit is fully restored, so idle keys disappear.
+/// State lives under the handle's prefix as `$ratelimit:gcra:<key>` /
+/// `$ratelimit:window:<key>` ([reserved](crate::RESERVED_MARKER): no caller's name or
+/// `remove_prefix` clears a limit) and expires once the limit is fully restored, so idle keys disappear.
 ///
 /// On Redis each check is one script that takes the time from the server, so instances with
 /// skewed clocks agree. Elsewhere GCRA is a compare-and-set loop (with backoff) on the
@@ -159,6 +160,11 @@ impl fmt::Debug for Limiter {
 /// Deadlines kept before the cache is swept of passed ones.
 const DEADLINE_CACHE: usize = 4096;
 
+/// Where limiter state lives: the [reserved](crate::RESERVED_MARKER) area `$ratelimit` of the
+/// caller's handle (`$ratelimit:gcra:<key>`, `$ratelimit:window:<key>`), which no caller's
+/// name or prefix reaches.
+const AREA: &str = "ratelimit";
+
 impl Limiter {
     /// A GCRA limiter with `quota` per key.
     pub fn gcra(store: &StateStore, quota: Quota) -> Self {
@@ -179,7 +185,7 @@ impl Limiter {
 
     fn new(store: &StateStore, algorithm: Algorithm) -> Self {
         Limiter {
-            store: store.clone(),
+            store: store.reserved_area(AREA),
             algorithm,
             policy: FailurePolicy::default(),
             deadlines: Arc::default(),
@@ -305,7 +311,7 @@ impl Limiter {
             caps.conditional && caps.ttl,
             "GCRA rate limits (they need conditional writes and TTL)",
         )?;
-        let name = format!("ratelimit:gcra:{key}");
+        let name = format!("gcra:{key}");
         let interval = quota.emission_interval();
         let burst = u64::from(quota.burst);
         let algorithm = RateAlgorithm::Gcra {
@@ -358,7 +364,7 @@ impl Limiter {
             caps.increment && caps.ttl,
             "fixed-window rate limits (they need atomic increment and TTL)",
         )?;
-        let name = format!("ratelimit:window:{key}");
+        let name = format!("window:{key}");
         let algorithm = RateAlgorithm::FixedWindow { limit, window };
         if let Some(reply) = self.native(&name, algorithm, cost, write).await? {
             return Ok(decision(limit, reply));

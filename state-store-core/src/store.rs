@@ -12,7 +12,7 @@ use crate::backend::{Backend, Extensions, SetMode, SetOptions};
 use crate::capability::Capabilities;
 use crate::config::StoreConfig;
 use crate::error::{Error, Operation, Result};
-use crate::key::{join_prefix, normalize_prefix};
+use crate::key::{caller_prefix, join_prefix, normalize_prefix, PREFIX_SEPARATOR, RESERVED_MARKER};
 use crate::layer::{handle_stack, Call, ClosedLayer, HandleStack, Layer};
 use crate::version::{Entry, Version};
 
@@ -107,6 +107,8 @@ struct Inner {
     closed: ClosedLayer,
     config: StoreConfig,
     capabilities: Capabilities,
+    /// A caller's handle: reserved keys are refused, and left out of listings and watches.
+    caller: bool,
 }
 
 impl fmt::Debug for StateStore {
@@ -157,7 +159,7 @@ impl StateStore {
         config: StoreConfig,
     ) -> Self {
         let base = crate::CompletionLayer.layer(layered);
-        Self::assemble(raw, base, config, ClosedLayer::new())
+        Self::assemble(raw, base, config, ClosedLayer::new(), true)
     }
 
     fn assemble(
@@ -165,9 +167,10 @@ impl StateStore {
         base: Arc<dyn Backend>,
         mut config: StoreConfig,
         closed: ClosedLayer,
+        caller: bool,
     ) -> Self {
         config.key_prefix = normalize_prefix(&config.key_prefix);
-        let top = handle_stack(&base, &config, &closed);
+        let top = handle_stack(&base, &config, &closed, caller);
         let capabilities = top.capabilities();
         StateStore {
             inner: Arc::new(Inner {
@@ -178,6 +181,7 @@ impl StateStore {
                 closed,
                 config,
                 capabilities,
+                caller,
             }),
         }
     }
@@ -185,14 +189,54 @@ impl StateStore {
     /// Another handle over the same backend whose names live under `prefix`, nested inside
     /// this handle's prefix: `store.with_prefix("a").with_prefix("b")` is
     /// `store.with_prefix("a:b")`. Destroying either destroys both.
-    pub fn with_prefix(&self, prefix: &str) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for a prefix without a segment (`""`, `":"`), which would give
+    /// back this very namespace, and for a [reserved segment](crate::RESERVED_MARKER).
+    pub fn with_prefix(&self, prefix: &str) -> Result<Self> {
+        let prefix = caller_prefix(prefix)?;
+        Ok(self.nested(&prefix, self.inner.caller))
+    }
+
+    /// A handle for a component's own records (a lease's holder and fencing counter, rate
+    /// limit state, sessions), under this handle's prefix in the reserved segment `$<area>`
+    /// (see [`RESERVED_MARKER`](crate::RESERVED_MARKER)). No caller's name, prefix, listing
+    /// or watch reaches it: a name that comes from a request can never be one of these
+    /// records. Names inside are not restricted. Destroying it destroys this handle too.
+    ///
+    /// For crates that keep records beside their caller's data, as `state-store-tower`'s
+    /// `SessionStore` does under `$sessions`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] unless `area` is one segment that is not empty and not reserved
+    /// (`"sessions"`, not `""`, `"a:b"` or `"$x"`).
+    pub fn reserved(&self, area: &str) -> Result<Self> {
+        if area.is_empty() || area.contains(PREFIX_SEPARATOR) || area.starts_with(RESERVED_MARKER) {
+            return Err(Error::invalid_key(
+                area,
+                "a reserved area is one segment, not empty, not itself reserved",
+            ));
+        }
+        Ok(self.reserved_area(area))
+    }
+
+    /// [`StateStore::reserved`] of an area known to be valid.
+    pub(crate) fn reserved_area(&self, area: &str) -> Self {
+        self.nested(&format!("{RESERVED_MARKER}{area}"), false)
+    }
+
+    /// A handle under this one's prefix and then `segments` (canonical).
+    fn nested(&self, segments: &str, caller: bool) -> Self {
         let mut config = self.inner.config.clone();
-        config.key_prefix = join_prefix(&config.key_prefix, prefix);
+        config.key_prefix = join_prefix(&config.key_prefix, segments);
         Self::assemble(
             Arc::clone(&self.inner.raw),
             Arc::clone(&self.inner.base),
             config,
             self.inner.closed.clone(),
+            caller,
         )
     }
 
@@ -235,6 +279,12 @@ impl StateStore {
     /// future a second time.
     pub(crate) fn dispatch(&self) -> &dyn Backend {
         &*self.inner.stack
+    }
+
+    /// Whether this is a caller's handle (not [`StateStore::reserved`]): reserved keys stay
+    /// out of its listings and watches.
+    pub(crate) fn is_caller(&self) -> bool {
+        self.inner.caller
     }
 
     /// The stack's optional operations.

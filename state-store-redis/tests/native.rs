@@ -68,7 +68,9 @@ async fn taking_a_lease_is_one_script_call() {
     let probe = RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
         .await
         .expect("connect");
-    let store = StateStore::from(backend).with_prefix("app");
+    let store = StateStore::from(backend)
+        .with_prefix("app")
+        .expect("prefix");
     // Warm the script cache, so the measured call is a plain EVALSHA.
     let warm = store
         .lease("warm")

@@ -15,7 +15,7 @@
 //!
 //! let store = StateStore::new(DefaultStateStore::new());
 //! let limits = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_minute(60)), PeerIp);
-//! let sessions = SessionStore::new(store.with_prefix("sessions"));
+//! let sessions = SessionStore::new(&store);
 //! # let _ = (limits, sessions);
 //! # }
 //! ```

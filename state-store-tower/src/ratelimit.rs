@@ -1,5 +1,6 @@
 //! A tower layer that rate-limits requests with a [`Limiter`] shared by every instance.
 
+use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use sha2::Sha256;
 use state_store_core::{Decision, Limiter};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -57,19 +60,51 @@ impl KeyExtractor for PeerIp {
 }
 
 /// Limits by the value of a request header (an API key, or a client address header that
-/// your proxy *sets* — not one a client can add to, like an appended `x-forwarded-for`);
-/// requests without the header are let through.
+/// your proxy *sets* — not one a client can add to, like an appended `x-forwarded-for`).
+/// Requests without the header get what the layer's [`MissingKey`] says.
 ///
-/// The key is the SHA-1 of the header's raw bytes: any value (non-ASCII, very long) gets a
-/// key of its own, and secrets such as API keys never appear in stored keys or logs.
-#[derive(Debug, Clone)]
-pub struct Header(pub HeaderName);
+/// The key is an HMAC-SHA-256 of the header's raw bytes under `secret` (its first 128 bits,
+/// in hex): any value (non-ASCII, very long) gets a key of its own, API keys never appear in
+/// stored keys or logs, and without the secret a store dump does not tell which values were
+/// seen (a plain hash of a short API key can be reversed by trying them all). Give every
+/// instance of the service the same secret — at least 32 random bytes, kept like a password —
+/// or each counts alone. A changed secret starts every limit afresh.
+#[derive(Clone)]
+pub struct Header {
+    name: HeaderName,
+    mac: Hmac<Sha256>,
+}
+
+impl Header {
+    /// Keys by the header `name`, hashed with `secret`.
+    pub fn new(name: HeaderName, secret: impl AsRef<[u8]>) -> Self {
+        #[allow(clippy::expect_used)] // HMAC takes a key of any length.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_ref())
+            .expect("HMAC takes a key of any length");
+        Header { name, mac }
+    }
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Header")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
 
 impl KeyExtractor for Header {
     fn extract<B>(&self, request: &Request<B>) -> Option<String> {
-        let value = request.headers().get(&self.0)?;
-        let digest = sha1_smol::Sha1::from(value.as_bytes()).digest();
-        Some(format!("header:{}:{digest}", self.0))
+        let value = request.headers().get(&self.name)?;
+        let mut mac = self.mac.clone();
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut key = format!("header:{}:", self.name);
+        for byte in &digest[..16] {
+            let _ = write!(key, "{byte:02x}");
+        }
+        Some(key)
     }
 }
 

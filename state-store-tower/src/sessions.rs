@@ -8,9 +8,11 @@ use time::OffsetDateTime;
 /// A [tower-sessions](https://docs.rs/tower-sessions) store over any [`StateStore`]: sessions
 /// shared by every instance of a service, on every backend.
 ///
-/// Each session is one JSON value, `session:<id>` under the handle's prefix (give it one:
-/// `store.with_prefix("sessions")`), with a TTL until the session's expiry date, so the
-/// backend drops expired sessions by itself. Semantics:
+/// Each session is one JSON value, `$sessions:<id>` under the handle's prefix: in its
+/// [reserved](state_store_core::RESERVED_MARKER) area, so no name a caller passes to the
+/// handle (say, one taken from a request) can read, forge or remove a session, and listings
+/// leave them out. Each has a TTL until the session's expiry date, so the backend drops
+/// expired sessions by itself. Semantics:
 ///
 /// - `create` writes only if the id is free (create-if-absent) and draws a new id on a
 ///   collision;
@@ -32,8 +34,8 @@ use time::OffsetDateTime;
 /// use state_store_core::{DefaultStateStore, StateStore};
 /// use state_store_tower::SessionStore;
 ///
-/// let store = StateStore::new(DefaultStateStore::new()).with_prefix("sessions");
-/// let sessions = SessionStore::new(store);
+/// let store = StateStore::new(DefaultStateStore::new());
+/// let sessions = SessionStore::new(&store);
 /// // tower_sessions::SessionManagerLayer::new(sessions)
 /// # let _ = sessions;
 /// # }
@@ -52,20 +54,25 @@ impl fmt::Debug for SessionStore {
     }
 }
 
+/// The reserved area of the caller's handle that holds sessions.
+const AREA: &str = "sessions";
+
 impl SessionStore {
-    /// Sessions in `store` (under its prefix).
-    pub fn new(store: StateStore) -> Self {
+    /// Sessions in `store`'s reserved area `$sessions` (under its prefix).
+    pub fn new(store: &StateStore) -> Self {
+        #[allow(clippy::expect_used)] // A constant, valid area: one plain segment.
+        let store = store.reserved(AREA).expect("`sessions` is a valid area");
         SessionStore { store }
     }
 
-    /// The state store holding the sessions.
+    /// The handle of the sessions' area: names are session ids.
     pub fn state_store(&self) -> &StateStore {
         &self.store
     }
 }
 
 fn name(id: impl fmt::Display) -> String {
-    format!("session:{id}")
+    id.to_string()
 }
 
 /// Time left until `expiry`, at most [`MAX_TTL`]; `None` when it has passed.

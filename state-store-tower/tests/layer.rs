@@ -13,6 +13,9 @@ use state_store::{Limiter, Quota, StateStore, StoreConfig};
 use state_store_tower::{Global, Header, MissingKey, PeerIp, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
+/// The header extractor's secret, as every instance of a service would share it.
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
 async fn ok(_: Request<()>) -> Result<Response<String>, Infallible> {
     Ok(Response::new("hello".to_owned()))
 }
@@ -74,8 +77,11 @@ async fn allowed_requests_get_headers_and_denied_ones_429_with_retry_after() {
 async fn requests_without_a_key_share_one_limit_by_default() {
     let store = memory().await;
     let limiter = Limiter::gcra(&store, Quota::per_hour(1));
-    let service = RateLimitLayer::new(limiter, Header(HeaderName::from_static("x-api-key")))
-        .layer(tower::service_fn(ok));
+    let service = RateLimitLayer::new(
+        limiter,
+        Header::new(HeaderName::from_static("x-api-key"), SECRET),
+    )
+    .layer(tower::service_fn(ok));
     let status = |response: Response<String>| response.status();
     let anonymous = || service.clone().oneshot(Request::new(()));
     assert_eq!(status(anonymous().await.expect("call")), StatusCode::OK);
@@ -104,7 +110,7 @@ async fn requests_without_a_key_share_one_limit_by_default() {
 #[tokio::test]
 async fn requests_without_a_key_are_denied_or_let_through_when_configured() {
     let store = memory().await;
-    let header = || Header(HeaderName::from_static("x-api-key"));
+    let header = || Header::new(HeaderName::from_static("x-api-key"), SECRET);
     let deny = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_hour(1)), header())
         .on_missing_key(MissingKey::Deny)
         .layer(tower::service_fn(ok));
@@ -174,8 +180,11 @@ async fn a_failing_limiter_answers_500() {
 async fn any_header_value_is_limited_and_never_stored_in_clear() {
     let store = memory().await;
     let limiter = Limiter::fixed_window(&store, 1, Duration::from_secs(60));
-    let service = RateLimitLayer::new(limiter, Header(HeaderName::from_static("x-api-key")))
-        .layer(tower::service_fn(ok));
+    let service = RateLimitLayer::new(
+        limiter,
+        Header::new(HeaderName::from_static("x-api-key"), SECRET),
+    )
+    .layer(tower::service_fn(ok));
     let request = |value: &[u8]| {
         let mut request = Request::new(());
         request.headers_mut().insert(
@@ -192,7 +201,8 @@ async fn any_header_value_is_limited_and_never_stored_in_clear() {
         let second = service.clone().oneshot(request(value)).await.expect("call");
         assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     }
-    let stored = store.list_all("").await.expect("list");
+    let limits = store.reserved("ratelimit").expect("the limiter's area");
+    let stored = limits.list_all("").await.expect("list");
     assert_eq!(stored.len(), 2);
     assert!(
         stored
@@ -200,4 +210,44 @@ async fn any_header_value_is_limited_and_never_stored_in_clear() {
             .all(|name| !name.contains("secret") && !name.contains("sk_live")),
         "{stored:?}"
     );
+}
+
+/// A store dump does not reveal which API keys were seen: the stored key of a header value
+/// depends on the secret (a plain hash of a short key could be reversed by trying them all),
+/// instances sharing the secret share the limit, and the secret never shows in `Debug`.
+#[tokio::test]
+async fn header_keys_are_hashed_with_the_secret() {
+    let store = memory().await;
+    let name = HeaderName::from_static("x-api-key");
+    let request = || {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert("x-api-key", http::HeaderValue::from_static("k1"));
+        request
+    };
+    let limiter = Limiter::fixed_window(&store, 1, Duration::from_secs(60));
+    let mut stored = Vec::new();
+    for secret in [SECRET, SECRET, "another secret, another deployment"] {
+        let header = Header::new(name.clone(), secret);
+        assert!(!format!("{header:?}").contains(secret), "{header:?}");
+        let service = RateLimitLayer::new(limiter.clone(), header).layer(tower::service_fn(ok));
+        stored.push(service.oneshot(request()).await.expect("call").status());
+    }
+    assert_eq!(
+        stored,
+        [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::OK
+        ],
+        "one secret, one limit; another secret, another key"
+    );
+    let limits = store.reserved("ratelimit").expect("the limiter's area");
+    let keys = limits.list_all("").await.expect("list");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    // SHA-1 and SHA-256 of "k1", unkeyed: what a dump must not show.
+    for plain in ["a2ab1959", "6ab9f1eb"] {
+        assert!(keys.iter().all(|key| !key.contains(plain)), "{keys:?}");
+    }
 }

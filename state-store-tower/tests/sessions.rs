@@ -31,7 +31,7 @@ macro_rules! session_cases {
             }
 
             pub(crate) async fn cases(store: StateStore, url: &str) {
-                let sessions = SessionStore::new(store.clone());
+                let sessions = SessionStore::new(&store);
                 let seed = random_id();
 
                 // create + load
@@ -60,6 +60,27 @@ macro_rules! session_cases {
                     );
                 }
 
+                // no name a caller passes reaches a session: not read, forged, removed or listed
+                let forged = format!("$sessions:{}", first.id);
+                let refused = |what: &str, result: Result<(), state_store_core::Error>| {
+                    assert!(
+                        matches!(result, Err(state_store_core::Error::InvalidKey { .. })),
+                        "{what} of {forged}: {result:?}"
+                    );
+                };
+                refused("get", store.get_state(&[forged.as_str()]).await.map(drop));
+                refused("set", store.set_state(&forged, &json!({})).await);
+                refused("remove", store.remove_state(&forged).await);
+                if store.capabilities().list {
+                    let names = store.list_all("").await.expect("list");
+                    assert!(names.iter().all(|n| !n.contains('$')), "{names:?}");
+                    store.remove_prefix("").await.expect("remove_prefix");
+                    assert!(
+                        sessions.load(&first.id).await.expect("load").is_some(),
+                        "remove_prefix removed a session"
+                    );
+                }
+
                 // create on a taken id draws a new one; the first session is untouched
                 let mut clash = record(seed, 30);
                 clash.data.insert("visits".to_owned(), json!(99));
@@ -83,7 +104,7 @@ macro_rules! session_cases {
                 assert_eq!(loaded.data["visits"], json!(2));
 
                 // deleted by another instance: a late save does not bring it back
-                let other_instance = SessionStore::new(store.clone());
+                let other_instance = SessionStore::new(&store);
                 other_instance.delete(&first.id).await.expect("delete");
                 sessions.save(&changed).await.expect("late save");
                 assert!(
@@ -93,8 +114,9 @@ macro_rules! session_cases {
 
                 // an expired session never loads, even while the backend still holds it
                 let expired = record(seed ^ 1, -5);
-                let name = format!("session:{}", expired.id);
-                store
+                let name = expired.id.to_string();
+                sessions
+                    .state_store()
                     .set(&name, &expired)
                     .await
                     .expect("plant an expired record");
@@ -153,17 +175,18 @@ async fn ttl_left(store: &StateStore, url: &str, key: String) -> Option<std::tim
 }
 
 fn stored_key(store: &StateStore, id: impl std::fmt::Display) -> String {
-    format!("{}:session:{id}", store.config().key_prefix)
+    format!("{}:$sessions:{id}", store.config().key_prefix)
 }
 
 async fn all(url: &str) {
     let store = state_store::open(url)
         .await
         .expect("open")
-        .with_prefix(&format!("sessions-test-{}", std::process::id()));
-    v015::cases(store.with_prefix("v015"), url).await;
+        .with_prefix(&format!("sessions-test-{}", std::process::id()))
+        .expect("prefix");
+    v015::cases(store.with_prefix("v015").expect("prefix"), url).await;
     #[cfg(feature = "sessions-014")]
-    v014::cases(store.with_prefix("v014"), url).await;
+    v014::cases(store.with_prefix("v014").expect("prefix"), url).await;
     store.destroy().await.expect("destroy");
 }
 

@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = examples::store_url();
     let store = state_store::open(&url)
         .await?
-        .with_prefix("singleton-example");
+        .with_prefix("singleton-example")?;
     if let Some(id) = flag::<String>("--worker") {
         return worker(&store, id).await;
     }

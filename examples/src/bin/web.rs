@@ -46,8 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let instance = flag("--instance").unwrap_or_else(|| format!("port {port}"));
     let prefix = flag("--prefix").unwrap_or_else(|| "web-example".to_owned());
 
-    let store: StateStore = state_store::open(&url).await?.with_prefix(&prefix);
-    let sessions = SessionManagerLayer::new(SessionStore::new(store.with_prefix("sessions")))
+    let store: StateStore = state_store::open(&url).await?.with_prefix(&prefix)?;
+    let sessions = SessionManagerLayer::new(SessionStore::new(&store))
         .with_secure(false)
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));
     let limited = Router::new()

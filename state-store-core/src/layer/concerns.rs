@@ -15,6 +15,7 @@ use crate::cas::CloseFlag;
 use crate::change::{KeySelector, WatchStart};
 use crate::config::{DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN};
 use crate::error::{shorten, Error, Result};
+use crate::key::{has_reserved_segment, reserved};
 
 macro_rules! intercept_layer {
     ($($layer:ty),*) => {$(
@@ -85,10 +86,19 @@ pub const MAX_NAMES_PER_CALL: usize = 10_000;
 /// value too large ([`Error::ValueTooLarge`]) and a TTL of zero or above [`MAX_TTL`]
 /// ([`Error::InvalidTtl`]). The limits are the smaller of this layer's and
 /// the backend's ([`Capabilities::max_key_len`], [`Capabilities::max_value_len`]).
+///
+/// In a [`StateStore`](crate::StateStore)'s own stack it also refuses names, listed prefixes
+/// and watched prefixes with a [reserved segment](crate::RESERVED_MARKER) (`InvalidKey`):
+/// those keys are the store's own records.
 #[derive(Debug, Clone, Copy)]
 pub struct LimitLayer {
     max_key_len: usize,
     max_value_len: usize,
+    /// Refuse keys with a reserved segment: a caller's handle.
+    guard_reserved: bool,
+    /// The handle's own prefix has a reserved segment: every key is one (a config prefix
+    /// is not checked where it is set).
+    prefix_reserved: bool,
 }
 
 impl Default for LimitLayer {
@@ -104,11 +114,33 @@ impl LimitLayer {
         LimitLayer {
             max_key_len,
             max_value_len,
+            guard_reserved: false,
+            prefix_reserved: false,
+        }
+    }
+
+    /// The layer of a handle under `prefix`: a caller's handle refuses reserved keys, one for
+    /// the store's own records ([`StateStore::reserved`](crate::StateStore::reserved)) does not.
+    pub(crate) fn for_handle(config: &crate::StoreConfig, caller: bool) -> Self {
+        LimitLayer {
+            guard_reserved: caller,
+            prefix_reserved: caller && has_reserved_segment(&config.key_prefix),
+            ..LimitLayer::new(config.max_key_len, config.max_value_len)
+        }
+    }
+
+    /// Refuses a caller's key, name or prefix, with a reserved segment.
+    fn not_reserved(&self, key: &str) -> Result<()> {
+        if self.guard_reserved && (self.prefix_reserved || has_reserved_segment(key)) {
+            Err(reserved(key))
+        } else {
+            Ok(())
         }
     }
 
     fn key(&self, site: Site<'_>, key: &str) -> Result<()> {
         let limit = self.max_key_len.min(site.capabilities.max_key_len);
+        self.not_reserved(key)?;
         if key.is_empty() {
             Err(Error::invalid_key(key, "a state name must not be empty"))
         } else if key.len() > limit {
@@ -179,6 +211,11 @@ impl Intercept for LimitLayer {
                 selector: KeySelector::Key(key),
                 ..
             } => self.key(site, key),
+            Call::Watch {
+                selector: KeySelector::Prefix(prefix),
+                ..
+            } => self.not_reserved(prefix),
+            Call::List { prefix } => self.not_reserved(prefix),
             Call::Lease { request } => {
                 self.key(site, request.record_key)?;
                 self.key(site, request.counter_key)?;

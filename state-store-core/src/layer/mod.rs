@@ -112,11 +112,13 @@ pub(crate) type HandleStack =
     Intercepted<(TracingLayer, (ClosedLayer, (LimitLayer, CapabilityLayer)))>;
 
 /// The layers of a handle above the completion layer: the namespace, the checks and tracing.
-/// `closed` is shared by every handle over one stack, so that destroying one closes all.
+/// `closed` is shared by every handle over one stack, so that destroying one closes all;
+/// `caller`: a caller's handle, which refuses reserved keys.
 pub(crate) fn handle_stack(
     base: &Arc<dyn Backend>,
     config: &StoreConfig,
     closed: &ClosedLayer,
+    caller: bool,
 ) -> Arc<HandleStack> {
     let named = NamespaceLayer::new(&config.key_prefix).layer(Arc::clone(base));
     Arc::new(Intercepted::new(
@@ -125,10 +127,7 @@ pub(crate) fn handle_stack(
             TracingLayer::with_prefix(&config.key_prefix),
             (
                 closed.clone(),
-                (
-                    LimitLayer::new(config.max_key_len, config.max_value_len),
-                    CapabilityLayer,
-                ),
+                (LimitLayer::for_handle(config, caller), CapabilityLayer),
             ),
         ),
     ))
