@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use state_store_core::{
-    watch_channel, Backend, BackendEvent, Capabilities, Entry, Error, Extensions, Increment,
-    KeyPage, KeySelector, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
+    watch_channel, AcquireLease, Backend, BackendEvent, Capabilities, Entry, Error, Extensions, Increment,
+    KeyPage, KeySelector, LeaseAcquire, LeaseGrant, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
     WatchStart, WatchStream, WatchSupport,
 };
 use tokio::sync::{oneshot, Semaphore};
@@ -408,7 +408,10 @@ impl Backend for SqliteStateStore {
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        let extensions = Extensions::none().with_increment(self).with_list(self);
+        let extensions = Extensions::none()
+            .with_increment(self)
+            .with_list(self)
+            .with_lease(self);
         match self.file {
             Some(_) => extensions.with_watch(self),
             None => extensions,
@@ -429,6 +432,34 @@ impl Increment for SqliteStateStore {
         sum.ok_or_else(|| Error::NotAnInteger {
             key: key.to_owned(),
         })
+    }
+}
+
+#[async_trait]
+impl AcquireLease for SqliteStateStore {
+    /// One immediate transaction, committed with `synchronous = FULL` whatever the store's
+    /// [`Durability`]: fencing tokens never repeat, even across a power cut.
+    async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
+        let lease = LeaseTxn {
+            record_key: request.record_key.to_owned(),
+            counter_key: request.counter_key.to_owned(),
+            record: request.record_around_token(),
+            ttl: request.ttl,
+        };
+        let full = self.config.durability == Durability::Full;
+        let outcome = self
+            .call(move |conn| acquire_lease(conn, &lease, full).map_err(map))
+            .await?;
+        match outcome {
+            LeaseOutcome::Granted(token, v) => Ok(LeaseGrant::Granted {
+                token,
+                version: version(v),
+            }),
+            LeaseOutcome::Held => Ok(LeaseGrant::Held),
+            LeaseOutcome::BadCounter => Err(Error::NotAnInteger {
+                key: request.counter_key.to_owned(),
+            }),
+        }
     }
 }
 
@@ -521,6 +552,53 @@ mod tests {
             .expect("open");
         assert!(full.write_inline(10, |_| Ok(())).is_none());
         full.close().await.expect("close");
+    }
+
+    /// A lease is one native transaction (held, then taken with the next token once free),
+    /// and the connection is back at the store's durability afterwards. That the transaction
+    /// commits with `synchronous = FULL` is by construction: a power cut cannot be staged here.
+    #[tokio::test]
+    async fn leases_are_one_transaction_and_durability_is_restored() {
+        let dir = state_store_testkit::harness::temp_dir("sqlite-lease");
+        let store = SqliteStateStore::connect(SqliteConfig::new(dir.path().join("s.db")))
+            .await
+            .expect("open");
+        let lease = store.extensions().lease.expect("a native lease");
+        let request = |nonce| LeaseAcquire::new("r", "c", "ada", nonce, Duration::from_millis(50));
+        let tokens = [
+            lease.acquire_lease(&request("1")).await,
+            lease.acquire_lease(&request("2")).await,
+        ];
+        assert!(
+            matches!(
+                tokens,
+                [Ok(LeaseGrant::Granted { token: 1, .. }), Ok(LeaseGrant::Held)]
+            ),
+            "{tokens:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let again = lease.acquire_lease(&request("3")).await;
+        assert!(
+            matches!(again, Ok(LeaseGrant::Granted { token: 2, .. })),
+            "{again:?}"
+        );
+        let record = store.get_many(&["r".to_owned()]).await.expect("read");
+        let value = record[0].as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+        assert_eq!(
+            value.as_deref(),
+            Some(r#"{"holder":"ada","nonce":"3","token":2}"#)
+        );
+        let synchronous: i64 = store
+            .writer
+            .conn
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .expect("open")
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .expect("pragma");
+        assert_eq!(synchronous, 1, "NORMAL again after the lease");
+        store.close().await.expect("close");
     }
 
     #[test]

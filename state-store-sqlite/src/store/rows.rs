@@ -294,3 +294,74 @@ pub(super) fn increment(
         |row| row.get::<_, i64>(0),
     )
 }
+
+/// A lease acquisition with owned parts, for the store's thread.
+pub(super) struct LeaseTxn {
+    pub(super) record_key: String,
+    pub(super) counter_key: String,
+    /// The record's JSON before the token, and after it.
+    pub(super) record: (String, &'static str),
+    pub(super) ttl: Duration,
+}
+
+/// What a lease transaction found.
+pub(super) enum LeaseOutcome {
+    /// Taken: the token and the record's version.
+    Granted(u64, i64),
+    /// Somebody holds it; nothing changed.
+    Held,
+    /// The counter holds something that is not a positive integer; nothing changed.
+    BadCounter,
+}
+
+/// Takes a lease in one immediate transaction: if no live record exists, increments the
+/// counter and writes the record with the new token and the TTL. Committed with
+/// `synchronous = FULL` whatever the store's durability, so a token handed out survives a
+/// power cut: a token is never handed out twice. `full` says the connection already syncs so.
+pub(super) fn acquire_lease(
+    conn: &mut Connection,
+    lease: &LeaseTxn,
+    full: bool,
+) -> rusqlite::Result<LeaseOutcome> {
+    if !full {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    let outcome = lease_transaction(conn, lease);
+    if !full {
+        // Back to the store's durability; should this fail, the connection stays safer.
+        let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+    }
+    outcome
+}
+
+fn lease_transaction(conn: &mut Connection, lease: &LeaseTxn) -> rusqlite::Result<LeaseOutcome> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let held = tx
+        .prepare_cached(
+            "SELECT 1 FROM state_store
+             WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+        )?
+        .exists(params![lease.record_key, now])?;
+    if held {
+        return Ok(LeaseOutcome::Held);
+    }
+    let token = match increment(&tx, &lease.counter_key, 1, None)?
+        .and_then(|token| u64::try_from(token).ok())
+        .filter(|token| *token > 0)
+    {
+        Some(token) => token,
+        None => return Ok(LeaseOutcome::BadCounter),
+    };
+    let (before, after) = &lease.record;
+    let record = format!("{before}{token}{after}");
+    let version = new_version();
+    tx.prepare_cached(sql::UPSERT)?.execute(params![
+        lease.record_key,
+        record,
+        version,
+        deadline(now, Some(lease.ttl))
+    ])?;
+    tx.commit()?;
+    Ok(LeaseOutcome::Granted(token, version))
+}
