@@ -459,7 +459,11 @@ impl ListKeys for RedisStateStore {
         };
         let count = limit.clamp(1, 10_000).to_string();
         let mut keys = Vec::new();
+        // A sparse match in a large keyspace would otherwise scan it all in one call: after
+        // a few empty rounds the page is returned empty, with the cursor to go on from.
+        let mut rounds = 0;
         while let Some(server) = nodes.get(node) {
+            rounds += 1;
             let args = vec![cursor.as_str(), "MATCH", &pattern, "COUNT", &count];
             let reply: fred::types::Value = match server {
                 Some(server) => {
@@ -477,7 +481,7 @@ impl ListKeys for RedisStateStore {
             if cursor == "0" {
                 node += 1;
             }
-            if !keys.is_empty() || node >= nodes.len() {
+            if !keys.is_empty() || node >= nodes.len() || rounds >= SCAN_ROUNDS_PER_PAGE {
                 break;
             }
         }
@@ -485,6 +489,10 @@ impl ListKeys for RedisStateStore {
         Ok(KeyPage::new(keys, next))
     }
 }
+
+/// `SCAN` calls one page makes at most: bounded work per call, each call within the request
+/// timeout.
+const SCAN_ROUNDS_PER_PAGE: usize = 16;
 
 #[cfg(test)]
 mod tests {

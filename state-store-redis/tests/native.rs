@@ -180,3 +180,43 @@ async fn capabilities_tell_whether_the_server_publishes_keyspace_notifications()
         WatchSupport::Lossy
     );
 }
+
+/// A page of a sparse listing (one matching key among many) costs a bounded number of `SCAN`
+/// calls, not a walk of the whole keyspace; going on from its cursor still finds every key.
+#[tokio::test]
+async fn a_listing_page_does_bounded_work() {
+    let Some(server) = server() else {
+        return;
+    };
+    let connect = || async {
+        RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
+            .await
+            .expect("connect")
+    };
+    let probe = connect().await;
+    let filler: Vec<(String, String)> = (0..20_000)
+        .map(|i| (format!("filler:{i}"), "1".to_owned()))
+        .collect();
+    for chunk in filler.chunks(1000) {
+        let _: () = probe.client().mset(chunk.to_vec()).await.expect("MSET");
+    }
+    let store = StateStore::from(connect().await);
+    store
+        .set_state("needle:1", &serde_json::json!(1))
+        .await
+        .expect("set");
+    let before = calls(&probe).await;
+    let options = state_store_core::ListOptions::new().limit(1);
+    let page = store.list("needle:", options).await.expect("list");
+    let after = calls(&probe).await;
+    let scans = after.get("scan").unwrap_or(&0) - before.get("scan").unwrap_or(&0);
+    assert!(scans <= 16, "one page ran {scans} SCANs");
+    assert!(
+        !page.names.is_empty() || page.next.is_some(),
+        "an empty page must say where to go on"
+    );
+    assert_eq!(
+        store.list_all("needle:").await.expect("list_all"),
+        ["needle:1"]
+    );
+}

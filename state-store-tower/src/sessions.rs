@@ -54,6 +54,9 @@ impl fmt::Debug for SessionStore {
     }
 }
 
+/// Random ids `create` draws before it gives up: more than one collision is never luck.
+const CREATE_ATTEMPTS: usize = 4;
+
 /// The reserved area of the caller's handle that holds sessions.
 const AREA: &str = "sessions";
 
@@ -124,7 +127,9 @@ macro_rules! session_store_impl {
             impl session_store::SessionStore for SessionStore {
                 async fn create(&self, record: &mut Record) -> session_store::Result<()> {
                     let store = &self.store;
-                    loop {
+                    // Ids are 128 random bits: a second collision in a row means something
+                    // else is wrong (a store that refuses every create), not bad luck.
+                    for _ in 0..CREATE_ATTEMPTS {
                         let Some(options) = options(store, SetMode::Create, record.expiry_date)
                         else {
                             // Born expired: nothing to keep.
@@ -147,6 +152,9 @@ macro_rules! session_store_impl {
                             Err(err) => return Err(convert(&id, err)),
                         }
                     }
+                    Err(StoreError::Backend(format!(
+                        "no free session id in {CREATE_ATTEMPTS} random draws"
+                    )))
                 }
 
                 async fn save(&self, record: &Record) -> session_store::Result<()> {

@@ -62,9 +62,9 @@ macro_rules! session_cases {
 
                 // no name a caller passes reaches a session: not read, forged, removed or listed
                 let forged = format!("$sessions:{}", first.id);
-                let refused = |what: &str, result: Result<(), state_store_core::Error>| {
+                let refused = |what: &str, result: Result<(), state_store::Error>| {
                     assert!(
-                        matches!(result, Err(state_store_core::Error::InvalidKey { .. })),
+                        matches!(result, Err(state_store::Error::InvalidKey { .. })),
                         "{what} of {forged}: {result:?}"
                     );
                 };
@@ -240,4 +240,59 @@ async fn on_dapr_redis_without_ttl_or_compare_and_set() {
     if let Some(url) = dapr_url(Component::Redis) {
         all(&url).await;
     }
+}
+
+/// Refuses every create-if-absent as taken: a store that can never give a free id.
+#[derive(Debug)]
+struct EveryIdTaken;
+
+impl state_store::Intercept for EveryIdTaken {
+    fn before(
+        &self,
+        _: state_store::Site<'_>,
+        call: &state_store::Call<'_>,
+    ) -> state_store::Result<()> {
+        match call {
+            state_store::Call::Set { key, options, .. }
+                if options.mode == state_store::SetMode::Create =>
+            {
+                Err(state_store::Error::Conflict {
+                    key: (*key).to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `create` draws a few ids and then fails: it never spins on a store that refuses them all.
+#[tokio::test]
+async fn create_gives_up_on_a_store_that_refuses_every_id() {
+    use tower_sessions_core::SessionStore as _;
+    let backend = state_store::DefaultStateStore::new();
+    let store = StateStore::builder(backend)
+        .layer(|inner| {
+            std::sync::Arc::new(state_store::Intercepted::new(inner, EveryIdTaken))
+                as std::sync::Arc<dyn state_store::Backend>
+        })
+        .build();
+    let sessions = SessionStore::new(&store);
+    let mut record = tower_sessions_core::session::Record {
+        id: tower_sessions_core::session::Id::default(),
+        data: Default::default(),
+        expiry_date: OffsetDateTime::now_utc() + Duration::minutes(5),
+    };
+    // A liveness bound: the old code looped here forever.
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        sessions.create(&mut record).await
+    })
+    .await
+    .expect("create gave up");
+    assert!(
+        matches!(
+            &outcome,
+            Err(tower_sessions_core::session_store::Error::Backend(_))
+        ),
+        "{outcome:?}"
+    );
 }

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use state_store_core::{
-    watch_channel, AcquireLease, Backend, BackendEvent, Capabilities, Entry, Error, Extensions, Increment,
-    KeyPage, KeySelector, LeaseAcquire, LeaseGrant, ListKeys, RemoveCause, Result, SetMode, SetOptions, Version, WatchKeys,
-    WatchStart, WatchStream, WatchSupport,
+    watch_channel, AcquireLease, Backend, BackendEvent, Capabilities, Entry, Error, Extensions,
+    Increment, KeyPage, KeySelector, LeaseAcquire, LeaseGrant, ListKeys, RemoveCause, Result,
+    SetMode, SetOptions, Version, WatchKeys, WatchStart, WatchStream, WatchSupport,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -572,7 +572,10 @@ mod tests {
         assert!(
             matches!(
                 tokens,
-                [Ok(LeaseGrant::Granted { token: 1, .. }), Ok(LeaseGrant::Held)]
+                [
+                    Ok(LeaseGrant::Granted { token: 1, .. }),
+                    Ok(LeaseGrant::Held)
+                ]
             ),
             "{tokens:?}"
         );
@@ -583,7 +586,9 @@ mod tests {
             "{again:?}"
         );
         let record = store.get_many(&["r".to_owned()]).await.expect("read");
-        let value = record[0].as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+        let value = record[0]
+            .as_ref()
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned());
         assert_eq!(
             value.as_deref(),
             Some(r#"{"holder":"ada","nonce":"3","token":2}"#)
