@@ -34,16 +34,70 @@ pub fn store_url() -> String {
     DEFAULT_URL.to_owned()
 }
 
-/// `url` with any user information replaced by `***`, for printing (a URL may carry a
-/// password or token).
+/// `url` for printing: the user information of every server (`nats://u:p@a,u:p@b`) and the
+/// value of any `token`, `password`, `secret` or `key` parameter replaced by `***` (a URL may
+/// carry a password or an API token).
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
+    let (authority, tail) = rest.split_at(authority_end);
+    let servers: Vec<String> = authority
+        .split(',')
+        .map(|server| match server.rfind('@') {
+            Some(at) => format!("***{}", &server[at..]),
+            None => server.to_owned(),
+        })
+        .collect();
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{}{tail}", servers.join(","))
+}
+
+/// Query parameters whose values [`redacted`] hides.
+const SECRET_PARAMETERS: &[&str] = &["token", "password", "secret", "key", "api_token"];
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn every_secret_in_a_url_is_hidden() {
+        let cases = [
+            ("redis://:pw@h:6379/0", "redis://***@h:6379/0"),
+            (
+                "nats://u:p@a:4222,u:q@b:4222",
+                "nats://***@a:4222,***@b:4222",
+            ),
+            (
+                "dapr://h:50001/s?token=t0k%2B",
+                "dapr://h:50001/s?token=***",
+            ),
+            (
+                "rediss://u:p@h/?Password=x&db=1",
+                "rediss://***@h/?Password=***&db=1",
+            ),
+            ("sqlite://./state.db", "sqlite://./state.db"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redacted(url), want, "{url}");
+        }
     }
 }
 

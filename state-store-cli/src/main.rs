@@ -31,6 +31,8 @@ struct Cli {
     #[arg(
         long,
         env = "STATE_STORE_URL",
+        // `--help` would print the variable's value, password and all.
+        hide_env_values = true,
         default_value = "sqlite://./state.db",
         global = true
     )]

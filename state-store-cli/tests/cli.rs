@@ -151,3 +151,16 @@ fn on_redis() {
         watch_sees_another_process(&url);
     }
 }
+
+/// `--help` names `STATE_STORE_URL` but never prints its value: a URL carries passwords.
+#[test]
+fn help_never_prints_the_store_url() {
+    let out = Command::new(env!("CARGO_BIN_EXE_state-store"))
+        .arg("--help")
+        .env("STATE_STORE_URL", "redis://:hunter2@127.0.0.1:6379")
+        .output()
+        .expect("run state-store");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("STATE_STORE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

@@ -48,7 +48,8 @@ impl DaprConfig {
 
     /// Parses `dapr://host[:port]/<component>[?token=…]`: the sidecar's gRPC address (port
     /// 50001 when omitted, Dapr's default) and the state store component. The token is
-    /// percent-decoded (`%2B` for `+`; a `+` stays a `+`).
+    /// percent-decoded (`%2B` for `+`; a `+` stays a `+`); without one in the URL it is taken
+    /// from `DAPR_API_TOKEN`, as Dapr's SDKs do (prefer that: URLs end up in logs).
     ///
     /// # Errors
     ///
@@ -88,6 +89,12 @@ impl DaprConfig {
                 }
                 _ => return Err(Error::config("unknown Dapr URL parameter")),
             }
+        }
+        if config.api_token.is_none() {
+            // As Dapr's own SDKs do: a token in the environment, not in a URL that gets logged.
+            config.api_token = std::env::var("DAPR_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
         }
         Ok(config)
     }

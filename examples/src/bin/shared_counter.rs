@@ -46,13 +46,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = (0..processes)
         .map(|_| {
             Command::new(&exe)
-                .args([
-                    "--worker",
-                    "--store",
-                    &url,
-                    "--increments",
-                    &increments.to_string(),
-                ])
+                .args(["--worker", "--increments", &increments.to_string()])
+                // Not on the command line, where `ps` shows any password to every local user.
+                .env("STATE_STORE_URL", &url)
                 .spawn()
         })
         .collect::<Result<Vec<_>, _>>()?;

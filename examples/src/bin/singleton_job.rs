@@ -64,7 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 1..=workers {
         let id = format!("worker-{i}");
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--worker", &id, "--store", &url])
+            .args(["--worker", &id])
+            // Not on the command line, where `ps` shows any password to every local user.
+            .env("STATE_STORE_URL", &url)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;

@@ -11,6 +11,11 @@
 //! (default 5) per `--window` seconds (default 60) per client IP — counted across every
 //! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
 //! `--prefix` (default `web-example`) keeps one deployment's state apart from another's.
+//!
+//! Behind HTTPS in production, pass `--production`: the session cookie is then `Secure` (sent
+//! over HTTPS only), `HttpOnly` and `SameSite=Strict`. Without it the cookie also goes over
+//! plain HTTP, for trying the example on localhost. Either way, clients get generic error
+//! texts; the details go to the server's log (stderr), never to a client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,8 +52,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefix = flag("--prefix").unwrap_or_else(|| "web-example".to_owned());
 
     let store: StateStore = state_store::open(&url).await?.with_prefix(&prefix)?;
+    let production = std::env::args().any(|a| a == "--production");
     let sessions = SessionManagerLayer::new(SessionStore::new(&store))
-        .with_secure(false)
+        .with_secure(production)
+        .with_http_only(true)
+        .with_same_site(if production {
+            tower_sessions::cookie::SameSite::Strict
+        } else {
+            tower_sessions::cookie::SameSite::Lax
+        })
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));
     let limited = Router::new()
         .route("/limited", get(limited))
@@ -93,7 +105,10 @@ async fn visit(session: &Session) -> Result<u64, tower_sessions::session::Error>
 async fn page(State(app): State<App>, session: Session) -> impl IntoResponse {
     let visits = match visit(&session).await {
         Ok(visits) => visits.to_string(),
-        Err(err) => format!("unavailable ({err})"),
+        Err(err) => {
+            eprintln!("session store: {err}");
+            "unavailable".to_owned()
+        }
     };
     Html(format!(
         r#"<!doctype html>
@@ -116,11 +131,14 @@ on the same store: reload on another instance and the count goes on.</p>
 async fn visits_json(State(app): State<App>, session: Session) -> impl IntoResponse {
     match visit(&session).await {
         Ok(visits) => Json(json!({ "instance": app.instance, "visits": visits })).into_response(),
-        Err(err) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("session store: {err}"),
-        )
-            .into_response(),
+        Err(err) => {
+            eprintln!("session store: {err}");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "sessions are unavailable; try again later",
+            )
+                .into_response()
+        }
     }
 }
 
