@@ -70,6 +70,7 @@ pub struct NatsConfig {
     pub(crate) bucket: String,
     pub(crate) credentials: Credentials,
     pub(crate) require_tls: bool,
+    pub(crate) tls: Tls,
     pub(crate) timeouts: Timeouts,
     pub(crate) storage: StorageType,
     pub(crate) replicas: usize,
@@ -86,7 +87,8 @@ impl fmt::Debug for NatsConfig {
             .field("url", &redact_url(&self.url))
             .field("bucket", &self.bucket)
             .field("credentials", &self.credentials)
-            .field("require_tls", &self.require_tls)
+            .field("require_tls", &self.requires_tls())
+            .field("tls", &self.tls)
             .field("timeouts", &self.timeouts)
             .field("storage", &self.storage)
             .field("replicas", &self.replicas)
@@ -96,6 +98,17 @@ impl fmt::Debug for NatsConfig {
             .field("enable_message_ttl", &self.enable_message_ttl)
             .finish()
     }
+}
+
+/// TLS files and mode of a [`NatsConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Tls {
+    /// A PEM file of certificate authorities to trust.
+    pub(crate) root_certificates: Option<PathBuf>,
+    /// Client certificate and key PEM files.
+    pub(crate) client_certificate: Option<(PathBuf, PathBuf)>,
+    /// TLS before the server's first message.
+    pub(crate) first: bool,
 }
 
 /// `url` (comma-separated servers) with the user information of each replaced by `***`.
@@ -122,6 +135,7 @@ impl NatsConfig {
             bucket: DEFAULT_BUCKET.to_owned(),
             credentials: Credentials::None,
             require_tls: false,
+            tls: Tls::default(),
             timeouts: Timeouts::default(),
             storage: StorageType::File,
             replicas: 1,
@@ -133,8 +147,11 @@ impl NatsConfig {
     }
 
     /// Parses `nats://[user:password@|token@]host[:port][,nats://host2:port…][?bucket=name]`
-    /// (also `tls://`). Credentials are percent-decoded (`p%40ss` for
-    /// `p@ss`) and taken out of the server list; `bucket` chooses the KV bucket.
+    /// (also `tls://`, which makes TLS required on every server). Credentials are
+    /// percent-decoded (`p%40ss` for `p@ss`) and taken out of the server list; `bucket`
+    /// chooses the KV bucket; `tls_ca=<pem file>`, `tls_cert=<pem file>&tls_key=<pem file>`
+    /// and `tls_first=true` are [`NatsConfig::with_root_certificates`],
+    /// [`NatsConfig::with_client_certificate`] and [`NatsConfig::with_tls_first`].
     ///
     /// # Errors
     ///
@@ -144,6 +161,8 @@ impl NatsConfig {
         let mut servers = Vec::new();
         let mut credentials = Credentials::None;
         let mut bucket = None;
+        let mut tls = Tls::default();
+        let mut client = (None, None);
         for server in url.split(',').map(str::trim) {
             let parsed = url::Url::parse(server)
                 .map_err(|e| Error::config_with("invalid NATS server URL", e))?;
@@ -165,13 +184,23 @@ impl NatsConfig {
             for (name, value) in parsed.query_pairs() {
                 match name.as_ref() {
                     "bucket" => bucket = Some(value.into_owned()),
+                    "tls_ca" => tls.root_certificates = Some(value.into_owned().into()),
+                    "tls_cert" => client.0 = Some(PathBuf::from(value.into_owned())),
+                    "tls_key" => client.1 = Some(PathBuf::from(value.into_owned())),
+                    "tls_first" => tls.first = value == "true",
                     _ => return Err(Error::config("unknown NATS URL parameter")),
                 }
             }
             let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
             servers.push(format!("{}://{host}{port}", parsed.scheme()));
         }
+        tls.client_certificate = match client {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(Error::config("tls_cert and tls_key go together")),
+        };
         let mut config = NatsConfig::new(servers.join(",")).with_credentials(credentials);
+        config.tls = tls;
         if let Some(bucket) = bucket {
             config.bucket = bucket;
         }
@@ -220,10 +249,50 @@ impl NatsConfig {
         self
     }
 
-    /// Require TLS.
+    /// Require TLS on every server, those the cluster announces included. Always on when a
+    /// server URL is `tls://` or a TLS option below is set: turning it off then changes
+    /// nothing.
     pub fn with_require_tls(mut self, on: bool) -> Self {
         self.require_tls = on;
         self
+    }
+
+    /// Trust the certificate authorities in this PEM file (besides the system's roots), for
+    /// servers with certificates of a private CA. Makes TLS required.
+    pub fn with_root_certificates(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM files) to servers that verify clients
+    /// (mutual TLS). Makes TLS required.
+    pub fn with_client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Start TLS before the server's first message (servers with `handshake_first`), instead
+    /// of upgrading after it. Makes TLS required.
+    pub fn with_tls_first(mut self, on: bool) -> Self {
+        self.tls.first = on;
+        self
+    }
+
+    /// Whether connections must be TLS: asked for, implied by a `tls://` server or a TLS
+    /// option. A server that cannot do it is refused with `Config`, never used in the clear.
+    pub(crate) fn requires_tls(&self) -> bool {
+        self.require_tls
+            || self.tls != Tls::default()
+            || self.url.split(',').any(|server| {
+                server
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("tls://")
+            })
     }
 
     state_store_core::timeout_setters!();

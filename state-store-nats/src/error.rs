@@ -20,8 +20,23 @@ pub(crate) fn connect(err: async_nats::ConnectError) -> Error {
             Error::config_with("the NATS server refused the credentials", err)
         }
         ConnectErrorKind::ServerParse => Error::config_with("invalid NATS server URL", err),
+        // An untrusted certificate, or a server that cannot do the TLS asked for: a setting
+        // to fix, never a reason to go on in the clear.
+        ConnectErrorKind::Tls => Error::config_with("TLS with the NATS server failed", err),
+        // rustls reports an untrusted certificate, or a plaintext answer to a handshake, as
+        // invalid data on the socket.
+        ConnectErrorKind::Io if invalid_data(&err) => Error::config_with(
+            "TLS with the NATS server failed (an untrusted certificate, or a server without TLS)",
+            err,
+        ),
         _ => Error::unavailable(STORE, err),
     }
+}
+
+fn invalid_data(err: &async_nats::ConnectError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
 }
 
 /// A publish that could not be handed to the connection: nothing was sent, so a lost or

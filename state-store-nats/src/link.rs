@@ -297,10 +297,19 @@ pub(crate) async fn dial(
 }
 
 async fn options(config: &NatsConfig) -> Result<ConnectOptions> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .connection_timeout(config.timeouts.connect)
         .request_timeout(Some(config.timeouts.request))
-        .require_tls(config.require_tls);
+        .require_tls(config.requires_tls());
+    if let Some(pem) = &config.tls.root_certificates {
+        options = options.add_root_certificates(pem.clone());
+    }
+    if let Some((cert, key)) = &config.tls.client_certificate {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls.first {
+        options = options.tls_first();
+    }
     Ok(match &config.credentials {
         Credentials::None => options,
         Credentials::UserPassword { user, password } => {

@@ -437,5 +437,6 @@ pub mod container;
 pub mod dapr;
 pub mod nats;
 pub mod redis;
+pub mod tls;
 
 use container::{Container, ContainerSpec};
