@@ -1,6 +1,7 @@
 //! How to connect: a URL, the environment, or a ready fred client.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use fred::types::config::{Config, ServerConfig};
@@ -27,6 +28,54 @@ pub struct RedisConfig {
     pub(crate) reconnect_max_attempts: u32,
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) enable_notifications: bool,
+    pub(crate) tls_files: TlsFiles,
+}
+
+/// `url` without its `tls_ca`, `tls_cert` and `tls_key` parameters (fred does not know them),
+/// and the files they name.
+fn take_tls_files(url: &str) -> Result<(String, TlsFiles)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), TlsFiles::default()));
+    };
+    let mut files = TlsFiles::default();
+    let mut client = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let decode = |value: &str| -> Result<PathBuf> {
+            Ok(PathBuf::from(
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|e| Error::config_with("a TLS file path is not UTF-8", e))?
+                    .into_owned(),
+            ))
+        };
+        match pair.split_once('=') {
+            Some(("tls_ca", value)) => files.root_certificates = Some(decode(value)?),
+            Some(("tls_cert", value)) => client.0 = Some(decode(value)?),
+            Some(("tls_key", value)) => client.1 = Some(decode(value)?),
+            _ => kept.push(pair),
+        }
+    }
+    files.client_certificate = match client {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(Error::config("tls_cert and tls_key go together")),
+    };
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, files))
+}
+
+/// Certificate files for servers with a private CA or that verify clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// A PEM file of certificate authorities to trust, besides the system's.
+    pub(crate) root_certificates: Option<PathBuf>,
+    /// Client certificate and key PEM files (mutual TLS).
+    pub(crate) client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -48,6 +97,7 @@ impl fmt::Debug for RedisConfig {
             )
             .field("database", &self.fred.database)
             .field("tls", &self.tls())
+            .field("tls_files", &self.tls_files)
             .field("timeouts", &self.timeouts)
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
             .field("enable_notifications", &self.enable_notifications)
@@ -56,9 +106,13 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// Parses a Redis URL: `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (TLS, with
-    /// the `rustls` feature), or `redis-cluster://host:port?node=host2:port2` (cluster). A user
-    /// or password holding `@`, `:` or `/` is percent-encoded (`p%40ss` for `p@ss`).
+    /// Parses a Redis URL: `redis://[user[:password]@]host[:port][/db]`,
+    /// `redis-cluster://host:port?node=host2:port2` (cluster), `redis-sentinel://…`, and the
+    /// same over TLS: `rediss://…`, `rediss-cluster://…`, `rediss-sentinel://…` (with the
+    /// `rustls` feature; the server's certificate is verified against the system's roots).
+    /// `tls_ca=<pem file>` and `tls_cert=<pem file>&tls_key=<pem file>` are
+    /// `with_root_certificates` and `with_client_certificate`. A user or password holding
+    /// `@`, `:` or `/` is percent-encoded (`p%40ss` for `p@ss`).
     ///
     /// # Errors
     ///
@@ -66,32 +120,69 @@ impl RedisConfig {
     /// password).
     pub fn from_url(url: &str) -> Result<Self> {
         // fred takes any scheme for a plain server; a typo should not silently connect.
-        const SCHEMES: [&str; 4] = [
+        const SCHEMES: [&str; 6] = [
             "redis://",
             "rediss://",
             "redis-cluster://",
+            "rediss-cluster://",
             "redis-sentinel://",
+            "rediss-sentinel://",
         ];
         if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(Error::config(
-                "a Redis URL starts with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+                "a Redis URL starts with redis://, redis-cluster:// or redis-sentinel:// \
+                 (rediss… for TLS)",
             ));
         }
+        let (url, tls_files) = take_tls_files(url)?;
+        let wants_tls = url.starts_with("rediss") || tls_files != TlsFiles::default();
         // Without rustls, fred would connect to a `rediss://` server in the clear (and send the
         // password so): refuse instead.
-        if url.starts_with("rediss://") && !cfg!(feature = "rustls") {
+        if wants_tls && !cfg!(feature = "rustls") {
             return Err(Error::config(
-                "rediss:// needs the `rustls` feature of state-store-redis (redis-rustls in state-store)",
+                "TLS needs the `rustls` feature of state-store-redis (redis-rustls in state-store)",
             ));
         }
-        let fred = Config::from_url(url).map_err(map)?;
+        let fred = Config::from_url(&url).map_err(map)?;
         Ok(RedisConfig {
             fred,
             timeouts: Timeouts::default(),
             reconnect_max_attempts: 0,
             reconnect_max_delay: Duration::from_secs(2),
             enable_notifications: false,
+            tls_files,
         })
+    }
+
+    /// Trusts the certificate authorities in this PEM file, besides the system's roots, for
+    /// servers with certificates of a private CA. Turns TLS on.
+    #[cfg(feature = "rustls")]
+    pub fn with_root_certificates(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.tls_files.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to servers that verify clients
+    /// (`tls-auth-clients yes`). Turns TLS on.
+    #[cfg(feature = "rustls")]
+    pub fn with_client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls_files.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The fred config to connect with: the TLS files read into a verifying connector.
+    pub(crate) fn fred_config(&self) -> Result<Config> {
+        #[cfg(feature = "rustls")]
+        if self.tls_files != TlsFiles::default() {
+            let mut fred = self.fred.clone();
+            fred.tls = Some(crate::tls::connector(&self.tls_files)?.into());
+            return Ok(fred);
+        }
+        Ok(self.fred.clone())
     }
 
     /// Reads `REDIS_URL`, defaulting to `redis://127.0.0.1:6379`.
@@ -138,7 +229,7 @@ impl RedisConfig {
     fn tls(&self) -> bool {
         #[cfg(feature = "rustls")]
         {
-            self.fred.tls.is_some()
+            self.fred.tls.is_some() || self.tls_files != TlsFiles::default()
         }
         #[cfg(not(feature = "rustls"))]
         {
@@ -185,9 +276,36 @@ mod tests {
     #[test]
     #[cfg(not(feature = "rustls"))]
     fn tls_urls_need_the_rustls_feature() {
-        let err = RedisConfig::from_url("rediss://:secret@127.0.0.1:6380").expect_err("no TLS");
-        assert!(matches!(err, Error::Config { .. }), "{err:?}");
-        assert!(!chain(&err).contains("secret"));
+        for url in [
+            "rediss://:secret@127.0.0.1:6380",
+            "rediss-cluster://:secret@127.0.0.1:6380",
+            "rediss-sentinel://:secret@127.0.0.1:26379/0?sentinelServiceName=m",
+            "redis://:secret@127.0.0.1:6380?tls_ca=/ca.pem",
+        ] {
+            let err = RedisConfig::from_url(url).expect_err("no TLS");
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+            assert!(!chain(&err).contains("secret"));
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "rustls")]
+    fn every_tls_scheme_turns_tls_on() {
+        for url in [
+            "rediss://127.0.0.1:6380",
+            "rediss-cluster://127.0.0.1:7000?node=127.0.0.1:7001",
+            "redis://127.0.0.1:6379?tls_ca=%2Fetc%2Fca.pem",
+        ] {
+            let config = RedisConfig::from_url(url).expect("url");
+            assert!(config.tls(), "{url}");
+        }
+        let config = RedisConfig::from_url("redis://h:1/0?tls_ca=%2Fca.pem").expect("url");
+        assert_eq!(
+            config.tls_files.root_certificates.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        let half = RedisConfig::from_url("rediss://h:1?tls_cert=/c.pem").expect_err("no key");
+        assert!(matches!(half, Error::Config { .. }), "{half:?}");
     }
 
     #[test]

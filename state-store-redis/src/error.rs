@@ -9,6 +9,11 @@ pub(crate) const STORE: &str = "redis";
 /// refused login is `Config`; everything else is `Backend`. The fred error stays the source.
 pub(crate) fn map(err: FredError) -> Error {
     match err.kind() {
+        // rustls reports an untrusted or invalid certificate, or garbage in place of a
+        // handshake, as invalid data on the socket: a setting to fix, not an outage.
+        ErrorKind::IO | ErrorKind::Tls if is_tls_failure(&err) => {
+            Error::config_with("TLS with the Redis server failed", err)
+        }
         ErrorKind::IO
         | ErrorKind::Timeout
         | ErrorKind::Canceled
@@ -24,6 +29,18 @@ pub(crate) fn map(err: FredError) -> Error {
         _ if is_unroutable(&err) => Error::unavailable(STORE, err),
         _ => Error::backend(STORE, err),
     }
+}
+
+fn is_tls_failure(err: &FredError) -> bool {
+    matches!(err.kind(), ErrorKind::Tls)
+        || [
+            "InvalidCertificate",
+            "InvalidContentType",
+            "InvalidMessage",
+            "PeerIncompatible",
+        ]
+        .iter()
+        .any(|what| err.details().contains(what))
 }
 
 /// Maps a write's failure: as [`map`], except that a write fred may have sent is

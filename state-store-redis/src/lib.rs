@@ -24,6 +24,8 @@ mod config;
 mod error;
 mod native;
 mod store;
+#[cfg(feature = "rustls")]
+mod tls;
 mod watch;
 
 pub use config::RedisConfig;

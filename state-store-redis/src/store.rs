@@ -100,7 +100,7 @@ impl RedisStateStore {
     /// server answers within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.validate()?;
-        let mut builder = Builder::from_config(config.fred.clone());
+        let mut builder = Builder::from_config(config.fred_config()?);
         builder
             .with_connection_config(|c| {
                 c.connection_timeout = config.timeouts.connect;

@@ -96,6 +96,47 @@ impl RedisServer {
         self.server.start(START_TIMEOUT, || redis_answers(port))
     }
 
+    /// A server that also serves TLS with `certificates`' server certificate on a second
+    /// port; `verify_clients`: TLS clients must present a certificate their CA signed. The
+    /// plaintext port stays (the health check uses it). Returns the server and the TLS URL,
+    /// `rediss://127.0.0.1:<tls port>`. Local binaries only: the server reads the files.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisServer::spawn`]; in the container tier always.
+    pub fn spawn_tls(
+        certificates: &super::tls::Certificates,
+        verify_clients: bool,
+    ) -> Result<(Self, String), String> {
+        if let Tier::Container = choose("redis", redis_server)? {
+            return Err("TLS servers run from local binaries only".to_owned());
+        }
+        let (cert, key) = certificates.server();
+        let (cert, key, ca) = (
+            cert.display().to_string(),
+            key.display().to_string(),
+            certificates.ca().display().to_string(),
+        );
+        with_port_retries(|| {
+            let tls_port = free_port().to_string();
+            let verify = if verify_clients { "yes" } else { "no" };
+            let extra = [
+                "--tls-port",
+                &tls_port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                verify,
+            ];
+            let server = Self::spawn_on(free_port(), &extra)?;
+            Ok((server, format!("rediss://127.0.0.1:{tls_port}")))
+        })
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
