@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{SetMode, SetOptions};
-use crate::cas::CAS_DEADLINE;
 use crate::error::{Error, Operation, Result};
 use crate::native::{RateAlgorithm, RateLimitReply, RateLimitRequest};
 use crate::retry::Backoff;
@@ -159,6 +158,13 @@ impl fmt::Debug for Limiter {
 
 /// Deadlines kept before the cache is swept of passed ones.
 const DEADLINE_CACHE: usize = 4096;
+
+/// Compare-and-set attempts of one GCRA check off Redis before it denies: every lost race is
+/// another request spending the same key.
+const GCRA_ATTEMPTS: usize = 8;
+
+/// The longest one GCRA check off Redis keeps retrying.
+const GCRA_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where limiter state lives: the [reserved](crate::RESERVED_MARKER) area `$ratelimit` of the
 /// caller's handle (`$ratelimit:gcra:<key>`, `$ratelimit:window:<key>`), which no caller's
@@ -322,7 +328,10 @@ impl Limiter {
             return Ok(decision(burst, reply));
         }
         let result = async {
-            let mut backoff = Backoff::new(usize::MAX, CAS_DEADLINE);
+            // Bounded: a flood on one key must not hold each request for long. Losing every
+            // race means the key is being spent right now, so the answer is a denial, not an
+            // error (which the failure policy might turn into a pass).
+            let mut backoff = Backoff::new(GCRA_ATTEMPTS, GCRA_DEADLINE);
             loop {
                 let current = store.get_versioned::<u64>(&name).await?;
                 let now = now_micros();
@@ -342,6 +351,17 @@ impl Limiter {
                 match store.set_with(&name, &new_tat, options).await {
                     Ok(_) => return Ok(decision(burst, reply)),
                     Err(Error::Conflict { .. }) if backoff.wait().await => {}
+                    Err(Error::Conflict { .. }) => {
+                        return Ok(Decision {
+                            allowed: false,
+                            limit: burst,
+                            remaining: 0,
+                            retry_after: Some(interval),
+                            reset_after: interval.saturating_mul(
+                                u32::try_from(burst).unwrap_or(u32::MAX),
+                            ),
+                        })
+                    }
                     Err(err) => return Err(err),
                 }
             }
@@ -519,6 +539,38 @@ pub fn gcra_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every conditional write loses its race, as under a flood on one key.
+    #[derive(Debug)]
+    struct AlwaysRaced;
+
+    impl crate::Intercept for AlwaysRaced {
+        fn before(&self, _: crate::Site<'_>, call: &crate::Call<'_>) -> Result<()> {
+            match call {
+                crate::Call::Set { key, options, .. } if options.mode != SetMode::Upsert => {
+                    Err(Error::Conflict {
+                        key: (*key).to_owned(),
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// A GCRA check that loses every race gives up after a few attempts and denies: it is
+    /// neither an error (which an open failure policy would let through) nor a long wait.
+    #[tokio::test]
+    async fn gcra_under_endless_contention_denies() {
+        let store = StateStore::builder(crate::DefaultStateStore::new())
+            .layer(|inner| {
+                Arc::new(crate::Intercepted::new(inner, AlwaysRaced)) as Arc<dyn crate::Backend>
+            })
+            .build();
+        let limiter = Limiter::gcra(&store, Quota::per_second(10));
+        let decision = limiter.check("hot").await.expect("a decision");
+        assert!(!decision.allowed, "{decision:?}");
+        assert!(decision.retry_after.is_some(), "{decision:?}");
+    }
 
     #[tokio::test]
     async fn clones_share_one_limit() {
