@@ -357,9 +357,8 @@ impl Limiter {
                             limit: burst,
                             remaining: 0,
                             retry_after: Some(interval),
-                            reset_after: interval.saturating_mul(
-                                u32::try_from(burst).unwrap_or(u32::MAX),
-                            ),
+                            reset_after: interval
+                                .saturating_mul(u32::try_from(burst).unwrap_or(u32::MAX)),
                         })
                     }
                     Err(err) => return Err(err),

@@ -173,7 +173,7 @@ async fn a_version_1_file_is_upgraded_in_place_and_keeps_its_data() {
             |row| row.get(0),
         )
         .expect("schema version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 /// State is private from its first byte: a new database file, its WAL and shared-memory files

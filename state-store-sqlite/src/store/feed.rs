@@ -10,8 +10,9 @@ pub(super) fn change_of(v: &Version) -> Option<i64> {
     v.as_str().split_once('@')?.1.parse().ok()
 }
 
-/// Follows the change feed from `after` on its own read-only connection, until the stream is
-/// dropped. Another process's commits show up through `PRAGMA data_version`.
+/// Follows the change feed from `after` on its own connection, until the stream is dropped,
+/// holding the feed open meanwhile ([`hold_feed`]). Another process's commits show up through
+/// `PRAGMA data_version`.
 pub(super) fn watch_feed(
     path: &Path,
     selector: &KeySelector,
@@ -20,10 +21,14 @@ pub(super) fn watch_feed(
     ready: oneshot::Sender<Result<()>>,
     closed: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)
+    // Read-write, and never creating: it only renews the feed's hold.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::config_with(format!("cannot open {}", path.display()), e))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(map)?;
+    // Open before the starting point is read: every change after it is recorded.
+    hold_feed(&mut conn)?;
+    let mut held_at = Instant::now();
     let mut last = match start {
         Some(after) => {
             // Changes after `after` that were trimmed already: the watcher must re-read.
@@ -61,13 +66,14 @@ pub(super) fn watch_feed(
     // The starting point is fixed: `watch` may return.
     let _ = ready.send(Ok(()));
     let mut seen_version: Option<i64> = None;
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, key, op, value, version FROM state_store_changes
-             WHERE seq > ?1 ORDER BY seq LIMIT 1000",
-        )
-        .map_err(map)?;
     while !tx.is_closed() && !closed.load(std::sync::atomic::Ordering::Acquire) {
+        if held_at.elapsed() >= FEED_HOLD / 3 {
+            // A renewal that fails (the file busy past the timeout) is made up by the next:
+            // if the hold lapses meanwhile, the gap row it writes turns into a `Resync`.
+            if hold_feed(&mut conn).is_ok() {
+                held_at = Instant::now();
+            }
+        }
         let data_version: i64 = conn
             .query_row("PRAGMA data_version", [], |row| row.get(0))
             .map_err(map)?;
@@ -77,7 +83,12 @@ pub(super) fn watch_feed(
         }
         seen_version = Some(data_version);
         loop {
-            let rows: Vec<ChangeRow> = stmt
+            let rows: Vec<ChangeRow> = conn
+                .prepare_cached(
+                    "SELECT seq, key, op, value, version FROM state_store_changes
+                     WHERE seq > ?1 ORDER BY seq LIMIT 1000",
+                )
+                .map_err(map)?
                 .query_map([last], |row| {
                     Ok((
                         row.get(0)?,
@@ -107,6 +118,17 @@ pub(super) fn watch_feed(
             }
             for (seq, key, op, value, version) in rows {
                 last = seq;
+                if op == 3 {
+                    // Nobody watched for a while: changes then were not recorded.
+                    let reason = "changes were not recorded while nobody watched".to_owned();
+                    if tx
+                        .blocking_send(Ok(BackendEvent::Resync { reason }))
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 if !selector.matches(&key) {
                     continue;
                 }

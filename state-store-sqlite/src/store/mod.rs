@@ -22,7 +22,7 @@ use crate::error::{closed, map, STORE};
 
 /// The schema this version writes. A database with a higher one was written by a newer
 /// release and is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 /// Changes kept for watchers to resume from (the sweep trims older ones).
 const CHANGE_RETENTION: Duration = Duration::from_secs(300);
 /// How often a watcher checks the file for commits (`PRAGMA data_version`, no I/O).
@@ -475,8 +475,9 @@ impl ListKeys for SqliteStateStore {
 
 #[async_trait]
 impl WatchKeys for SqliteStateStore {
-    /// The change feed (see the crate docs): resumable from any event's version for as long
-    /// as changes are kept (5 minutes); older than that, the watch starts with `Resync`.
+    /// The change feed (see the crate docs), held open while the watch runs: resumable from
+    /// any event's version for as long as changes are kept (5 minutes) and some watch held
+    /// the feed since; otherwise the watch starts with `Resync`.
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
         let after = match start {
             WatchStart::Now => None,

@@ -136,9 +136,16 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
         )
         .map_err(map)?;
     }
-    if found.is_none_or(|v| v < 2) {
+    if found.is_none_or(|v| v < 3) {
         // Version 2: a change feed for watchers, written by triggers in the same transaction
         // as the data, by every process (and every release from 2 on) that writes the file.
+        // Version 3: the triggers write only while a watch holds the feed open (`feed_until`).
+        tx.execute_batch(
+            "DROP TRIGGER IF EXISTS state_store_inserted;
+             DROP TRIGGER IF EXISTS state_store_updated;
+             DROP TRIGGER IF EXISTS state_store_deleted;",
+        )
+        .map_err(map)?;
         tx.execute_batch(&CHANGES_SCHEMA.replace("{now}", SQL_NOW_MS))
             .map_err(map)?;
     }
@@ -152,7 +159,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 /// The change feed: one row per write, removal and expiry (`op` 0, 1, 2), numbered by
-/// `seq` (never reused), trimmed by age by the sweep.
+/// `seq` (never reused), trimmed by age by the sweep — written only while a watch holds it
+/// open (the meta row `feed_until`, a deadline in Unix ms that watchers push forward). A
+/// watch that opens it after a time nobody held it first writes a gap row (`op` 3): a watch
+/// resumed from before the gap starts over with `Resync`.
 pub(super) const CHANGES_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS state_store_changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -163,17 +173,56 @@ pub(super) const CHANGES_SCHEMA: &str = "
         at INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS state_store_changes_at ON state_store_changes (at);
-    CREATE TRIGGER IF NOT EXISTS state_store_inserted AFTER INSERT ON state_store BEGIN
+    CREATE TRIGGER IF NOT EXISTS state_store_inserted AFTER INSERT ON state_store
+    WHEN (SELECT value FROM state_store_meta WHERE name = 'feed_until') > {now} BEGIN
         INSERT INTO state_store_changes (key, op, value, version, at)
         VALUES (NEW.key, 0, NEW.value, NEW.version, {now});
     END;
-    CREATE TRIGGER IF NOT EXISTS state_store_updated AFTER UPDATE ON state_store BEGIN
+    CREATE TRIGGER IF NOT EXISTS state_store_updated AFTER UPDATE ON state_store
+    WHEN (SELECT value FROM state_store_meta WHERE name = 'feed_until') > {now} BEGIN
         INSERT INTO state_store_changes (key, op, value, version, at)
         VALUES (NEW.key, 0, NEW.value, NEW.version, {now});
     END;
-    CREATE TRIGGER IF NOT EXISTS state_store_deleted AFTER DELETE ON state_store BEGIN
+    CREATE TRIGGER IF NOT EXISTS state_store_deleted AFTER DELETE ON state_store
+    WHEN (SELECT value FROM state_store_meta WHERE name = 'feed_until') > {now} BEGIN
         INSERT INTO state_store_changes (key, op, value, version, at)
         VALUES (OLD.key,
                 CASE WHEN OLD.expires_at IS NOT NULL AND OLD.expires_at <= {now} THEN 2 ELSE 1 END,
                 NULL, NULL, {now});
     END;";
+
+/// How long one hold of the change feed lasts; a watch renews it every third of that.
+pub(super) const FEED_HOLD: Duration = Duration::from_secs(60);
+
+/// Holds the change feed open for [`FEED_HOLD`] more, in one immediate transaction: if it had
+/// lapsed (nobody watched), first records the gap, so that a watch resumed from before it
+/// starts over.
+pub(super) fn hold_feed(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map)?;
+    let now = now_ms();
+    let until: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM state_store_meta WHERE name = 'feed_until'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(map)?;
+    if until.is_none_or(|until| until <= now) {
+        tx.execute(
+            "INSERT INTO state_store_changes (key, op, at) VALUES ('', 3, ?1)",
+            [now],
+        )
+        .map_err(map)?;
+    }
+    let hold = i64::try_from(FEED_HOLD.as_millis()).unwrap_or(i64::MAX);
+    tx.execute(
+        "INSERT INTO state_store_meta (name, value) VALUES ('feed_until', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+        [now.saturating_add(hold)],
+    )
+    .map_err(map)?;
+    tx.commit().map_err(map)
+}
