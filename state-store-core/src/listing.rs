@@ -53,8 +53,10 @@ impl ListOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Page {
-    /// Names as the caller wrote them (the handle's prefix removed). In byte order on
-    /// ordered backends (memory, SQLite, NATS); in no particular order on Redis. A page
+    /// Names as the caller wrote them (the handle's prefix removed). In byte order on memory
+    /// and SQLite; on NATS in the order they were last written (byte order in a bucket that
+    /// keeps more than one revision); in no particular order on Redis. A name written during
+    /// a listing can come twice on NATS and Redis ([`StateStore::list_all`] deduplicates). A page
     /// before the last may hold fewer names than asked, even none (Redis `SCAN`, and the
     /// store's own records, which are left out): go on while [`Page::next`] is `Some`.
     pub names: Vec<String>,

@@ -101,6 +101,9 @@ pub struct NatsStateStore {
     max_value_len: usize,
     /// How long a listing waits for the server's next message.
     request_timeout: Duration,
+    /// The bucket keeps one message per key (history 1): a listing can page by stream
+    /// sequence. With more history it reads every key's last message on each page.
+    single_revision: bool,
 }
 
 /// Where the bucket's messages live.
@@ -215,6 +218,7 @@ impl NatsStateStore {
             marker_ttl: ttl.then_some(config.marker_ttl),
             max_value_len,
             request_timeout: config.timeouts.request,
+            single_revision: stream.max_messages_per_subject == 1,
         };
         Ok((store, kv.stream_name.clone()))
     }
@@ -438,10 +442,110 @@ impl Backend for NatsStateStore {
 #[async_trait]
 impl ListKeys for NatsStateStore {
     /// An ordered consumer on the keys below `prefix`'s whole segments (a server-side subject
-    /// filter, `_E_.tenant.sessions.>`), keys read back and matched exactly here; sorted.
-    /// Every page reads the filtered keys' headers once (no values): keyset pages cost the
-    /// size of the filtered set each.
+    /// filter, `_E_.tenant.sessions.>`), keys read back and matched exactly here. In a bucket
+    /// of history 1 (this crate's, and PURISTA's default) a page starts after the stream
+    /// sequence the last one ended at, so each costs its own keys: keys come in the order they
+    /// were last written, and one written during a listing can come again (`list_all`
+    /// deduplicates). With more history every page reads each key's last message and sorts.
     async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        if self.single_revision {
+            self.list_by_sequence(prefix, after, limit).await
+        } else {
+            self.list_sorted(prefix, after, limit).await
+        }
+    }
+}
+
+impl NatsStateStore {
+    /// A page from the stream sequence after `after` (`@<seq>`, what the last page gave):
+    /// a pull consumer fetches what the page needs, so the server sends about that many.
+    async fn list_by_sequence(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage> {
+        let start = match after {
+            None => 1,
+            Some(cursor) => cursor
+                .strip_prefix('@')
+                .and_then(|seq| seq.parse::<u64>().ok())
+                .ok_or_else(|| Error::invalid_key(prefix, "not a cursor this store gave"))?
+                .saturating_add(1),
+        };
+        let link = self.links.get().await?;
+        let consumer = link
+            .stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: format!("{}{}", self.bucket.prefix, subject_filter(prefix)),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                headers_only: true,
+                memory_storage: true,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::unavailable(STORE, e))?;
+        let mut keys = Vec::new();
+        // Removal markers are messages too: past this many a page ends, fewer keys or none.
+        let most_read = limit.saturating_mul(4).max(1000);
+        let mut read = 0;
+        let now = now_ms();
+        loop {
+            let want = limit
+                .saturating_sub(keys.len())
+                .min(most_read.saturating_sub(read))
+                .max(1);
+            let mut batch = tokio::time::timeout(
+                self.request_timeout,
+                consumer.fetch().max_messages(want).messages(),
+            )
+            .await
+            .map_err(|e| Error::unavailable(STORE, e))?
+            .map_err(|e| Error::unavailable(STORE, e))?;
+            let mut last = None;
+            while let Some(message) = tokio::time::timeout(self.request_timeout, batch.next())
+                .await
+                .map_err(|e| Error::unavailable(STORE, e))?
+            {
+                let message = message.map_err(|e| Error::unavailable(STORE, e))?;
+                let info = message
+                    .info()
+                    .map_err(|e| Error::backend(STORE, e.to_string()))?;
+                last = Some((info.stream_sequence, info.pending));
+                read += 1;
+                let live = message
+                    .headers
+                    .as_ref()
+                    .is_none_or(|h| headers_live(h, info.published, now));
+                if let Some(key) = key_of(&self.bucket.prefix, &message.subject) {
+                    if live && key.starts_with(prefix) {
+                        keys.push(key);
+                    }
+                }
+            }
+            match last {
+                // Nothing after the last message read: the listing is complete.
+                None | Some((_, 0)) => return Ok(KeyPage::new(keys, None)),
+                Some((seq, _)) if keys.len() >= limit || read >= most_read => {
+                    return Ok(KeyPage::new(keys, Some(format!("@{seq}"))));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// A page of the keys after `after` in byte order: every page reads each key's last
+    /// message (headers only).
+    async fn list_sorted(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage> {
         let link = self.links.get().await?;
         let consumer = consumer(
             &link,
@@ -459,13 +563,8 @@ impl ListKeys for NatsStateStore {
                 .map_err(|e| Error::unavailable(STORE, e))?;
             let now = now_ms();
             loop {
-                let next = tokio::time::timeout(self.request_timeout, messages.next()).await;
-                let message = match next {
-                    Ok(Some(Ok(message))) => message,
-                    Ok(Some(Err(err))) => return Err(Error::unavailable(STORE, err)),
-                    Ok(None) => break,
-                    Err(elapsed) => return Err(Error::unavailable(STORE, elapsed)),
-                };
+                let message = self.next_message(&mut messages).await?;
+                let Some(message) = message else { break };
                 let info = message
                     .info()
                     .map_err(|e| Error::backend(STORE, e.to_string()))?;
@@ -490,6 +589,19 @@ impl ListKeys for NatsStateStore {
         let next = more.then(|| keys.last().cloned()).flatten();
         Ok(KeyPage::new(keys, next))
     }
+
+    /// The listing consumer's next message, within the request timeout; `None` when it ended.
+    async fn next_message(
+        &self,
+        messages: &mut jetstream::consumer::push::Ordered,
+    ) -> Result<Option<jetstream::Message>> {
+        match tokio::time::timeout(self.request_timeout, messages.next()).await {
+            Ok(Some(Ok(message))) => Ok(Some(message)),
+            Ok(Some(Err(err))) => Err(Error::unavailable(STORE, err)),
+            Ok(None) => Ok(None),
+            Err(elapsed) => Err(Error::unavailable(STORE, elapsed)),
+        }
+    }
 }
 
 /// An ordered push consumer on the keys under `prefix`'s whole `:` segments.
@@ -500,14 +612,10 @@ pub(crate) async fn consumer(
     deliver_policy: DeliverPolicy,
     headers_only: bool,
 ) -> Result<jetstream::consumer::Consumer<OrderedConfig>> {
-    let filter = match prefix.rfind(PREFIX_SEPARATOR) {
-        Some(end) => crate::key::prefix_filter(&prefix[..end]),
-        None => ">".to_owned(),
-    };
     link.stream
         .create_consumer(OrderedConfig {
             deliver_subject: link.client().new_inbox(),
-            filter_subject: format!("{}{filter}", bucket.prefix),
+            filter_subject: format!("{}{}", bucket.prefix, subject_filter(prefix)),
             headers_only,
             replay_policy: ReplayPolicy::Instant,
             deliver_policy,
@@ -515,6 +623,14 @@ pub(crate) async fn consumer(
         })
         .await
         .map_err(|e| Error::unavailable(STORE, e))
+}
+
+/// The subject filter of the keys under `prefix`'s whole `:` segments (`_E_.tenant.>`).
+fn subject_filter(prefix: &str) -> String {
+    match prefix.rfind(PREFIX_SEPARATOR) {
+        Some(end) => crate::key::prefix_filter(&prefix[..end]),
+        None => ">".to_owned(),
+    }
 }
 
 /// The stored key of a message subject in the bucket with subject prefix `kv_prefix`.

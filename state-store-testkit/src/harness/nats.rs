@@ -130,6 +130,11 @@ impl NatsServer {
         })
     }
 
+    /// The server's monitoring port (`/varz`, `/healthz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
