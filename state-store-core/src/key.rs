@@ -26,7 +26,13 @@ use crate::error::{Error, Result};
 /// Separates the segments of a key prefix, and the prefix from the name.
 pub const PREFIX_SEPARATOR: char = ':';
 
-/// Starts a reserved segment of a key: see [the module](self).
+/// Starts a reserved segment of a key. A `:`-separated segment that starts with `$` (as NATS
+/// reserves `$JS` and `$SYS`) belongs to the store's own records: leases and their fencing
+/// counters under `$lease`, rate limits under `$ratelimit`, sessions under `$sessions`, each
+/// under the prefix of the handle that made them. A handle refuses such a name or prefix
+/// ([`Error::InvalidKey`]) and leaves such keys out of listings and watches, so no
+/// caller-chosen string reaches those records; the components that own them go through
+/// [`StateStore::reserved`](crate::StateStore::reserved).
 pub const RESERVED_MARKER: char = '$';
 
 /// Whether some segment of `key` starts with [`RESERVED_MARKER`].

@@ -11,9 +11,7 @@ pub(crate) fn map(err: FredError) -> Error {
     match err.kind() {
         // rustls reports an untrusted or invalid certificate, or garbage in place of a
         // handshake, as invalid data on the socket: a setting to fix, not an outage.
-        ErrorKind::IO | ErrorKind::Tls if is_tls_failure(&err) => {
-            Error::config_with("TLS with the Redis server failed", err)
-        }
+        _ if is_tls_failure(&err) => Error::config_with("TLS with the Redis server failed", err),
         ErrorKind::IO
         | ErrorKind::Timeout
         | ErrorKind::Canceled
@@ -32,8 +30,12 @@ pub(crate) fn map(err: FredError) -> Error {
 }
 
 fn is_tls_failure(err: &FredError) -> bool {
-    matches!(err.kind(), ErrorKind::Tls)
-        || [
+    #[cfg(feature = "rustls")]
+    if matches!(err.kind(), ErrorKind::Tls) {
+        return true;
+    }
+    matches!(err.kind(), ErrorKind::IO)
+        && [
             "InvalidCertificate",
             "InvalidContentType",
             "InvalidMessage",
