@@ -5,11 +5,10 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
-use serde_json::json;
 use state_store_core::{Error, StateStore};
 use state_store_nats::{NatsConfig, NatsStateStore};
 use state_store_testkit::harness::nats::NatsServer;
-use state_store_testkit::harness::tls::Certificates;
+use state_store_testkit::harness::tls::{self, Certificates};
 use state_store_testkit::harness::unavailable;
 
 fn server(extra: &[&str]) -> Option<NatsServer> {
@@ -37,18 +36,14 @@ fn tls_url(server: &NatsServer) -> String {
 }
 
 async fn refused(config: NatsConfig, what: &str) -> Error {
-    match NatsStateStore::connect(config).await {
-        Ok(_) => panic!("{what}: connected"),
-        Err(err) => err,
-    }
+    tls::refused(NatsStateStore::connect(config).await, what)
 }
 
 async fn round_trip(config: NatsConfig) {
-    let store = StateStore::from(NatsStateStore::connect(config).await.expect("connect"));
-    store.set_state("tls", &json!("sealed")).await.expect("set");
-    let state = store.get_state(&["tls"]).await.expect("get");
-    assert_eq!(state["tls"], Some(json!("sealed")));
-    store.destroy().await.expect("destroy");
+    tls::round_trip(StateStore::from(
+        NatsStateStore::connect(config).await.expect("connect"),
+    ))
+    .await;
 }
 
 #[tokio::test]

@@ -6,11 +6,10 @@
 #![cfg(feature = "rustls")]
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
-use serde_json::json;
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
 use state_store_testkit::harness::redis::RedisServer;
-use state_store_testkit::harness::tls::Certificates;
+use state_store_testkit::harness::tls::{self, Certificates};
 use state_store_testkit::harness::unavailable;
 
 fn tls_server(certificates: &Certificates, verify: bool) -> Option<(RedisServer, String)> {
@@ -19,18 +18,14 @@ fn tls_server(certificates: &Certificates, verify: bool) -> Option<(RedisServer,
 }
 
 async fn refused(config: RedisConfig, what: &str) -> Error {
-    match RedisStateStore::connect(config).await {
-        Ok(_) => panic!("{what}: connected"),
-        Err(err) => err,
-    }
+    tls::refused(RedisStateStore::connect(config).await, what)
 }
 
 async fn round_trip(config: RedisConfig) {
-    let store = StateStore::from(RedisStateStore::connect(config).await.expect("connect"));
-    store.set_state("tls", &json!("sealed")).await.expect("set");
-    let state = store.get_state(&["tls"]).await.expect("get");
-    assert_eq!(state["tls"], Some(json!("sealed")));
-    store.destroy().await.expect("destroy");
+    tls::round_trip(StateStore::from(
+        RedisStateStore::connect(config).await.expect("connect"),
+    ))
+    .await;
 }
 
 #[tokio::test]

@@ -90,3 +90,37 @@ impl Certificates {
         )
     }
 }
+
+/// Writes and reads one value through `store`, then destroys it: the connection works.
+///
+/// # Panics
+///
+/// When a call fails or reads something else.
+pub async fn round_trip(store: state_store_core::StateStore) {
+    let value = serde_json::json!("sealed");
+    let failed = |what: &str, err: state_store_core::Error| -> ! {
+        panic!("{what} over TLS: {}", state_store_core::report(&err))
+    };
+    if let Err(err) = store.set_state("tls", &value).await {
+        failed("set", err);
+    }
+    match store.get_state(&["tls"]).await {
+        Ok(state) => assert_eq!(state["tls"], Some(value)),
+        Err(err) => failed("get", err),
+    }
+    if let Err(err) = store.destroy().await {
+        failed("destroy", err);
+    }
+}
+
+/// The error of a connection that had to be refused.
+///
+/// # Panics
+///
+/// When it connected: `what` says which connection.
+pub fn refused<T>(connected: state_store_core::Result<T>, what: &str) -> state_store_core::Error {
+    match connected {
+        Ok(_) => panic!("{what}: connected"),
+        Err(err) => err,
+    }
+}
