@@ -38,36 +38,48 @@ pub fn store_url() -> String {
 /// value of any `token`, `password`, `secret` or `key` parameter replaced by `***` (a URL may
 /// carry a password or an API token).
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    // Servers are separated by commas, each a whole URL (`nats://u:p@a,nats://u:q@b`) or a
+    // bare `u:p@b`; parameters follow the last one.
+    let (servers, query) = match url.split_once('?') {
+        Some((servers, query)) => (servers, Some(query)),
+        None => (url, None),
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let servers: Vec<String> = authority
-        .split(',')
-        .map(|server| match server.rfind('@') {
-            Some(at) => format!("***{}", &server[at..]),
-            None => server.to_owned(),
-        })
-        .collect();
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((name, _))
-                        if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) =>
-                    {
-                        format!("{name}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", pairs.join("&"))
-        }
-        None => tail.to_owned(),
+    let servers: Vec<String> = servers.split(',').map(redact_server).collect();
+    let mut out = servers.join(",");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _))
+                    if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// One server of a URL with its user information replaced by `***`.
+fn redact_server(server: &str) -> String {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
     };
-    format!("{scheme}://{}{tail}", servers.join(","))
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}"),
+        None => format!("{authority}{path}"),
+    }
 }
 
 /// Query parameters whose values [`redacted`] hides.

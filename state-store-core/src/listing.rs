@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::change::{BackendEvent, KeySelector, RemoveCause, WatchStart, WatchStream};
 use crate::error::{Error, Operation, Result};
 use crate::key::has_reserved_segment;
+
 use crate::layer::Call;
 use crate::store::{decode, StateStore};
 use crate::version::Version;
@@ -199,6 +200,20 @@ impl Stream for Watch {
     }
 }
 
+/// For a cursor that is a key with a reserved segment (`app:$sessions:<id>`), a cursor after
+/// every key of that reserved area (`app:$sessions` and U+10FFFF, which sorts after `:` and
+/// any other character): it names the area, not the record. `None` for any other cursor.
+fn past_reserved(cursor: &str) -> Option<String> {
+    let mut start = 0;
+    for segment in cursor.split(crate::PREFIX_SEPARATOR) {
+        if segment.starts_with(crate::RESERVED_MARKER) {
+            return Some(format!("{}{segment}\u{10FFFF}", &cursor[..start]));
+        }
+        start += segment.len() + crate::PREFIX_SEPARATOR.len_utf8();
+    }
+    None
+}
+
 impl StateStore {
     /// One page of the names starting with `prefix` (an empty prefix: every name under this
     /// handle, including those of nested prefixes, as `inner:name`). Expired names are not
@@ -224,8 +239,11 @@ impl StateStore {
             .list_keys(prefix, options.cursor.as_deref(), limit)
             .await?;
         if self.is_caller() {
-            // The store's own records (a nested handle's leases, say) are not the caller's.
+            // The store's own records (a nested handle's leases, say) are not the caller's,
+            // nor is a cursor that names one (ordered backends' cursors are keys): it jumps
+            // past the whole reserved area instead.
             page.keys.retain(|key| !has_reserved_segment(key));
+            page.next = page.next.map(|next| past_reserved(&next).unwrap_or(next));
         }
         Ok(Page {
             names: page.keys,
@@ -298,5 +316,32 @@ impl StateStore {
             inner,
             hide_reserved,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::past_reserved;
+
+    #[test]
+    fn a_cursor_in_a_reserved_area_skips_the_area_and_names_no_record() {
+        assert_eq!(
+            past_reserved("app:$sessions:abc").as_deref(),
+            Some("app:$sessions\u{10FFFF}")
+        );
+        assert_eq!(
+            past_reserved("$lease:{x}:token").as_deref(),
+            Some("$lease\u{10FFFF}")
+        );
+        for key in [
+            "app:$sessions:",
+            "app:$sessions:zzz",
+            "app:$sessions:\u{10FFFF}",
+        ] {
+            assert!(key < "app:$sessions\u{10FFFF}", "{key}");
+        }
+        assert!("app:$sessionsz" < "app:$sessions\u{10FFFF}");
+        assert_eq!(past_reserved("app:plain"), None);
+        assert_eq!(past_reserved("3:1234"), None);
     }
 }

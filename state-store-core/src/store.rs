@@ -263,7 +263,10 @@ impl StateStore {
     }
 
     /// The layered backend this handle calls (names in, its prefix applied below), for calls
-    /// the handle does not offer.
+    /// the handle does not offer. Its checks refuse reserved names as the handle does, but its
+    /// listings and watches include the store's own records ([reserved](crate::RESERVED_MARKER)
+    /// keys, which only the handle's `list` and `watch` leave out): do not hand it to code
+    /// that takes names or prefixes from requests.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.stack
     }

@@ -465,15 +465,34 @@ impl NatsStateStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeyPage> {
-        let start = match after {
-            None => 1,
+        let link = self.links.get().await?;
+        let (start, stop) = match after {
+            // Where the listing ends, fixed at its start: past the stream's last message by
+            // as many messages as the stream held. A key rewritten during the listing moves
+            // to the stream's end and is still found there, unless more than that were
+            // written meanwhile; keys rewritten over and over cannot keep it going forever.
+            None => {
+                let info = link
+                    .stream
+                    .get_info()
+                    .await
+                    .map_err(|e| Error::unavailable(STORE, e))?;
+                let stop = info
+                    .state
+                    .last_sequence
+                    .saturating_add(info.state.messages.max(1000));
+                (1, stop)
+            }
             Some(cursor) => cursor
                 .strip_prefix('@')
-                .and_then(|seq| seq.parse::<u64>().ok())
-                .ok_or_else(|| Error::invalid_key(prefix, "not a cursor this store gave"))?
-                .saturating_add(1),
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(seq, stop)| Some((seq.parse::<u64>().ok()?, stop.parse().ok()?)))
+                .map(|(seq, stop)| (seq.saturating_add(1), stop))
+                .ok_or_else(|| Error::invalid_key(prefix, "not a cursor this store gave"))?,
         };
-        let link = self.links.get().await?;
+        if start > stop {
+            return Ok(KeyPage::new(Vec::new(), None));
+        }
         let consumer = link
             .stream
             .create_consumer(jetstream::consumer::pull::Config {
@@ -527,13 +546,23 @@ impl NatsStateStore {
                     }
                 }
             }
-            match last {
-                // Nothing after the last message read: the listing is complete.
-                None | Some((_, 0)) => return Ok(KeyPage::new(keys, None)),
+            let next = match last {
+                // Nothing after the last message read, or the listing's end: complete.
+                None | Some((_, 0)) => Some(None),
+                Some((seq, _)) if seq >= stop => Some(None),
                 Some((seq, _)) if keys.len() >= limit || read >= most_read => {
-                    return Ok(KeyPage::new(keys, Some(format!("@{seq}"))));
+                    Some(Some(format!("@{seq}/{stop}")))
                 }
-                Some(_) => {}
+                Some(_) => None,
+            };
+            if let Some(next) = next {
+                // The consumer would linger until its inactivity threshold: remove it now,
+                // without making the caller wait for that.
+                let (stream, name) = (link.stream.clone(), consumer.cached_info().name.clone());
+                tokio::spawn(async move {
+                    let _ = stream.delete_consumer(&name).await;
+                });
+                return Ok(KeyPage::new(keys, next));
             }
         }
     }

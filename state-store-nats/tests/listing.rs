@@ -49,3 +49,63 @@ async fn a_listing_page_reads_about_its_own_keys() {
     assert_eq!(all.len(), total, "every key, once");
     store.destroy().await.expect("destroy");
 }
+
+/// A listing finds every key, and ends, while other writers rewrite keys as fast as they can:
+/// each rewrite moves a key to the end of the stream, past where the listing has read, and
+/// the listing must still find it there (and, with writers faster than it, stop at the bound
+/// fixed when it started rather than chase the end for ever: not provoked here).
+#[tokio::test]
+async fn a_listing_ends_while_keys_are_rewritten() {
+    let Some(server) =
+        NatsServer::spawn(&[]).map_or_else(|why| unavailable("nats-server", &why), Some)
+    else {
+        return;
+    };
+    let store = StateStore::from(
+        NatsStateStore::connect(NatsConfig::new(server.url()))
+            .await
+            .expect("connect"),
+    );
+    let total = 300;
+    for i in 0..total {
+        store
+            .set_state(&format!("p:{i:04}"), &json!(i))
+            .await
+            .expect("set");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("p:{:04}", (n * 4 + w) % 10);
+                    store.set_state(&name, &json!(n)).await.expect("rewrite");
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut options = ListOptions::new().limit(7);
+    let mut seen = std::collections::BTreeSet::new();
+    // A liveness bound, not a timing claim.
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            let page = store.list("p:", options.clone()).await.expect("list");
+            seen.extend(page.names);
+            match page.next {
+                Some(next) => options = options.cursor(next),
+                None => break,
+            }
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    listed.expect("the listing ended");
+    assert_eq!(seen.len(), total, "every key, the rewritten ones included");
+    store.destroy().await.expect("destroy");
+}

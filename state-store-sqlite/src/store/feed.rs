@@ -29,6 +29,7 @@ pub(super) fn watch_feed(
     // Open before the starting point is read: every change after it is recorded.
     hold_feed(&mut conn)?;
     let mut held_at = Instant::now();
+    let mut lapse_reported = false;
     let mut last = match start {
         Some(after) => {
             // Changes after `after` that were trimmed already: the watcher must re-read.
@@ -72,6 +73,18 @@ pub(super) fn watch_feed(
             // if the hold lapses meanwhile, the gap row it writes turns into a `Resync`.
             if hold_feed(&mut conn).is_ok() {
                 held_at = Instant::now();
+                lapse_reported = false;
+            } else if held_at.elapsed() >= FEED_HOLD && !lapse_reported {
+                // Renewals keep failing and the hold has lapsed: changes may go unrecorded
+                // from here on, so this watcher cannot vouch for completeness.
+                lapse_reported = true;
+                let reason = "the change feed could not be held open".to_owned();
+                if tx
+                    .blocking_send(Ok(BackendEvent::Resync { reason }))
+                    .is_err()
+                {
+                    return Ok(());
+                }
             }
         }
         let data_version: i64 = conn
