@@ -513,28 +513,22 @@ impl NatsStateStore {
         let most_read = limit.saturating_mul(4).max(1000);
         let mut read = 0;
         let now = now_ms();
-        loop {
+        // Messages after the last one read; the consumer's count before the first.
+        let mut pending = consumer.cached_info().num_pending;
+        let next = loop {
+            if pending == 0 {
+                break None;
+            }
             let want = limit
                 .saturating_sub(keys.len())
                 .min(most_read.saturating_sub(read))
                 .max(1);
-            let mut batch = tokio::time::timeout(
-                self.request_timeout,
-                consumer.fetch().max_messages(want).messages(),
-            )
-            .await
-            .map_err(|e| Error::unavailable(STORE, e))?
-            .map_err(|e| Error::unavailable(STORE, e))?;
-            let mut last = None;
-            while let Some(message) = tokio::time::timeout(self.request_timeout, batch.next())
-                .await
-                .map_err(|e| Error::unavailable(STORE, e))?
-            {
-                let message = message.map_err(|e| Error::unavailable(STORE, e))?;
+            let mut last_seq = 0;
+            for message in self.fetch_batch(&consumer, want).await? {
                 let info = message
                     .info()
                     .map_err(|e| Error::backend(STORE, e.to_string()))?;
-                last = Some((info.stream_sequence, info.pending));
+                (last_seq, pending) = (info.stream_sequence, info.pending);
                 read += 1;
                 let live = message
                     .headers
@@ -546,24 +540,67 @@ impl NatsStateStore {
                     }
                 }
             }
-            let next = match last {
-                // Nothing after the last message read, or the listing's end: complete.
-                None | Some((_, 0)) => Some(None),
-                Some((seq, _)) if seq >= stop => Some(None),
-                Some((seq, _)) if keys.len() >= limit || read >= most_read => {
-                    Some(Some(format!("@{seq}/{stop}")))
-                }
-                Some(_) => None,
-            };
-            if let Some(next) = next {
-                // The consumer would linger until its inactivity threshold: remove it now,
-                // without making the caller wait for that.
-                let (stream, name) = (link.stream.clone(), consumer.cached_info().name.clone());
-                tokio::spawn(async move {
-                    let _ = stream.delete_consumer(&name).await;
-                });
-                return Ok(KeyPage::new(keys, next));
+            if last_seq >= stop {
+                // The end fixed when the listing started.
+                break None;
             }
+            if pending > 0 && (keys.len() >= limit || read >= most_read) {
+                break Some(format!("@{last_seq}/{stop}"));
+            }
+        };
+        // The consumer would linger until its inactivity threshold: remove it now, without
+        // making the caller wait for that.
+        let (stream, name) = (link.stream.clone(), consumer.cached_info().name.clone());
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        Ok(KeyPage::new(keys, next))
+    }
+
+    /// Up to `want` messages of a listing's consumer, which has some. In a cluster a consumer
+    /// just created may not answer yet (no responders) or answer with nothing: tried again,
+    /// within the request timeout.
+    async fn fetch_batch(
+        &self,
+        consumer: &jetstream::consumer::PullConsumer,
+        want: usize,
+    ) -> Result<Vec<jetstream::Message>> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let attempt = async {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(want)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut messages = Vec::new();
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        // What arrived is kept: the consumer does not send it again.
+                        Err(_) if !messages.is_empty() => break,
+                        Err(err) => return Err(err.to_string()),
+                    }
+                }
+                Ok(messages)
+            };
+            let outcome = tokio::time::timeout_at(deadline, attempt)
+                .await
+                .map_err(|e| Error::unavailable(STORE, e))?;
+            match outcome {
+                Ok(messages) if !messages.is_empty() => return Ok(messages),
+                Ok(_) => {}
+                Err(err) if err.contains("503") || err.contains("no responders") => {}
+                Err(err) => return Err(Error::unavailable(STORE, err)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(
+                    STORE,
+                    "the listing's consumer sent nothing in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
