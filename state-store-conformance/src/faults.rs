@@ -347,3 +347,67 @@ pub async fn limiter_follows_its_failure_policy(server: &mut dyn TestServer, sto
     // The handle is usable again before the scenario hands it back.
     recovered(store, "fault:policy", "the restart").await;
 }
+
+/// The server hangs, and `store` has `breaker` in its stack (opening after `threshold`
+/// failures, with a cool-down well under 30 s): after `threshold` calls end with their
+/// timeouts the breaker is open, and the next read and write fail at once with
+/// [`Error::Unavailable`] from the breaker (nothing sent: the refused write never lands). The
+/// server wakes: after the cool-down one probe closes the breaker, the same handle works, and
+/// what was written before is still there.
+pub async fn breaker_fails_fast_while_the_store_is_down(
+    server: &mut dyn TestServer,
+    store: &StateStore,
+    breaker: &state_store_core::CircuitBreakerLayer,
+    threshold: u32,
+) {
+    use state_store_core::BreakerState;
+
+    store
+        .set_state("fault:breaker", &json!("before"))
+        .await
+        .expect("write before the hang");
+    assert_eq!(breaker.state(), BreakerState::Closed);
+
+    server.pause().expect("pause the server");
+    let mut timed_out = Vec::new();
+    for _ in 0..threshold {
+        let read = tokio::time::timeout(PATIENCE, store.get_state(&["fault:breaker"])).await;
+        timed_out.push(read.map(|r| r.map(drop)));
+    }
+    let state = breaker.state();
+    let read = tokio::time::timeout(PATIENCE, store.get_state(&["fault:breaker"])).await;
+    let write = tokio::time::timeout(PATIENCE, store.set_state("fault:breaker-x", &json!(1))).await;
+    server.resume().expect("resume the server");
+
+    for outcome in timed_out {
+        match outcome {
+            Ok(Err(err)) if err.is_transient() => {}
+            other => panic!("a read with the server frozen gave {other:?}"),
+        }
+    }
+    assert_eq!(
+        state,
+        BreakerState::Open,
+        "{threshold} failures did not open it"
+    );
+    for (what, outcome) in [("a read", read.map(|r| r.map(drop))), ("a write", write)] {
+        match outcome {
+            Ok(Err(err @ Error::Unavailable { .. }))
+                if report(&err).contains("circuit breaker open") => {}
+            other => panic!("{what} with the breaker open gave {other:?}, not its refusal"),
+        }
+    }
+
+    let before = recovered(store, "fault:breaker", "the server woke up").await;
+    assert_eq!(before.as_deref(), Some("before"), "the hang lost data");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "the probe did not close it"
+    );
+    let refused = store
+        .get::<i64>("fault:breaker-x")
+        .await
+        .expect("read the refused write");
+    assert_eq!(refused, None, "a write the breaker refused landed");
+}

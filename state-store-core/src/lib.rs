@@ -126,9 +126,9 @@ pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use fenced::Fenced;
 pub use key::{PREFIX_SEPARATOR, RESERVED_MARKER};
 pub use layer::{
-    Call, CallInfo, CapabilityLayer, ClosedLayer, CompletionLayer, Intercept, Intercepted, Layer,
-    LimitLayer, NamespaceLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer,
-    MAX_NAMES_PER_CALL,
+    BreakerState, Call, CallInfo, CapabilityLayer, CircuitBreakerLayer, ClosedLayer,
+    CompletionLayer, Intercept, Intercepted, Layer, LimitLayer, NamespaceLayer, Site,
+    StateStoreBuilder, TimeoutLayer, TracingLayer, MAX_COOL_DOWN, MAX_NAMES_PER_CALL,
 };
 pub use lease::{FencingToken, Lease, LeaseRequest, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};

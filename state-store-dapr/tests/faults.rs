@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use state_store_conformance::faults::{
-    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
+    breaker_fails_fast_while_the_store_is_down, failed_writes_never_land_later,
+    hung_server_times_out, killed_server_recovers,
 };
 use state_store_core::{Error, StateStore};
 use state_store_dapr::{DaprConfig, DaprStateStore};
@@ -88,4 +89,22 @@ async fn no_sidecar_is_unavailable_within_the_timeout() {
 fn the_api_token_is_redacted() {
     let config = DaprConfig::new("http://127.0.0.1:50001", COMPONENT).with_api_token("tok-secret");
     assert!(!format!("{config:?}").contains("tok-secret"));
+}
+
+/// With a circuit breaker in the stack, a frozen sidecar costs `threshold` timeouts, not one
+/// per call: then calls fail at once, and the breaker closes once the sidecar answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_fails_fast_while_the_sidecar_hangs() {
+    let Some(mut sidecar) = daprd(Component::InMemory) else {
+        return;
+    };
+    let config = DaprConfig::new(sidecar.endpoint(), COMPONENT)
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
+    let backend = DaprStateStore::connect(config).await.expect("connect");
+    let breaker =
+        state_store_core::CircuitBreakerLayer::new(2, Duration::from_millis(300)).expect("valid");
+    let store = StateStore::builder(backend).layer(breaker.clone()).build();
+    breaker_fails_fast_while_the_store_is_down(&mut sidecar, &store, &breaker, 2).await;
+    store.destroy().await.expect("destroy");
 }

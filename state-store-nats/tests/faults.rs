@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures_util::TryFutureExt;
 use serde_json::json;
 use state_store_conformance::faults::{
-    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
-    lease_tokens_survive_restart, limiter_follows_its_failure_policy, TestServer,
+    breaker_fails_fast_while_the_store_is_down, failed_writes_never_land_later,
+    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
+    limiter_follows_its_failure_policy, TestServer,
 };
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
@@ -253,4 +254,20 @@ async fn failed_writes_never_reach_another_node_of_the_cluster() {
         .await;
         drop(setup);
     }
+}
+
+/// With a circuit breaker in the stack, a frozen server costs `threshold` timeouts, not one
+/// per call: then calls fail at once, and the breaker closes once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_fails_fast_while_the_server_hangs() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let backend = NatsStateStore::connect(config).await.expect("connect");
+    let breaker =
+        state_store_core::CircuitBreakerLayer::new(2, Duration::from_millis(300)).expect("valid");
+    let store = StateStore::builder(backend).layer(breaker.clone()).build();
+    breaker_fails_fast_while_the_store_is_down(&mut server, &store, &breaker, 2).await;
+    store.destroy().await.expect("destroy");
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use state_store_conformance::faults::{
-    failed_writes_never_land_later, hung_server_times_out, killed_server_recovers,
-    lease_tokens_survive_restart, limiter_follows_its_failure_policy,
+    breaker_fails_fast_while_the_store_is_down, failed_writes_never_land_later,
+    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
+    limiter_follows_its_failure_policy,
 };
 use state_store_core::{Error, StateStore};
 use state_store_redis::{RedisConfig, RedisStateStore};
@@ -127,4 +128,23 @@ async fn no_server_fails_within_the_connect_timeout() {
         .expect("connect hung");
     let err = result.expect_err("nothing listens");
     assert!(err.is_transient(), "{err:?}");
+}
+
+/// With a circuit breaker in the stack, a frozen server costs `threshold` timeouts, not one
+/// per call: then calls fail at once, and the breaker closes once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_fails_fast_while_the_server_hangs() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = RedisConfig::from_url(&server.url())
+        .expect("url")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_reconnect(0, Duration::from_millis(200));
+    let backend = RedisStateStore::connect(config).await.expect("connect");
+    let breaker =
+        state_store_core::CircuitBreakerLayer::new(2, Duration::from_millis(300)).expect("valid");
+    let store = StateStore::builder(backend).layer(breaker.clone()).build();
+    breaker_fails_fast_while_the_store_is_down(&mut server, &store, &breaker, 2).await;
+    store.destroy().await.expect("destroy");
 }

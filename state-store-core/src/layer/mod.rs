@@ -10,10 +10,12 @@
 //!   CapabilityLayer    undeclared features fail with Unsupported
 //!   NamespaceLayer     prefix:name (StoreConfig::key_prefix, StateStore::with_prefix)
 //!   CompletionLayer    increments by CAS, TTL-keeping upserts, composed leases
-//!   your layers        StateStoreBuilder::layer (TimeoutLayer, your own), last added outermost
+//!   your layers        StateStoreBuilder::layer (TimeoutLayer, CircuitBreakerLayer, your own),
+//!                      last added outermost
 //!   Backend            the adapter
 //! ```
 
+mod breaker;
 mod completion;
 mod concerns;
 mod intercept;
@@ -25,6 +27,7 @@ use crate::backend::Backend;
 use crate::config::StoreConfig;
 use crate::store::StateStore;
 
+pub use breaker::{BreakerState, CircuitBreakerLayer, MAX_COOL_DOWN};
 pub use completion::CompletionLayer;
 pub use concerns::{
     CapabilityLayer, ClosedLayer, LimitLayer, TimeoutLayer, TracingLayer, MAX_NAMES_PER_CALL,
