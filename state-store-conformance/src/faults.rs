@@ -411,3 +411,39 @@ pub async fn breaker_fails_fast_while_the_store_is_down(
         .expect("read the refused write");
     assert_eq!(refused, None, "a write the breaker refused landed");
 }
+
+/// The server dies and comes back: a read made while it is down fails with `Unavailable` on
+/// `plain` (a handle without retries), and succeeds on `retrying` (the same store with a
+/// [`RetryLayer`](state_store_core::RetryLayer) whose deadline outlasts the restart), which
+/// rides out the outage instead of failing. The server stays down for 1.5 s: give both
+/// handles a request timeout of 1 s at most, so that the first attempt fails whatever the
+/// client does while it reconnects.
+pub async fn retry_rides_out_a_restart(
+    server: &mut dyn TestServer,
+    plain: &StateStore,
+    retrying: &StateStore,
+) {
+    retrying
+        .set_state("fault:retry", &json!("before"))
+        .await
+        .expect("write before the crash");
+    server.crash();
+    let without = tokio::time::timeout(PATIENCE, plain.get_state(&["fault:retry"])).await;
+    let read = async { tokio::time::timeout(PATIENCE, retrying.get_state(&["fault:retry"])).await };
+    let restart = async {
+        // Longer than a request timeout: the first attempt fails. The restart itself blocks
+        // this task; the read's retries go on when it is done.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.restart()
+    };
+    let (with, restarted) = tokio::join!(read, restart);
+    restarted.expect("restart the server");
+    match without {
+        Ok(Err(err @ Error::Unavailable { .. })) => assert!(err.is_transient()),
+        other => panic!("a read without retries, server down, gave {other:?}"),
+    }
+    match with {
+        Ok(Ok(_)) => {}
+        other => panic!("a read with retries across a restart gave {other:?}"),
+    }
+}

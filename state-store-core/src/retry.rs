@@ -33,6 +33,8 @@ pub struct Backoff {
     attempts: usize,
     max_attempts: usize,
     deadline: Option<Instant>,
+    base: Duration,
+    cap: Duration,
 }
 
 impl Backoff {
@@ -42,7 +44,18 @@ impl Backoff {
             attempts: 1,
             max_attempts: max_attempts.max(1),
             deadline: Instant::now().checked_add(deadline),
+            base: BASE,
+            cap: CAP,
         }
+    }
+
+    /// The same with other bounds on the random wait: at most `base` after the first failure,
+    /// doubling up to `cap` (the defaults, 0.5 ms and 64 ms, suit lost races; a server that
+    /// went away wants longer).
+    pub fn between(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap.max(base);
+        self
     }
 
     /// Waits before the next attempt and returns true, or returns false at once when the
@@ -70,7 +83,7 @@ impl Backoff {
 
     fn ceiling(&self) -> Duration {
         let doublings = u32::try_from(self.attempts - 1).unwrap_or(u32::MAX).min(16);
-        BASE.saturating_mul(1 << doublings).min(CAP)
+        self.base.saturating_mul(1 << doublings).min(self.cap)
     }
 }
 

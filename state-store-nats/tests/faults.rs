@@ -9,7 +9,7 @@ use serde_json::json;
 use state_store_conformance::faults::{
     breaker_fails_fast_while_the_store_is_down, failed_writes_never_land_later,
     hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
-    limiter_follows_its_failure_policy, TestServer,
+    limiter_follows_its_failure_policy, retry_rides_out_a_restart, TestServer,
 };
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
@@ -270,4 +270,22 @@ async fn a_breaker_fails_fast_while_the_server_hangs() {
     let store = StateStore::builder(backend).layer(breaker.clone()).build();
     breaker_fails_fast_while_the_store_is_down(&mut server, &store, &breaker, 2).await;
     store.destroy().await.expect("destroy");
+}
+
+/// A retry layer turns a restart into a wait: a read made while the server is down succeeds
+/// once it is back, where a handle without one gets `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_layer_rides_out_a_restart() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let plain = connect(config.clone()).await;
+    let backend = NatsStateStore::connect(config).await.expect("connect");
+    let retry = state_store_core::RetryLayer::new(1000, Duration::from_secs(30)).expect("valid");
+    let retrying = StateStore::builder(backend).layer(retry).build();
+    retry_rides_out_a_restart(&mut server, &plain, &retrying).await;
+    retrying.destroy().await.expect("destroy");
+    // The plain handle may still be reconnecting: its goodbye is not the point here.
+    let _ = plain.destroy().await;
 }

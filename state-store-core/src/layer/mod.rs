@@ -10,7 +10,8 @@
 //!   CapabilityLayer    undeclared features fail with Unsupported
 //!   NamespaceLayer     prefix:name (StoreConfig::key_prefix, StateStore::with_prefix)
 //!   CompletionLayer    increments by CAS, TTL-keeping upserts, composed leases
-//!   your layers        StateStoreBuilder::layer (TimeoutLayer, CircuitBreakerLayer, your own),
+//!   your layers        StateStoreBuilder::layer (TimeoutLayer, CircuitBreakerLayer,
+//!                      RetryLayer, your own),
 //!                      last added outermost
 //!   Backend            the adapter
 //! ```
@@ -20,6 +21,7 @@ mod completion;
 mod concerns;
 mod intercept;
 mod namespace;
+mod retrying;
 
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ pub use concerns::{
 };
 pub use intercept::{Call, CallInfo, Intercept, Intercepted, Site};
 pub use namespace::NamespaceLayer;
+pub use retrying::{RetryLayer, MAX_RETRY_DEADLINE};
 
 /// Wraps a backend in another. Implement it for a concern of your own (metrics, say) — an
 /// [`Intercept`] is the short way — or use a closure:
