@@ -117,6 +117,59 @@ async fn scenario(url: &str) {
         allowed, LIMIT,
         "{url}: {allowed} requests passed a shared limit of {LIMIT}"
     );
+
+    // Each instance's `/metrics`: its denials, and the store's latency by operation, with
+    // the conventions' labels; never a key or a client.
+    let (mut denied, mut gets) = (0.0, 0.0);
+    for port in ports {
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        denied += sample(
+            &text,
+            "state_store_limiter_decisions",
+            &[("limiter", "limited"), ("decision", "denied")],
+        );
+        let system = url.split("://").next().expect("scheme");
+        assert!(
+            sample(
+                &text,
+                "db_client_operation_duration_count",
+                &[("db_system_name", system)]
+            ) > 0.0,
+            "{url}: no store latency in /metrics:\n{text}"
+        );
+        gets += sample(
+            &text,
+            "db_client_operation_duration_count",
+            &[("db_system_name", system), ("db_operation_name", "get")],
+        );
+        assert!(!text.contains("web-test-"), "a key in /metrics:\n{text}");
+    }
+    assert_eq!(
+        denied,
+        (2 * LIMIT) as f64,
+        "{url}: denials across both instances"
+    );
+    assert!(gets > 0.0, "{url}: the session reads are not in /metrics");
+}
+
+/// The value of the sample of `name` carrying every label of `labels` (0 when none does).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn run(url: &str) {

@@ -202,6 +202,30 @@ fn disabled_message(operation: Operation) -> &'static str {
 }
 
 impl Error {
+    /// The kind of error as a short, stable, low-cardinality name (`unavailable`,
+    /// `outcome_unknown`, `conflict`, …): what metrics record as `error.type`. Never a key or
+    /// a value.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::OperationDisabled { .. } => "operation_disabled",
+            Error::InvalidKey { .. } => "invalid_key",
+            Error::ValueTooLarge { .. } => "value_too_large",
+            Error::Serialization { .. } => "serialization",
+            Error::Decode { .. } => "decode",
+            Error::Conflict { .. } => "conflict",
+            Error::NotAnInteger { .. } => "not_an_integer",
+            Error::Unsupported { .. } => "unsupported",
+            Error::InvalidTtl { .. } => "invalid_ttl",
+            Error::Unavailable { .. } => "unavailable",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
+            Error::Backend { .. } => "backend",
+            Error::Config { .. } => "config",
+            Error::Fenced { .. } => "fenced",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::Closed { .. } => "closed",
+        }
+    }
+
     /// True when retrying the same call later may succeed: the backend was unreachable
     /// ([`Error::Unavailable`]) or did not answer a write ([`Error::OutcomeUnknown`]). Before
     /// retrying a write blindly, see [`Error::may_have_applied`].

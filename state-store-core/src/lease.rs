@@ -168,6 +168,7 @@ impl LeaseRequest {
             deadline: started + self.ttl,
             lost: false,
         });
+        crate::telemetry::lease_event("acquired");
         Ok(Some(Lease {
             inner: Arc::new(LeaseInner {
                 store: self.store.clone(),
@@ -360,6 +361,7 @@ impl Lease {
                 () = tokio::time::sleep_until(deadline) => {
                     if self.inner.state.borrow().deadline <= Instant::now() {
                         self.inner.state.send_modify(|held| held.lost = true);
+                        crate::telemetry::lease_event("lost");
                         return;
                     }
                 }
@@ -405,10 +407,12 @@ impl Lease {
                     held.version = version;
                     held.deadline = started + self.inner.ttl;
                 });
+                crate::telemetry::lease_event("renewed");
                 Ok(())
             }
             Err(Error::Conflict { .. }) => {
                 self.mark_lost();
+                crate::telemetry::lease_event("lost");
                 Err(self.lost_error())
             }
             Err(err) => Err(rename(&self.inner.name, err)),
@@ -433,7 +437,10 @@ impl Lease {
             .remove_if(&self.inner.record_name, &version)
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                crate::telemetry::lease_event("released");
+                Ok(true)
+            }
             Err(Error::Conflict { .. }) => Ok(false),
             Err(err) => Err(rename(&self.inner.name, err)),
         }

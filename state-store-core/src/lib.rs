@@ -104,6 +104,7 @@ mod native;
 mod ratelimit;
 mod retry;
 mod store;
+mod telemetry;
 mod typed;
 mod version;
 
@@ -125,6 +126,8 @@ pub use election::{Election, LeaderEvent};
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use fenced::Fenced;
 pub use key::{PREFIX_SEPARATOR, RESERVED_MARKER};
+#[cfg(feature = "metrics")]
+pub use layer::MetricsLayer;
 pub use layer::{
     BreakerState, Call, CallInfo, CapabilityLayer, CircuitBreakerLayer, ClosedLayer,
     CompletionLayer, Intercept, Intercepted, Layer, LimitLayer, NamespaceLayer, RetryLayer, Site,

@@ -177,7 +177,10 @@ impl Watch {
                 cause,
                 version,
             },
-            BackendEvent::Resync { reason } => WatchEvent::Resync { reason },
+            BackendEvent::Resync { reason } => {
+                crate::telemetry::watch_resync();
+                WatchEvent::Resync { reason }
+            }
         })
     }
 }

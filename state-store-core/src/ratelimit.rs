@@ -139,6 +139,8 @@ enum Algorithm {
 #[derive(Clone)]
 pub struct Limiter {
     store: StateStore,
+    /// The `limiter` label of its metrics.
+    name: &'static str,
     algorithm: Algorithm,
     policy: FailurePolicy,
     /// Fixed windows: window deadlines read from the store, per key, so that repeated denials
@@ -192,10 +194,18 @@ impl Limiter {
     fn new(store: &StateStore, algorithm: Algorithm) -> Self {
         Limiter {
             store: store.reserved_area(AREA),
+            name: "default",
             algorithm,
             policy: FailurePolicy::default(),
             deadlines: Arc::default(),
         }
+    }
+
+    /// Names the limiter in its metrics (`state_store.limiter.decisions{limiter=…}`, feature
+    /// `metrics`; default `default`). A name per limit, never per client.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     /// Sets what happens when the store is unreachable (default [`FailurePolicy::Open`]).
@@ -244,6 +254,16 @@ impl Limiter {
     }
 
     async fn decide(&self, key: &str, cost: u64, write: bool) -> Result<Decision> {
+        let decision = self.decide_or_fail(key, cost, write).await;
+        if let Ok(decision) = &decision {
+            if write {
+                crate::telemetry::limiter_decision(self.name, decision.allowed);
+            }
+        }
+        decision
+    }
+
+    async fn decide_or_fail(&self, key: &str, cost: u64, write: bool) -> Result<Decision> {
         let outcome = match self.algorithm {
             Algorithm::Gcra(quota) => self.gcra_decide(key, quota, cost, write).await,
             Algorithm::FixedWindow { limit, window } => {

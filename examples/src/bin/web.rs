@@ -6,7 +6,8 @@
 //! cargo run -p examples --bin web -- --port 3000 --store redis://127.0.0.1:6379
 //! ```
 //!
-//! `/` shows a page with a session counter (no login: the session cookie is the visitor),
+//! `/metrics` serves the store's metrics (call latency by operation, limiter decisions) as
+//! Prometheus text. `/` shows a page with a session counter (no login: the session cookie is the visitor),
 //! the instance that served it, and a link to `/limited`, which allows `--limit` requests
 //! (default 5) per `--window` seconds (default 60) per client IP — counted across every
 //! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
@@ -51,7 +52,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let instance = flag("--instance").unwrap_or_else(|| format!("port {port}"));
     let prefix = flag("--prefix").unwrap_or_else(|| "web-example".to_owned());
 
-    let store: StateStore = state_store::open(&url).await?.with_prefix(&prefix)?;
+    // Metrics of every store call (`MetricsLayer`) and of the limiter, as Prometheus text on
+    // `/metrics`.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("db.client.operation.duration".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
+        )?
+        .install_recorder()?;
+    let opened = state_store::open(&url).await?;
+    let store: StateStore = StateStore::builder(std::sync::Arc::clone(opened.raw_backend()))
+        .layer(state_store::MetricsLayer)
+        .config(opened.config().clone())
+        .build()
+        .with_prefix(&prefix)?;
     let production = std::env::args().any(|a| a == "--production");
     let sessions = SessionManagerLayer::new(SessionStore::new(&store))
         .with_secure(production)
@@ -65,11 +81,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limited = Router::new()
         .route("/limited", get(limited))
         .layer(RateLimitLayer::new(
-            Limiter::fixed_window(&store, limit, window),
+            Limiter::fixed_window(&store, limit, window).named("limited"),
             PeerIp,
         ));
     let app = Router::new()
         .route("/", get(page))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
         .route("/api/visits", get(visits_json))
         .merge(limited)
         .layer(sessions)

@@ -152,6 +152,9 @@ impl CircuitBreakerLayer {
             State::Closed { .. } => Admit::Go { probe: false },
             State::Open { until } if Instant::now() < until => Admit::Refuse,
             State::Open { .. } | State::HalfOpen { probing: false } => {
+                if matches!(*state, State::Open { .. }) {
+                    crate::telemetry::breaker_state("half_open");
+                }
                 *state = State::HalfOpen { probing: true };
                 Admit::Go { probe: true }
             }
@@ -165,7 +168,8 @@ impl CircuitBreakerLayer {
         let open = State::Open {
             until: Instant::now() + self.shared.cool_down,
         };
-        *state = match (*state, failed) {
+        let before = *state;
+        *state = match (before, failed) {
             (_, false) if probe => State::Closed { failures: 0 },
             (State::Closed { .. }, false) => State::Closed { failures: 0 },
             (State::Closed { failures }, true) => {
@@ -188,6 +192,16 @@ impl CircuitBreakerLayer {
             // A call let through before the breaker opened, ending after: it changes nothing.
             (other, _) => other,
         };
+        match (before, *state) {
+            (State::Closed { .. }, State::Open { .. })
+            | (State::HalfOpen { .. }, State::Open { .. }) => {
+                crate::telemetry::breaker_state("open");
+            }
+            (State::HalfOpen { .. }, State::Closed { .. }) => {
+                crate::telemetry::breaker_state("closed");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -327,8 +327,11 @@ impl Intercept for TimeoutLayer {
     }
 }
 
-/// A `debug` span per call that reaches the backend: `state_store` with the operation, the
-/// store's name, the number of keys and the handle's prefix — never keys or values.
+/// A `debug` span per call that reaches the backend, named `state_store`, with
+/// OpenTelemetry's database fields — `db.system.name` (the store's name),
+/// `db.operation.name` (`get`, `set`, …), `db.operation.batch.size` (names in the call) —
+/// and `db.namespace` (the handle's prefix): never keys, values or session ids. With
+/// `tracing-opentelemetry` these become OpenTelemetry client spans.
 #[derive(Debug, Clone, Default)]
 pub struct TracingLayer {
     prefix: Arc<str>,
@@ -361,10 +364,10 @@ impl Intercept for TracingLayer {
     {
         inner.instrument(tracing::debug_span!(
             "state_store",
-            operation = call.operation,
-            store = site.store,
-            keys = call.keys,
-            prefix = &*self.prefix
+            db.system.name = site.store,
+            db.operation.name = call.operation,
+            db.operation.batch.size = call.keys,
+            db.namespace = &*self.prefix
         ))
     }
 }

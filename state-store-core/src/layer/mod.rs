@@ -20,6 +20,8 @@ mod breaker;
 mod completion;
 mod concerns;
 mod intercept;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod namespace;
 mod retrying;
 
@@ -35,6 +37,8 @@ pub use concerns::{
     CapabilityLayer, ClosedLayer, LimitLayer, TimeoutLayer, TracingLayer, MAX_NAMES_PER_CALL,
 };
 pub use intercept::{Call, CallInfo, Intercept, Intercepted, Site};
+#[cfg(feature = "metrics")]
+pub use metrics::MetricsLayer;
 pub use namespace::NamespaceLayer;
 pub use retrying::{RetryLayer, MAX_RETRY_DEADLINE};
 

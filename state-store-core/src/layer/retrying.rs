@@ -107,7 +107,7 @@ impl Retrying {
 
     /// Runs `attempt` until it does not fail with `Unavailable`, or the attempts or the time
     /// are used up (then its last error).
-    async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -116,7 +116,9 @@ impl Retrying {
             .between(FIRST_WAIT, LONGEST_WAIT);
         loop {
             match attempt().await {
-                Err(Error::Unavailable { .. }) if backoff.wait().await => {}
+                Err(Error::Unavailable { .. }) if backoff.wait().await => {
+                    crate::telemetry::retry(operation);
+                }
                 other => return other,
             }
         }
@@ -138,20 +140,21 @@ impl Backend for Retrying {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        self.retry(|| self.below().get_many(keys)).await
+        self.retry("get", || self.below().get_many(keys)).await
     }
 
     async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.retry(|| self.below().get_values(keys)).await
+        self.retry("get", || self.below().get_values(keys)).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
-        self.retry(|| self.below().set(key, value.clone(), options))
+        self.retry("set", || self.below().set(key, value.clone(), options))
             .await
     }
 
     async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
-        self.retry(|| self.below().remove(key, expected)).await
+        self.retry("remove", || self.below().remove(key, expected))
+            .await
     }
 
     async fn close(&self) -> Result<()> {
@@ -171,7 +174,8 @@ impl Increment for Retrying {
             .extensions()
             .increment
             .ok_or_else(|| self.missing("atomic increment"))?;
-        self.retry(|| counter.increment(key, delta, ttl)).await
+        self.retry("increment", || counter.increment(key, delta, ttl))
+            .await
     }
 }
 
@@ -183,7 +187,8 @@ impl ListKeys for Retrying {
             .extensions()
             .list
             .ok_or_else(|| self.missing("listing keys"))?;
-        self.retry(|| lister.list_keys(prefix, after, limit)).await
+        self.retry("list", || lister.list_keys(prefix, after, limit))
+            .await
     }
 }
 
@@ -195,7 +200,7 @@ impl WatchKeys for Retrying {
             .extensions()
             .watch
             .ok_or_else(|| self.missing("watching changes"))?;
-        self.retry(|| watcher.watch(selector, start)).await
+        self.retry("watch", || watcher.watch(selector, start)).await
     }
 }
 
@@ -207,7 +212,8 @@ impl AcquireLease for Retrying {
             .extensions()
             .lease
             .ok_or_else(|| self.missing("leases"))?;
-        self.retry(|| leases.acquire_lease(request)).await
+        self.retry("acquire_lease", || leases.acquire_lease(request))
+            .await
     }
 }
 
@@ -219,7 +225,8 @@ impl CheckRateLimit for Retrying {
             .extensions()
             .rate_limit
             .ok_or_else(|| self.missing("rate limits"))?;
-        self.retry(|| limiter.rate_limit(request)).await
+        self.retry("rate_limit", || limiter.rate_limit(request))
+            .await
     }
 }
 
