@@ -149,6 +149,8 @@ pub fn watch_channel(
     (tx, Box::pin(ChannelStream(rx)))
 }
 
+/// `tokio_stream::wrappers::ReceiverStream`, in the five lines it takes: core does not take a
+/// dependency (and its own `Stream` trait version to keep in step) for one `poll_recv`.
 struct ChannelStream(tokio::sync::mpsc::Receiver<Result<BackendEvent>>);
 
 impl futures_core::Stream for ChannelStream {

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `/metrics` serves the store's metrics (call latency by operation, limiter decisions) as
-//! Prometheus text. `/` shows a page with a session counter (no login: the session cookie is the visitor),
+//! Prometheus text; `/status` charts them. `/` shows a page with a session counter (no login: the session cookie is the visitor),
 //! the instance that served it, and a link to `/limited`, which allows `--limit` requests
 //! (default 5) per `--window` seconds (default 60) per client IP — counted across every
 //! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
@@ -41,6 +41,7 @@ fn flag(name: &str) -> Option<String> {
 #[derive(Clone)]
 struct App {
     instance: String,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 #[tokio::main]
@@ -78,9 +79,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tower_sessions::cookie::SameSite::Lax
         })
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(1)));
+    // `route_layer`: only `/limited` is limited. With `layer` the router's fallback was too,
+    // and merged into the app it counted every unknown path (a browser's `/favicon.ico`)
+    // against the visitor's limit.
     let limited = Router::new()
         .route("/limited", get(limited))
-        .layer(RateLimitLayer::new(
+        .route_layer(RateLimitLayer::new(
             Limiter::fixed_window(&store, limit, window).named("limited"),
             PeerIp,
         ));
@@ -88,13 +92,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(page))
         .route(
             "/metrics",
-            get(move || std::future::ready(prometheus.render())),
+            get(|State(app): State<App>| async move { app.metrics.render() }),
         )
+        .route("/status", get(status))
         .route("/api/visits", get(visits_json))
         .merge(limited)
         .layer(sessions)
         .with_state(App {
             instance: instance.clone(),
+            metrics: prometheus,
         });
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -164,6 +170,123 @@ async fn visits_json(State(app): State<App>, session: Session) -> impl IntoRespo
 
 async fn limited(State(app): State<App>) -> String {
     format!("allowed, served by {}\n", app.instance)
+}
+
+/// What the status page shows, read from this instance's metrics.
+#[derive(Debug, Default)]
+struct Status {
+    allowed: f64,
+    denied: f64,
+    /// Mean store latency in milliseconds and call count, by operation.
+    latency: Vec<(String, f64, f64)>,
+}
+
+impl Status {
+    /// From Prometheus text: the limiter's decisions and, by operation, the duration's sum
+    /// and count.
+    fn from_prometheus(text: &str) -> Self {
+        let mut status = Status::default();
+        let mut sums: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let label = |name: &str| {
+                let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+                let end = series[start..].find('"')? + start;
+                Some(series[start..end].to_owned())
+            };
+            if series.starts_with("state_store_limiter_decisions{") {
+                match label("decision").as_deref() {
+                    Some("allowed") => status.allowed += value,
+                    Some("denied") => status.denied += value,
+                    _ => {}
+                }
+            } else if let Some(op) = label("db_operation_name") {
+                let entry = sums.entry(op).or_default();
+                if series.starts_with("db_client_operation_duration_sum{") {
+                    entry.0 += value;
+                } else if series.starts_with("db_client_operation_duration_count{") {
+                    entry.1 += value;
+                }
+            }
+        }
+        status.latency = sums
+            .into_iter()
+            .filter(|(_, (_, count))| *count > 0.0)
+            .map(|(op, (sum, count))| (op, sum / count * 1000.0, count))
+            .collect();
+        status
+    }
+}
+
+/// A horizontal bar chart in SVG: one bar per `(label, value)`, scaled to the largest.
+fn bar_chart(id: &str, unit: &str, decimals: usize, bars: &[(String, f64)]) -> String {
+    let top = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(0.0_f64, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let mut svg = format!(
+        r#"<svg id="{id}" width="560" height="{}" role="img">"#,
+        bars.len() * 28 + 4
+    );
+    for (i, (label, value)) in bars.iter().enumerate() {
+        let y = i * 28;
+        let width = (value / top * 260.0).max(1.0);
+        svg.push_str(&format!(
+            r##"<text x="0" y="{}" font-size="13">{}</text><rect x="110" y="{}" width="{width:.0}" height="18" fill="#4a7bd0"/><text x="{:.0}" y="{}" font-size="12">{value:.decimals$} {unit}</text>"##,
+            y + 15,
+            html_escape(label),
+            y + 2,
+            110.0 + width + 6.0,
+            y + 15,
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+async fn status(State(app): State<App>) -> impl IntoResponse {
+    let status = Status::from_prometheus(&app.metrics.render());
+    let decisions = bar_chart(
+        "decisions",
+        "requests",
+        0,
+        &[
+            ("allowed".to_owned(), status.allowed),
+            ("denied".to_owned(), status.denied),
+        ],
+    );
+    let latency: Vec<(String, f64)> = status
+        .latency
+        .iter()
+        .map(|(op, ms, _)| (op.clone(), *ms))
+        .collect();
+    let calls: u64 = status.latency.iter().map(|(_, _, n)| *n as u64).sum();
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>state-store status</title>
+<style>body {{ font-family: sans-serif; max-width: 40em; margin: 2em auto; }}</style></head>
+<body>
+<h1>Instance <b id="instance">{}</b></h1>
+<h2>Rate limit decisions</h2>
+<p><span id="allowed">{}</span> allowed, <span id="denied">{}</span> denied</p>
+{decisions}
+<h2>Store latency (mean per call, <span id="calls">{calls}</span> calls)</h2>
+{}
+<p>Raw numbers: <a href="/metrics">/metrics</a> (Prometheus text).</p>
+</body>
+</html>"#,
+        html_escape(&app.instance),
+        status.allowed,
+        status.denied,
+        bar_chart("latency", "ms", 2, &latency),
+    ))
 }
 
 fn html_escape(text: &str) -> String {
