@@ -58,7 +58,7 @@ static INCREMENT_WITH_TTL: LazyLock<Script> =
 /// slot, sent concurrently, answers in request order); a write is `SET` (`PX` for a TTL,
 /// `NX` for `Create`); `Update` and conditional remove are one Lua script each; `increment` is
 /// `INCRBY`, or a script making the TTL-on-create atomic with it. Taking a lease is one script
-/// (the record and its token counter share a hash slot: `lease:{name}`); renewing and
+/// (the record and its token counter share a hash slot: `$lease:{name}`); renewing and
 /// releasing are the `Update` and conditional-remove scripts.
 ///
 /// A client built by this crate does not resend a command after a lost connection (fred's

@@ -100,7 +100,7 @@ async fn taking_a_lease_is_one_script_call() {
         store.leader("job").await.expect("leader").as_deref(),
         Some(lease.holder())
     );
-    let stored: Option<String> = probe.client().get("app:lease:{job}").await.expect("GET");
+    let stored: Option<String> = probe.client().get("app:$lease:{job}").await.expect("GET");
     let stored: serde_json::Value = serde_json::from_str(&stored.expect("stored")).expect("json");
     assert_eq!(stored["token"], lease.fencing_token().get());
     lease.renew().await.expect("renew");
