@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use state_store_testkit::harness::nats::nats_url;
 use state_store_testkit::harness::redis::redis_url;
-use state_store_testkit::harness::{free_port, temp_dir, wait_for_port};
+use state_store_testkit::harness::{free_port, host_of, temp_dir, wait_for_port};
 
 const LIMIT: usize = 4;
 
@@ -144,6 +144,17 @@ async fn scenario(url: &str) {
             ) > 0.0,
             "{url}: no store latency in /metrics:\n{text}"
         );
+        // The server's address where there is one: the host of the URL.
+        if let Some(host) = host_of(url).filter(|_| system != "sqlite") {
+            assert!(
+                sample(
+                    &text,
+                    "db_client_operation_duration_count",
+                    &[("db_system_name", system), ("server_address", host)]
+                ) > 0.0,
+                "{url}: no server.address on the store latency:\n{text}"
+            );
+        }
         gets += sample(
             &text,
             "db_client_operation_duration_count",

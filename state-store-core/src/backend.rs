@@ -158,6 +158,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// What this backend supports natively.
     fn capabilities(&self) -> Capabilities;
 
+    /// The server this backend talks to, as host and port (OpenTelemetry's `server.address`
+    /// and `server.port`), for metrics and spans; `None` for an embedded store (the default).
+    /// Where a client knows several servers, the first one configured.
+    fn server(&self) -> Option<(&str, u16)> {
+        None
+    }
+
     /// Reads many keys, one slot per key in request order.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>>;
 
@@ -340,6 +347,9 @@ macro_rules! forward_backend {
             }
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()
+            }
+            fn server(&self) -> Option<(&str, u16)> {
+                (**self).server()
             }
             async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
                 (**self).get_many(keys).await

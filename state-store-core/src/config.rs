@@ -50,6 +50,10 @@ pub struct StoreConfig {
     /// Attempts of an [`update`](crate::StateStore::update) loop before it gives up with
     /// [`Error::Conflict`](crate::Error::Conflict).
     pub update_retries: usize,
+    /// The level of the span each call opens (`state_store`, see
+    /// [`TracingLayer`](crate::TracingLayer)): `DEBUG` by default, `INFO` to keep them under a
+    /// subscriber that filters debug out.
+    pub span_level: tracing::Level,
 }
 
 impl Default for StoreConfig {
@@ -63,6 +67,7 @@ impl Default for StoreConfig {
             max_value_len: DEFAULT_MAX_VALUE_LEN,
             default_ttl: None,
             update_retries: DEFAULT_UPDATE_RETRIES,
+            span_level: tracing::Level::DEBUG,
         }
     }
 }
@@ -119,6 +124,12 @@ impl StoreConfig {
     /// Sets [`StoreConfig::update_retries`] (at least 1).
     pub fn with_update_retries(mut self, attempts: usize) -> Self {
         self.update_retries = attempts.max(1);
+        self
+    }
+
+    /// Sets [`StoreConfig::span_level`].
+    pub fn with_span_level(mut self, level: tracing::Level) -> Self {
+        self.span_level = level;
         self
     }
 }

@@ -93,6 +93,8 @@ pub struct DaprStateStore {
     persistent: bool,
     /// Each call's deadline, from the moment it is made (see [`DaprStateStore::within`]).
     request_timeout: Duration,
+    /// The sidecar, for telemetry ([`Backend::server`]).
+    server: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for Token {
@@ -166,7 +168,17 @@ impl DaprStateStore {
         }
         let declares = |feature: &str| component.capabilities.iter().any(|c| c == feature);
         let atomic = component.r#type == "state.in-memory" && declares("ETAG") && declares("TTL");
+        let server = config
+            .endpoint
+            .parse::<tonic::codegen::http::Uri>()
+            .ok()
+            .and_then(|uri| {
+                // An IPv6 host without its brackets, as `server.address` wants it.
+                let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+                Some((host.to_owned(), uri.port_u16()?))
+            });
         Ok(DaprStateStore {
+            server,
             client,
             store_name: config.store_name,
             atomic,
@@ -456,6 +468,12 @@ const UNKNOWN_VERSION: &str = "state-store:unknown-version";
 impl Backend for DaprStateStore {
     fn name(&self) -> &str {
         STORE
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.server
+            .as_ref()
+            .map(|(host, port)| (host.as_str(), *port))
     }
 
     fn capabilities(&self) -> Capabilities {

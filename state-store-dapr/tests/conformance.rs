@@ -30,3 +30,21 @@ mod in_memory {
     use super::*;
     state_store_conformance::conformance_suite!(optional: dapr_endpoint(Component::InMemory).map(factory));
 }
+
+/// Metrics and spans name the sidecar: `server.address` and `server.port` of the endpoint.
+#[tokio::test]
+async fn the_store_names_its_sidecar() {
+    use state_store_core::Backend;
+    let Some(endpoint) = dapr_endpoint(Component::InMemory) else {
+        return;
+    };
+    let store = DaprStateStore::connect(DaprConfig::new(endpoint.clone(), COMPONENT))
+        .await
+        .expect("connect");
+    let (host, port) = store.server().expect("a server");
+    assert!(
+        endpoint.ends_with(&format!("{host}:{port}")),
+        "{endpoint} reported as {host}:{port}"
+    );
+    store.close().await.expect("close");
+}

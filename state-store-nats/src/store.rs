@@ -104,6 +104,8 @@ pub struct NatsStateStore {
     /// The bucket keeps one message per key (history 1): a listing can page by stream
     /// sequence. With more history it reads every key's last message on each page.
     single_revision: bool,
+    /// The first server configured, for telemetry ([`Backend::server`]).
+    server: Option<(String, u16)>,
 }
 
 /// Where the bucket's messages live.
@@ -219,6 +221,10 @@ impl NatsStateStore {
             max_value_len,
             request_timeout: config.timeouts.request,
             single_revision: stream.max_messages_per_subject == 1,
+            server: link::servers(config)
+                .ok()
+                .and_then(|servers| servers.into_iter().next())
+                .map(|s| (s.host().to_owned(), s.port())),
         };
         Ok((store, kv.stream_name.clone()))
     }
@@ -369,6 +375,12 @@ fn js_max_payload(js: &Context) -> usize {
 impl Backend for NatsStateStore {
     fn name(&self) -> &str {
         STORE
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.server
+            .as_ref()
+            .map(|(host, port)| (host.as_str(), *port))
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -89,6 +89,8 @@ pub struct RedisStateStore {
     pub(crate) watch: WatchSupport,
     /// Tells watch tasks (each with a subscriber connection of its own) that the store closed.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// The first server configured, for telemetry ([`Backend::server`]).
+    server: Option<(String, u16)>,
 }
 
 impl RedisStateStore {
@@ -144,7 +146,14 @@ impl RedisStateStore {
     /// called.
     pub fn from_client(client: Client) -> Self {
         let clustered = client.is_clustered();
+        let server = client
+            .client_config()
+            .server
+            .hosts()
+            .first()
+            .map(|s| (s.host.to_string(), s.port));
         RedisStateStore {
+            server,
             client,
             clustered,
             watch: if clustered {
@@ -234,6 +243,12 @@ pub(crate) fn px(ttl: Duration) -> i64 {
 impl Backend for RedisStateStore {
     fn name(&self) -> &str {
         STORE
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.server
+            .as_ref()
+            .map(|(host, port)| (host.as_str(), *port))
     }
 
     /// `watch` is lossy on a standalone server that publishes keyspace notifications (`K$gx`

@@ -141,6 +141,10 @@ impl Backend for Completion {
         self.below().name()
     }
 
+    fn server(&self) -> Option<(&str, u16)> {
+        self.below().server()
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.below.clone();
         caps.increment = self.counts();

@@ -327,18 +327,32 @@ impl Intercept for TimeoutLayer {
     }
 }
 
-/// A `debug` span per call that reaches the backend, named `state_store`, with
+/// A span per call that reaches the backend, named `state_store`, at `DEBUG` unless
+/// [`TracingLayer::with_level`] (on a handle: [`StoreConfig::span_level`]) says otherwise, with
 /// OpenTelemetry's database fields — `db.system.name` (the store's name),
-/// `db.operation.name` (`get`, `set`, …), `db.operation.batch.size` (names in the call) —
-/// and `db.namespace` (the handle's prefix): never keys, values or session ids. With
-/// `tracing-opentelemetry` these become OpenTelemetry client spans.
-#[derive(Debug, Clone, Default)]
+/// `db.operation.name` (`get`, `set`, …), `db.operation.batch.size` (names in the call),
+/// `server.address` and `server.port` (where the backend has a server) — and `db.namespace`
+/// (the handle's prefix): never keys, values or session ids. With `tracing-opentelemetry` these
+/// become OpenTelemetry client spans (`examples/src/bin/traced.rs`).
+///
+/// [`StoreConfig::span_level`]: crate::StoreConfig::span_level
+#[derive(Debug, Clone)]
 pub struct TracingLayer {
     prefix: Arc<str>,
+    level: tracing::Level,
+}
+
+impl Default for TracingLayer {
+    fn default() -> Self {
+        TracingLayer {
+            prefix: Arc::from(""),
+            level: tracing::Level::DEBUG,
+        }
+    }
 }
 
 impl TracingLayer {
-    /// Spans without a prefix.
+    /// `DEBUG` spans without a prefix.
     pub fn new() -> Self {
         Self::default()
     }
@@ -347,8 +361,29 @@ impl TracingLayer {
     pub fn with_prefix(prefix: &str) -> Self {
         TracingLayer {
             prefix: prefix.into(),
+            ..Self::default()
         }
     }
+
+    /// Spans at `level`.
+    #[must_use]
+    pub fn with_level(mut self, level: tracing::Level) -> Self {
+        self.level = level;
+        self
+    }
+}
+
+/// The call's span at a level chosen at run time (a callsite's level is fixed: one each).
+macro_rules! call_span {
+    ($level:expr, $($fields:tt)*) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error_span!($($fields)*),
+            tracing::Level::WARN => tracing::warn_span!($($fields)*),
+            tracing::Level::INFO => tracing::info_span!($($fields)*),
+            tracing::Level::DEBUG => tracing::debug_span!($($fields)*),
+            tracing::Level::TRACE => tracing::trace_span!($($fields)*),
+        }
+    };
 }
 
 impl Intercept for TracingLayer {
@@ -362,12 +397,19 @@ impl Intercept for TracingLayer {
         T: Send + 'a,
         F: Future<Output = Result<T>> + Send + 'a,
     {
-        inner.instrument(tracing::debug_span!(
+        let (address, port) = site.server.unzip();
+        // Integers as i64: OpenTelemetry has no unsigned attribute (tracing-opentelemetry
+        // would turn a u64 into a string). `otel.kind`: a database call is a client span.
+        inner.instrument(call_span!(
+            self.level,
             "state_store",
+            otel.kind = "client",
             db.system.name = site.store,
             db.operation.name = call.operation,
-            db.operation.batch.size = call.keys,
-            db.namespace = &*self.prefix
+            db.operation.batch.size = i64::try_from(call.keys).unwrap_or(i64::MAX),
+            db.namespace = &*self.prefix,
+            server.address = address,
+            server.port = port.map(i64::from)
         ))
     }
 }

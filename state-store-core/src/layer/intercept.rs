@@ -118,6 +118,8 @@ pub struct Site<'a> {
     pub store: &'a str,
     /// What the backend below supports.
     pub capabilities: &'a Capabilities,
+    /// The server of the backend below ([`Backend::server`]).
+    pub server: Option<(&'a str, u16)>,
 }
 
 /// A concern that acts on every call alike: [`Intercept::before`] may refuse a call before it
@@ -252,6 +254,7 @@ impl<I: Intercept> Intercepted<I> {
         Site {
             store: self.below().name(),
             capabilities: &self.below,
+            server: self.below().server(),
         }
     }
 
@@ -291,6 +294,10 @@ impl<I: Intercept> Intercepted<I> {
 impl<I: Intercept> Backend for Intercepted<I> {
     fn name(&self) -> &str {
         self.below().name()
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.below().server()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -1,8 +1,10 @@
 //! Call metrics on OpenTelemetry's database client conventions, through the `metrics` facade.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use metrics::{Histogram, Label};
 
 use super::intercept::{CallInfo, Intercept, Intercepted, Site};
 use super::Layer;
@@ -16,8 +18,9 @@ use crate::error::Result;
 /// - `db.client.operation.duration` — histogram, seconds — with `db.system.name` (the
 ///   backend's name: `redis`, `sqlite`, `postgresql` are OpenTelemetry's registered names;
 ///   `nats`, `dapr` and `memory` are this crate's), `db.operation.name` (`get`, `set`,
-///   `remove`, `increment`, `list`, `watch`, `acquire_lease`, `rate_limit`, `close`) and, on
-///   failure, `error.type` ([`Error::kind_name`](crate::Error::kind_name): `unavailable`,
+///   `remove`, `increment`, `list`, `watch`, `acquire_lease`, `rate_limit`, `close`),
+///   `server.address` and `server.port` where the backend has a server and, on failure,
+///   `error.type` ([`Error::kind_name`](crate::Error::kind_name): `unavailable`,
 ///   `conflict`, …);
 /// - `state_store.batch.size` — histogram — the number of names of a read of more than one.
 ///
@@ -34,10 +37,63 @@ use crate::error::Result;
 /// let store = StateStore::builder(DefaultStateStore::new()).layer(MetricsLayer).build();
 /// # let _ = store;
 /// ```
+///
+/// Each layer registers its duration histograms with the recorder at its first call of each
+/// operation and keeps the handles, so a call costs a clock read and an atomic record, not a
+/// lookup of its labels: install the recorder before the first call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsLayer;
 
-impl Intercept for MetricsLayer {
+impl Layer for MetricsLayer {
+    fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        Arc::new(Intercepted::new(inner, Recorded::default()))
+    }
+}
+
+/// The operations [`CallInfo::operation`] names, in the order of [`Recorded::succeeded`].
+const OPERATIONS: [&str; 9] = [
+    "get",
+    "set",
+    "remove",
+    "increment",
+    "list",
+    "watch",
+    "acquire_lease",
+    "rate_limit",
+    "close",
+];
+
+/// The intercept of one [`MetricsLayer`]: its histogram handles, registered on first use.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// `db.client.operation.duration` of a call that succeeded, per operation.
+    succeeded: [OnceLock<Histogram>; OPERATIONS.len()],
+    /// `state_store.batch.size`.
+    batch: OnceLock<Histogram>,
+}
+
+/// The labels every sample of a backend carries: `db.system.name` and its server.
+fn site_labels(site: Site<'_>) -> Vec<Label> {
+    let mut labels = vec![Label::new("db.system.name", site.store.to_owned())];
+    if let Some((address, port)) = site.server {
+        labels.push(Label::new("server.address", address.to_owned()));
+        labels.push(Label::new("server.port", port.to_string()));
+    }
+    labels
+}
+
+impl Recorded {
+    fn duration(site: Site<'_>, operation: &'static str, error: Option<&'static str>) -> Histogram {
+        let mut labels = site_labels(site);
+        labels.push(Label::from_static_parts("db.operation.name", operation));
+        if let Some(kind) = error {
+            labels.push(Label::from_static_parts("error.type", kind));
+        }
+        metrics::histogram!("db.client.operation.duration", labels)
+    }
+}
+
+impl Intercept for Recorded {
     async fn around<'a, T, F>(&'a self, site: Site<'a>, call: CallInfo, inner: F) -> Result<T>
     where
         T: Send + 'a,
@@ -46,34 +102,27 @@ impl Intercept for MetricsLayer {
         let started = Instant::now();
         let result = inner.await;
         let seconds = started.elapsed().as_secs_f64();
-        let system = site.store.to_owned();
-        match &result {
-            Ok(_) => metrics::histogram!(
-                "db.client.operation.duration",
-                "db.system.name" => system.clone(),
-                "db.operation.name" => call.operation,
-            )
-            .record(seconds),
-            Err(err) => metrics::histogram!(
-                "db.client.operation.duration",
-                "db.system.name" => system.clone(),
-                "db.operation.name" => call.operation,
-                "error.type" => err.kind_name(),
-            )
-            .record(seconds),
+        let operation = call.operation;
+        match (&result, OPERATIONS.iter().position(|&op| op == operation)) {
+            (Ok(_), Some(i)) => self.succeeded[i]
+                .get_or_init(|| Self::duration(site, operation, None))
+                .record(seconds),
+            // Failures are rarer and carry their kind: registered each time.
+            (result, _) => {
+                let error = result.as_ref().err().map(crate::Error::kind_name);
+                Self::duration(site, operation, error).record(seconds);
+            }
         }
         if call.keys > 1 {
             #[allow(clippy::cast_precision_loss)] // a count of names, far below 2^52
-            metrics::histogram!("state_store.batch.size", "db.system.name" => system)
+            self.batch
+                .get_or_init(|| {
+                    let system = Label::new("db.system.name", site.store.to_owned());
+                    metrics::histogram!("state_store.batch.size", vec![system])
+                })
                 .record(call.keys as f64);
         }
         result
-    }
-}
-
-impl Layer for MetricsLayer {
-    fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
-        Arc::new(Intercepted::new(inner, *self))
     }
 }
 

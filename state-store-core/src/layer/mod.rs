@@ -134,7 +134,7 @@ pub(crate) fn handle_stack(
     Arc::new(Intercepted::new(
         named,
         (
-            TracingLayer::with_prefix(&config.key_prefix),
+            TracingLayer::with_prefix(&config.key_prefix).with_level(config.span_level),
             (
                 closed.clone(),
                 (LimitLayer::for_handle(config, caller), CapabilityLayer),

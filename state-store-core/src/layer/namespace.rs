@@ -100,6 +100,10 @@ impl Backend for Namespace {
         self.below().name()
     }
 
+    fn server(&self) -> Option<(&str, u16)> {
+        self.below().server()
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut caps = self.below().capabilities();
         caps.max_key_len = caps.max_key_len.saturating_sub(self.root.len());

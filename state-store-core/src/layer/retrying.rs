@@ -135,6 +135,10 @@ impl Backend for Retrying {
         self.below().name()
     }
 
+    fn server(&self) -> Option<(&str, u16)> {
+        self.below().server()
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.below().capabilities()
     }

@@ -114,6 +114,15 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The host of a server URL (`redis://user:pw@127.0.0.1:6379/0` → `127.0.0.1`), as a
+/// store reports it in `server.address`.
+pub fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port.rsplit_once(':').map(|(host, _)| host)
+}
+
 /// Finds a server binary: the path in env var `override_var`, else `name` on `PATH`, else in
 /// the extra directories given.
 pub fn find_binary(name: &str, override_var: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
