@@ -72,8 +72,10 @@ pub mod cases;
 mod context;
 mod elections;
 pub mod faults;
+pub mod history;
 mod leases;
 mod limits;
+pub mod linearizability;
 mod listings;
 mod model;
 

@@ -8,6 +8,7 @@ use state_store_conformance::faults::{
     breaker_fails_fast_while_the_store_is_down, failed_writes_never_land_later,
     hung_server_times_out, killed_server_recovers,
 };
+use state_store_conformance::history::histories_are_linearizable;
 use state_store_core::{Error, StateStore};
 use state_store_dapr::{DaprConfig, DaprStateStore};
 use state_store_testkit::harness::dapr::{Component, Daprd, COMPONENT};
@@ -107,4 +108,25 @@ async fn a_breaker_fails_fast_while_the_sidecar_hangs() {
     let store = StateStore::builder(backend).layer(breaker.clone()).build();
     breaker_fails_fast_while_the_store_is_down(&mut sidecar, &store, &breaker, 2).await;
     store.destroy().await.expect("destroy");
+}
+
+/// Histories of clients doing random reads, writes, compare-and-sets and increments while
+/// the sidecar is killed and restarted, then frozen and thawed, are linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
+    let Some(mut sidecar) = daprd(Component::Redis) else {
+        return;
+    };
+    let endpoint = sidecar.endpoint();
+    histories_are_linearizable(
+        &mut sidecar,
+        || {
+            let config = DaprConfig::new(endpoint.clone(), COMPONENT)
+                .with_request_timeout(Duration::from_secs(1))
+                .with_connect_timeout(Duration::from_secs(1));
+            async move { DaprStateStore::connect(config).await.map(StateStore::from) }
+        },
+        "dapr-redis-kill-freeze",
+    )
+    .await;
 }

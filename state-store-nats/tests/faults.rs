@@ -11,6 +11,7 @@ use state_store_conformance::faults::{
     hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
     limiter_follows_its_failure_policy, retry_rides_out_a_restart, TestServer,
 };
+use state_store_conformance::history::histories_are_linearizable;
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
 use state_store_testkit::harness::nats::{NatsCluster, NatsServer};
@@ -288,4 +289,20 @@ async fn a_retry_layer_rides_out_a_restart() {
     retrying.destroy().await.expect("destroy");
     // The plain handle may still be reconnecting: its goodbye is not the point here.
     let _ = plain.destroy().await;
+}
+
+/// Histories of clients doing random reads, writes, compare-and-sets and increments while
+/// the server is killed and restarted, then frozen and thawed, are linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    histories_are_linearizable(
+        &mut server,
+        || NatsStateStore::connect(config.clone()).map_ok(StateStore::from),
+        "nats-single-kill-freeze",
+    )
+    .await;
 }

@@ -1,0 +1,399 @@
+//! Recorded histories under faults, checked for linearizability.
+//!
+//! [`record`] runs clients — each its own handle, so its own connection — doing seeded random
+//! operations on a few keys (get, set, create, compare-and-set, conditional and unconditional
+//! remove on register keys; get, set and increment on a counter key), and records when each
+//! call was made and how and when it returned. A call that timed out or failed with
+//! `Unavailable` or `OutcomeUnknown` is recorded as indeterminate (it may have taken effect,
+//! late or never), and the client carries on as a new client. [`linearizable_under_faults`]
+//! records while a server is killed and restarted, then frozen and thawed, and checks the
+//! history with [`crate::linearizability`].
+
+// A test suite reports a misbehaving store by panicking, like `assert!`.
+#![allow(clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use state_store_core::{Error, SetMode, SetOptions, StateStore, Version};
+
+use crate::faults::TestServer;
+use crate::linearizability::{self, Budget, Call, Operation, Outcome, Report};
+use crate::report;
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Clients, each with its own handle.
+    pub clients: usize,
+    /// Register keys (plus one counter key).
+    pub keys: usize,
+    /// At most this many operations per client.
+    pub operations: usize,
+    /// The seed of every client's choices (client `i` uses `seed + i`).
+    pub seed: u64,
+    /// A call that has not returned after this long is indeterminate.
+    pub timeout: Duration,
+    /// Each client waits a random time up to this between its calls, so that a run spans the
+    /// faults instead of finishing before them.
+    pub think: Duration,
+}
+
+impl Default for Workload {
+    /// Four clients on three register keys and a counter, at most 2000 operations each,
+    /// 2 s per call, up to 4 ms between calls.
+    fn default() -> Self {
+        Workload {
+            clients: 4,
+            keys: 3,
+            operations: 2000,
+            seed: 1,
+            timeout: Duration::from_secs(2),
+            think: Duration::from_millis(4),
+        }
+    }
+}
+
+/// The counter key's name.
+const COUNTER: &str = "lin:counter";
+
+/// One client: the handle, what it last read of each key (to build conditional calls), and
+/// its identity (a new one after an indeterminate call).
+struct Client {
+    store: StateStore,
+    id: usize,
+    incarnation: usize,
+    rng: StdRng,
+    seen: Vec<Option<(i64, Version)>>,
+    next_value: i64,
+}
+
+/// Records the history of `workload` on handles from `connect`, until every client has made
+/// its operations or `stop` is set (then each client finishes its current call).
+///
+/// # Panics
+///
+/// When `connect` fails, or a call fails with anything but a transient error or the
+/// `Conflict` of a conditional write.
+pub async fn record<F, Fut>(connect: F, workload: Workload, stop: Arc<AtomicBool>) -> Vec<Operation>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..workload.clients {
+        let store = connect().await.expect("connect a client");
+        let stop = Arc::clone(&stop);
+        let mut client = Client {
+            store,
+            id,
+            incarnation: 0,
+            rng: StdRng::seed_from_u64(workload.seed.wrapping_add(id as u64)),
+            seen: vec![None; workload.keys],
+            next_value: 0,
+        };
+        tasks.spawn(async move {
+            let mut history = Vec::new();
+            for _ in 0..workload.operations {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let op = client.act(&workload, started).await;
+                if op.outcome == Outcome::Indeterminate {
+                    client.incarnation += 1;
+                    // Pause so a client does not spin through its operations while the server
+                    // is down.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                history.push(op);
+                let think = client.rng.random_range(Duration::ZERO..=workload.think);
+                if !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
+            }
+            history
+        });
+    }
+    tasks.join_all().await.into_iter().flatten().collect()
+}
+
+impl Client {
+    /// Makes one random call and records it.
+    async fn act(&mut self, workload: &Workload, started: Instant) -> Operation {
+        let at = |started: Instant| u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Unique values: client, then a sequence number.
+        self.next_value += 1;
+        let fresh = i64::try_from(self.id).unwrap_or(0) * 1_000_000 + self.next_value;
+        // Only what the store declares: a counter where it increments, conditional calls
+        // where it has them.
+        let (increments, conditional) = {
+            let caps = self.store.capabilities();
+            (caps.increment, caps.conditional)
+        };
+        let counter = increments && self.rng.random_range(0..5) == 0;
+        let slot = self.rng.random_range(0..workload.keys);
+        let key = if counter {
+            COUNTER.to_owned()
+        } else {
+            format!("lin:r{slot}")
+        };
+        let choice = self.rng.random_range(0..8);
+        let seen = if counter {
+            None
+        } else {
+            self.seen[slot].clone()
+        };
+        let call = match (counter, choice, &seen) {
+            (_, 0..=2, _) => Call::Read,
+            (true, 3, _) => Call::Write(0),
+            (true, _, _) => Call::Increment(1),
+            (false, 3, _) => Call::Write(fresh),
+            (false, 4..=6, _) if !conditional => Call::Write(fresh),
+            (false, 4, _) => Call::Create(fresh),
+            (false, 5, Some((expected, _))) => Call::CompareAndSet {
+                expected: *expected,
+                new: fresh,
+            },
+            (false, 6, Some((expected, _))) => Call::RemoveIf {
+                expected: *expected,
+            },
+            (false, 7, _) => Call::Remove,
+            // A conditional call without a read to start from: read first.
+            (false, _, _) => Call::Read,
+        };
+        let version = seen.map(|(_, version)| version);
+        let invoked = at(started);
+        let result = tokio::time::timeout(workload.timeout, self.run(&key, call, version)).await;
+        let completed = at(started);
+        let outcome = match result {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(err)) if err.is_transient() => Outcome::Indeterminate,
+            Err(_) => Outcome::Indeterminate,
+            Ok(Err(err)) => panic!("{call:?} on {key} failed: {}", report(&err)),
+        };
+        if let (false, Outcome::Value(value)) = (counter, outcome) {
+            if value.is_none() {
+                self.seen[slot] = None;
+            }
+        }
+        Operation {
+            client: self.id + 1000 * self.incarnation,
+            key,
+            call,
+            outcome,
+            invoked,
+            completed: (outcome != Outcome::Indeterminate).then_some(completed),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        key: &str,
+        call: Call,
+        version: Option<Version>,
+    ) -> Result<Outcome, Error> {
+        let store = &self.store;
+        let refused = |result: Result<(), Error>| match result {
+            Ok(()) => Ok(Outcome::Done),
+            Err(Error::Conflict { .. }) => Ok(Outcome::Refused),
+            Err(err) => Err(err),
+        };
+        match call {
+            Call::Read => {
+                let entry = store.get_entry(key).await?;
+                let value = entry
+                    .as_ref()
+                    .map(|e| e.value.as_i64().expect("an integer"));
+                if let (Some(entry), Some(slot)) = (entry, register_slot(key)) {
+                    self.seen[slot] = Some((value.expect("read"), entry.version));
+                }
+                Ok(Outcome::Value(value))
+            }
+            Call::Write(v) => store
+                .set_state(key, &json!(v))
+                .await
+                .map(|()| Outcome::Done),
+            Call::Create(v) => refused(
+                store
+                    .set_with(key, &json!(v), SetOptions::new().mode(SetMode::Create))
+                    .await
+                    .map(drop),
+            ),
+            Call::CompareAndSet { new, .. } => {
+                let version = version.expect("a version read before");
+                refused(
+                    store
+                        .set_with(
+                            key,
+                            &json!(new),
+                            SetOptions::new().mode(SetMode::Update(version)),
+                        )
+                        .await
+                        .map(drop),
+                )
+            }
+            Call::RemoveIf { .. } => {
+                let version = version.expect("a version read before");
+                refused(store.remove_if(key, &version).await)
+            }
+            Call::Remove => store.remove_state(key).await.map(|()| Outcome::Done),
+            Call::Increment(delta) => store
+                .increment(key, delta, None)
+                .await
+                .map(Outcome::Counter),
+        }
+    }
+}
+
+/// The slot of a register key (`lin:r<slot>`).
+fn register_slot(key: &str) -> Option<usize> {
+    key.strip_prefix("lin:r")?.parse().ok()
+}
+
+/// Records `workload` while `server` is killed and restarted, then frozen and thawed, and
+/// checks the history. Returns the checker's report and the history (to keep as a
+/// counterexample); the caller asserts what its backend promises.
+///
+/// `connect` makes a handle with a request timeout under `workload.timeout`.
+pub async fn linearizable_under_faults<F, Fut>(
+    server: &mut dyn TestServer,
+    connect: F,
+    workload: Workload,
+) -> (Report, Vec<Operation>)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = record(connect, workload, Arc::clone(&stop));
+    let faults = async {
+        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        pause(300).await;
+        server.crash();
+        pause(700).await;
+        server.restart().expect("restart the server");
+        pause(500).await;
+        if server.pause().is_ok() {
+            pause(u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500).await;
+            server.resume().expect("resume the server");
+        }
+        pause(1000).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (history, ()) = tokio::join!(recording, faults);
+    let report =
+        linearizability::check(&history, Budget::default()).expect("a well-formed history");
+    (report, history)
+}
+
+/// The fault scenario as a test: records [`Workload::default`] with the seed from
+/// `STATE_STORE_LIN_SEED` (else one from the clock) under [`linearizable_under_faults`],
+/// prints the seed, the size of the history and the verdict (a line starting
+/// `linearizability:`), and panics on a violation or an unknown verdict, naming the file the
+/// history was kept in ([`keep`]).
+pub async fn histories_are_linearizable<F, Fut>(
+    server: &mut dyn TestServer,
+    connect: F,
+    scenario: &str,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let seed = std::env::var("STATE_STORE_LIN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    let workload = Workload {
+        seed,
+        ..Workload::default()
+    };
+    let (report, history) = linearizable_under_faults(server, connect, workload).await;
+    let indeterminate = history.iter().filter(|op| op.completed.is_none()).count();
+    println!(
+        "linearizability: {scenario}, seed {seed}: {} operations, {indeterminate} indeterminate: {report}",
+        history.len()
+    );
+    if !report.linearizable() {
+        let path = keep(&history, scenario, seed);
+        panic!(
+            "{scenario}, seed {seed} (STATE_STORE_LIN_SEED replays it): {report}\nhistory: {}",
+            path.display()
+        );
+    }
+}
+
+/// Writes `history` as JSON lines to `linearizability/<name>-seed<seed>.jsonl` in the
+/// target directory of the running test (next to `debug/`) and returns the path, so a
+/// counterexample outlives the test.
+pub fn keep(history: &[Operation], name: &str, seed: u64) -> std::path::PathBuf {
+    // A test binary runs from `<target>/<profile>/deps/`.
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(std::path::Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("linearizability");
+    std::fs::create_dir_all(&dir).expect("create the counterexample directory");
+    let path = dir.join(format!("{name}-seed{seed}.jsonl"));
+    let lines: Vec<String> = history
+        .iter()
+        .map(|op| serde_json::to_string(op).expect("serializable"))
+        .collect();
+    std::fs::write(&path, lines.join("\n")).expect("write the history");
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use state_store_core::DefaultStateStore;
+
+    /// The in-memory store, many clients at once on one store: its history is linearizable,
+    /// and every kind of call ran (a recorder that made only reads would prove nothing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_store_records_a_linearizable_history() {
+        let shared = StateStore::new(DefaultStateStore::new());
+        let workload = Workload {
+            operations: 500,
+            think: Duration::ZERO,
+            ..Workload::default()
+        };
+        let history = record(
+            || {
+                let store = shared.clone();
+                async move { Ok(store) }
+            },
+            workload,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .await;
+        assert_eq!(history.len(), workload.clients * workload.operations);
+        for wanted in [
+            |c: &Call| matches!(c, Call::CompareAndSet { .. }),
+            |c: &Call| matches!(c, Call::RemoveIf { .. }),
+            |c: &Call| matches!(c, Call::Create(_)),
+            |c: &Call| matches!(c, Call::Increment(_)),
+        ] {
+            assert!(
+                history
+                    .iter()
+                    .any(|op| wanted(&op.call) && op.outcome == Outcome::Done)
+                    || history
+                        .iter()
+                        .any(|op| wanted(&op.call) && matches!(op.outcome, Outcome::Counter(_))),
+                "a kind of call never succeeded"
+            );
+        }
+        let report = linearizability::check(&history, Budget::default()).expect("well formed");
+        assert!(report.linearizable(), "{report}");
+    }
+}
