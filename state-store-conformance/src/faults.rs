@@ -42,6 +42,39 @@ pub trait TestServer {
     }
 }
 
+/// What the network between a client and its server does (see [`Link`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinkFault {
+    /// Bytes flow as they come.
+    Healthy,
+    /// Each chunk of bytes waits `delay` plus a random time up to `jitter`.
+    Latency {
+        /// The fixed part.
+        delay: Duration,
+        /// The random part's ceiling.
+        jitter: Duration,
+    },
+    /// At most this many bytes a second each way.
+    Bandwidth {
+        /// The cap.
+        bytes_per_second: u64,
+    },
+    /// New connections are reset at once; open ones carry on.
+    Refuse,
+    /// A partition: bytes go nowhere either way, connections stay open.
+    BlackHole,
+    /// Requests reach the server, its answers never come back.
+    HalfOpen,
+    /// Every open connection is reset now (then the network is healthy).
+    ResetAll,
+}
+
+/// A network a scenario can break: a fault proxy between clients and their server.
+pub trait Link {
+    /// From now on, the network does `fault`.
+    fn set(&self, fault: LinkFault);
+}
+
 /// How long a scenario waits for a call that should end by itself (a timeout) before calling
 /// it hung, and for a store to recover after a restart.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use state_store_core::{Error, SetMode, SetOptions, StateStore, Version};
 
-use crate::faults::TestServer;
+use crate::faults::{Link, LinkFault, TestServer};
 use crate::linearizability::{self, Budget, Call, Operation, Outcome, Report};
 use crate::report;
 
@@ -292,7 +292,51 @@ where
     (report, history)
 }
 
-/// The fault scenario as a test: records [`Workload::default`] with the seed from
+/// Records `workload` while the network between the clients and their server (`link`: the
+/// clients from `connect` must reach the server through it) adds latency with jitter, then
+/// partitions them past the call timeout (a black hole), heals, goes half-open (requests
+/// arrive, answers do not), resets every connection, refuses new ones, and heals; then checks
+/// the history.
+pub async fn linearizable_under_partitions<F, Fut>(
+    link: &dyn Link,
+    connect: F,
+    workload: Workload,
+) -> (Report, Vec<Operation>)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = record(connect, workload, Arc::clone(&stop));
+    let faults = async {
+        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        let past_timeout = u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500;
+        pause(300).await;
+        link.set(LinkFault::Latency {
+            delay: Duration::from_millis(5),
+            jitter: Duration::from_millis(50),
+        });
+        pause(700).await;
+        link.set(LinkFault::BlackHole);
+        pause(past_timeout).await;
+        link.set(LinkFault::Healthy);
+        pause(500).await;
+        link.set(LinkFault::HalfOpen);
+        pause(past_timeout).await;
+        link.set(LinkFault::ResetAll);
+        link.set(LinkFault::Refuse);
+        pause(500).await;
+        link.set(LinkFault::Healthy);
+        pause(1000).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (history, ()) = tokio::join!(recording, faults);
+    let report =
+        linearizability::check(&history, Budget::default()).expect("a well-formed history");
+    (report, history)
+}
+
+/// The kill-and-freeze scenario as a test: records [`Workload::default`] with the seed from
 /// `STATE_STORE_LIN_SEED` (else one from the clock) under [`linearizable_under_faults`],
 /// prints the seed, the size of the history and the verdict (a line starting
 /// `linearizability:`), and panics on a violation or an unknown verdict, naming the file the
@@ -305,6 +349,28 @@ pub async fn histories_are_linearizable<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
+    let workload = seeded();
+    let (report, history) = linearizable_under_faults(server, connect, workload).await;
+    judge(scenario, workload.seed, &report, &history);
+}
+
+/// The partition scenario as a test, as [`histories_are_linearizable`] does it, under
+/// [`linearizable_under_partitions`].
+pub async fn histories_are_linearizable_across_partitions<F, Fut>(
+    link: &dyn Link,
+    connect: F,
+    scenario: &str,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let workload = seeded();
+    let (report, history) = linearizable_under_partitions(link, connect, workload).await;
+    judge(scenario, workload.seed, &report, &history);
+}
+
+/// [`Workload::default`] with the seed from `STATE_STORE_LIN_SEED`, else from the clock.
+fn seeded() -> Workload {
     let seed = std::env::var("STATE_STORE_LIN_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -313,18 +379,21 @@ pub async fn histories_are_linearizable<F, Fut>(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs())
         });
-    let workload = Workload {
+    Workload {
         seed,
         ..Workload::default()
-    };
-    let (report, history) = linearizable_under_faults(server, connect, workload).await;
+    }
+}
+
+/// Prints the verdict; panics, keeping the history, unless it is linearizable.
+fn judge(scenario: &str, seed: u64, report: &Report, history: &[Operation]) {
     let indeterminate = history.iter().filter(|op| op.completed.is_none()).count();
     println!(
         "linearizability: {scenario}, seed {seed}: {} operations, {indeterminate} indeterminate: {report}",
         history.len()
     );
     if !report.linearizable() {
-        let path = keep(&history, scenario, seed);
+        let path = keep(history, scenario, seed);
         panic!(
             "{scenario}, seed {seed} (STATE_STORE_LIN_SEED replays it): {report}\nhistory: {}",
             path.display()

@@ -130,3 +130,27 @@ async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
     )
     .await;
 }
+
+/// The same clients through a fault proxy in front of the sidecar: latency with jitter, a
+/// partition past the request timeout, a half-open link, every connection reset, new ones
+/// refused. Histories stay linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_partitions() {
+    use state_store_conformance::history::histories_are_linearizable_across_partitions;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(sidecar) = daprd(Component::Redis) else {
+        return;
+    };
+    let (proxy, endpoint) = FaultProxy::in_front_of(&sidecar.endpoint()).expect("start the proxy");
+    histories_are_linearizable_across_partitions(
+        &proxy,
+        || {
+            let config = DaprConfig::new(endpoint.clone(), COMPONENT)
+                .with_request_timeout(Duration::from_secs(1))
+                .with_connect_timeout(Duration::from_secs(1));
+            async move { DaprStateStore::connect(config).await.map(StateStore::from) }
+        },
+        "dapr-redis-partitions",
+    )
+    .await;
+}

@@ -306,3 +306,23 @@ async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
     )
     .await;
 }
+
+/// The same clients through a fault proxy: latency with jitter, a partition past the request
+/// timeout, a half-open link, every connection reset, new ones refused. Histories stay
+/// linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_partitions() {
+    use state_store_conformance::history::histories_are_linearizable_across_partitions;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server(&[]) else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    let config = NatsConfig::new(url).with_request_timeout(Duration::from_secs(1));
+    histories_are_linearizable_across_partitions(
+        &proxy,
+        || NatsStateStore::connect(config.clone()).map_ok(StateStore::from),
+        "nats-single-partitions",
+    )
+    .await;
+}

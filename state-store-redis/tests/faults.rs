@@ -223,3 +223,27 @@ async fn a_server_without_persistence_is_caught_losing_writes() {
         "a restart without persistence lost every key, and the checker saw nothing"
     );
 }
+
+/// The same clients through a fault proxy: latency with jitter, a partition past the request
+/// timeout, a half-open link, every connection reset, new ones refused. Histories stay
+/// linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_partitions() {
+    use state_store_conformance::history::histories_are_linearizable_across_partitions;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    histories_are_linearizable_across_partitions(
+        &proxy,
+        || async {
+            let config = RedisConfig::from_url(&url)?
+                .with_request_timeout(Duration::from_secs(1))
+                .with_reconnect(0, Duration::from_millis(200));
+            RedisStateStore::connect(config).await.map(StateStore::from)
+        },
+        "redis-standalone-partitions",
+    )
+    .await;
+}

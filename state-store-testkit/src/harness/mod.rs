@@ -445,6 +445,7 @@ impl Drop for ServerProcess {
 pub mod container;
 pub mod dapr;
 pub mod nats;
+pub mod proxy;
 pub mod redis;
 pub mod tls;
 
