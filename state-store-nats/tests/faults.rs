@@ -326,3 +326,31 @@ async fn histories_are_linearizable_across_partitions() {
     )
     .await;
 }
+
+/// Histories on an R3 bucket while the node leading its stream is killed and restarted, then
+/// frozen and thawed, are linearizable: the new leader has every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_histories_are_linearizable_across_the_loss_of_the_leader() {
+    let mut cluster = match NatsCluster::spawn() {
+        Ok(cluster) => cluster,
+        Err(why) => return unavailable::<()>("nats cluster", &why).unwrap_or(()),
+    };
+    let config = NatsConfig::new(cluster.url())
+        .with_bucket("r3-linearizable")
+        .with_replicas(3)
+        .with_request_timeout(Duration::from_secs(2));
+    // The bucket exists and serves before the clients start.
+    let first = eventually(|| NatsStateStore::connect(config.clone())).await;
+    let leader = stream_leader(&cluster.url(), "KV_r3-linearizable").await;
+    let node = leader
+        .strip_prefix("node-")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("not one of the test's nodes: {leader}"));
+    histories_are_linearizable(
+        cluster.node_mut(node).expect("the leader's node"),
+        || NatsStateStore::connect(config.clone()).map_ok(StateStore::from),
+        "nats-r3-leader-kill-freeze",
+    )
+    .await;
+    drop(first);
+}

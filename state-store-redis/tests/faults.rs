@@ -2,6 +2,8 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -246,4 +248,81 @@ async fn histories_are_linearizable_across_partitions() {
         "redis-standalone-partitions",
     )
     .await;
+}
+
+/// Whether `redis-cli -p <port> <args…>` printed `expect`.
+fn redis_cli(port: u16, args: &[&str], expect: &str) -> bool {
+    std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(expect))
+}
+
+/// A replica promoted after its primary died has only what it had replicated: with the
+/// replication link cut while the primary acknowledged writes, the history across the
+/// failover (clients reach the primary, then the replica, through one proxy address) is not
+/// linearizable, and the checker finds it. Asynchronous replication, as Redis documents it:
+/// this measures what a failover can lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
+    use state_store_conformance::faults::{Link, LinkFault, TestServer};
+    use state_store_conformance::history::{record, Workload};
+    use state_store_conformance::linearizability::{check, Budget};
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(mut primary) = server(&[]) else {
+        return;
+    };
+    // Replication goes through a proxy of its own, so the link can be cut without the
+    // kernel's buffers delivering what was sent once the primary is gone.
+    let replication = FaultProxy::start(([127, 0, 0, 1], primary.port()).into()).expect("proxy");
+    let upstream = replication.port().to_string();
+    let Some(replica) = server(&["--replicaof", "127.0.0.1", &upstream]) else {
+        return;
+    };
+    let synced = state_store_testkit::harness::wait_for(Duration::from_secs(30), || {
+        redis_cli(
+            replica.port(),
+            &["info", "replication"],
+            "master_link_status:up",
+        )
+    });
+    assert!(synced, "the replica never synced");
+    let (proxy, url) = FaultProxy::in_front_of(&primary.url()).expect("start the proxy");
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = record(
+        || async {
+            let config = RedisConfig::from_url(&url)?
+                .with_request_timeout(Duration::from_secs(1))
+                .with_reconnect(0, Duration::from_millis(200));
+            RedisStateStore::connect(config).await.map(StateStore::from)
+        },
+        Workload::default(),
+        Arc::clone(&stop),
+    );
+    let failover = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replication.set(LinkFault::BlackHole);
+        // The primary acknowledges writes the replica never gets.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        primary.crash();
+        assert!(
+            redis_cli(replica.port(), &["replicaof", "no", "one"], "OK"),
+            "promote the replica"
+        );
+        proxy.redirect(([127, 0, 0, 1], replica.port()).into());
+        proxy.set(LinkFault::ResetAll);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (history, ()) = tokio::join!(recording, failover);
+    let report = check(&history, Budget::default()).expect("a well-formed history");
+    println!(
+        "linearizability: redis primary lost, lagging replica promoted: {} operations: {report}",
+        history.len()
+    );
+    assert!(
+        report.violation().is_some(),
+        "writes acknowledged by the lost primary vanished, and the checker saw nothing"
+    );
 }

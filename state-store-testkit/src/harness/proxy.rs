@@ -22,6 +22,8 @@ use tokio::sync::watch;
 struct Network {
     fault: LinkFault,
     resets: u64,
+    /// Where new connections go.
+    upstream: SocketAddr,
 }
 
 /// A running proxy; stops (and drops every connection) when dropped.
@@ -46,6 +48,7 @@ impl FaultProxy {
         let (network, watcher) = watch::channel(Network {
             fault: LinkFault::Healthy,
             resets: 0,
+            upstream,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // Its own thread and runtime: a test that blocks its own runtime (killing a server,
@@ -61,7 +64,7 @@ impl FaultProxy {
                         return;
                     };
                     tokio::select! {
-                        () = accept(listener, upstream, watcher) => {}
+                        () = accept(listener, watcher) => {}
                         _ = stopped => {}
                     }
                 });
@@ -95,6 +98,13 @@ impl FaultProxy {
         Ok((proxy, proxied))
     }
 
+    /// Sends new connections to `upstream` from now on (a failover behind a fixed address);
+    /// open ones stay where they are until they end or are reset.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        self.network
+            .send_modify(|network| network.upstream = upstream);
+    }
+
     /// The port clients connect to.
     pub fn port(&self) -> u16 {
         self.port
@@ -114,7 +124,7 @@ impl Link for FaultProxy {
     }
 }
 
-async fn accept(listener: TcpListener, upstream: SocketAddr, network: watch::Receiver<Network>) {
+async fn accept(listener: TcpListener, network: watch::Receiver<Network>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -126,6 +136,7 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, network: watch::Rec
             continue;
         }
         // Ends with the runtime, when the proxy is dropped.
+        let upstream = network.borrow().upstream;
         tokio::spawn(connection(client, upstream, network.clone()));
     }
 }
