@@ -73,14 +73,25 @@ struct Client {
     next_value: i64,
 }
 
+/// What [`record`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    /// The operations on the register and counter keys.
+    pub history: Vec<Operation>,
+    /// Keys written once each (`lin:w:…`, never touched again) whose write was acknowledged:
+    /// every one must still be there afterwards ([`lost_inserts`]).
+    pub inserts: Vec<String>,
+}
+
 /// Records the history of `workload` on handles from `connect`, until every client has made
-/// its operations or `stop` is set (then each client finishes its current call).
+/// its operations or `stop` is set (then each client finishes its current call). One call in
+/// eight is an insert of a fresh key, outside the history, counted by [`lost_inserts`].
 ///
 /// # Panics
 ///
 /// When `connect` fails, or a call fails with anything but a transient error or the
 /// `Conflict` of a conditional write.
-pub async fn record<F, Fut>(connect: F, workload: Workload, stop: Arc<AtomicBool>) -> Vec<Operation>
+pub async fn record<F, Fut>(connect: &F, workload: Workload, stop: Arc<AtomicBool>) -> Recording
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
@@ -99,31 +110,76 @@ where
             next_value: 0,
         };
         tasks.spawn(async move {
-            let mut history = Vec::new();
+            let mut recording = Recording::default();
             for _ in 0..workload.operations {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let op = client.act(&workload, started).await;
-                if op.outcome == Outcome::Indeterminate {
+                let determinate = if client.rng.random_ratio(1, 8) {
+                    let inserted = client.insert(&workload).await;
+                    recording.inserts.extend(inserted.clone());
+                    inserted.is_some()
+                } else {
+                    let op = client.act(&workload, started).await;
+                    let determinate = op.outcome != Outcome::Indeterminate;
+                    recording.history.push(op);
+                    determinate
+                };
+                if !determinate {
                     client.incarnation += 1;
                     // Pause so a client does not spin through its operations while the server
                     // is down.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                history.push(op);
                 let think = client.rng.random_range(Duration::ZERO..=workload.think);
                 if !think.is_zero() {
                     tokio::time::sleep(think).await;
                 }
             }
-            history
+            recording
         });
     }
-    tasks.join_all().await.into_iter().flatten().collect()
+    let mut all = Recording::default();
+    for recording in tasks.join_all().await {
+        all.history.extend(recording.history);
+        all.inserts.extend(recording.inserts);
+    }
+    all
+}
+
+/// How many of `inserts` are gone: read back (in batches) through `store`.
+///
+/// # Errors
+///
+/// What a read fails with.
+pub async fn lost_inserts(store: &StateStore, inserts: &[String]) -> Result<usize, Error> {
+    let mut lost = 0;
+    for batch in inserts.chunks(1000) {
+        let found = store.get_state(batch).await?;
+        lost += batch
+            .iter()
+            .filter(|name| found.get(name.as_str()).is_none_or(Option::is_none))
+            .count();
+    }
+    Ok(lost)
 }
 
 impl Client {
+    /// Writes a fresh key once: its name when the write was acknowledged, `None` when its
+    /// outcome is unknown.
+    async fn insert(&mut self, workload: &Workload) -> Option<String> {
+        self.next_value += 1;
+        let key = format!("lin:w:{}:{}", self.id, self.next_value);
+        let one = json!(1);
+        let write = tokio::time::timeout(workload.timeout, self.store.set_state(&key, &one));
+        match write.await {
+            Ok(Ok(())) => Some(key),
+            Ok(Err(err)) if err.is_transient() => None,
+            Err(_) => None,
+            Ok(Err(err)) => panic!("an insert of {key} failed: {}", report(&err)),
+        }
+    }
+
     /// Makes one random call and records it.
     async fn act(&mut self, workload: &Workload, started: Instant) -> Operation {
         let at = |started: Instant| u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -256,6 +312,54 @@ fn register_slot(key: &str) -> Option<usize> {
     key.strip_prefix("lin:r")?.parse().ok()
 }
 
+/// A recorded run, checked.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The linearizability checker's verdicts.
+    pub report: Report,
+    /// The history it checked.
+    pub history: Vec<Operation>,
+    /// Acknowledged inserts.
+    pub inserted: usize,
+    /// Acknowledged inserts gone afterwards.
+    pub lost: usize,
+}
+
+/// Checks `recording`: its history for linearizability, and its inserts through a new handle
+/// from `connect` (retried for up to 30 s while the store recovers).
+///
+/// # Panics
+///
+/// When the history is malformed, or no handle can read the inserts back.
+pub async fn audit<F, Fut>(connect: &F, recording: Recording) -> Run
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let verdicts = linearizability::check(&recording.history, Budget::default())
+        .expect("a well-formed history");
+    let started = Instant::now();
+    let lost = loop {
+        let counted = match connect().await {
+            Ok(store) => lost_inserts(&store, &recording.inserts).await,
+            Err(err) => Err(err),
+        };
+        match counted {
+            Ok(lost) => break lost,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("the inserts could not be read back: {}", report(&err)),
+        }
+    };
+    Run {
+        report: verdicts,
+        history: recording.history,
+        inserted: recording.inserts.len(),
+        lost,
+    }
+}
+
 /// Records `workload` while `server` is killed and restarted, then frozen and thawed, and
 /// checks the history. Returns the checker's report and the history (to keep as a
 /// counterexample); the caller asserts what its backend promises.
@@ -265,13 +369,13 @@ pub async fn linearizable_under_faults<F, Fut>(
     server: &mut dyn TestServer,
     connect: F,
     workload: Workload,
-) -> (Report, Vec<Operation>)
+) -> Run
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(connect, workload, Arc::clone(&stop));
+    let recording = record(&connect, workload, Arc::clone(&stop));
     let faults = async {
         let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
         pause(300).await;
@@ -286,10 +390,8 @@ where
         pause(1000).await;
         stop.store(true, Ordering::Relaxed);
     };
-    let (history, ()) = tokio::join!(recording, faults);
-    let report =
-        linearizability::check(&history, Budget::default()).expect("a well-formed history");
-    (report, history)
+    let (recording, ()) = tokio::join!(recording, faults);
+    audit(&connect, recording).await
 }
 
 /// Records `workload` while the network between the clients and their server (`link`: the
@@ -301,13 +403,13 @@ pub async fn linearizable_under_partitions<F, Fut>(
     link: &dyn Link,
     connect: F,
     workload: Workload,
-) -> (Report, Vec<Operation>)
+) -> Run
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(connect, workload, Arc::clone(&stop));
+    let recording = record(&connect, workload, Arc::clone(&stop));
     let faults = async {
         let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
         let past_timeout = u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500;
@@ -330,14 +432,13 @@ where
         pause(1000).await;
         stop.store(true, Ordering::Relaxed);
     };
-    let (history, ()) = tokio::join!(recording, faults);
-    let report =
-        linearizability::check(&history, Budget::default()).expect("a well-formed history");
-    (report, history)
+    let (recording, ()) = tokio::join!(recording, faults);
+    audit(&connect, recording).await
 }
 
 /// The kill-and-freeze scenario as a test: records [`Workload::default`] with the seed from
-/// `STATE_STORE_LIN_SEED` (else one from the clock) under [`linearizable_under_faults`],
+/// `STATE_STORE_LIN_SEED` (else one from the clock; `STATE_STORE_LIN_ROUNDS` runs it that
+/// many times with the following seeds) under [`linearizable_under_faults`],
 /// prints the seed, the size of the history and the verdict (a line starting
 /// `linearizability:`), and panics on a violation or an unknown verdict, naming the file the
 /// history was kept in ([`keep`]).
@@ -349,9 +450,10 @@ pub async fn histories_are_linearizable<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
-    let workload = seeded();
-    let (report, history) = linearizable_under_faults(server, connect, workload).await;
-    judge(scenario, workload.seed, &report, &history);
+    for workload in seeded() {
+        let run = linearizable_under_faults(server, &connect, workload).await;
+        judge(scenario, workload.seed, &run);
+    }
 }
 
 /// The partition scenario as a test, as [`histories_are_linearizable`] does it, under
@@ -364,41 +466,63 @@ pub async fn histories_are_linearizable_across_partitions<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
-    let workload = seeded();
-    let (report, history) = linearizable_under_partitions(link, connect, workload).await;
-    judge(scenario, workload.seed, &report, &history);
-}
-
-/// [`Workload::default`] with the seed from `STATE_STORE_LIN_SEED`, else from the clock.
-fn seeded() -> Workload {
-    let seed = std::env::var("STATE_STORE_LIN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        });
-    Workload {
-        seed,
-        ..Workload::default()
+    for workload in seeded() {
+        let run = linearizable_under_partitions(link, &connect, workload).await;
+        judge(scenario, workload.seed, &run);
     }
 }
 
-/// Prints the verdict; panics, keeping the history, unless it is linearizable.
-fn judge(scenario: &str, seed: u64, report: &Report, history: &[Operation]) {
-    let indeterminate = history.iter().filter(|op| op.completed.is_none()).count();
-    println!(
-        "linearizability: {scenario}, seed {seed}: {} operations, {indeterminate} indeterminate: {report}",
-        history.len()
-    );
-    if !report.linearizable() {
-        let path = keep(history, scenario, seed);
+/// [`Workload::default`] with the seed from `STATE_STORE_LIN_SEED`, else from the clock, once
+/// or `STATE_STORE_LIN_ROUNDS` times (with the seeds that follow it).
+fn seeded() -> Vec<Workload> {
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let seed = var("STATE_STORE_LIN_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let rounds = var("STATE_STORE_LIN_ROUNDS").unwrap_or(1).max(1);
+    (0..rounds)
+        .map(|round| Workload {
+            seed: seed.wrapping_add(round),
+            ..Workload::default()
+        })
+        .collect()
+}
+
+/// Prints the verdict and the lost inserts; panics, keeping the history, unless it is
+/// linearizable and lost nothing.
+fn judge(scenario: &str, seed: u64, run: &Run) {
+    println!("linearizability: {scenario}, seed {seed}: {}", summary(run));
+    if !run.report.linearizable() {
+        let path = keep(&run.history, scenario, seed);
         panic!(
-            "{scenario}, seed {seed} (STATE_STORE_LIN_SEED replays it): {report}\nhistory: {}",
+            "{scenario}, seed {seed} (STATE_STORE_LIN_SEED replays it): {}\nhistory: {}",
+            run.report,
             path.display()
         );
     }
+    assert_eq!(
+        run.lost, 0,
+        "{scenario}, seed {seed}: {} of {} acknowledged inserts were lost",
+        run.lost, run.inserted
+    );
+}
+
+/// `<n> operations, <i> indeterminate, <lost> of <inserted> acknowledged inserts lost: <verdict>`.
+pub fn summary(run: &Run) -> String {
+    let indeterminate = run
+        .history
+        .iter()
+        .filter(|op| op.completed.is_none())
+        .count();
+    format!(
+        "{} operations, {indeterminate} indeterminate, {} of {} acknowledged inserts lost: {}",
+        run.history.len(),
+        run.lost,
+        run.inserted,
+        run.report
+    )
 }
 
 /// Writes `history` as JSON lines to `linearizability/<name>-seed<seed>.jsonl` in the
@@ -436,16 +560,18 @@ mod tests {
             think: Duration::ZERO,
             ..Workload::default()
         };
-        let history = record(
-            || {
-                let store = shared.clone();
-                async move { Ok(store) }
-            },
-            workload,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .await;
-        assert_eq!(history.len(), workload.clients * workload.operations);
+        let connect = || {
+            let store = shared.clone();
+            async move { Ok(store) }
+        };
+        let recording = record(&connect, workload, Arc::new(AtomicBool::new(false))).await;
+        assert_eq!(
+            recording.history.len() + recording.inserts.len(),
+            workload.clients * workload.operations
+        );
+        let run = audit(&connect, recording).await;
+        assert!(run.inserted > 0 && run.lost == 0, "{}", summary(&run));
+        let history = run.history;
         for wanted in [
             |c: &Call| matches!(c, Call::CompareAndSet { .. }),
             |c: &Call| matches!(c, Call::RemoveIf { .. }),
@@ -462,7 +588,6 @@ mod tests {
                 "a kind of call never succeeded"
             );
         }
-        let report = linearizability::check(&history, Budget::default()).expect("well formed");
-        assert!(report.linearizable(), "{report}");
+        assert!(run.report.linearizable(), "{}", run.report);
     }
 }

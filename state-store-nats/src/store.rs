@@ -525,7 +525,10 @@ impl NatsStateStore {
         let most_read = limit.saturating_mul(4).max(1000);
         let mut read = 0;
         let now = now_ms();
-        // Messages after the last one read; the consumer's count before the first.
+        // Messages after the last one read. The consumer's count at its creation is exact;
+        // the count each message carries is the consumer's running tally, which falls short
+        // while keys ahead of it are rewritten (a rewrite removes the old message), so it
+        // can say 0 with messages still to come: a hint to look, never the end by itself.
         let mut pending = consumer.cached_info().num_pending;
         let next = loop {
             if pending == 0 {
@@ -556,8 +559,19 @@ impl NatsStateStore {
                 // The end fixed when the listing started.
                 break None;
             }
-            if pending > 0 && (keys.len() >= limit || read >= most_read) {
-                break Some(format!("@{last_seq}/{stop}"));
+            let cursor = format!("@{last_seq}/{stop}");
+            if pending == 0 {
+                // The end only if nothing was written after the last message read; else the
+                // next page's consumer counts afresh what is left.
+                let info = link
+                    .stream
+                    .get_info()
+                    .await
+                    .map_err(|e| Error::unavailable(STORE, e))?;
+                break (info.state.last_sequence > last_seq).then_some(cursor);
+            }
+            if keys.len() >= limit || read >= most_read {
+                break Some(cursor);
             }
         };
         // The consumer would linger until its inactivity threshold: remove it now, without

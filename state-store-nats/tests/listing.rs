@@ -54,6 +54,8 @@ async fn a_listing_page_reads_about_its_own_keys() {
 /// key to the end of the stream, past where the listing has read, and the listing must still
 /// find it there. The rewrites are bounded (4 × 150, fewer than the 1,000 messages a listing
 /// reads past the stream's end at its start), so the claim holds however the tasks interleave.
+/// (It failed about one run in four under CPU load while listings ended where the consumer's
+/// running pending count said 0: that tally falls short while keys ahead are rewritten.)
 #[tokio::test]
 async fn a_listing_finds_keys_rewritten_while_it_reads() {
     let Some((server, store)) = spawn().await else {
