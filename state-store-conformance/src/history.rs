@@ -59,9 +59,6 @@ impl Default for Workload {
     }
 }
 
-/// The counter key's name.
-const COUNTER: &str = "lin:counter";
-
 /// One client: the handle, what it last read of each key (to build conditional calls), and
 /// its identity (a new one after an indeterminate call).
 struct Client {
@@ -71,6 +68,8 @@ struct Client {
     rng: StdRng,
     seen: Vec<Option<(i64, Version)>>,
     next_value: i64,
+    /// Only reads until one succeeds: the last call failed.
+    probing: bool,
 }
 
 /// What [`record`] saw.
@@ -78,7 +77,7 @@ struct Client {
 pub struct Recording {
     /// The operations on the register and counter keys.
     pub history: Vec<Operation>,
-    /// Keys written once each (`lin:w:…`, never touched again) whose write was acknowledged:
+    /// Keys written once each (`lin:<seed>:w:…`, never touched again) whose write was acknowledged:
     /// every one must still be there afterwards ([`lost_inserts`]).
     pub inserts: Vec<String>,
 }
@@ -108,6 +107,7 @@ where
             rng: StdRng::seed_from_u64(workload.seed.wrapping_add(id as u64)),
             seen: vec![None; workload.keys],
             next_value: 0,
+            probing: false,
         };
         tasks.spawn(async move {
             let mut recording = Recording::default();
@@ -115,7 +115,18 @@ where
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let determinate = if client.rng.random_ratio(1, 8) {
+                let determinate = if client.probing {
+                    // After a failure a client only reads, until a read succeeds: the way a
+                    // service backs off, and it bounds the writes whose outcome is unknown
+                    // (each one multiplies the orders the checker must try).
+                    let op = client.act(&workload, started).await;
+                    let determinate = op.outcome != Outcome::Indeterminate;
+                    if determinate {
+                        client.probing = false;
+                        recording.history.push(op);
+                    }
+                    determinate
+                } else if client.rng.random_ratio(1, 8) {
                     let inserted = client.insert(&workload).await;
                     recording.inserts.extend(inserted.clone());
                     inserted.is_some()
@@ -127,6 +138,7 @@ where
                 };
                 if !determinate {
                     client.incarnation += 1;
+                    client.probing = true;
                     // Pause so a client does not spin through its operations while the server
                     // is down.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,7 +181,7 @@ impl Client {
     /// outcome is unknown.
     async fn insert(&mut self, workload: &Workload) -> Option<String> {
         self.next_value += 1;
-        let key = format!("lin:w:{}:{}", self.id, self.next_value);
+        let key = format!("lin:{}:w:{}:{}", workload.seed, self.id, self.next_value);
         let one = json!(1);
         let write = tokio::time::timeout(workload.timeout, self.store.set_state(&key, &one));
         match write.await {
@@ -195,11 +207,15 @@ impl Client {
         let counter = increments && self.rng.random_range(0..5) == 0;
         let slot = self.rng.random_range(0..workload.keys);
         let key = if counter {
-            COUNTER.to_owned()
+            format!("lin:{}:counter", workload.seed)
         } else {
-            format!("lin:r{slot}")
+            format!("lin:{}:r{slot}", workload.seed)
         };
-        let choice = self.rng.random_range(0..8);
+        let choice = if self.probing {
+            0
+        } else {
+            self.rng.random_range(0..8)
+        };
         let seen = if counter {
             None
         } else {
@@ -225,7 +241,11 @@ impl Client {
         };
         let version = seen.map(|(_, version)| version);
         let invoked = at(started);
-        let result = tokio::time::timeout(workload.timeout, self.run(&key, call, version)).await;
+        let result = tokio::time::timeout(
+            workload.timeout,
+            self.run(&key, call, version, (!counter).then_some(slot)),
+        )
+        .await;
         let completed = at(started);
         let outcome = match result {
             Ok(Ok(outcome)) => outcome,
@@ -248,11 +268,13 @@ impl Client {
         }
     }
 
+    /// Runs `call` on `key` (register `slot`, or the counter: `None`).
     async fn run(
         &mut self,
         key: &str,
         call: Call,
         version: Option<Version>,
+        slot: Option<usize>,
     ) -> Result<Outcome, Error> {
         let store = &self.store;
         let refused = |result: Result<(), Error>| match result {
@@ -266,7 +288,7 @@ impl Client {
                 let value = entry
                     .as_ref()
                     .map(|e| e.value.as_i64().expect("an integer"));
-                if let (Some(entry), Some(slot)) = (entry, register_slot(key)) {
+                if let (Some(entry), Some(slot)) = (entry, slot) {
                     self.seen[slot] = Some((value.expect("read"), entry.version));
                 }
                 Ok(Outcome::Value(value))
@@ -305,11 +327,6 @@ impl Client {
                 .map(Outcome::Counter),
         }
     }
-}
-
-/// The slot of a register key (`lin:r<slot>`).
-fn register_slot(key: &str) -> Option<usize> {
-    key.strip_prefix("lin:r")?.parse().ok()
 }
 
 /// A recorded run, checked.
@@ -474,7 +491,7 @@ pub async fn histories_are_linearizable_across_partitions<F, Fut>(
 
 /// [`Workload::default`] with the seed from `STATE_STORE_LIN_SEED`, else from the clock, once
 /// or `STATE_STORE_LIN_ROUNDS` times (with the seeds that follow it).
-fn seeded() -> Vec<Workload> {
+pub fn seeded() -> Vec<Workload> {
     let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
     let seed = var("STATE_STORE_LIN_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -490,9 +507,9 @@ fn seeded() -> Vec<Workload> {
         .collect()
 }
 
-/// Prints the verdict and the lost inserts; panics, keeping the history, unless it is
-/// linearizable and lost nothing.
-fn judge(scenario: &str, seed: u64, run: &Run) {
+/// Prints the verdict and the lost inserts (a line starting `linearizability:`); panics,
+/// keeping the history, unless it is linearizable and lost nothing.
+pub fn judge(scenario: &str, seed: u64, run: &Run) {
     println!("linearizability: {scenario}, seed {seed}: {}", summary(run));
     if !run.report.linearizable() {
         let path = keep(&run.history, scenario, seed);

@@ -76,6 +76,11 @@ pub(crate) fn publish_ack(key: &str, err: async_nats::jetstream::context::Publis
             }
         }
         PublishErrorKind::StreamNotFound => Error::unavailable(STORE, err),
+        // The server refused it for now (503: a replicated stream electing its leader):
+        // nothing was stored.
+        PublishErrorKind::Other if jetstream_status(&err) == Some(SERVICE_UNAVAILABLE) => {
+            Error::unavailable(STORE, err)
+        }
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             Error::outcome_unknown(STORE, err)
         }
@@ -95,9 +100,25 @@ fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> 
         .map(async_nats::jetstream::Error::error_code)
 }
 
+/// The status of the JetStream error an error carries as its source, if any.
+fn jetstream_status(err: &(dyn std::error::Error + 'static)) -> Option<usize> {
+    err.source()?
+        .downcast_ref::<async_nats::jetstream::Error>()
+        .map(async_nats::jetstream::Error::code)
+}
+
+/// JetStream's "not now" status (`JetStream system temporarily unavailable`, a stream
+/// without a leader): the request was refused, not run, so it is `Unavailable`.
+const SERVICE_UNAVAILABLE: usize = 503;
+
 /// A failed direct get (not-found is handled by the caller).
 pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> Error {
     match err.kind() {
+        DirectGetErrorKind::ErrorResponse(status, _)
+            if usize::from(status.as_u16()) == SERVICE_UNAVAILABLE =>
+        {
+            Error::unavailable(STORE, err)
+        }
         DirectGetErrorKind::InvalidSubject | DirectGetErrorKind::ErrorResponse(..) => {
             Error::backend(STORE, err)
         }
@@ -107,9 +128,13 @@ pub(crate) fn direct_get(err: async_nats::jetstream::stream::DirectGetError) -> 
 }
 
 /// A failed read through the stream leader (not-found is handled by the caller): the server's
-/// own JetStream errors are `Backend`; failing to get an answer at all is `Unavailable`.
+/// own JetStream errors are `Backend`, except its "not now" (503: no leader yet); failing to
+/// get an answer at all is `Unavailable`.
 pub(crate) fn leader_get(err: async_nats::jetstream::stream::LastRawMessageError) -> Error {
     match err.kind() {
+        LastRawMessageErrorKind::JetStream(e) if e.code() == SERVICE_UNAVAILABLE => {
+            Error::unavailable(STORE, err)
+        }
         LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
             Error::backend(STORE, err)
         }
@@ -134,4 +159,42 @@ where
 fn is_unreachable(err: &dyn std::error::Error) -> bool {
     let text = err.to_string();
     text.contains("timed out") || text.contains("request") || text.contains("no responders")
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a test fails by panicking
+mod tests {
+    use super::*;
+
+    fn jetstream(code: usize, err_code: u64) -> async_nats::jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code,
+            "err_code": err_code,
+            "description": "JetStream system temporarily unavailable",
+        }))
+        .expect("a JetStream error")
+    }
+
+    /// A replicated stream without a leader answers 503: reads and writes it refused are
+    /// `Unavailable` (transient, not applied), never a `Backend` error a caller gives up on.
+    #[test]
+    fn not_now_from_jetstream_is_unavailable() {
+        let read = async_nats::error::Error::new(LastRawMessageErrorKind::JetStream(jetstream(
+            503, 10008,
+        )));
+        let read = leader_get(read);
+        assert!(matches!(read, Error::Unavailable { .. }), "{read:?}");
+        let write =
+            async_nats::error::Error::with_source(PublishErrorKind::Other, jetstream(503, 10008));
+        let write = publish_ack("k", write);
+        assert!(
+            matches!(write, Error::Unavailable { .. }) && !write.may_have_applied(),
+            "{write:?}"
+        );
+        // Other JetStream errors stay what they are.
+        let other = leader_get(async_nats::error::Error::new(
+            LastRawMessageErrorKind::JetStream(jetstream(400, 10059)),
+        ));
+        assert!(matches!(other, Error::Backend { .. }), "{other:?}");
+    }
 }

@@ -11,7 +11,9 @@ use state_store_conformance::faults::{
     hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
     limiter_follows_its_failure_policy, retry_rides_out_a_restart, TestServer,
 };
-use state_store_conformance::history::histories_are_linearizable;
+use state_store_conformance::history::{
+    histories_are_linearizable, judge, linearizable_under_faults, seeded,
+};
 use state_store_core::{Error, StateStore};
 use state_store_nats::{Credentials, NatsConfig, NatsStateStore};
 use state_store_testkit::harness::nats::{NatsCluster, NatsServer};
@@ -341,16 +343,20 @@ async fn r3_histories_are_linearizable_across_the_loss_of_the_leader() {
         .with_request_timeout(Duration::from_secs(2));
     // The bucket exists and serves before the clients start.
     let first = eventually(|| NatsStateStore::connect(config.clone())).await;
-    let leader = stream_leader(&cluster.url(), "KV_r3-linearizable").await;
-    let node = leader
-        .strip_prefix("node-")
-        .and_then(|i| i.parse().ok())
-        .unwrap_or_else(|| panic!("not one of the test's nodes: {leader}"));
-    histories_are_linearizable(
-        cluster.node_mut(node).expect("the leader's node"),
-        || NatsStateStore::connect(config.clone()).map_ok(StateStore::from),
-        "nats-r3-leader-kill-freeze",
-    )
-    .await;
+    for workload in seeded() {
+        // The leader of this round: the last one's may have handed over.
+        let leader = stream_leader(&cluster.url(), "KV_r3-linearizable").await;
+        let node = leader
+            .strip_prefix("node-")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("not one of the test's nodes: {leader}"));
+        let run = linearizable_under_faults(
+            cluster.node_mut(node).expect("the leader's node"),
+            || NatsStateStore::connect(config.clone()).map_ok(StateStore::from),
+            workload,
+        )
+        .await;
+        judge("nats-r3-leader-kill-freeze", workload.seed, &run);
+    }
     drop(first);
 }

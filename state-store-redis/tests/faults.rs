@@ -220,6 +220,25 @@ async fn impatient(url: &str) -> Result<StateStore, state_store_core::Error> {
     RedisStateStore::connect(config).await.map(StateStore::from)
 }
 
+/// The same clients through a fault proxy: latency with jitter, a partition past the request
+/// timeout, a half-open link, every connection reset, new ones refused. Histories stay
+/// linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_partitions() {
+    use state_store_conformance::history::histories_are_linearizable_across_partitions;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    histories_are_linearizable_across_partitions(
+        &proxy,
+        || impatient(&url),
+        "redis-standalone-partitions",
+    )
+    .await;
+}
+
 /// Whether `redis-cli -p <port> <args…>` printed `expect`.
 fn redis_cli(port: u16, args: &[&str], expect: &str) -> bool {
     std::process::Command::new("redis-cli")
