@@ -391,10 +391,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(&connect, workload, Arc::clone(&stop));
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
     let faults = async {
-        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
         pause(300).await;
         server.crash();
         pause(700).await;
@@ -405,10 +403,8 @@ where
             server.resume().expect("resume the server");
         }
         pause(1000).await;
-        stop.store(true, Ordering::Relaxed);
     };
-    let (recording, ()) = tokio::join!(recording, faults);
-    audit(&connect, recording).await
+    record_during(connect, workload, faults).await
 }
 
 /// Records `workload` while the network between the clients and their server (`link`: the
@@ -425,11 +421,9 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(&connect, workload, Arc::clone(&stop));
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    let past_timeout = u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500;
     let faults = async {
-        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-        let past_timeout = u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500;
         pause(300).await;
         link.set(LinkFault::Latency {
             delay: Duration::from_millis(5),
@@ -447,6 +441,25 @@ where
         pause(500).await;
         link.set(LinkFault::Healthy);
         pause(1000).await;
+    };
+    record_during(connect, workload, faults).await
+}
+
+/// Records `workload` on handles from `connect` while `faults` runs, stops the clients when
+/// it ends, and [`audit`]s the recording.
+pub async fn record_during<F, Fut>(
+    connect: F,
+    workload: Workload,
+    faults: impl Future<Output = ()>,
+) -> Run
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = record(&connect, workload, Arc::clone(&stop));
+    let faults = async {
+        faults.await;
         stop.store(true, Ordering::Relaxed);
     };
     let (recording, ()) = tokio::join!(recording, faults);

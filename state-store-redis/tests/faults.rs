@@ -2,8 +2,6 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -256,7 +254,7 @@ fn redis_cli(port: u16, args: &[&str], expect: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
     use state_store_conformance::faults::{Link, LinkFault, TestServer};
-    use state_store_conformance::history::{audit, record, summary, Workload};
+    use state_store_conformance::history::{record_during, summary, Workload};
     use state_store_testkit::harness::proxy::FaultProxy;
     let Some(mut primary) = server(&[]) else {
         return;
@@ -277,9 +275,6 @@ async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
     });
     assert!(synced, "the replica never synced");
     let (proxy, url) = FaultProxy::in_front_of(&primary.url()).expect("start the proxy");
-    let stop = Arc::new(AtomicBool::new(false));
-    let connect = || impatient(&url);
-    let recording = record(&connect, Workload::default(), Arc::clone(&stop));
     let failover = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         replication.set(LinkFault::BlackHole);
@@ -293,10 +288,8 @@ async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
         proxy.redirect(([127, 0, 0, 1], replica.port()).into());
         proxy.set(LinkFault::ResetAll);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        stop.store(true, Ordering::Relaxed);
     };
-    let (recording, ()) = tokio::join!(recording, failover);
-    let run = audit(&connect, recording).await;
+    let run = record_during(|| impatient(&url), Workload::default(), failover).await;
     println!(
         "linearizability: redis-replica-promoted-link-cut, seed 1: {}",
         summary(&run)
