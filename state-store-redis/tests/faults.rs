@@ -189,8 +189,8 @@ async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
 }
 
 /// The same scenario on a server without persistence: the kill loses what was written, and
-/// the checker must say so. (A documented property of Redis, not a bug: this proves the
-/// recorder and checker catch lost acknowledged writes on real servers.)
+/// the audit must say so. (A documented property of Redis, not a bug: this proves the
+/// recorder catches lost acknowledged writes on real servers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_persistence_is_caught_losing_writes() {
     use state_store_conformance::history::{linearizable_under_faults, summary, Workload};
@@ -203,8 +203,10 @@ async fn a_server_without_persistence_is_caught_losing_writes() {
         "linearizability: redis-standalone-no-persistence-kill-freeze, seed 1: {}",
         summary(&run)
     );
+    // The audit must see the loss. The checker usually does too, but need not: a remove or a
+    // counter reset whose outcome was unknown at the kill can explain empty keys.
     assert!(
-        run.report.violation().is_some() && run.lost > 0,
+        run.lost > 0 && !run.report.unknown(),
         "a restart without persistence lost every key, and the audit saw nothing: {}",
         summary(&run)
     );
@@ -247,10 +249,10 @@ fn redis_cli(port: u16, args: &[&str], expect: &str) -> bool {
 }
 
 /// A replica promoted after its primary died has only what it had replicated: with the
-/// replication link cut while the primary acknowledged writes, the history across the
-/// failover (clients reach the primary, then the replica, through one proxy address) is not
-/// linearizable, and the checker finds it. Asynchronous replication, as Redis documents it:
-/// this measures what a failover can lose.
+/// replication link cut while the primary acknowledged writes, clients that move from the
+/// primary to the replica (through one proxy address) lose those writes, and the audit finds
+/// them. Asynchronous replication, as Redis documents it: this measures what a failover can
+/// lose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
     use state_store_conformance::faults::{Link, LinkFault, TestServer};
@@ -294,8 +296,9 @@ async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
         "linearizability: redis-replica-promoted-link-cut, seed 1: {}",
         summary(&run)
     );
+    // The audit must see the loss; the checker usually does too (see above).
     assert!(
-        run.report.violation().is_some() && run.lost > 0,
+        run.lost > 0 && !run.report.unknown(),
         "writes acknowledged by the lost primary vanished, and the audit saw nothing: {}",
         summary(&run)
     );
