@@ -22,6 +22,7 @@ mod config;
 mod error;
 pub mod key;
 mod link;
+mod listing;
 mod message;
 mod store;
 mod watch;

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::error::STORE;
 use crate::link::{Link, Links};
+use crate::listing::consumer;
 use crate::message::{change, parse_version};
-use crate::store::{consumer, Bucket, NatsStateStore};
+use crate::store::{Bucket, NatsStateStore};
 
 #[async_trait]
 impl WatchKeys for NatsStateStore {
