@@ -181,6 +181,12 @@ impl Context {
         store
     }
 
+    /// The test running this case (`module::case` inside a module), when the harness names
+    /// its thread after the test.
+    pub(crate) fn test_name(&self) -> Option<&str> {
+        self.test.as_deref()
+    }
+
     /// In a worker process started by [`Context::spawn_worker`]: the role it was given. Cases
     /// with workers check this first, do the role's work and return.
     pub fn worker_role(&self) -> Option<&str> {

@@ -173,6 +173,9 @@ macro_rules! __conformance_cases {
                 watch_sees_every_change_in_order
                 watch_resumes_after_a_version
             }
+            history {
+                histories_stay_linearizable_when_clients_are_killed
+            }
         }
     };
 }

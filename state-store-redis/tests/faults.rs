@@ -2,7 +2,7 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use state_store_conformance::faults::{
@@ -193,16 +193,15 @@ async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
 /// recorder catches lost acknowledged writes on real servers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_persistence_is_caught_losing_writes() {
-    use state_store_conformance::history::{linearizable_under_faults, summary, Workload};
+    use state_store_conformance::history::{
+        linearizable_under_faults, print_verdict, summary, Workload,
+    };
     let Some(mut server) = server(&["--appendonly", "no", "--save", ""]) else {
         return;
     };
     let url = server.url();
     let run = linearizable_under_faults(&mut server, || impatient(&url), Workload::default()).await;
-    println!(
-        "linearizability: redis-standalone-no-persistence-kill-freeze, seed 1: {}",
-        summary(&run)
-    );
+    print_verdict("redis-standalone-no-persistence-kill-freeze", 1, &run);
     // The audit must see the loss. The checker usually does too, but need not: a remove or a
     // counter reset whose outcome was unknown at the kill can explain empty keys.
     assert!(
@@ -256,7 +255,7 @@ fn redis_cli(port: u16, args: &[&str], expect: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
     use state_store_conformance::faults::{Link, LinkFault, TestServer};
-    use state_store_conformance::history::{record_during, summary, Workload};
+    use state_store_conformance::history::{print_verdict, record_during, summary, Workload};
     use state_store_testkit::harness::proxy::FaultProxy;
     let Some(mut primary) = server(&[]) else {
         return;
@@ -292,14 +291,66 @@ async fn a_promoted_replica_is_caught_missing_acknowledged_writes() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     };
     let run = record_during(|| impatient(&url), Workload::default(), failover).await;
-    println!(
-        "linearizability: redis-replica-promoted-link-cut, seed 1: {}",
-        summary(&run)
-    );
+    print_verdict("redis-replica-promoted-link-cut", 1, &run);
     // The audit must see the loss; the checker usually does too (see above).
     assert!(
         run.lost > 0 && !run.report.unknown(),
         "writes acknowledged by the lost primary vanished, and the audit saw nothing: {}",
         summary(&run)
+    );
+}
+
+/// A Redis Cluster whose master (of one of the clients' keys) is killed: its replica takes
+/// over, and the same handles serve that slot again from the new master — clients make calls
+/// on the key after the failover that succeed. Replication is asynchronous, so a write the old
+/// master acknowledged just before it died can be lost: the run prints the checker's verdict
+/// and the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failover_is_ridden_out_and_measured() {
+    use state_store_conformance::faults::TestServer;
+    use state_store_conformance::history::{print_verdict, record_during, seeded};
+    use state_store_testkit::harness::redis::RedisCluster;
+    let cluster =
+        RedisCluster::spawn_with_replicas(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let Some(mut cluster) = cluster.map_or_else(|why| unavailable("redis cluster", &why), Some)
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let workload = seeded()[0];
+    let key = format!("lin:{}:r0", workload.seed);
+    let (master, replica) = cluster.master_of(&key).expect("the key's master");
+    let replica = replica.expect("every master has a replica");
+    let started = std::time::Instant::now();
+    let mut recovered = Duration::ZERO;
+    let failover = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.node_mut(master).expect("the master").crash();
+        let promoted = Instant::now();
+        while !cluster.serves_as_master(replica) {
+            assert!(
+                promoted.elapsed() < Duration::from_secs(30),
+                "the replica never took over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        recovered = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // The old master comes back as a replica of the new one.
+        cluster
+            .node_mut(master)
+            .expect("the master")
+            .restart()
+            .expect("restart");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    };
+    let run = record_during(|| impatient(&url), workload, failover).await;
+    print_verdict("redis-cluster-failover", workload.seed, &run);
+    let after = u64::try_from(recovered.as_nanos()).unwrap_or(u64::MAX);
+    assert!(
+        run.history
+            .iter()
+            .any(|op| op.key == key && op.invoked > after && op.completed.is_some()),
+        "no call on {key} succeeded after its slot failed over"
     );
 }

@@ -198,10 +198,70 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
-/// Three `redis-server --cluster-enabled yes` masters joined with `redis-cli --cluster create`.
+/// Three `redis-server --cluster-enabled yes` masters (each with a replica if asked) joined
+/// with `redis-cli --cluster create`.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    cli: PathBuf,
+}
+
+fn redis_cli() -> Result<PathBuf, String> {
+    find_binary("redis-cli", "STATE_STORE_REDIS_CLI_BIN", &[])
+        .ok_or_else(|| "redis-cli not found on PATH (apt-get install redis-tools)".to_owned())
+}
+
+/// A node as a line of `CLUSTER NODES` describes it.
+struct ClusterNode {
+    id: String,
+    port: u16,
+    master: bool,
+    /// The master it replicates, for a replica.
+    master_id: Option<String>,
+    /// Slot ranges, inclusive.
+    slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&slot))
+    }
+}
+
+/// `<id> <ip:port@bus> <flags> <master id or -> <ping> <pong> <epoch> <link> <slots…>`, a
+/// line per node; lines that do not parse are left out.
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [id, address, flags, master, _, _, _, _, slots @ ..] = &fields[..] else {
+                return None;
+            };
+            let port = address
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()?;
+            let slots = slots
+                .iter()
+                .filter_map(|range| match range.split_once('-') {
+                    Some((low, high)) => Some((low.parse().ok()?, high.parse().ok()?)),
+                    None => range.parse().ok().map(|slot| (slot, slot)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: (*id).to_owned(),
+                port,
+                master: flags.split(',').any(|flag| flag == "master") && !flags.contains("fail"),
+                master_id: (*master != "-").then(|| (*master).to_owned()),
+                slots,
+            })
+        })
+        .collect()
 }
 
 impl RedisCluster {
@@ -211,6 +271,20 @@ impl RedisCluster {
     ///
     /// When a binary is missing or the cluster does not form.
     pub fn spawn() -> Result<Self, String> {
+        Self::spawn_nodes(0, "5000", &[])
+    }
+
+    /// A cluster of three masters each with a replica, for failovers: a master unreachable for
+    /// a second is replaced by its replica. `extra` are more arguments for every node.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisCluster::spawn`].
+    pub fn spawn_with_replicas(extra: &[&str]) -> Result<Self, String> {
+        Self::spawn_nodes(1, "1000", extra)
+    }
+
+    fn spawn_nodes(replicas: usize, node_timeout: &str, extra: &[&str]) -> Result<Self, String> {
         // Cluster nodes tell clients each other's addresses (MOVED, CLUSTER SLOTS): from
         // containers those are container addresses, not the host ports the tests reach.
         if let Tier::Container = choose("redis cluster", redis_server)? {
@@ -220,23 +294,21 @@ impl RedisCluster {
                     .to_owned(),
             );
         }
-        let cli = find_binary("redis-cli", "STATE_STORE_REDIS_CLI_BIN", &[])
-            .ok_or("redis-cli not found on PATH (apt-get install redis-tools)")?;
+        let cli = redis_cli()?;
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = cluster_port();
             let conf = format!("nodes-{port}.conf");
-            nodes.push(RedisServer::spawn_on(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "5000",
-                ],
-            )?);
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                node_timeout,
+            ];
+            let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+            nodes.push(RedisServer::spawn_on(port, &args)?);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -246,7 +318,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .map_err(|e| format!("cannot run redis-cli: {e}"))?;
         if !created.status.success() {
@@ -255,22 +327,74 @@ impl RedisCluster {
                 String::from_utf8_lossy(&created.stdout)
             ));
         }
+        let cluster = RedisCluster { nodes, cli };
         let started = Instant::now();
-        loop {
-            let ready = nodes.iter().all(|node| {
-                Command::new(&cli)
-                    .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-            });
-            if ready {
-                return Ok(RedisCluster { nodes });
-            }
+        // Every node serves, and every replica has synced with its master.
+        while !cluster.nodes.iter().all(|node| {
+            let info = cluster.ask(node.port, &["cluster", "info"]);
+            let replication = cluster.ask(node.port, &["info", "replication"]);
+            info.contains("cluster_state:ok")
+                && (replication.contains("role:master")
+                    || replication.contains("master_link_status:up"))
+        }) {
             if started.elapsed() > START_TIMEOUT {
                 return Err("the Redis cluster did not reach cluster_state:ok".to_owned());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(cluster)
+    }
+
+    /// What `redis-cli -p <port> <args…>` printed (empty when it could not run).
+    fn ask(&self, port: u16, args: &[&str]) -> String {
+        Command::new(&self.cli)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of the master serving `key`'s slot, and of its replica if it has one, as the
+    /// first node that answers sees them.
+    ///
+    /// # Errors
+    ///
+    /// When no node answers.
+    pub fn master_of(&self, key: &str) -> Result<(u16, Option<u16>), String> {
+        for node in &self.nodes {
+            let Ok(slot) = self
+                .ask(node.port, &["cluster", "keyslot", key])
+                .trim()
+                .parse()
+            else {
+                continue;
+            };
+            let view = parse_cluster_nodes(&self.ask(node.port, &["cluster", "nodes"]));
+            let Some(master) = view.iter().find(|n| n.master && n.serves(slot)) else {
+                continue;
+            };
+            let replica = view
+                .iter()
+                .find(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+                .map(|n| n.port);
+            return Ok((master.port, replica));
+        }
+        Err(format!("no cluster node says who serves {key:?}"))
+    }
+
+    /// Whether the node on `port` is a master, and the cluster it sees is whole.
+    pub fn serves_as_master(&self, port: u16) -> bool {
+        self.ask(port, &["info", "replication"])
+            .contains("role:master")
+            && self
+                .ask(port, &["cluster", "info"])
+                .contains("cluster_state:ok")
+    }
+
+    /// The node on `port`, to crash or freeze.
+    pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes.iter_mut().find(|node| node.port == port)
     }
 
     /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=…`.

@@ -7,7 +7,9 @@
 //! `Unavailable` or `OutcomeUnknown` is recorded as indeterminate (it may have taken effect,
 //! late or never), and the client carries on as a new client. [`linearizable_under_faults`]
 //! records while a server is killed and restarted, then frozen and thawed, and checks the
-//! history with [`crate::linearizability`].
+//! history with [`crate::linearizability`]; [`linearizable_under_partitions`] does it through
+//! a fault proxy, and [`histories_stay_linearizable_when_clients_are_killed`] (a conformance
+//! case) with clients in processes of their own, SIGKILLed mid-call.
 
 // A test suite reports a misbehaving store by panicking, like `assert!`.
 #![allow(clippy::expect_used)]
@@ -22,9 +24,18 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use state_store_core::{Error, SetMode, SetOptions, StateStore, Version};
 
-use crate::faults::{Link, LinkFault, TestServer};
 use crate::linearizability::{self, Budget, Call, Operation, Outcome, Report};
 use crate::report;
+
+mod killed;
+mod scenarios;
+
+pub use killed::histories_stay_linearizable_when_clients_are_killed;
+pub use scenarios::{
+    histories_are_linearizable, histories_are_linearizable_across_partitions, judge, keep,
+    linearizable_under_faults, linearizable_under_partitions, print_verdict, record_during, seeded,
+    summary,
+};
 
 /// What the clients do.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +83,49 @@ struct Client {
     probing: bool,
 }
 
+/// Where a client's times come from: nanoseconds on one monotonic clock, shifted by `offset`
+/// so that clients in other processes (which start their own clock) share the parent's
+/// zero.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    started: Instant,
+    offset: u64,
+}
+
+impl Clock {
+    fn new(offset: u64) -> Self {
+        Clock {
+            started: Instant::now(),
+            offset,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.offset.saturating_add(elapsed)
+    }
+}
+
+/// Where a client reports what it does.
+trait Sink {
+    /// A call is about to be made (its outcome `Indeterminate` until [`Sink::completed`]).
+    fn invoked(&mut self, _op: &Operation) {}
+    /// A call returned, or is recorded as indeterminate.
+    fn completed(&mut self, op: Operation);
+    /// A write-once key's write was acknowledged.
+    fn inserted(&mut self, key: String);
+}
+
+impl Sink for Recording {
+    fn completed(&mut self, op: Operation) {
+        self.history.push(op);
+    }
+
+    fn inserted(&mut self, key: String) {
+        self.inserts.push(key);
+    }
+}
+
 /// What [`record`] saw.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
@@ -95,59 +149,16 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
-    let started = Instant::now();
+    // One zero for every client's times.
+    let clock = Clock::new(0);
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..workload.clients {
         let store = connect().await.expect("connect a client");
         let stop = Arc::clone(&stop);
-        let mut client = Client {
-            store,
-            id,
-            incarnation: 0,
-            rng: StdRng::seed_from_u64(workload.seed.wrapping_add(id as u64)),
-            seen: vec![None; workload.keys],
-            next_value: 0,
-            probing: false,
-        };
+        let mut client = Client::new(store, id, &workload);
         tasks.spawn(async move {
             let mut recording = Recording::default();
-            for _ in 0..workload.operations {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let determinate = if client.probing {
-                    // After a failure a client only reads, until a read succeeds: the way a
-                    // service backs off, and it bounds the writes whose outcome is unknown
-                    // (each one multiplies the orders the checker must try).
-                    let op = client.act(&workload, started).await;
-                    let determinate = op.outcome != Outcome::Indeterminate;
-                    if determinate {
-                        client.probing = false;
-                        recording.history.push(op);
-                    }
-                    determinate
-                } else if client.rng.random_ratio(1, 8) {
-                    let inserted = client.insert(&workload).await;
-                    recording.inserts.extend(inserted.clone());
-                    inserted.is_some()
-                } else {
-                    let op = client.act(&workload, started).await;
-                    let determinate = op.outcome != Outcome::Indeterminate;
-                    recording.history.push(op);
-                    determinate
-                };
-                if !determinate {
-                    client.incarnation += 1;
-                    client.probing = true;
-                    // Pause so a client does not spin through its operations while the server
-                    // is down.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let think = client.rng.random_range(Duration::ZERO..=workload.think);
-                if !think.is_zero() {
-                    tokio::time::sleep(think).await;
-                }
-            }
+            client.work(&workload, &stop, clock, &mut recording).await;
             recording
         });
     }
@@ -177,6 +188,70 @@ pub async fn lost_inserts(store: &StateStore, inserts: &[String]) -> Result<usiz
 }
 
 impl Client {
+    fn new(store: StateStore, id: usize, workload: &Workload) -> Self {
+        Client {
+            store,
+            id,
+            incarnation: 0,
+            rng: StdRng::seed_from_u64(workload.seed.wrapping_add(id as u64)),
+            seen: vec![None; workload.keys],
+            next_value: 0,
+            probing: false,
+        }
+    }
+
+    /// Makes `workload.operations` calls, or fewer if `stop` is set (the current call
+    /// finishes), reporting each to `sink`.
+    async fn work(
+        &mut self,
+        workload: &Workload,
+        stop: &AtomicBool,
+        clock: Clock,
+        sink: &mut (dyn Sink + Send),
+    ) {
+        for _ in 0..workload.operations {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let determinate = if self.probing {
+                // After a failure a client only reads, until a read succeeds: the way a
+                // service backs off, and it bounds the writes whose outcome is unknown
+                // (each one multiplies the orders the checker must try). A read whose outcome
+                // is unknown says nothing, so it is neither announced nor recorded.
+                let op = self.act(workload, &clock, None).await;
+                let determinate = op.outcome != Outcome::Indeterminate;
+                if determinate {
+                    self.probing = false;
+                    sink.completed(op);
+                }
+                determinate
+            } else if self.rng.random_ratio(1, 8) {
+                let inserted = self.insert(workload).await;
+                let determinate = inserted.is_some();
+                if let Some(key) = inserted {
+                    sink.inserted(key);
+                }
+                determinate
+            } else {
+                let op = self.act(workload, &clock, Some(&mut *sink)).await;
+                let determinate = op.outcome != Outcome::Indeterminate;
+                sink.completed(op);
+                determinate
+            };
+            if !determinate {
+                self.incarnation += 1;
+                self.probing = true;
+                // Pause so a client does not spin through its operations while the server
+                // is down.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let think = self.rng.random_range(Duration::ZERO..=workload.think);
+            if !think.is_zero() {
+                tokio::time::sleep(think).await;
+            }
+        }
+    }
+
     /// Writes a fresh key once: its name when the write was acknowledged, `None` when its
     /// outcome is unknown.
     async fn insert(&mut self, workload: &Workload) -> Option<String> {
@@ -192,9 +267,13 @@ impl Client {
         }
     }
 
-    /// Makes one random call and records it.
-    async fn act(&mut self, workload: &Workload, started: Instant) -> Operation {
-        let at = |started: Instant| u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    /// Makes one random call and records it, announcing it to `announce` first.
+    async fn act(
+        &mut self,
+        workload: &Workload,
+        clock: &Clock,
+        announce: Option<&mut (dyn Sink + Send)>,
+    ) -> Operation {
         // Unique values: client, then a sequence number.
         self.next_value += 1;
         let fresh = i64::try_from(self.id).unwrap_or(0) * 1_000_000 + self.next_value;
@@ -240,13 +319,24 @@ impl Client {
             (false, _, _) => Call::Read,
         };
         let version = seen.map(|(_, version)| version);
-        let invoked = at(started);
+        let client = self.id + 1000 * self.incarnation;
+        let invoked = clock.now();
+        if let Some(sink) = announce {
+            sink.invoked(&Operation {
+                client,
+                key: key.clone(),
+                call,
+                outcome: Outcome::Indeterminate,
+                invoked,
+                completed: None,
+            });
+        }
         let result = tokio::time::timeout(
             workload.timeout,
-            self.run(&key, call, version, (!counter).then_some(slot)),
+            self.call(&key, call, version, (!counter).then_some(slot)),
         )
         .await;
-        let completed = at(started);
+        let completed = clock.now();
         let outcome = match result {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(err)) if err.is_transient() => Outcome::Indeterminate,
@@ -259,7 +349,7 @@ impl Client {
             }
         }
         Operation {
-            client: self.id + 1000 * self.incarnation,
+            client,
             key,
             call,
             outcome,
@@ -269,7 +359,7 @@ impl Client {
     }
 
     /// Runs `call` on `key` (register `slot`, or the counter: `None`).
-    async fn run(
+    async fn call(
         &mut self,
         key: &str,
         call: Call,
@@ -375,204 +465,6 @@ where
         inserted: recording.inserts.len(),
         lost,
     }
-}
-
-/// Records `workload` while `server` is killed and restarted, then frozen and thawed, and
-/// checks the history. Returns the checker's report and the history (to keep as a
-/// counterexample); the caller asserts what its backend promises.
-///
-/// `connect` makes a handle with a request timeout under `workload.timeout`.
-pub async fn linearizable_under_faults<F, Fut>(
-    server: &mut dyn TestServer,
-    connect: F,
-    workload: Workload,
-) -> Run
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<StateStore, Error>>,
-{
-    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    let faults = async {
-        pause(300).await;
-        server.crash();
-        pause(700).await;
-        server.restart().expect("restart the server");
-        pause(500).await;
-        if server.pause().is_ok() {
-            pause(u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500).await;
-            server.resume().expect("resume the server");
-        }
-        pause(1000).await;
-    };
-    record_during(connect, workload, faults).await
-}
-
-/// Records `workload` while the network between the clients and their server (`link`: the
-/// clients from `connect` must reach the server through it) adds latency with jitter, then
-/// partitions them past the call timeout (a black hole), heals, goes half-open (requests
-/// arrive, answers do not), resets every connection, refuses new ones, and heals; then checks
-/// the history.
-pub async fn linearizable_under_partitions<F, Fut>(
-    link: &dyn Link,
-    connect: F,
-    workload: Workload,
-) -> Run
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<StateStore, Error>>,
-{
-    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-    let past_timeout = u64::try_from(workload.timeout.as_millis()).unwrap_or(1000) + 500;
-    let faults = async {
-        pause(300).await;
-        link.set(LinkFault::Latency {
-            delay: Duration::from_millis(5),
-            jitter: Duration::from_millis(50),
-        });
-        pause(700).await;
-        link.set(LinkFault::BlackHole);
-        pause(past_timeout).await;
-        link.set(LinkFault::Healthy);
-        pause(500).await;
-        link.set(LinkFault::HalfOpen);
-        pause(past_timeout).await;
-        link.set(LinkFault::ResetAll);
-        link.set(LinkFault::Refuse);
-        pause(500).await;
-        link.set(LinkFault::Healthy);
-        pause(1000).await;
-    };
-    record_during(connect, workload, faults).await
-}
-
-/// Records `workload` on handles from `connect` while `faults` runs, stops the clients when
-/// it ends, and [`audit`]s the recording.
-pub async fn record_during<F, Fut>(
-    connect: F,
-    workload: Workload,
-    faults: impl Future<Output = ()>,
-) -> Run
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<StateStore, Error>>,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(&connect, workload, Arc::clone(&stop));
-    let faults = async {
-        faults.await;
-        stop.store(true, Ordering::Relaxed);
-    };
-    let (recording, ()) = tokio::join!(recording, faults);
-    audit(&connect, recording).await
-}
-
-/// The kill-and-freeze scenario as a test: records [`Workload::default`] with the seed from
-/// `STATE_STORE_LIN_SEED` (else one from the clock; `STATE_STORE_LIN_ROUNDS` runs it that
-/// many times with the following seeds) under [`linearizable_under_faults`],
-/// prints the seed, the size of the history and the verdict (a line starting
-/// `linearizability:`), and panics on a violation or an unknown verdict, naming the file the
-/// history was kept in ([`keep`]).
-pub async fn histories_are_linearizable<F, Fut>(
-    server: &mut dyn TestServer,
-    connect: F,
-    scenario: &str,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<StateStore, Error>>,
-{
-    for workload in seeded() {
-        let run = linearizable_under_faults(server, &connect, workload).await;
-        judge(scenario, workload.seed, &run);
-    }
-}
-
-/// The partition scenario as a test, as [`histories_are_linearizable`] does it, under
-/// [`linearizable_under_partitions`].
-pub async fn histories_are_linearizable_across_partitions<F, Fut>(
-    link: &dyn Link,
-    connect: F,
-    scenario: &str,
-) where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<StateStore, Error>>,
-{
-    for workload in seeded() {
-        let run = linearizable_under_partitions(link, &connect, workload).await;
-        judge(scenario, workload.seed, &run);
-    }
-}
-
-/// [`Workload::default`] with the seed from `STATE_STORE_LIN_SEED`, else from the clock, once
-/// or `STATE_STORE_LIN_ROUNDS` times (with the seeds that follow it).
-pub fn seeded() -> Vec<Workload> {
-    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
-    let seed = var("STATE_STORE_LIN_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
-    let rounds = var("STATE_STORE_LIN_ROUNDS").unwrap_or(1).max(1);
-    (0..rounds)
-        .map(|round| Workload {
-            seed: seed.wrapping_add(round),
-            ..Workload::default()
-        })
-        .collect()
-}
-
-/// Prints the verdict and the lost inserts (a line starting `linearizability:`); panics,
-/// keeping the history, unless it is linearizable and lost nothing.
-pub fn judge(scenario: &str, seed: u64, run: &Run) {
-    println!("linearizability: {scenario}, seed {seed}: {}", summary(run));
-    if !run.report.linearizable() {
-        let path = keep(&run.history, scenario, seed);
-        panic!(
-            "{scenario}, seed {seed} (STATE_STORE_LIN_SEED replays it): {}\nhistory: {}",
-            run.report,
-            path.display()
-        );
-    }
-    assert_eq!(
-        run.lost, 0,
-        "{scenario}, seed {seed}: {} of {} acknowledged inserts were lost",
-        run.lost, run.inserted
-    );
-}
-
-/// `<n> operations, <i> indeterminate, <lost> of <inserted> acknowledged inserts lost: <verdict>`.
-pub fn summary(run: &Run) -> String {
-    let indeterminate = run
-        .history
-        .iter()
-        .filter(|op| op.completed.is_none())
-        .count();
-    format!(
-        "{} operations, {indeterminate} indeterminate, {} of {} acknowledged inserts lost: {}",
-        run.history.len(),
-        run.lost,
-        run.inserted,
-        run.report
-    )
-}
-
-/// Writes `history` as JSON lines to `linearizability/<name>-seed<seed>.jsonl` in the
-/// target directory of the running test (next to `debug/`) and returns the path, so a
-/// counterexample outlives the test.
-pub fn keep(history: &[Operation], name: &str, seed: u64) -> std::path::PathBuf {
-    // A test binary runs from `<target>/<profile>/deps/`.
-    let target = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(std::path::Path::to_path_buf))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = target.join("linearizability");
-    std::fs::create_dir_all(&dir).expect("create the counterexample directory");
-    let path = dir.join(format!("{name}-seed{seed}.jsonl"));
-    let lines: Vec<String> = history
-        .iter()
-        .map(|op| serde_json::to_string(op).expect("serializable"))
-        .collect();
-    std::fs::write(&path, lines.join("\n")).expect("write the history");
-    path
 }
 
 #[cfg(test)]
