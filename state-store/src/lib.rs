@@ -12,6 +12,7 @@
 //! | `redis://…`, `redis-cluster://…` (`rediss://…`: `redis-rustls`) | `redis` | `redis::RedisStateStore` |
 //! | `nats://…`, `tls://…` | `nats` | `nats::NatsStateStore` (JetStream KV) |
 //! | `dapr://host:port/<component>` | `dapr` | `dapr::DaprStateStore` |
+//! | `postgres://…`, `postgresql://…` | `postgres` | `postgres::PostgresStateStore` |
 //!
 //! ```
 //! use serde_json::json;
@@ -47,6 +48,8 @@ pub use state_store_core::*;
 pub use state_store_dapr as dapr;
 #[cfg(feature = "nats")]
 pub use state_store_nats as nats;
+#[cfg(feature = "postgres")]
+pub use state_store_postgres as postgres;
 #[cfg(feature = "redis")]
 pub use state_store_redis as redis;
 #[cfg(feature = "sqlite")]
@@ -64,7 +67,7 @@ static SCHEMES: LazyLock<RwLock<HashMap<String, Opener>>> =
 
 /// Built-in schemes and the cargo feature each needs, for the error naming a feature that is
 /// off.
-const FEATURES: [(&str, &str); 8] = [
+const FEATURES: [(&str, &str); 10] = [
     ("sqlite", "sqlite"),
     ("redis", "redis"),
     ("rediss", "redis"),
@@ -73,6 +76,8 @@ const FEATURES: [(&str, &str); 8] = [
     ("nats", "nats"),
     ("tls", "nats"),
     ("dapr", "dapr"),
+    ("postgres", "postgres"),
+    ("postgresql", "postgres"),
 ];
 
 fn built_in() -> HashMap<String, Opener> {
@@ -104,6 +109,13 @@ fn built_in() -> HashMap<String, Opener> {
         let config = dapr::DaprConfig::from_url(url);
         Box::pin(async move { shared(dapr::DaprStateStore::connect(config?).await?) })
     });
+    #[cfg(feature = "postgres")]
+    for scheme in ["postgres", "postgresql"] {
+        schemes.insert(scheme.into(), |url| {
+            let config = postgres::PostgresConfig::from_url(url);
+            Box::pin(async move { shared(postgres::PostgresStateStore::connect(config?).await?) })
+        });
+    }
     schemes
 }
 

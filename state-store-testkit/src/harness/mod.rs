@@ -388,6 +388,11 @@ impl Supervised {
         Ok(())
     }
 
+    /// The pid of the server process, when it runs as a local process.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
     /// Kills the server with SIGKILL.
     pub fn crash(&mut self) {
         if let Some(mut process) = self.process.take() {
@@ -445,6 +450,7 @@ impl Drop for ServerProcess {
 pub mod container;
 pub mod dapr;
 pub mod nats;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod tls;

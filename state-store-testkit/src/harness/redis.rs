@@ -392,6 +392,12 @@ impl RedisCluster {
                 .contains("cluster_state:ok")
     }
 
+    /// Whether the node on `port` is a replica in sync with its master.
+    pub fn replica_in_sync(&self, port: u16) -> bool {
+        self.ask(port, &["info", "replication"])
+            .contains("master_link_status:up")
+    }
+
     /// The node on `port`, to crash or freeze.
     pub fn node_mut(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.nodes.iter_mut().find(|node| node.port == port)

@@ -1,0 +1,437 @@
+//! `PostgresStateStore`: the backend over a pool of tokio-postgres connections.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use state_store_core::{
+    Backend, Capabilities, Entry, Error, Extensions, Increment, KeyPage, ListKeys, Result, SetMode,
+    SetOptions, Version,
+};
+use tokio::time::Instant;
+
+use crate::config::PostgresConfig;
+use crate::error::{closed, map, map_pool, not_an_integer, STORE};
+use crate::schema::{migrate, Sql};
+
+/// Rows one sweep statement deletes at most, so a sweep never holds many row locks at once.
+const SWEEP_BATCH: i64 = 1000;
+
+/// The state store on PostgreSQL: one table, every operation one statement.
+///
+/// Values are JSON text; versions come from a sequence, so a version is never reused, not even
+/// after a delete; expiry is on the server's clock (`now()`), so every instance of a service
+/// agrees on it. Reads of many names are one `SELECT … WHERE key = ANY($1)`; increments are one
+/// upsert; compare-and-set is an `UPDATE … WHERE version = $n`; listing walks the primary key
+/// (keys are `bytea`, so byte order) from a prefix. Expired rows are invisible to reads and
+/// deleted in batches by a background task.
+///
+/// # Example
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), state_store_core::Error> {
+/// use state_store_core::StateStore;
+/// use state_store_postgres::{PostgresConfig, PostgresStateStore};
+///
+/// let config = PostgresConfig::from_url("postgres://app:secret@127.0.0.1/app")?;
+/// let store = StateStore::from(PostgresStateStore::connect(config).await?);
+/// let visits = store.increment("visits", 1, None).await?;
+/// assert!(visits >= 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresStateStore {
+    pool: Pool,
+    sql: Arc<Sql>,
+    config: PostgresConfig,
+    closed: Arc<AtomicBool>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    server: Option<(String, u16)>,
+}
+
+impl fmt::Debug for PostgresStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStateStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStateStore {
+    /// Opens a pool on `config`, checks that the server answers, and creates or upgrades the
+    /// table unless [`PostgresConfig::with_migrate`] turned that off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for refused credentials, a missing database or missing privileges,
+    /// or a table written by a newer release; [`Error::Unavailable`] when no server answers
+    /// within the connect timeout.
+    pub async fn connect(config: PostgresConfig) -> Result<Self> {
+        let manager = Manager::from_config(
+            config.pg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.request_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.request_timeout))
+            .build()
+            .map_err(|e| Error::config_with("cannot build the connection pool", e))?;
+        Self::with_pool(pool, config).await
+    }
+
+    /// A store on a pool of your own (deadpool-postgres), say one your service already has.
+    /// `config` gives the schema, table, timeouts and sweep; its connection settings are not
+    /// used. Creates or upgrades the table as [`PostgresStateStore::connect`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresStateStore::connect`].
+    pub async fn with_pool(pool: Pool, config: PostgresConfig) -> Result<Self> {
+        let sql = Arc::new(Sql::new(&config.schema, &config.table));
+        let store = PostgresStateStore {
+            server: server_of(&config),
+            pool,
+            sql,
+            closed: Arc::default(),
+            sweeper: Mutex::new(None),
+            config,
+        };
+        if store.config.migrate {
+            store.migrate().await?;
+        } else {
+            // At least the server answers, with these credentials.
+            drop(store.client(store.deadline()).await?);
+        }
+        store.start_sweeper();
+        Ok(store)
+    }
+
+    /// Creates the schema, sequence, table and indexes when missing, or upgrades a table an
+    /// older release created; several processes may run it at once (it takes an advisory
+    /// lock). [`PostgresStateStore::connect`] runs it unless told not to.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the table was written by a newer release (it is left
+    /// untouched) or the user may not create it.
+    pub async fn migrate(&self) -> Result<()> {
+        let deadline = self.deadline();
+        let mut client = self.client(deadline).await?;
+        let result = tokio::time::timeout_at(deadline, migrate(&mut client, &self.sql)).await;
+        self.finish(client, result, true)?
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.request_timeout
+    }
+
+    /// A pooled connection, by `deadline`. Nothing has been sent when this fails.
+    async fn client(&self, deadline: Instant) -> Result<Object> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Ok(client) => client.map_err(map_pool),
+            Err(_) => Err(Error::unavailable(
+                STORE,
+                "no connection within the request timeout",
+            )),
+        }
+    }
+
+    /// The result of work done on `client`: a connection that timed out or broke is dropped
+    /// from the pool (a hung server would otherwise hand it out again); `written`: the work
+    /// may have changed data, so a lost answer is `OutcomeUnknown`.
+    fn finish<T>(
+        &self,
+        client: Object,
+        result: std::result::Result<
+            std::result::Result<T, tokio_postgres::Error>,
+            tokio::time::error::Elapsed,
+        >,
+        written: bool,
+    ) -> Result<T> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if client.is_closed() {
+                    drop(Object::take(client));
+                }
+                Err(map(err, written))
+            }
+            Err(_) => {
+                drop(Object::take(client));
+                let why = "no answer within the request timeout";
+                Err(if written {
+                    Error::outcome_unknown(STORE, why)
+                } else {
+                    Error::unavailable(STORE, why)
+                })
+            }
+        }
+    }
+
+    /// Runs one statement (prepared once per connection) with `params` and returns its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        written: bool,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let result = tokio::time::timeout_at(deadline, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await;
+        self.finish(client, result, written)
+    }
+
+    /// Deletes expired rows every sweep interval, a batch at a time, until the store closes.
+    fn start_sweeper(&self) {
+        let (pool, sql, closed) = (
+            self.pool.clone(),
+            Arc::clone(&self.sql),
+            Arc::clone(&self.closed),
+        );
+        let interval = self.config.sweep_interval;
+        let task = tokio::spawn(async move {
+            while !closed.load(Ordering::Acquire) {
+                tokio::time::sleep(interval).await;
+                let Ok(client) = pool.get().await else {
+                    continue;
+                };
+                loop {
+                    match client.execute(sql.sweep.as_str(), &[&SWEEP_BATCH]).await {
+                        Ok(deleted) if deleted >= u64::try_from(SWEEP_BATCH).unwrap_or(0) => {}
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "postgres sweep failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        *self.sweeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+}
+
+/// The first host and port, for metrics and spans.
+fn server_of(config: &PostgresConfig) -> Option<(String, u16)> {
+    let host = match config.pg.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let port = config.pg.get_ports().first().copied().unwrap_or(5432);
+    Some((host, port))
+}
+
+/// A deadline `ttl` from now in whole milliseconds, rounded up; `None` for no TTL.
+fn ttl_ms(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|ttl| i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX))
+}
+
+/// The version a caller expects; one that cannot be ours (not a number) matches no row
+/// (the sequence starts at 1).
+fn expected(version: &Version) -> i64 {
+    version.as_str().parse().unwrap_or(0)
+}
+
+fn text(value: Vec<u8>) -> Result<String> {
+    String::from_utf8(value).map_err(|e| Error::backend(STORE, e))
+}
+
+fn version(row: &tokio_postgres::Row) -> Result<Version> {
+    let version: i64 = row.try_get(0).map_err(|e| Error::backend(STORE, e))?;
+    Ok(Version::new(version.to_string()))
+}
+
+#[async_trait]
+impl Backend for PostgresStateStore {
+    fn name(&self) -> &str {
+        STORE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Keys are bytea in a B-tree, whose entries must fit a third of a page.
+        Capabilities::full()
+            .with_list(true)
+            .with_max_key_len(2048)
+            .with_max_value_len(64 * 1024 * 1024)
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.server
+            .as_ref()
+            .map(|(host, port)| (host.as_str(), *port))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        let wanted: Vec<&[u8]> = keys.iter().map(String::as_bytes).collect();
+        let rows = self.query(&self.sql.get, &[&wanted], false).await?;
+        let mut found: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let decode = |e| Error::backend(STORE, e);
+            let key: Vec<u8> = row.try_get(0).map_err(decode)?;
+            let value: String = row.try_get(1).map_err(decode)?;
+            let version: i64 = row.try_get(2).map_err(decode)?;
+            let left: Option<i64> = row.try_get(3).map_err(decode)?;
+            found.insert(
+                key,
+                Entry {
+                    value: value.into_bytes(),
+                    version: Version::new(version.to_string()),
+                    expires_in: left
+                        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+                },
+            );
+        }
+        Ok(keys
+            .iter()
+            .map(|key| found.get(key.as_bytes()).cloned())
+            .collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        let value = text(value)?;
+        let ttl = ttl_ms(options.ttl);
+        let key_bytes = key.as_bytes();
+        let rows = match &options.mode {
+            SetMode::Upsert if options.keep_ttl => {
+                self.query(&self.sql.upsert_keep_ttl, &[&key_bytes, &value, &ttl], true)
+                    .await?
+            }
+            SetMode::Upsert => {
+                self.query(&self.sql.upsert, &[&key_bytes, &value, &ttl], true)
+                    .await?
+            }
+            SetMode::Create => {
+                self.query(&self.sql.create, &[&key_bytes, &value, &ttl], true)
+                    .await?
+            }
+            SetMode::Update(version) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                    &key_bytes,
+                    &value,
+                    &ttl,
+                    &expected(version),
+                    &options.keep_ttl,
+                ];
+                self.query(&self.sql.update, &params, true).await?
+            }
+        };
+        match rows.first() {
+            Some(row) => version(row),
+            None => Err(Error::Conflict {
+                key: key.to_owned(),
+            }),
+        }
+    }
+
+    async fn remove(&self, key: &str, expected_version: Option<&Version>) -> Result<bool> {
+        let key_bytes = key.as_bytes();
+        let rows = match expected_version {
+            None => self.query(&self.sql.remove, &[&key_bytes], true).await?,
+            Some(version) => {
+                self.query(&self.sql.remove_if, &[&key_bytes, &expected(version)], true)
+                    .await?
+            }
+        };
+        match rows.first() {
+            Some(row) => row.try_get(0).map_err(|e| Error::backend(STORE, e)),
+            None => Ok(false),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        if let Some(task) = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+        self.pool.close();
+        Ok(())
+    }
+
+    fn extensions(&self) -> Extensions<'_> {
+        Extensions::none().with_increment(self).with_list(self)
+    }
+}
+
+#[async_trait]
+impl Increment for PostgresStateStore {
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        let refused = || Error::NotAnInteger {
+            key: key.to_owned(),
+        };
+        let key_bytes = key.as_bytes();
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let result = tokio::time::timeout_at(deadline, async {
+            let statement = client.prepare_cached(&self.sql.increment).await?;
+            client
+                .query(&statement, &[&key_bytes, &delta, &ttl_ms(ttl)])
+                .await
+        })
+        .await;
+        if let Ok(Err(err)) = &result {
+            if not_an_integer(err) {
+                return Err(refused());
+            }
+        }
+        let rows = self.finish(client, result, true)?;
+        match rows.first() {
+            Some(row) => row.try_get(0).map_err(|e| Error::backend(STORE, e)),
+            None => Err(refused()),
+        }
+    }
+}
+
+#[async_trait]
+impl ListKeys for PostgresStateStore {
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let from = prefix.as_bytes();
+        let below = upper_bound(prefix);
+        let after = after.map(str::as_bytes);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .query(&self.sql.list, &[&from, &below, &after, &fetch], false)
+            .await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0).map_err(|e| Error::backend(STORE, e))?;
+            keys.push(String::from_utf8(key).map_err(|e| Error::backend(STORE, e))?);
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next = more.then(|| keys.last().cloned()).flatten();
+        Ok(KeyPage::new(keys, next))
+    }
+}
+
+/// The smallest byte string above every string starting with `prefix` (UTF-8 never holds
+/// 0xFF, so bumping the last byte suffices); `None` for an empty prefix.
+fn upper_bound(prefix: &str) -> Option<Vec<u8>> {
+    let mut bound = prefix.as_bytes().to_vec();
+    let last = bound.last_mut()?;
+    *last = last.saturating_add(1);
+    Some(bound)
+}

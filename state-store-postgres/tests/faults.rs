@@ -1,0 +1,143 @@
+//! A server that goes away, comes back, hangs, or refuses the password; and a table from a
+//! newer release.
+
+#![allow(clippy::expect_used)] // test helpers fail the test by panicking
+
+use std::time::Duration;
+
+use serde_json::json;
+use state_store_conformance::faults::{
+    hung_server_times_out, killed_server_recovers, lease_tokens_survive_restart,
+};
+use state_store_core::{Error, StateStore};
+use state_store_postgres::{PostgresConfig, PostgresStateStore};
+use state_store_testkit::harness::postgres::{postgres_url, PostgresServer};
+use state_store_testkit::harness::unavailable;
+
+fn server() -> Option<PostgresServer> {
+    PostgresServer::spawn().map_or_else(|why| unavailable("postgres", &why), Some)
+}
+
+/// A handle that gives up on a call after a second.
+async fn impatient(url: &str) -> StateStore {
+    let config = PostgresConfig::from_url(url)
+        .expect("url")
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
+    StateStore::from(PostgresStateStore::connect(config).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_gives_unavailable_then_the_same_handle_recovers() {
+    let Some(mut server) = server() else {
+        return;
+    };
+    let store = impatient(&server.url()).await;
+    killed_server_recovers(&mut server, &store, true).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_gives_unavailable_then_the_same_handle_recovers() {
+    let Some(mut server) = server() else {
+        return;
+    };
+    let store = impatient(&server.url()).await;
+    hung_server_times_out(&mut server, &store).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_tokens_survive_a_restart() {
+    let Some(mut server) = server() else {
+        return;
+    };
+    let store = impatient(&server.url()).await;
+    lease_tokens_survive_restart(&mut server, &store).await;
+    store.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_a_missing_database_is_a_config_error_at_connect() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let wrong = url.replace(":state-store-test@", ":wrong-password@");
+    let missing = format!("{}nowhere", url.trim_end_matches("postgres"));
+    for (what, url) in [("wrong password", wrong), ("missing database", missing)] {
+        let config = PostgresConfig::from_url(&url).expect("url");
+        let err = PostgresStateStore::connect(config).await.expect_err(what);
+        assert!(matches!(err, Error::Config { .. }), "{what}: {err:?}");
+        assert!(
+            !format!("{err} {err:?}").contains("wrong-password"),
+            "{what}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_server_fails_within_the_connect_timeout() {
+    let port = state_store_testkit::harness::free_port();
+    let config = PostgresConfig::from_url(&format!("postgres://u:p@127.0.0.1:{port}/db"))
+        .expect("url")
+        .with_connect_timeout(Duration::from_secs(1));
+    let result = tokio::time::timeout(Duration::from_secs(30), PostgresStateStore::connect(config))
+        .await
+        .expect("connect hung");
+    let err = result.expect_err("nothing listens");
+    assert!(err.is_transient(), "{err:?}");
+}
+
+/// A table whose schema version is newer than this release knows is refused, and left as it
+/// was; a table of this release's version opens.
+#[tokio::test]
+async fn a_table_from_a_newer_release_is_refused_and_left_untouched() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let table = format!("newer_{}", std::process::id());
+    let config = || {
+        PostgresConfig::from_url(&url)
+            .expect("url")
+            .with_table(&table)
+            .expect("a plain name")
+    };
+    let store = StateStore::from(PostgresStateStore::connect(config()).await.expect("create"));
+    store
+        .set_state("kept", &json!("as it was"))
+        .await
+        .expect("set");
+    store.destroy().await.expect("destroy");
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a raw connection");
+    tokio::spawn(connection);
+    client
+        .execute(
+            &format!("UPDATE \"{table}_meta\" SET value = 99 WHERE name = 'schema'"),
+            &[],
+        )
+        .await
+        .expect("pretend a newer release wrote it");
+    let err = PostgresStateStore::connect(config())
+        .await
+        .expect_err("a newer schema");
+    assert!(
+        matches!(&err, Error::Config { message, .. } if message.contains("newer release")),
+        "{err:?}"
+    );
+    client
+        .execute(
+            &format!("UPDATE \"{table}_meta\" SET value = 1 WHERE name = 'schema'"),
+            &[],
+        )
+        .await
+        .expect("back to this release's version");
+    let store = StateStore::from(PostgresStateStore::connect(config()).await.expect("open"));
+    assert_eq!(
+        store.get::<String>("kept").await.expect("read").as_deref(),
+        Some("as it was")
+    );
+    store.destroy().await.expect("destroy");
+}

@@ -1,0 +1,293 @@
+//! A PostgreSQL server on loopback: `initdb` into a temporary directory, then `postgres`;
+//! shared per test binary, or owned for fault tests. Local binaries only (Debian's
+//! `postgresql` package puts them under `/usr/lib/postgresql/<version>/bin`).
+//!
+//! PostgreSQL refuses to run as root: as root, the harness gives the directory to the
+//! `postgres` user and starts `initdb` and `postgres` as that user (`setpriv`, which execs, so
+//! the process the harness kills is the server itself).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use state_store_conformance::faults::TestServer;
+
+use super::container::{choose, Tier};
+use super::{free_port, temp_dir, unavailable, with_port_retries, Supervised, TempDir};
+
+/// Env var with the URL of a PostgreSQL to use instead of spawning one.
+pub const POSTGRES_URL_VAR: &str = "STATE_STORE_TEST_POSTGRES_URL";
+/// Env var naming the directory with `initdb`, `postgres` and `pg_isready`.
+pub const POSTGRES_BIN_DIR_VAR: &str = "STATE_STORE_POSTGRES_BIN_DIR";
+
+/// The role the harness creates, and its password.
+const USER: &str = "state_store";
+const PASSWORD: &str = "state-store-test";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory with PostgreSQL's server binaries: [`POSTGRES_BIN_DIR_VAR`], else where
+/// `initdb` on `PATH` really is, else the newest `/usr/lib/postgresql/<version>/bin`.
+fn bin_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os(POSTGRES_BIN_DIR_VAR) {
+        return Ok(PathBuf::from(dir));
+    }
+    // `initdb` on PATH is often a link (Debian's wrapper, or a link into /usr/lib): follow it
+    // to the directory that has the other binaries too.
+    if let Some(dir) = which::which("initdb")
+        .ok()
+        .and_then(|path| std::fs::canonicalize(path).ok())
+        .and_then(|path| path.parent().map(Path::to_path_buf))
+        .filter(|dir| dir.join("postgres").is_file() && dir.join("pg_isready").is_file())
+    {
+        return Ok(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "PostgreSQL not found (apt-get install postgresql)".to_owned())?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_string_lossy().parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| "PostgreSQL not found (apt-get install postgresql)".to_owned())
+}
+
+/// Whether this process runs as root (PostgreSQL will not).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// The numeric id `id <flag> postgres` prints.
+fn postgres_id(flag: &str) -> Result<u32, String> {
+    let out = Command::new("id")
+        .args([flag, "postgres"])
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            "running as root, and there is no postgres user to run PostgreSQL as".to_owned()
+        })
+}
+
+/// `program args…` as the user PostgreSQL runs as: `setpriv` to `postgres` when root.
+fn as_server_user(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
+    if is_root() {
+        let mut wrapped = vec![
+            "--reuid=postgres".to_owned(),
+            "--regid=postgres".to_owned(),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+            program.display().to_string(),
+        ];
+        wrapped.extend(args.iter().cloned());
+        (PathBuf::from("setpriv"), wrapped)
+    } else {
+        (program.to_owned(), args.to_vec())
+    }
+}
+
+/// A PostgreSQL server this test owns, on a free loopback port, with its own data directory.
+#[derive(Debug)]
+pub struct PostgresServer {
+    server: Supervised,
+    port: u16,
+    bin: PathBuf,
+    // Removed when the server is dropped.
+    _dir: TempDir,
+}
+
+impl PostgresServer {
+    /// Creates a cluster (`initdb`, user `state_store` with a password, scram-sha-256) and
+    /// starts it.
+    ///
+    /// # Errors
+    ///
+    /// When the binaries are missing, or the cluster cannot be created or does not come up.
+    pub fn spawn() -> Result<Self, String> {
+        if let Tier::Container = choose("postgres", bin_dir)? {
+            return Err("PostgreSQL runs from local binaries only".to_owned());
+        }
+        let bin = bin_dir()?;
+        let dir = temp_dir("postgres");
+        if is_root() {
+            let (uid, gid) = (postgres_id("-u")?, postgres_id("-g")?);
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give the data directory to postgres: {e}"))?;
+        }
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, PASSWORD)
+            .map_err(|e| format!("cannot write the password file: {e}"))?;
+        if is_root() {
+            let (uid, gid) = (postgres_id("-u")?, postgres_id("-g")?);
+            std::os::unix::fs::chown(&password_file, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give the password file to postgres: {e}"))?;
+        }
+        let data = dir.path().join("data");
+        let args = [
+            "-D".to_owned(),
+            data.display().to_string(),
+            "-U".to_owned(),
+            USER.to_owned(),
+            format!("--pwfile={}", password_file.display()),
+            "--auth=scram-sha-256".to_owned(),
+            "-E".to_owned(),
+            "UTF8".to_owned(),
+            "--no-locale".to_owned(),
+            "--no-sync".to_owned(),
+        ];
+        let (program, args) = as_server_user(&bin.join("initdb"), &args);
+        let created = Command::new(&program)
+            .args(&args)
+            .output()
+            .map_err(|e| format!("cannot run initdb: {e}"))?;
+        if !created.status.success() {
+            return Err(format!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            ));
+        }
+        let (server, port) = with_port_retries(|| {
+            let port = free_port();
+            let args = [
+                "-D".to_owned(),
+                data.display().to_string(),
+                "-p".to_owned(),
+                port.to_string(),
+                "-c".to_owned(),
+                "listen_addresses=127.0.0.1".to_owned(),
+                "-c".to_owned(),
+                format!("unix_socket_directories={}", dir.path().display()),
+                // The conformance suite runs many cases at once, each with its own pools.
+                "-c".to_owned(),
+                "max_connections=300".to_owned(),
+            ];
+            let (program, args) = as_server_user(&bin.join("postgres"), &args);
+            let mut server = Supervised::new(program, args, dir.path().join("postgres.log"));
+            server.start(START_TIMEOUT, || postgres_answers(&bin, port))?;
+            Ok((server, port))
+        })?;
+        Ok(PostgresServer {
+            server,
+            port,
+            bin,
+            _dir: dir,
+        })
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let (bin, port) = (self.bin.clone(), self.port);
+        self.server
+            .start(START_TIMEOUT, || postgres_answers(&bin, port))
+    }
+
+    /// `postgres://state_store:…@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// PostgreSQL is a process per connection under the postmaster: a fault must reach them all.
+/// Each one first stops the postmaster, so that it starts no new backend meanwhile.
+impl TestServer for PostgresServer {
+    fn crash(&mut self) {
+        if let Some(pid) = self.server.pid() {
+            signal("-STOP", &[pid]);
+            signal("-KILL", &children_of(pid));
+        }
+        self.server.crash();
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
+        self.crash();
+        self.start()
+    }
+
+    fn pause(&mut self) -> Result<(), String> {
+        let pid = self.server.pid().ok_or("the server is not running")?;
+        signal("-STOP", &[pid]);
+        signal("-STOP", &children_of(pid));
+        self.server.pause()
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        let pid = self.server.pid().ok_or("the server is not running")?;
+        signal("-CONT", &children_of(pid));
+        self.server.resume()
+    }
+}
+
+/// Sends `signal` to `pids` (none: nothing to do).
+fn signal(signal: &str, pids: &[u32]) {
+    if !pids.is_empty() {
+        let _ = Command::new("kill")
+            .arg(signal)
+            .args(pids.iter().map(u32::to_string))
+            .status();
+    }
+}
+
+/// The processes whose parent is `parent` (from `/proc`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: the parent follows the state, after the last `)`.
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// True when `pg_isready` says the server on `127.0.0.1:port` accepts connections.
+fn postgres_answers(bin: &Path, port: u16) -> bool {
+    Command::new(bin.join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The URL of a PostgreSQL for this test binary: [`POSTGRES_URL_VAR`], else a spawned server
+/// shared by the binary's tests; `None` (or a panic when backends are required) when neither
+/// is available.
+pub fn postgres_url() -> Option<String> {
+    if let Ok(url) = std::env::var(POSTGRES_URL_VAR) {
+        return Some(url);
+    }
+    static SHARED: OnceLock<Result<PostgresServer, String>> = OnceLock::new();
+    match SHARED.get_or_init(PostgresServer::spawn) {
+        Ok(server) => Some(server.url()),
+        Err(why) => unavailable("postgres", why),
+    }
+}
