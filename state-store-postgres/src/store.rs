@@ -229,6 +229,21 @@ impl PostgresStateStore {
     }
 }
 
+/// A store dropped without `close` stops its sweep, so the pool (and its connections) goes
+/// with it.
+impl Drop for PostgresStateStore {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .sweeper
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
 /// The first host and port, for metrics and spans.
 fn server_of(config: &PostgresConfig) -> Option<(String, u16)> {
     let host = match config.pg.get_hosts().first()? {

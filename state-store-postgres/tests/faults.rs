@@ -141,3 +141,40 @@ async fn a_table_from_a_newer_release_is_refused_and_left_untouched() {
     );
     store.destroy().await.expect("destroy");
 }
+
+/// Histories of clients doing random reads, writes, compare-and-sets and increments while
+/// the server is killed and restarted, then frozen and thawed, are linearizable, and no
+/// acknowledged write is lost; a violation is written out with its seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_a_kill_and_a_freeze() {
+    use state_store_conformance::history::histories_are_linearizable;
+    let Some(mut server) = server() else {
+        return;
+    };
+    let url = server.url();
+    histories_are_linearizable(&mut server, || connect(&url), "postgres-kill-freeze").await;
+}
+
+/// The same clients through a fault proxy: latency with jitter, a partition past the request
+/// timeout, a half-open link, every connection reset, new ones refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_partitions() {
+    use state_store_conformance::history::histories_are_linearizable_across_partitions;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server() else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    histories_are_linearizable_across_partitions(&proxy, || connect(&url), "postgres-partitions")
+        .await;
+}
+
+/// A handle on `url` that gives up on a call after a second.
+async fn connect(url: &str) -> Result<StateStore, Error> {
+    let config = PostgresConfig::from_url(url)?
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
+    PostgresStateStore::connect(config)
+        .await
+        .map(StateStore::from)
+}

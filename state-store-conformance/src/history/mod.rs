@@ -149,13 +149,32 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<StateStore, Error>>,
 {
+    let clients = connect_clients(connect, &workload).await;
+    run_clients(clients, workload, stop).await
+}
+
+/// One client per `workload.clients`, each on its own handle from `connect`: connected before
+/// the run, so that a fault schedule starting with the run finds them all ready.
+async fn connect_clients<F, Fut>(connect: &F, workload: &Workload) -> Vec<Client>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<StateStore, Error>>,
+{
+    let mut clients = Vec::with_capacity(workload.clients);
+    for id in 0..workload.clients {
+        let store = connect().await.expect("connect a client");
+        clients.push(Client::new(store, id, workload));
+    }
+    clients
+}
+
+/// Runs connected clients as [`record`] does.
+async fn run_clients(clients: Vec<Client>, workload: Workload, stop: Arc<AtomicBool>) -> Recording {
     // One zero for every client's times.
     let clock = Clock::new(0);
     let mut tasks = tokio::task::JoinSet::new();
-    for id in 0..workload.clients {
-        let store = connect().await.expect("connect a client");
+    for mut client in clients {
         let stop = Arc::clone(&stop);
-        let mut client = Client::new(store, id, &workload);
         tasks.spawn(async move {
             let mut recording = Recording::default();
             client.work(&workload, &stop, clock, &mut recording).await;

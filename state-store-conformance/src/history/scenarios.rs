@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use state_store_core::{Error, StateStore};
 
-use super::{audit, record, Run, Workload};
+use super::{audit, connect_clients, run_clients, Run, Workload};
 use crate::faults::{Link, LinkFault, TestServer};
 use crate::linearizability::Operation;
 
@@ -84,7 +84,8 @@ where
 }
 
 /// Records `workload` on handles from `connect` while `faults` runs, stops the clients when
-/// it ends, and [`audit`]s the recording.
+/// it ends, and [`audit`]s the recording. The clients connect first; `faults` starts with
+/// their first calls.
 pub async fn record_during<F, Fut>(
     connect: F,
     workload: Workload,
@@ -95,7 +96,8 @@ where
     Fut: Future<Output = Result<StateStore, Error>>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let recording = record(&connect, workload, Arc::clone(&stop));
+    let clients = connect_clients(&connect, &workload).await;
+    let recording = run_clients(clients, workload, Arc::clone(&stop));
     let faults = async {
         faults.await;
         stop.store(true, Ordering::Relaxed);

@@ -76,7 +76,7 @@ impl FaultProxy {
         })
     }
 
-    /// A proxy in front of the server of `url` (`scheme://127.0.0.1:port[/…]`), and the same
+    /// A proxy in front of the server of `url` (`scheme://[user@]127.0.0.1:port[/…]`), and the same
     /// URL pointing at the proxy.
     ///
     /// # Errors
@@ -92,9 +92,14 @@ impl FaultProxy {
         let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
-        let upstream: SocketAddr = authority.parse().map_err(|_| invalid())?;
+        // Credentials stay in the URL; the address after them is what the proxy stands for.
+        let (user, address) = match authority.rsplit_once('@') {
+            Some((user, address)) => (format!("{user}@"), address),
+            None => (String::new(), authority),
+        };
+        let upstream: SocketAddr = address.parse().map_err(|_| invalid())?;
         let proxy = FaultProxy::start(upstream)?;
-        let proxied = format!("{scheme}://127.0.0.1:{}{tail}", proxy.port);
+        let proxied = format!("{scheme}://{user}127.0.0.1:{}{tail}", proxy.port);
         Ok((proxy, proxied))
     }
 
