@@ -6,6 +6,7 @@ use serde_json::json;
 use state_store::StateStore;
 use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 use state_store_testkit::harness::nats::nats_url;
+use state_store_testkit::harness::postgres::postgres_url;
 use state_store_testkit::harness::redis::redis_url;
 use state_store_testkit::harness::temp_dir;
 
@@ -77,6 +78,13 @@ async fn on_redis() {
 #[tokio::test]
 async fn on_nats() {
     if let Some(url) = nats_url() {
+        run(&url).await;
+    }
+}
+
+#[tokio::test]
+async fn on_postgres() {
+    if let Some(url) = postgres_url() {
         run(&url).await;
     }
 }

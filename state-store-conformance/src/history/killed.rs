@@ -1,5 +1,5 @@
 //! Clients killed mid-call: worker processes record a history, and some are SIGKILLed while
-//! they run (on SQLite, a writer killed inside its transaction).
+//! they run (on SQLite, writers killed in the middle of a write).
 
 // A test suite reports a misbehaving store by panicking, like `assert!`.
 #![allow(clippy::expect_used)]
