@@ -1,6 +1,7 @@
 //! How to reach PostgreSQL, and where the state lives there.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,6 +36,16 @@ pub struct PostgresConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) sweep_interval: Duration,
     pub(crate) migrate: bool,
+    pub(crate) tls: TlsFiles,
+}
+
+/// Certificate files for servers with a private CA or that verify clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// A PEM file of certificate authorities to trust, besides the system's.
+    pub(crate) root_certificates: Option<PathBuf>,
+    /// Client certificate and key PEM files.
+    pub(crate) client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -62,18 +73,22 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("sweep_interval", &self.sweep_interval)
             .field("migrate", &self.migrate)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// Query parameters of ours; the rest go to tokio-postgres (libpq's: `sslmode`,
-/// `application_name`, `connect_timeout`, …).
-const OWN_PARAMETERS: [&str; 5] = [
+/// Query parameters of ours (libpq's names for the TLS files); the rest go to tokio-postgres
+/// (libpq's: `sslmode`, `application_name`, `connect_timeout`, …).
+const OWN_PARAMETERS: [&str; 8] = [
     "schema",
     "table",
     "pool_size",
     "request_timeout_ms",
     "migrate",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
 ];
 
 impl PostgresConfig {
@@ -81,6 +96,13 @@ impl PostgresConfig {
     /// URL form). Besides libpq's parameters: `schema` (default `public`), `table` (default
     /// `state_store`), `pool_size` (default 16), `request_timeout_ms` (default 5000) and
     /// `migrate=false` (do not create or upgrade the table on connect).
+    ///
+    /// TLS (the `rustls` feature): `sslmode=require` (libpq's `verify-ca` and `verify-full`
+    /// mean the same here: the server's certificate is always verified, name included),
+    /// `sslrootcert=<pem file>` for a private CA, `sslcert=<pem>&sslkey=<pem>` for a client
+    /// certificate; either file turns `require` on. Otherwise (libpq's default `prefer`,
+    /// which would accept any certificate unverified) the connection is plaintext: ask for
+    /// `require` where the network is not trusted.
     ///
     /// # Errors
     ///
@@ -99,6 +121,9 @@ impl PostgresConfig {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             if OWN_PARAMETERS.contains(&name) {
                 own.push((name, value));
+            } else if let ("sslmode", "verify-ca" | "verify-full") = (name, value) {
+                // rustls always verifies, the name too: libpq's strictest modes are ours.
+                passed.push("sslmode=require");
             } else {
                 passed.push(pair);
             }
@@ -112,7 +137,28 @@ impl PostgresConfig {
         let pg = tokio_postgres::Config::from_str(&rest)
             .map_err(|_| Error::config("not a PostgreSQL URL tokio-postgres understands"))?;
         let mut config = PostgresConfig::new(pg);
+        let mut client_files = (None, None);
         for (name, value) in own {
+            let path = || -> Result<PathBuf> {
+                Ok(PathBuf::from(percent_decode(value).ok_or_else(|| {
+                    Error::config(format!("the {name} path is not UTF-8"))
+                })?))
+            };
+            match name {
+                "sslrootcert" => {
+                    config.tls.root_certificates = Some(path()?);
+                    continue;
+                }
+                "sslcert" => {
+                    client_files.0 = Some(path()?);
+                    continue;
+                }
+                "sslkey" => {
+                    client_files.1 = Some(path()?);
+                    continue;
+                }
+                _ => {}
+            }
             let number = || {
                 value
                     .parse::<u64>()
@@ -136,7 +182,32 @@ impl PostgresConfig {
                 }),
             };
         }
+        config.tls.client_certificate = match client_files {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(Error::config("sslcert and sslkey go together")),
+        };
+        // Certificate files mean TLS, as `with_root_certificates` does.
+        if config.tls != TlsFiles::default() {
+            config.pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        config.check_tls()?;
         Ok(config)
+    }
+
+    /// Whether this build can do the TLS asked for: without the `rustls` feature, a required
+    /// TLS connection or certificate files are refused rather than ignored (the password would
+    /// go out in the clear).
+    fn check_tls(&self) -> Result<()> {
+        let wants_tls = self.pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+            || self.tls != TlsFiles::default();
+        if wants_tls && !cfg!(feature = "rustls") {
+            return Err(Error::config(
+                "TLS needs the `rustls` feature of state-store-postgres (postgres-rustls in \
+                 state-store)",
+            ));
+        }
+        Ok(())
     }
 
     /// [`PostgresConfig::from_url`] on the URL in `STATE_STORE_POSTGRES_URL`.
@@ -163,6 +234,7 @@ impl PostgresConfig {
             connect_timeout: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(60),
             migrate: true,
+            tls: TlsFiles::default(),
         }
     }
 
@@ -230,6 +302,29 @@ impl PostgresConfig {
         self
     }
 
+    /// Trusts the certificate authorities in this PEM file, besides the system's roots, for a
+    /// server with a certificate of a private CA (libpq's `sslrootcert`). Turns TLS on
+    /// (`sslmode=require`).
+    #[cfg(feature = "rustls")]
+    pub fn with_root_certificates(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self.pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to a server that verifies
+    /// clients (libpq's `sslcert` and `sslkey`). Turns TLS on (`sslmode=require`).
+    #[cfg(feature = "rustls")]
+    pub fn with_client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls.client_certificate = Some((cert.into(), key.into()));
+        self.pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        self
+    }
+
     /// The schema.
     pub fn schema(&self) -> &str {
         &self.schema
@@ -244,6 +339,14 @@ impl PostgresConfig {
     pub fn pg(&self) -> &tokio_postgres::Config {
         &self.pg
     }
+}
+
+/// A percent-decoded URL value; `None` when it is not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// `name` if it is a plain identifier: quoted in SQL, it means what it says.
@@ -298,6 +401,32 @@ mod tests {
                 other => panic!("{url}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tls_files_are_ours_and_verify_modes_mean_require() {
+        let parsed = PostgresConfig::from_url(
+            "postgres://u@localhost/db?sslmode=verify-full&sslrootcert=/etc/my%20ca.pem",
+        );
+        if cfg!(feature = "rustls") {
+            let config = parsed.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                config.pg.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require
+            );
+            assert_eq!(
+                config.tls.root_certificates,
+                Some(PathBuf::from("/etc/my ca.pem"))
+            );
+            assert!(PostgresConfig::from_url("postgres://u@localhost/db?sslcert=/c.pem").is_err());
+        } else {
+            assert!(
+                matches!(parsed, Err(Error::Config { ref message, .. }) if message.contains("rustls")),
+                "{parsed:?}"
+            );
+        }
+        // The default (prefer) needs nothing: it falls back to plaintext.
+        assert!(PostgresConfig::from_url("postgres://u@localhost/db").is_ok());
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub(crate) const STORE: &str = "postgres";
 /// in time, is `Unavailable`.
 pub(crate) fn map_pool(err: PoolError) -> Error {
     match err {
+        PoolError::Backend(err) if tls_failure(&err) => {
+            Error::config_with("TLS with the PostgreSQL server failed", err)
+        }
         PoolError::Backend(err) => match setting(&err) {
             Some(config) => config,
             None => Error::unavailable(STORE, err),
@@ -23,27 +26,27 @@ pub(crate) fn map_pool(err: PoolError) -> Error {
     }
 }
 
-/// A statement's failure. The server's answer (an error it sent) is definite: nothing
-/// changed. A lost connection is `Unavailable` for a read and, for a write, `OutcomeUnknown`
-/// when the statement may have reached the server (`written`).
+/// A statement's failure. An error the server sent is definite: the statement did not
+/// commit — `Unavailable` when it passes (a serialization failure, a deadlock, a cancelled
+/// statement, a server starting up or out of connections), else `Backend`. A lost connection
+/// or a server shutting down under the statement is `Unavailable` for a read and, for a
+/// write (`written`), `OutcomeUnknown`: the commit may have happened before the answer was
+/// lost.
 pub(crate) fn map(err: tokio_postgres::Error, written: bool) -> Error {
     if let Some(config) = setting(&err) {
         return config;
     }
     match err.code() {
-        // The server said no, for this statement: nothing changed.
-        Some(code) if !transient(code) => Error::backend(STORE, err),
+        Some(code) if not_committed(code) => Error::unavailable(STORE, err),
+        Some(code) if !terminated(code) => Error::backend(STORE, err),
         _ if written => Error::outcome_unknown(STORE, err),
         _ => Error::unavailable(STORE, err),
     }
 }
 
-/// Server states that pass: shutting down, starting up, out of connections, a serialization
-/// failure or deadlock (the statement did not commit).
-fn transient(code: &SqlState) -> bool {
+/// Refusals that pass, and mean the statement did not commit.
+fn not_committed(code: &SqlState) -> bool {
     [
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
         SqlState::CANNOT_CONNECT_NOW,
         SqlState::TOO_MANY_CONNECTIONS,
         SqlState::T_R_SERIALIZATION_FAILURE,
@@ -51,6 +54,12 @@ fn transient(code: &SqlState) -> bool {
         SqlState::QUERY_CANCELED,
     ]
     .contains(code)
+}
+
+/// The session ended under the statement (an administrator or a crash): a commit may have
+/// happened first.
+fn terminated(code: &SqlState) -> bool {
+    [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code)
 }
 
 /// A failure that a setting must fix: credentials, a database or schema that does not exist,
@@ -76,6 +85,20 @@ fn setting(err: &tokio_postgres::Error) -> Option<Error> {
 fn clone_db_error(err: &tokio_postgres::Error) -> String {
     err.as_db_error()
         .map_or_else(|| err.to_string(), |db| db.message().to_owned())
+}
+
+/// A TLS handshake that failed (an untrusted or unusable certificate, a server without TLS
+/// where it is required): a setting to fix, not an outage. tokio-postgres has no public
+/// error kind for it; its message is fixed. rustls reports a bad certificate as an I/O error
+/// of kind `InvalidData`; any other I/O error under the handshake (a reset, an early end) is
+/// a connection lost, an outage rather than a setting.
+fn tls_failure(err: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    let lost = err
+        .source()
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() != std::io::ErrorKind::InvalidData);
+    !lost && err.to_string().contains("TLS handshake")
 }
 
 /// Whether the statement failed because a value was not an integer or an increment left

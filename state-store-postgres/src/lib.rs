@@ -31,6 +31,8 @@ mod config;
 mod error;
 mod schema;
 mod store;
+#[cfg(feature = "rustls")]
+mod tls;
 
 pub use config::{PostgresConfig, POSTGRES_URL_VAR};
 pub use store::PostgresStateStore;

@@ -149,13 +149,23 @@ pub(crate) async fn migrate(
         sql.meta
     ))
     .await?;
-    let found: Option<i64> = tx
+    let found: Option<i64> = match tx
         .query_opt(
             &format!("SELECT value FROM {} WHERE name = 'schema'", sql.meta),
             &[],
         )
         .await?
-        .map(|row| row.get(0));
+        .map(|row| row.try_get(0))
+    {
+        None => None,
+        Some(Ok(version)) => Some(version),
+        Some(Err(_)) => {
+            return Ok(Err(Error::config(format!(
+                "{} is not this store's meta table (its value column is not a bigint)",
+                sql.meta
+            ))))
+        }
+    };
     match found {
         Some(version) if version > SCHEMA_VERSION => {
             return Ok(Err(Error::config(format!(

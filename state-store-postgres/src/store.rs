@@ -52,6 +52,8 @@ pub struct PostgresStateStore {
     closed: Arc<AtomicBool>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     server: Option<(String, u16)>,
+    /// `connect` built the pool, so `close` closes it; a pool of the caller's stays open.
+    owns_pool: bool,
 }
 
 impl fmt::Debug for PostgresStateStore {
@@ -72,13 +74,24 @@ impl PostgresStateStore {
     /// or a table written by a newer release; [`Error::Unavailable`] when no server answers
     /// within the connect timeout.
     pub async fn connect(config: PostgresConfig) -> Result<Self> {
-        let manager = Manager::from_config(
-            config.pg.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        // TLS with rustls for `sslmode=require` (the config refused it without the feature).
+        // libpq's `prefer` would take an unverified certificate, which rustls never does: it
+        // connects in plaintext, as it does without the feature.
+        #[cfg(feature = "rustls")]
+        let manager = match config.pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Manager::from_config(
+                config.pg.clone(),
+                crate::tls::connector(&config.tls)?,
+                manager_config,
+            ),
+            _ => Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config),
+        };
+        #[cfg(not(feature = "rustls"))]
+        let manager =
+            Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config);
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
@@ -87,17 +100,25 @@ impl PostgresStateStore {
             .recycle_timeout(Some(config.request_timeout))
             .build()
             .map_err(|e| Error::config_with("cannot build the connection pool", e))?;
-        Self::with_pool(pool, config).await
+        let mut store = Self::open(pool, config).await?;
+        store.owns_pool = true;
+        Ok(store)
     }
 
     /// A store on a pool of your own (deadpool-postgres), say one your service already has.
     /// `config` gives the schema, table, timeouts and sweep; its connection settings are not
-    /// used. Creates or upgrades the table as [`PostgresStateStore::connect`] does.
+    /// used, except its first host and port as the server named in metrics and spans.
+    /// Creates or upgrades the table as [`PostgresStateStore::connect`] does. Closing the
+    /// store leaves the pool open.
     ///
     /// # Errors
     ///
     /// As [`PostgresStateStore::connect`].
     pub async fn with_pool(pool: Pool, config: PostgresConfig) -> Result<Self> {
+        Self::open(pool, config).await
+    }
+
+    async fn open(pool: Pool, config: PostgresConfig) -> Result<Self> {
         let sql = Arc::new(Sql::new(&config.schema, &config.table));
         let store = PostgresStateStore {
             server: server_of(&config),
@@ -106,6 +127,7 @@ impl PostgresStateStore {
             closed: Arc::default(),
             sweeper: Mutex::new(None),
             config,
+            owns_pool: false,
         };
         if store.config.migrate {
             store.migrate().await?;
@@ -129,7 +151,8 @@ impl PostgresStateStore {
         let deadline = self.deadline();
         let mut client = self.client(deadline).await?;
         let result = tokio::time::timeout_at(deadline, migrate(&mut client, &self.sql)).await;
-        self.finish(client, result, true)?
+        // Creating what exists is harmless to repeat: a lost answer is only `Unavailable`.
+        self.finish(client, result, false)?
     }
 
     fn deadline(&self) -> Instant {
@@ -200,25 +223,32 @@ impl PostgresStateStore {
     }
 
     /// Deletes expired rows every sweep interval, a batch at a time, until the store closes.
+    /// Each batch has the request timeout; a connection that timed out is dropped, so a hung
+    /// server cannot keep a pool slot.
     fn start_sweeper(&self) {
         let (pool, sql, closed) = (
             self.pool.clone(),
             Arc::clone(&self.sql),
             Arc::clone(&self.closed),
         );
-        let interval = self.config.sweep_interval;
+        let (interval, timeout) = (self.config.sweep_interval, self.config.request_timeout);
         let task = tokio::spawn(async move {
             while !closed.load(Ordering::Acquire) {
                 tokio::time::sleep(interval).await;
-                let Ok(client) = pool.get().await else {
+                let Ok(Ok(client)) = tokio::time::timeout(timeout, pool.get()).await else {
                     continue;
                 };
                 loop {
-                    match client.execute(sql.sweep.as_str(), &[&SWEEP_BATCH]).await {
-                        Ok(deleted) if deleted >= u64::try_from(SWEEP_BATCH).unwrap_or(0) => {}
-                        Ok(_) => break,
-                        Err(err) => {
+                    let batch = client.execute(sql.sweep.as_str(), &[&SWEEP_BATCH]);
+                    match tokio::time::timeout(timeout, batch).await {
+                        Ok(Ok(deleted)) if deleted >= u64::try_from(SWEEP_BATCH).unwrap_or(0) => {}
+                        Ok(Ok(_)) => break,
+                        Ok(Err(err)) => {
                             tracing::debug!(error = %err, "postgres sweep failed");
+                            break;
+                        }
+                        Err(_) => {
+                            drop(Object::take(client));
                             break;
                         }
                     }
@@ -382,7 +412,9 @@ impl Backend for PostgresStateStore {
         {
             task.abort();
         }
-        self.pool.close();
+        if self.owns_pool {
+            self.pool.close();
+        }
         Ok(())
     }
 

@@ -34,9 +34,29 @@ async fn memory() -> StateStore {
 
 #[tokio::test]
 async fn allowed_requests_get_headers_and_denied_ones_429_with_retry_after() {
-    let store = memory().await;
+    limits_by_peer(&memory().await).await;
+}
+
+/// The same on PostgreSQL: the layer runs on any store unchanged.
+#[tokio::test]
+async fn the_layer_limits_on_postgres() {
+    let Some(url) = state_store_testkit::harness::postgres::postgres_url() else {
+        return;
+    };
+    let store = state_store::open(&url)
+        .await
+        .expect("open")
+        .with_prefix(&format!("layer-{}", std::process::id()))
+        .expect("prefix");
+    limits_by_peer(&store).await;
+    store.destroy().await.expect("destroy");
+}
+
+/// Two requests per minute per client: headers on the allowed ones, then 429 with
+/// `Retry-After`; another client has its own limit.
+async fn limits_by_peer(store: &StateStore) {
     let layer = RateLimitLayer::new(
-        Limiter::fixed_window(&store, 2, Duration::from_secs(60)),
+        Limiter::fixed_window(store, 2, Duration::from_secs(60)),
         PeerIp,
     );
     let service = layer.layer(tower::service_fn(ok));

@@ -8,6 +8,7 @@ use serde_json::json;
 use state_store::StateStore;
 use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 use state_store_testkit::harness::nats::nats_url;
+use state_store_testkit::harness::postgres::postgres_url;
 use state_store_testkit::harness::redis::redis_url;
 use state_store_testkit::harness::temp_dir;
 use state_store_tower::SessionStore;
@@ -208,6 +209,13 @@ async fn on_sqlite() {
 #[tokio::test]
 async fn on_redis() {
     if let Some(url) = redis_url() {
+        all(&url).await;
+    }
+}
+
+#[tokio::test]
+async fn on_postgres() {
+    if let Some(url) = postgres_url() {
         all(&url).await;
     }
 }

@@ -12,7 +12,7 @@
 //! | `redis://…`, `redis-cluster://…` (`rediss://…`: `redis-rustls`) | `redis` | `redis::RedisStateStore` |
 //! | `nats://…`, `tls://…` | `nats` | `nats::NatsStateStore` (JetStream KV) |
 //! | `dapr://host:port/<component>` | `dapr` | `dapr::DaprStateStore` |
-//! | `postgres://…`, `postgresql://…` | `postgres` | `postgres::PostgresStateStore` |
+//! | `postgres://…`, `postgresql://…` (`sslmode=require`: `postgres-rustls`) | `postgres` | `postgres::PostgresStateStore` |
 //!
 //! ```
 //! use serde_json::json;

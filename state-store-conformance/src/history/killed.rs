@@ -52,14 +52,21 @@ pub async fn histories_stay_linearizable_when_clients_are_killed(ctx: Context) {
         None => format!("{backend}-clients-killed"),
     };
     for seeded in seeded() {
-        let run = killing_clients(&ctx, workload(seeded.seed)).await;
+        let (run, kills) = killing_clients(&ctx, workload(seeded.seed)).await;
         judge(&scenario, seeded.seed, &run);
+        // Where clients run in processes, the case is about killing them: a run in which no
+        // kill landed (every victim gone before its next call) proved nothing.
+        assert!(
+            kills.is_none_or(|kills| kills > 0),
+            "{scenario}, seed {}: no client was killed during the run",
+            seeded.seed
+        );
     }
 }
 
 /// One run: [`KILLS`] kills among [`PROCESSES`] client processes, or tasks where the data
-/// cannot be shared.
-async fn killing_clients(ctx: &Context, workload: Workload) -> Run {
+/// cannot be shared. Returns the run and how many clients were killed (`None` for tasks).
+async fn killing_clients(ctx: &Context, workload: Workload) -> (Run, Option<usize>) {
     let connect = || async { Ok::<_, Error>(ctx.store().await) };
     let epoch = unix_nanos(SystemTime::now());
     let until = RUN.as_nanos();
@@ -73,11 +80,12 @@ async fn killing_clients(ctx: &Context, workload: Workload) -> Run {
             tokio::time::sleep(RUN).await;
             stop.store(true, Ordering::Relaxed);
         });
-        return audit(&connect, recording).await;
+        return (audit(&connect, recording).await, None);
     };
     let mut running = vec![first];
     running.extend((1..workload.clients).filter_map(spawn));
     let mut recording = Recording::default();
+    let mut kills = 0;
     let mut rng = StdRng::seed_from_u64(workload.seed);
     for kill in 0..KILLS {
         let wait = rng.random_range(Duration::from_millis(100)..Duration::from_millis(350));
@@ -94,19 +102,16 @@ async fn killing_clients(ctx: &Context, workload: Workload) -> Run {
         let (stop, lines) = running.swap_remove(victim);
         // It may have ended on its own already: then there is nothing to kill.
         let _ = stop.send(());
-        fold(
-            lines.await.expect("a client process's reader"),
-            &mut recording,
-        );
+        let (lines, killed) = lines.await.expect("a client process's reader");
+        kills += usize::from(killed);
+        fold(lines, &mut recording);
         running.extend(spawn(workload.clients + kill));
     }
     for (_, lines) in running {
-        fold(
-            lines.await.expect("a client process's reader"),
-            &mut recording,
-        );
+        let (lines, _) = lines.await.expect("a client process's reader");
+        fold(lines, &mut recording);
     }
-    audit(&connect, recording).await
+    (audit(&connect, recording).await, Some(kills))
 }
 
 /// What each client process does: four at a time, until [`RUN`] is over.
@@ -126,9 +131,9 @@ fn unix_nanos(at: SystemTime) -> u64 {
 
 /// Reads a client process's lines until it exits, or, once told to kill it, until it
 /// announces a call: then kills it, in the middle of that call if the call has not already
-/// returned, and reads what it had sent. Returns the lines; panics if the process failed on
-/// its own.
-fn watch(mut worker: Worker) -> (oneshot::Sender<()>, JoinHandle<Vec<String>>) {
+/// returned, and reads what it had sent. Returns the lines and whether it killed the
+/// process; panics if the process failed on its own.
+fn watch(mut worker: Worker) -> (oneshot::Sender<()>, JoinHandle<(Vec<String>, bool)>) {
     let (stop, mut stopped) = oneshot::channel::<()>();
     let lines = tokio::spawn(async move {
         let mut lines = Vec::new();
@@ -144,7 +149,7 @@ fn watch(mut worker: Worker) -> (oneshot::Sender<()>, JoinHandle<Vec<String>>) {
                             while let Some(line) = worker.next().await {
                                 lines.push(line);
                             }
-                            return lines;
+                            return (lines, true);
                         }
                     }
                     None => break,
@@ -153,7 +158,7 @@ fn watch(mut worker: Worker) -> (oneshot::Sender<()>, JoinHandle<Vec<String>>) {
             }
         }
         lines.extend(worker.finish().await);
-        lines
+        (lines, false)
     });
     (stop, lines)
 }

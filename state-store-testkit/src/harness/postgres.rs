@@ -14,7 +14,7 @@ use std::time::Duration;
 use state_store_conformance::faults::TestServer;
 
 use super::container::{choose, Tier};
-use super::{free_port, temp_dir, unavailable, with_port_retries, Supervised, TempDir};
+use super::{free_port, temp_dir, unavailable, wait_for, with_port_retries, Supervised, TempDir};
 
 /// Env var with the URL of a PostgreSQL to use instead of spawning one.
 pub const POSTGRES_URL_VAR: &str = "STATE_STORE_TEST_POSTGRES_URL";
@@ -98,6 +98,25 @@ fn as_server_user(program: &Path, args: &[String]) -> (PathBuf, Vec<String>) {
     }
 }
 
+/// Gives `path` to the `postgres` user when running as root (PostgreSQL will not run as root).
+fn give_to_server_user(path: &Path) -> Result<(), String> {
+    if is_root() {
+        let (uid, gid) = (postgres_id("-u")?, postgres_id("-g")?);
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot give {} to postgres: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a file only the server's user may read.
+fn write_for_server(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    give_to_server_user(path)
+}
+
 /// A PostgreSQL server this test owns, on a free loopback port, with its own data directory.
 #[derive(Debug)]
 pub struct PostgresServer {
@@ -116,23 +135,48 @@ impl PostgresServer {
     ///
     /// When the binaries are missing, or the cluster cannot be created or does not come up.
     pub fn spawn() -> Result<Self, String> {
+        Self::spawn_with(None)
+    }
+
+    /// A server that also accepts TLS with `certificates`' server certificate (it still
+    /// accepts plaintext: clients choose with `sslmode`). The URL is the same as without.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresServer::spawn`].
+    pub fn spawn_tls(certificates: &super::tls::Certificates) -> Result<Self, String> {
+        Self::spawn_with(Some(certificates))
+    }
+
+    fn spawn_with(tls: Option<&super::tls::Certificates>) -> Result<Self, String> {
         if let Tier::Container = choose("postgres", bin_dir)? {
             return Err("PostgreSQL runs from local binaries only".to_owned());
         }
         let bin = bin_dir()?;
         let dir = temp_dir("postgres");
-        if is_root() {
-            let (uid, gid) = (postgres_id("-u")?, postgres_id("-g")?);
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| format!("cannot give the data directory to postgres: {e}"))?;
-        }
+        give_to_server_user(dir.path())?;
         let password_file = dir.path().join("password");
-        std::fs::write(&password_file, PASSWORD)
-            .map_err(|e| format!("cannot write the password file: {e}"))?;
-        if is_root() {
-            let (uid, gid) = (postgres_id("-u")?, postgres_id("-g")?);
-            std::os::unix::fs::chown(&password_file, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot give the password file to postgres: {e}"))?;
+        write_for_server(&password_file, PASSWORD.as_bytes())?;
+        let mut extra = Vec::new();
+        if let Some(certificates) = tls {
+            let (cert, key) = certificates.server();
+            // The server reads its key only when its user owns it and nobody else may read it.
+            for (from, to) in [(cert, "server.pem"), (key, "server-key.pem")] {
+                let pem = std::fs::read(&from).map_err(|e| format!("cannot read {to}: {e}"))?;
+                write_for_server(&dir.path().join(to), &pem)?;
+            }
+            extra.extend(
+                [
+                    "ssl=on".to_owned(),
+                    format!("ssl_cert_file={}", dir.path().join("server.pem").display()),
+                    format!(
+                        "ssl_key_file={}",
+                        dir.path().join("server-key.pem").display()
+                    ),
+                ]
+                .into_iter()
+                .flat_map(|setting| ["-c".to_owned(), setting]),
+            );
         }
         let data = dir.path().join("data");
         let args = [
@@ -174,6 +218,7 @@ impl PostgresServer {
                 "-c".to_owned(),
                 "max_connections=300".to_owned(),
             ];
+            let args: Vec<String> = args.iter().chain(&extra).cloned().collect();
             let (program, args) = as_server_user(&bin.join("postgres"), &args);
             let mut server = Supervised::new(program, args, dir.path().join("postgres.log"));
             server.start(START_TIMEOUT, || postgres_answers(&bin, port))?;
@@ -220,14 +265,21 @@ impl Drop for PostgresServer {
 }
 
 /// PostgreSQL is a process per connection under the postmaster: a fault must reach them all.
-/// Each one first stops the postmaster, so that it starts no new backend meanwhile.
+/// Each one first freezes the postmaster and waits until it has stopped, so that it forks no
+/// new backend while the backends are listed.
 impl TestServer for PostgresServer {
     fn crash(&mut self) {
         if let Some(pid) = self.server.pid() {
-            signal("-STOP", &[pid]);
-            signal("-KILL", &children_of(pid));
+            let _ = self.server.pause();
+            let backends = children_of(pid);
+            signal("-KILL", &backends);
+            self.server.crash();
+            // A backend still attached to shared memory would keep the next postmaster from
+            // starting: wait until they are all gone (or zombies).
+            wait_for(Duration::from_secs(10), || {
+                backends.iter().all(|&pid| !alive(pid))
+            });
         }
-        self.server.crash();
     }
 
     fn restart(&mut self) -> Result<(), String> {
@@ -237,9 +289,9 @@ impl TestServer for PostgresServer {
 
     fn pause(&mut self) -> Result<(), String> {
         let pid = self.server.pid().ok_or("the server is not running")?;
-        signal("-STOP", &[pid]);
+        self.server.pause()?;
         signal("-STOP", &children_of(pid));
-        self.server.pause()
+        Ok(())
     }
 
     fn resume(&mut self) -> Result<(), String> {
@@ -247,6 +299,16 @@ impl TestServer for PostgresServer {
         signal("-CONT", &children_of(pid));
         self.server.resume()
     }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 /// Sends `signal` to `pids` (none: nothing to do).

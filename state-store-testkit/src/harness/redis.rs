@@ -256,7 +256,11 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
             Some(ClusterNode {
                 id: (*id).to_owned(),
                 port,
-                master: flags.split(',').any(|flag| flag == "master") && !flags.contains("fail"),
+                // `fail` or `fail?` (not `nofailover`): a master others think is down.
+                master: flags.split(',').any(|flag| flag == "master")
+                    && !flags
+                        .split(',')
+                        .any(|flag| flag == "fail" || flag == "fail?"),
                 master_id: (*master != "-").then(|| (*master).to_owned()),
                 slots,
             })
