@@ -23,6 +23,12 @@ pub(crate) struct Sql {
     table_name: String,
     /// `(keys bytea[])` → `key, value, version, milliseconds left`.
     pub(crate) get: String,
+    /// `(key)` → as `get`, for one key (an equality the planner serves best).
+    pub(crate) get_one: String,
+    /// `(keys bytea[])` → `key, value`: what a read without versions needs.
+    pub(crate) values: String,
+    /// `(key)` → as `values`, for one key.
+    pub(crate) value_one: String,
     /// `(key, value, ttl ms)` → version.
     pub(crate) upsert: String,
     /// As `upsert`, keeping a live row's deadline.
@@ -54,12 +60,13 @@ impl Sql {
             "INSERT INTO {t} AS s (key, value, version, expires_at)
              VALUES ($1, $2, {next}, now() + $3::bigint {MS})"
         );
+        let entry = "key, value, version,
+                     CEIL(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
         Sql {
-            get: format!(
-                "SELECT key, value, version,
-                        CEIL(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint
-                 FROM {t} s WHERE key = ANY($1) AND {live}"
-            ),
+            get: format!("SELECT {entry} FROM {t} s WHERE key = ANY($1) AND {live}"),
+            get_one: format!("SELECT {entry} FROM {t} s WHERE key = $1 AND {live}"),
+            values: format!("SELECT key, value FROM {t} s WHERE key = ANY($1) AND {live}"),
+            value_one: format!("SELECT key, value FROM {t} s WHERE key = $1 AND {live}"),
             upsert: format!(
                 "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
                  version = excluded.version, expires_at = excluded.expires_at

@@ -285,6 +285,43 @@ fn server_of(config: &PostgresConfig) -> Option<(String, u16)> {
     Some((host, port))
 }
 
+impl PostgresStateStore {
+    /// The live rows among `keys`: one key by equality (`one`), more in one `= ANY` query
+    /// (`many`).
+    async fn read(
+        &self,
+        keys: &[String],
+        one: &str,
+        many: &str,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        match keys {
+            [key] => self.query(one, &[&key.as_bytes()], false).await,
+            _ => {
+                let wanted: Vec<&[u8]> = keys.iter().map(String::as_bytes).collect();
+                self.query(many, &[&wanted], false).await
+            }
+        }
+    }
+}
+
+/// `decode(row)` for each of `keys` that has a row (first column: the key), in request
+/// order; a name asked twice is answered twice.
+fn by_key<T: Clone>(
+    keys: &[String],
+    rows: Vec<tokio_postgres::Row>,
+    decode: impl Fn(&tokio_postgres::Row) -> Result<T>,
+) -> Result<Vec<Option<T>>> {
+    let mut found: HashMap<Vec<u8>, T> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key: Vec<u8> = row.try_get(0).map_err(|e| Error::backend(STORE, e))?;
+        found.insert(key, decode(row)?);
+    }
+    Ok(keys
+        .iter()
+        .map(|key| found.get(key.as_bytes()).cloned())
+        .collect())
+}
+
 /// A deadline `ttl` from now in whole milliseconds, rounded up; `None` for no TTL.
 fn ttl_ms(ttl: Option<Duration>) -> Option<i64> {
     ttl.map(|ttl| i64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX))
@@ -326,29 +363,28 @@ impl Backend for PostgresStateStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        let wanted: Vec<&[u8]> = keys.iter().map(String::as_bytes).collect();
-        let rows = self.query(&self.sql.get, &[&wanted], false).await?;
-        let mut found: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let decode = |e| Error::backend(STORE, e);
-            let key: Vec<u8> = row.try_get(0).map_err(decode)?;
+        let rows = self.read(keys, &self.sql.get_one, &self.sql.get).await?;
+        let decode = |e| Error::backend(STORE, e);
+        by_key(keys, rows, |row| {
             let value: String = row.try_get(1).map_err(decode)?;
             let version: i64 = row.try_get(2).map_err(decode)?;
             let left: Option<i64> = row.try_get(3).map_err(decode)?;
-            found.insert(
-                key,
-                Entry {
-                    value: value.into_bytes(),
-                    version: Version::new(version.to_string()),
-                    expires_in: left
-                        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
-                },
-            );
-        }
-        Ok(keys
-            .iter()
-            .map(|key| found.get(key.as_bytes()).cloned())
-            .collect())
+            Ok(Entry {
+                value: value.into_bytes(),
+                version: Version::new(version.to_string()),
+                expires_in: left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            })
+        })
+    }
+
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let rows = self
+            .read(keys, &self.sql.value_one, &self.sql.values)
+            .await?;
+        by_key(keys, rows, |row| {
+            let value: String = row.try_get(1).map_err(|e| Error::backend(STORE, e))?;
+            Ok(value.into_bytes())
+        })
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
