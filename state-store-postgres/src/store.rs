@@ -308,11 +308,11 @@ impl PostgresStateStore {
 /// order; a name asked twice is answered twice.
 fn by_key<T: Clone>(
     keys: &[String],
-    rows: Vec<tokio_postgres::Row>,
+    rows: &[tokio_postgres::Row],
     decode: impl Fn(&tokio_postgres::Row) -> Result<T>,
 ) -> Result<Vec<Option<T>>> {
     let mut found: HashMap<Vec<u8>, T> = HashMap::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let key: Vec<u8> = row.try_get(0).map_err(|e| Error::backend(STORE, e))?;
         found.insert(key, decode(row)?);
     }
@@ -365,7 +365,7 @@ impl Backend for PostgresStateStore {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
         let rows = self.read(keys, &self.sql.get_one, &self.sql.get).await?;
         let decode = |e| Error::backend(STORE, e);
-        by_key(keys, rows, |row| {
+        by_key(keys, &rows, |row| {
             let value: String = row.try_get(1).map_err(decode)?;
             let version: i64 = row.try_get(2).map_err(decode)?;
             let left: Option<i64> = row.try_get(3).map_err(decode)?;
@@ -381,7 +381,7 @@ impl Backend for PostgresStateStore {
         let rows = self
             .read(keys, &self.sql.value_one, &self.sql.values)
             .await?;
-        by_key(keys, rows, |row| {
+        by_key(keys, &rows, |row| {
             let value: String = row.try_get(1).map_err(|e| Error::backend(STORE, e))?;
             Ok(value.into_bytes())
         })
