@@ -171,6 +171,7 @@ macro_rules! __conformance_cases {
             listings {
                 list_returns_exactly_the_names_under_a_prefix
                 watch_sees_every_change_in_order
+                watch_sees_concurrent_writers_in_order
                 watch_resumes_after_a_version
             }
             history {

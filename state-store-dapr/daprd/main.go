@@ -1,6 +1,6 @@
 // Copyright 2023 The Dapr Authors; Apache License 2.0.
 // Adapted from github.com/dapr/dapr v1.18.1 cmd/daprd/app/app.go: the same runtime start-up,
-// with only the state.in-memory and state.redis components registered (see components.go).
+// with only the state.in-memory, state.redis, state.postgresql (v2) and state.sqlite components registered (see components.go).
 
 package main
 

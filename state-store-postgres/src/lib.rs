@@ -33,6 +33,7 @@ mod schema;
 mod store;
 #[cfg(feature = "rustls")]
 mod tls;
+mod watch;
 
 pub use config::{PostgresConfig, POSTGRES_URL_VAR};
 pub use store::PostgresStateStore;

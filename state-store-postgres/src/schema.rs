@@ -5,7 +5,7 @@ use tokio_postgres::Client;
 
 /// The schema this release writes. A table with a higher one was written by a newer release
 /// and is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Milliseconds as an interval, from a `bigint` parameter (`NULL` stays `NULL`: no deadline).
 const MS: &str = "* interval '1 millisecond'";
@@ -17,8 +17,14 @@ pub(crate) struct Sql {
     table: String,
     /// `"schema"."table_meta"`: the schema version.
     meta: String,
-    /// `"schema"."table_version"`: versions.
+    /// `"schema"."table_version"`: versions, and the numbers of the change feed.
     sequence: String,
+    /// `"schema"."table_changes"`: the change feed.
+    changes: String,
+    /// `"schema"."table_feed"()`: whether the feed is held open (and then a `NOTIFY`).
+    feed: String,
+    /// The channel a write notifies while the feed is held.
+    pub(crate) channel: String,
     schema_name: String,
     table_name: String,
     /// `(keys bytea[])` → `key, value, version, milliseconds left`.
@@ -45,8 +51,31 @@ pub(crate) struct Sql {
     pub(crate) increment: String,
     /// `(from, below or NULL, after or NULL, limit)` → live keys in byte order.
     pub(crate) list: String,
-    /// `(batch)`: deletes up to `batch` expired rows.
+    /// `(batch)` → how many expired rows it deleted, up to `batch`.
     pub(crate) sweep: String,
+    /// `(batch, retention ms)` → how many changes older than the retention it deleted.
+    pub(crate) trim: String,
+    /// `(hold ms)`: holds the feed open that much longer; after a lapse, first records the
+    /// gap.
+    pub(crate) hold: String,
+    /// `()` → the highest change number whose change is final (committed or abandoned).
+    pub(crate) fence: String,
+    /// `()` → the sequence's last value, without waiting: whether a fence is worth taking.
+    pub(crate) last_value: String,
+    /// `(after, up to, limit)` → the trim watermark, then `seq, key, op, value` per change.
+    pub(crate) read_changes: String,
+}
+
+/// What a change-feed row records (`op`).
+pub(crate) mod op {
+    /// A write: `value` holds the new value; `seq` is the key's new version.
+    pub(crate) const PUT: i16 = 0;
+    /// A removal by a caller.
+    pub(crate) const REMOVED: i16 = 1;
+    /// A removal because the TTL ran out.
+    pub(crate) const EXPIRED: i16 = 2;
+    /// The feed had lapsed (nobody watched): changes before this were not all recorded.
+    pub(crate) const GAP: i16 = 3;
 }
 
 impl Sql {
@@ -54,12 +83,39 @@ impl Sql {
     pub(crate) fn new(schema: &str, table: &str) -> Self {
         let t = format!("\"{schema}\".\"{table}\"");
         let sequence = format!("\"{schema}\".\"{table}_version\"");
+        let changes = format!("\"{schema}\".\"{table}_changes\"");
+        let meta = format!("\"{schema}\".\"{table}_meta\"");
+        let feed = format!("\"{schema}\".\"{table}_feed\"");
+        let feed_lock = format!("hashtext('state-store-feed:{schema}.{table}')::bigint");
         let next = format!("nextval('{}')", sequence.replace('\'', "''"));
         let live = "(s.expires_at IS NULL OR s.expires_at > now())";
+        // Every write holds the feed lock shared from before it takes a number from the
+        // sequence until it commits, so once a fence has held it exclusively, every number up
+        // to the sequence's value then is final: a watcher reading up to it never sees a
+        // smaller one commit later. The data statement reads `l` to take the lock first.
+        let locked = format!("WITH l AS (SELECT pg_advisory_xact_lock_shared({feed_lock}))");
+        // While the feed is held, a write's change rows go to the feed in the same statement.
+        // A key's new version is taken after its row is locked (`SET version = nextval`, not
+        // the inserted value's), so one key's versions grow in commit order and the version
+        // doubles as the change number.
+        let put_change = format!(
+            "c AS (INSERT INTO {changes} (seq, key, op, value)
+                   SELECT version, key, {put}, value FROM w WHERE {feed}())",
+            put = op::PUT
+        );
+        let removal = |cause: &str| {
+            format!(
+                "c AS (INSERT INTO {changes} (seq, key, op)
+                       SELECT {next}, key, {cause} FROM w WHERE {feed}())"
+            )
+        };
         let insert = format!(
             "INSERT INTO {t} AS s (key, value, version, expires_at)
-             VALUES ($1, $2, {next}, now() + $3::bigint {MS})"
+             SELECT $1::bytea, $2::text, {next}, now() + $3::bigint {MS} FROM l"
         );
+        let put = |data: &str, result: &str| {
+            format!("{locked}, w AS ({data} RETURNING key, value, version), {put_change} SELECT {result} FROM w")
+        };
         let entry = "key, value, version,
                      CEIL(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
         Sql {
@@ -67,45 +123,68 @@ impl Sql {
             get_one: format!("SELECT {entry} FROM {t} s WHERE key = $1 AND {live}"),
             values: format!("SELECT key, value FROM {t} s WHERE key = ANY($1) AND {live}"),
             value_one: format!("SELECT key, value FROM {t} s WHERE key = $1 AND {live}"),
-            upsert: format!(
-                "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                 version = excluded.version, expires_at = excluded.expires_at
-                 RETURNING version"
+            upsert: put(
+                &format!(
+                    "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                     version = {next}, expires_at = excluded.expires_at"
+                ),
+                "version",
             ),
-            upsert_keep_ttl: format!(
-                "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                 version = excluded.version,
-                 expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END
-                 RETURNING version"
+            upsert_keep_ttl: put(
+                &format!(
+                    "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                     version = {next},
+                     expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END"
+                ),
+                "version",
             ),
-            create: format!(
-                "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                 version = excluded.version, expires_at = excluded.expires_at
-                 WHERE NOT {live}
-                 RETURNING version"
+            create: put(
+                &format!(
+                    "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                     version = {next}, expires_at = excluded.expires_at
+                     WHERE NOT {live}"
+                ),
+                "version",
             ),
-            update: format!(
-                "UPDATE {t} s SET value = $2, version = {next},
-                 expires_at = CASE WHEN $5 THEN s.expires_at ELSE now() + $3::bigint {MS} END
-                 WHERE key = $1 AND version = $4 AND {live}
-                 RETURNING version"
+            update: put(
+                &format!(
+                    "UPDATE {t} s SET value = $2, version = {next},
+                     expires_at = CASE WHEN $5 THEN s.expires_at ELSE now() + $3::bigint {MS} END
+                     FROM l WHERE key = $1 AND version = $4 AND {live}"
+                ),
+                "version",
             ),
-            remove: format!("DELETE FROM {t} s WHERE key = $1 RETURNING {live}"),
+            // Removing an expired row reports the expiry.
+            remove: format!(
+                "{locked}, w AS (DELETE FROM {t} s USING l WHERE key = $1
+                                 RETURNING key, {live} AS live),
+                 {} SELECT live FROM w",
+                removal(&format!(
+                    "CASE WHEN live THEN {} ELSE {} END",
+                    op::REMOVED,
+                    op::EXPIRED
+                ))
+            ),
             remove_if: format!(
-                "DELETE FROM {t} s WHERE key = $1 AND version = $2 AND {live} RETURNING true"
+                "{locked}, w AS (DELETE FROM {t} s USING l
+                                 WHERE key = $1 AND version = $2 AND {live} RETURNING key),
+                 {} SELECT true FROM w",
+                removal(&op::REMOVED.to_string())
             ),
             // A live value must be a canonical JSON integer; the sum leaving bigint's range
             // raises numeric_value_out_of_range, which the store reports as NotAnInteger.
-            increment: format!(
-                "INSERT INTO {t} AS s (key, value, version, expires_at)
-                 VALUES ($1, $2::bigint::text, {next}, now() + $3::bigint {MS})
-                 ON CONFLICT (key) DO UPDATE SET
-                 value = CASE WHEN {live} THEN (s.value::bigint + $2::bigint)::text
-                         ELSE excluded.value END,
-                 version = excluded.version,
-                 expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END
-                 WHERE NOT {live} OR s.value ~ '^(0|-?[1-9][0-9]*)$'
-                 RETURNING value::bigint"
+            increment: put(
+                &format!(
+                    "INSERT INTO {t} AS s (key, value, version, expires_at)
+                     SELECT $1::bytea, $2::bigint::text, {next}, now() + $3::bigint {MS} FROM l
+                     ON CONFLICT (key) DO UPDATE SET
+                     value = CASE WHEN {live} THEN (s.value::bigint + $2::bigint)::text
+                             ELSE excluded.value END,
+                     version = {next},
+                     expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END
+                     WHERE NOT {live} OR s.value ~ '^(0|-?[1-9][0-9]*)$'"
+                ),
+                "value::bigint",
             ),
             list: format!(
                 "SELECT key FROM {t} s
@@ -114,16 +193,73 @@ impl Sql {
                  ORDER BY key LIMIT $4"
             ),
             sweep: format!(
-                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM {t} WHERE expires_at <= now() LIMIT $1))"
+                "{locked}, w AS (DELETE FROM {t} WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM {t}, l WHERE expires_at <= now() LIMIT $1)) RETURNING key),
+                 {} SELECT count(*) FROM w",
+                removal(&op::EXPIRED.to_string())
             ),
-            meta: format!("\"{schema}\".\"{table}_meta\""),
+            trim: format!(
+                "WITH d AS (DELETE FROM {changes} WHERE seq IN (
+                     SELECT seq FROM {changes} WHERE at < now() - $2::bigint {MS}
+                     ORDER BY seq LIMIT $1) RETURNING seq),
+                 u AS (UPDATE {meta} SET value = GREATEST(value, (SELECT max(seq) FROM d))
+                       WHERE name = 'trimmed' AND EXISTS (SELECT 1 FROM d))
+                 SELECT count(*) FROM d"
+            ),
+            // Exclusive: no write is between its number and its commit. `{feed}()` reads the
+            // hold after the lock, on the clock: a write that found it lapsed is older than
+            // this, so the gap row goes after its number.
+            hold: format!(
+                "WITH l AS (SELECT pg_advisory_xact_lock({feed_lock})),
+                 h AS (SELECT {feed}() AS held FROM l),
+                 g AS (INSERT INTO {changes} (seq, key, op)
+                       SELECT {next}, ''::bytea, {gap} FROM h WHERE NOT held),
+                 u AS (UPDATE {meta} SET value = GREATEST(value,
+                           (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint + $1)
+                       WHERE name = 'feed_until' AND EXISTS (SELECT 1 FROM h))
+                 SELECT held FROM h",
+                gap = op::GAP
+            ),
+            // The last value, read before or after the lock: either way every write that took
+            // a number up to it held the lock shared then, and has finished once this holds
+            // it. (`is_called` false: nothing taken yet, and the next number is `last_value`.)
+            fence: format!(
+                "WITH l AS (SELECT pg_advisory_xact_lock({feed_lock}))
+                 SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}, l"
+            ),
+            last_value: format!(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"
+            ),
+            // One snapshot: a trim is seen both in the watermark and in the missing rows.
+            read_changes: format!(
+                "SELECT m.value, c.seq, c.key, c.op, c.value FROM {meta} m
+                 LEFT JOIN LATERAL (SELECT seq, key, op, value FROM {changes}
+                                    WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3) c
+                   ON true
+                 WHERE m.name = 'trimmed' ORDER BY c.seq"
+            ),
+            channel: channel(schema, table),
+            meta,
+            changes,
+            feed,
             table: t,
             sequence,
             schema_name: schema.to_owned(),
             table_name: table.to_owned(),
         }
     }
+}
+
+/// The `NOTIFY` channel of a table: a name within PostgreSQL's 63 bytes whatever the schema
+/// and table are called, the same in every process (FNV-1a, not the std hasher's random
+/// keys).
+fn channel(schema: &str, table: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in schema.bytes().chain([b'.']).chain(table.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("state_store_{hash:016x}")
 }
 
 /// Creates or upgrades the table, under an advisory lock so that processes starting together
@@ -181,30 +317,83 @@ pub(crate) async fn migrate(
                 sql.table
             ))));
         }
-        Some(_) => {}
+        Some(version) => {
+            if version < 2 {
+                upgrade_to_2(&tx, sql).await?;
+            }
+        }
         None => {
-            // Keys are bytea: any string, compared byte by byte, so a prefix is a range of
-            // the primary key. Values are JSON text (not jsonb: that rejects \u0000 and
-            // reorders objects).
-            tx.batch_execute(&format!(
-                "CREATE SEQUENCE IF NOT EXISTS {seq};
-                 CREATE TABLE IF NOT EXISTS {t} (
-                     key bytea PRIMARY KEY,
-                     value text NOT NULL,
-                     version bigint NOT NULL,
-                     expires_at timestamptz
-                 );
-                 CREATE INDEX IF NOT EXISTS \"{name}_expires_at\" ON {t} (expires_at)
-                     WHERE expires_at IS NOT NULL;
-                 INSERT INTO {meta} (name, value) VALUES ('schema', {SCHEMA_VERSION});",
-                seq = sql.sequence,
-                t = sql.table,
-                name = sql.table_name,
-                meta = sql.meta,
-            ))
-            .await?;
+            create_version_1(&tx, sql).await?;
+            upgrade_to_2(&tx, sql).await?;
         }
     }
     tx.commit().await?;
     Ok(Ok(()))
+}
+
+/// The table as the first release made it.
+async fn create_version_1(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &Sql,
+) -> Result<(), tokio_postgres::Error> {
+    // Keys are bytea: any string, compared byte by byte, so a prefix is a range of the
+    // primary key. Values are JSON text (not jsonb: that rejects \u0000 and reorders
+    // objects).
+    tx.batch_execute(&format!(
+        "CREATE SEQUENCE IF NOT EXISTS {seq};
+         CREATE TABLE IF NOT EXISTS {t} (
+             key bytea PRIMARY KEY,
+             value text NOT NULL,
+             version bigint NOT NULL,
+             expires_at timestamptz
+         );
+         CREATE INDEX IF NOT EXISTS \"{name}_expires_at\" ON {t} (expires_at)
+             WHERE expires_at IS NOT NULL;
+         INSERT INTO {meta} (name, value) VALUES ('schema', 1);",
+        seq = sql.sequence,
+        t = sql.table,
+        name = sql.table_name,
+        meta = sql.meta,
+    ))
+    .await
+}
+
+/// Version 2: the change feed a watch follows. Rows are recorded only while some watch holds
+/// the feed open (`feed_until`, epoch milliseconds); `trimmed` is the highest change number
+/// the sweep has deleted.
+async fn upgrade_to_2(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &Sql,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {changes} (
+             seq bigint PRIMARY KEY,
+             key bytea NOT NULL,
+             op smallint NOT NULL,
+             value text,
+             at timestamptz NOT NULL DEFAULT now()
+         );
+         INSERT INTO {meta} (name, value) VALUES ('feed_until', 0), ('trimmed', 0)
+             ON CONFLICT (name) DO NOTHING;
+         CREATE OR REPLACE FUNCTION {feed}() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $f$
+         DECLARE held boolean;
+         BEGIN
+             -- plpgsql, not SQL: it is never inlined, and each query in it takes a fresh
+             -- snapshot, so it sees a hold that committed while the calling statement waited
+             -- for the feed lock.
+             SELECT value > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint INTO held
+                 FROM {meta} WHERE name = 'feed_until';
+             IF held THEN
+                 PERFORM pg_notify('{channel}', '');
+             END IF;
+             RETURN coalesce(held, false);
+         END
+         $f$;
+         UPDATE {meta} SET value = 2 WHERE name = 'schema';",
+        changes = sql.changes,
+        meta = sql.meta,
+        feed = sql.feed,
+        channel = sql.channel,
+    ))
+    .await
 }

@@ -9,14 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use state_store_core::{
-    Backend, Capabilities, Entry, Error, Extensions, Increment, KeyPage, ListKeys, Result, SetMode,
-    SetOptions, Version,
+    Backend, Capabilities, Entry, Error, Extensions, Increment, KeyPage, KeySelector, ListKeys,
+    Result, SetMode, SetOptions, Version, WatchKeys, WatchStart, WatchStream, WatchSupport,
 };
 use tokio::time::Instant;
 
 use crate::config::PostgresConfig;
 use crate::error::{closed, map, map_pool, not_an_integer, STORE};
 use crate::schema::{migrate, Sql};
+use crate::watch::{Feed, Listen, Listener, RETENTION};
 
 /// Rows one sweep statement deletes at most, so a sweep never holds many row locks at once.
 const SWEEP_BATCH: i64 = 1000;
@@ -46,6 +47,7 @@ const SWEEP_BATCH: i64 = 1000;
 /// # }
 /// ```
 pub struct PostgresStateStore {
+    listen: Option<Arc<dyn Listen>>,
     pool: Pool,
     sql: Arc<Sql>,
     config: PostgresConfig,
@@ -80,18 +82,35 @@ impl PostgresStateStore {
         // TLS with rustls for `sslmode=require` (the config refused it without the feature).
         // libpq's `prefer` would take an unverified certificate, which rustls never does: it
         // connects in plaintext, as it does without the feature.
+        // Watches `LISTEN` on a connection of their own, made the same way.
         #[cfg(feature = "rustls")]
-        let manager = match config.pg.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Require => Manager::from_config(
-                config.pg.clone(),
-                crate::tls::connector(&config.tls)?,
-                manager_config,
+        let (manager, listen): (_, Arc<dyn Listen>) = match config.pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                let tls = crate::tls::connector(&config.tls)?;
+                (
+                    Manager::from_config(config.pg.clone(), tls.clone(), manager_config),
+                    Arc::new(Listener {
+                        config: config.pg.clone(),
+                        tls,
+                    }),
+                )
+            }
+            _ => (
+                Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config),
+                Arc::new(Listener {
+                    config: config.pg.clone(),
+                    tls: tokio_postgres::NoTls,
+                }),
             ),
-            _ => Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config),
         };
         #[cfg(not(feature = "rustls"))]
-        let manager =
-            Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config);
+        let (manager, listen): (_, Arc<dyn Listen>) = (
+            Manager::from_config(config.pg.clone(), tokio_postgres::NoTls, manager_config),
+            Arc::new(Listener {
+                config: config.pg.clone(),
+                tls: tokio_postgres::NoTls,
+            }),
+        );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
@@ -100,7 +119,7 @@ impl PostgresStateStore {
             .recycle_timeout(Some(config.request_timeout))
             .build()
             .map_err(|e| Error::config_with("cannot build the connection pool", e))?;
-        let mut store = Self::open(pool, config).await?;
+        let mut store = Self::open(pool, config, Some(listen)).await?;
         store.owns_pool = true;
         Ok(store)
     }
@@ -109,18 +128,25 @@ impl PostgresStateStore {
     /// `config` gives the schema, table, timeouts and sweep; its connection settings are not
     /// used, except its first host and port as the server named in metrics and spans.
     /// Creates or upgrades the table as [`PostgresStateStore::connect`] does. Closing the
-    /// store leaves the pool open.
+    /// store leaves the pool open. A watch on it polls the change feed four times a second
+    /// instead of `LISTEN`ing: it has no connection settings to open a connection outside
+    /// the pool with (pooled connections drop notifications).
     ///
     /// # Errors
     ///
     /// As [`PostgresStateStore::connect`].
     pub async fn with_pool(pool: Pool, config: PostgresConfig) -> Result<Self> {
-        Self::open(pool, config).await
+        Self::open(pool, config, None).await
     }
 
-    async fn open(pool: Pool, config: PostgresConfig) -> Result<Self> {
+    async fn open(
+        pool: Pool,
+        config: PostgresConfig,
+        listen: Option<Arc<dyn Listen>>,
+    ) -> Result<Self> {
         let sql = Arc::new(Sql::new(&config.schema, &config.table));
         let store = PostgresStateStore {
+            listen,
             server: server_of(&config),
             pool,
             sql,
@@ -152,7 +178,7 @@ impl PostgresStateStore {
         let mut client = self.client(deadline).await?;
         let result = tokio::time::timeout_at(deadline, migrate(&mut client, &self.sql)).await;
         // Creating what exists is harmless to repeat: a lost answer is only `Unavailable`.
-        self.finish(client, result, false)?
+        finish(client, result, false)?
     }
 
     fn deadline(&self) -> Instant {
@@ -161,48 +187,7 @@ impl PostgresStateStore {
 
     /// A pooled connection, by `deadline`. Nothing has been sent when this fails.
     async fn client(&self, deadline: Instant) -> Result<Object> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(closed());
-        }
-        match tokio::time::timeout_at(deadline, self.pool.get()).await {
-            Ok(client) => client.map_err(map_pool),
-            Err(_) => Err(Error::unavailable(
-                STORE,
-                "no connection within the request timeout",
-            )),
-        }
-    }
-
-    /// The result of work done on `client`: a connection that timed out or broke is dropped
-    /// from the pool (a hung server would otherwise hand it out again); `written`: the work
-    /// may have changed data, so a lost answer is `OutcomeUnknown`.
-    fn finish<T>(
-        &self,
-        client: Object,
-        result: std::result::Result<
-            std::result::Result<T, tokio_postgres::Error>,
-            tokio::time::error::Elapsed,
-        >,
-        written: bool,
-    ) -> Result<T> {
-        match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                if client.is_closed() {
-                    drop(Object::take(client));
-                }
-                Err(map(err, written))
-            }
-            Err(_) => {
-                drop(Object::take(client));
-                let why = "no answer within the request timeout";
-                Err(if written {
-                    Error::outcome_unknown(STORE, why)
-                } else {
-                    Error::unavailable(STORE, why)
-                })
-            }
-        }
+        client(&self.pool, &self.closed, deadline).await
     }
 
     /// Runs one statement (prepared once per connection) with `params` and returns its rows.
@@ -212,50 +197,130 @@ impl PostgresStateStore {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
         written: bool,
     ) -> Result<Vec<tokio_postgres::Row>> {
-        let deadline = self.deadline();
-        let client = self.client(deadline).await?;
-        let result = tokio::time::timeout_at(deadline, async {
-            let statement = client.prepare_cached(sql).await?;
-            client.query(&statement, params).await
-        })
-        .await;
-        self.finish(client, result, written)
+        query(
+            &self.pool,
+            &self.closed,
+            self.deadline(),
+            sql,
+            params,
+            written,
+        )
+        .await
     }
 
-    /// Deletes expired rows every sweep interval, a batch at a time, until the store closes.
-    /// Each batch has the request timeout; a connection that timed out is dropped, so a hung
-    /// server cannot keep a pool slot.
+    /// What a watch needs of this store.
+    fn feed(&self) -> Feed {
+        Feed {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+            timeout: self.config.request_timeout,
+            closed: Arc::clone(&self.closed),
+            listen: self.listen.clone(),
+        }
+    }
+
+    /// Every sweep interval, deletes expired rows (recording their expiry while the feed is
+    /// held) and changes older than the feed keeps, a batch per statement, until the store
+    /// closes. Each batch has the request timeout; a connection that timed out or broke
+    /// leaves the pool, so a hung server cannot keep a slot.
     fn start_sweeper(&self) {
-        let (pool, sql, closed) = (
-            self.pool.clone(),
-            Arc::clone(&self.sql),
-            Arc::clone(&self.closed),
-        );
-        let (interval, timeout) = (self.config.sweep_interval, self.config.request_timeout);
+        let feed = self.feed();
+        let interval = self.config.sweep_interval;
+        let retention = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
         let task = tokio::spawn(async move {
-            while !closed.load(Ordering::Acquire) {
+            while !feed.closed.load(Ordering::Acquire) {
                 tokio::time::sleep(interval).await;
-                let Ok(Ok(client)) = tokio::time::timeout(timeout, pool.get()).await else {
-                    continue;
-                };
-                loop {
-                    let batch = client.execute(sql.sweep.as_str(), &[&SWEEP_BATCH]);
-                    match tokio::time::timeout(timeout, batch).await {
-                        Ok(Ok(deleted)) if deleted >= u64::try_from(SWEEP_BATCH).unwrap_or(0) => {}
-                        Ok(Ok(_)) => break,
-                        Ok(Err(err)) => {
-                            tracing::debug!(error = %err, "postgres sweep failed");
-                            break;
-                        }
-                        Err(_) => {
-                            drop(Object::take(client));
-                            break;
+                let batches: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 2] = [
+                    (&feed.sql.sweep, &[&SWEEP_BATCH]),
+                    (&feed.sql.trim, &[&SWEEP_BATCH, &retention]),
+                ];
+                for (sql, params) in batches {
+                    loop {
+                        let deadline = Instant::now() + feed.timeout;
+                        match query(&feed.pool, &feed.closed, deadline, sql, params, false).await {
+                            Ok(rows) if count(&rows) >= SWEEP_BATCH => {}
+                            Ok(_) => break,
+                            Err(err) => {
+                                tracing::debug!(error = %err, "postgres sweep failed");
+                                break;
+                            }
                         }
                     }
                 }
             }
         });
         *self.sweeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+    }
+}
+
+/// The `count(*)` a sweep answers.
+fn count(rows: &[tokio_postgres::Row]) -> i64 {
+    rows.first()
+        .and_then(|row| row.try_get(0).ok())
+        .unwrap_or(0)
+}
+
+/// A pooled connection, by `deadline`. Nothing has been sent when this fails.
+async fn client(pool: &Pool, closed: &AtomicBool, deadline: Instant) -> Result<Object> {
+    if closed.load(Ordering::Acquire) {
+        return Err(self::closed());
+    }
+    match tokio::time::timeout_at(deadline, pool.get()).await {
+        Ok(client) => client.map_err(map_pool),
+        Err(_) => Err(Error::unavailable(
+            STORE,
+            "no connection within the request timeout",
+        )),
+    }
+}
+
+/// Runs one statement (prepared once per connection) with `params` by `deadline` and returns
+/// its rows; `written`: as [`finish`].
+pub(crate) async fn query(
+    pool: &Pool,
+    closed: &AtomicBool,
+    deadline: Instant,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    written: bool,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let client = client(pool, closed, deadline).await?;
+    let result = tokio::time::timeout_at(deadline, async {
+        let statement = client.prepare_cached(sql).await?;
+        client.query(&statement, params).await
+    })
+    .await;
+    finish(client, result, written)
+}
+
+/// The result of work done on `client`: a connection that timed out or broke is dropped
+/// from the pool (a hung server would otherwise hand it out again); `written`: the work
+/// may have changed data, so a lost answer is `OutcomeUnknown`.
+fn finish<T>(
+    client: Object,
+    result: std::result::Result<
+        std::result::Result<T, tokio_postgres::Error>,
+        tokio::time::error::Elapsed,
+    >,
+    written: bool,
+) -> Result<T> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            if client.is_closed() {
+                drop(Object::take(client));
+            }
+            Err(map(err, written))
+        }
+        Err(_) => {
+            drop(Object::take(client));
+            let why = "no answer within the request timeout";
+            Err(if written {
+                Error::outcome_unknown(STORE, why)
+            } else {
+                Error::unavailable(STORE, why)
+            })
+        }
     }
 }
 
@@ -352,6 +417,7 @@ impl Backend for PostgresStateStore {
         // Keys are bytea in a B-tree, whose entries must fit a third of a page.
         Capabilities::full()
             .with_list(true)
+            .with_watch(WatchSupport::Resumable)
             .with_max_key_len(2048)
             .with_max_value_len(64 * 1024 * 1024)
     }
@@ -455,7 +521,10 @@ impl Backend for PostgresStateStore {
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        Extensions::none().with_increment(self).with_list(self)
+        Extensions::none()
+            .with_increment(self)
+            .with_list(self)
+            .with_watch(self)
     }
 }
 
@@ -480,7 +549,7 @@ impl Increment for PostgresStateStore {
                 return Err(refused());
             }
         }
-        let rows = self.finish(client, result, true)?;
+        let rows = finish(client, result, true)?;
         match rows.first() {
             Some(row) => row.try_get(0).map_err(|e| Error::backend(STORE, e)),
             None => Err(refused()),
@@ -507,6 +576,19 @@ impl ListKeys for PostgresStateStore {
         keys.truncate(limit);
         let next = more.then(|| keys.last().cloned()).flatten();
         Ok(KeyPage::new(keys, next))
+    }
+}
+
+#[async_trait]
+impl WatchKeys for PostgresStateStore {
+    /// The change feed (see the crate docs), held open while the watch runs: resumable from
+    /// any event's version for as long as changes are kept (5 minutes) and some watch held
+    /// the feed since; otherwise the watch starts with `Resync`.
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        self.feed().watch(selector, start).await
     }
 }
 

@@ -129,7 +129,7 @@ async fn a_table_from_a_newer_release_is_refused_and_left_untouched() {
     );
     client
         .execute(
-            &format!("UPDATE \"{table}_meta\" SET value = 1 WHERE name = 'schema'"),
+            &format!("UPDATE \"{table}_meta\" SET value = 2 WHERE name = 'schema'"),
             &[],
         )
         .await
@@ -177,4 +177,46 @@ async fn connect(url: &str) -> Result<StateStore, Error> {
     PostgresStateStore::connect(config)
         .await
         .map(StateStore::from)
+}
+
+/// A watch rides out a server restart: the changes before and after it arrive, in order,
+/// with no `Resync` (the feed is a table, kept across the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delivers_every_change_across_a_server_restart() {
+    use state_store_conformance::faults::TestServer;
+    use state_store_core::{Selector, WatchEvent, WatchStart};
+    let Some(mut server) = server() else {
+        return;
+    };
+    let store = impatient(&server.url()).await;
+    let mut watch = store
+        .watch(Selector::Prefix("w:".into()), WatchStart::Now)
+        .await
+        .expect("watch");
+    store.set_state("w:a", &json!(1)).await.expect("write");
+    server.restart().expect("restart");
+    // The handle's connections broke with the server: the first calls may fail.
+    let mut tries = 0;
+    while store.set_state("w:b", &json!(2)).await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "the handle did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("no event came")
+            .expect("the watch ended")
+            .expect("a watch event");
+        match event {
+            WatchEvent::Put { name, value, .. } => seen.push((name, value)),
+            other => panic!("expected the writes, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [("w:a".to_owned(), json!(1)), ("w:b".to_owned(), json!(2))]
+    );
+    store.destroy().await.expect("destroy");
 }
