@@ -7,6 +7,9 @@ use tokio_postgres::Client;
 /// and is refused rather than misread.
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
+/// The clock now, in epoch milliseconds.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint";
+
 /// Milliseconds as an interval, from a `bigint` parameter (`NULL` stays `NULL`: no deadline).
 const MS: &str = "* interval '1 millisecond'";
 
@@ -21,8 +24,19 @@ pub(crate) struct Sql {
     sequence: String,
     /// `"schema"."table_changes"`: the change feed.
     changes: String,
-    /// `"schema"."table_feed"()`: whether the feed is held open (and then a `NOTIFY`).
-    feed: String,
+    /// `"schema"."table_feed_until"`: a sequence holding the deadline (epoch ms) until which
+    /// the feed is held open. A sequence, not a row: writes read its current value at once,
+    /// without a snapshot that could predate a hold that committed while they waited.
+    feed_until: String,
+    /// `"schema"."table_feed_gap"`: a sequence holding a number above every write that went
+    /// unrecorded while the feed lapsed (0: none yet).
+    feed_gap: String,
+    /// `"schema"."table_hold"(ms)`: holds the feed open.
+    hold_fn: String,
+    /// `"schema"."table_notify"()`: notifies the channel, and is true.
+    notify: String,
+    /// The advisory lock every write holds shared and a fence or hold exclusive.
+    feed_lock: String,
     /// The channel a write notifies while the feed is held.
     pub(crate) channel: String,
     schema_name: String,
@@ -55,14 +69,15 @@ pub(crate) struct Sql {
     pub(crate) sweep: String,
     /// `(batch, retention ms)` → how many changes older than the retention it deleted.
     pub(crate) trim: String,
-    /// `(hold ms)`: holds the feed open that much longer; after a lapse, first records the
+    /// `(hold ms)`: holds the feed open that much longer; after a lapse, first marks the
     /// gap.
     pub(crate) hold: String,
     /// `()` → the highest change number whose change is final (committed or abandoned).
     pub(crate) fence: String,
     /// `()` → the sequence's last value, without waiting: whether a fence is worth taking.
     pub(crate) last_value: String,
-    /// `(after, up to, limit)` → the trim watermark, then `seq, key, op, value` per change.
+    /// `(after, up to, limit)` → the trim watermark and the last gap, then
+    /// `seq, key, op, value` per change.
     pub(crate) read_changes: String,
 }
 
@@ -74,8 +89,6 @@ pub(crate) mod op {
     pub(crate) const REMOVED: i16 = 1;
     /// A removal because the TTL ran out.
     pub(crate) const EXPIRED: i16 = 2;
-    /// The feed had lapsed (nobody watched): changes before this were not all recorded.
-    pub(crate) const GAP: i16 = 3;
 }
 
 impl Sql {
@@ -85,7 +98,17 @@ impl Sql {
         let sequence = format!("\"{schema}\".\"{table}_version\"");
         let changes = format!("\"{schema}\".\"{table}_changes\"");
         let meta = format!("\"{schema}\".\"{table}_meta\"");
-        let feed = format!("\"{schema}\".\"{table}_feed\"");
+        let feed_until = format!("\"{schema}\".\"{table}_feed_until\"");
+        let feed_gap = format!("\"{schema}\".\"{table}_feed_gap\"");
+        let hold_fn = format!("\"{schema}\".\"{table}_hold\"");
+        let notify = format!("\"{schema}\".\"{table}_notify\"");
+        let channel = channel(schema, table);
+        // Whether the feed is held, read after the feed lock: a hold that committed while this
+        // write waited for the lock counts.
+        let held = format!(
+            "pg_sequence_last_value('{}'::regclass) > {NOW_MS}",
+            feed_until.replace('\'', "''")
+        );
         let feed_lock = format!("hashtext('state-store-feed:{schema}.{table}')::bigint");
         let next = format!("nextval('{}')", sequence.replace('\'', "''"));
         let live = "(s.expires_at IS NULL OR s.expires_at > now())";
@@ -98,15 +121,19 @@ impl Sql {
         // A key's new version is taken after its row is locked (`SET version = nextval`, not
         // the inserted value's), so one key's versions grow in commit order and the version
         // doubles as the change number.
+        // A recorded change wakes the listening watches: `{notify}()` sends the `NOTIFY`, and
+        // is declared costly, so the planner tests `{held}` first and a write nobody watches
+        // sends nothing.
+        let recorded = format!("{held} AND {notify}()");
         let put_change = format!(
             "c AS (INSERT INTO {changes} (seq, key, op, value)
-                   SELECT version, key, {put}, value FROM w WHERE {feed}())",
+                   SELECT version, key, {put}, value FROM w WHERE {recorded})",
             put = op::PUT
         );
         let removal = |cause: &str| {
             format!(
                 "c AS (INSERT INTO {changes} (seq, key, op)
-                       SELECT {next}, key, {cause} FROM w WHERE {feed}())"
+                       SELECT {next}, key, {cause} FROM w WHERE {recorded})"
             )
         };
         let insert = format!(
@@ -114,7 +141,10 @@ impl Sql {
              SELECT $1::bytea, $2::text, {next}, now() + $3::bigint {MS} FROM l"
         );
         let put = |data: &str, result: &str| {
-            format!("{locked}, w AS ({data} RETURNING key, value, version), {put_change} SELECT {result} FROM w")
+            format!(
+                "{locked}, w AS ({data} RETURNING key, value, version), {put_change}
+                 SELECT {result} FROM w"
+            )
         };
         let entry = "key, value, version,
                      CEIL(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
@@ -206,20 +236,7 @@ impl Sql {
                        WHERE name = 'trimmed' AND EXISTS (SELECT 1 FROM d))
                  SELECT count(*) FROM d"
             ),
-            // Exclusive: no write is between its number and its commit. `{feed}()` reads the
-            // hold after the lock, on the clock: a write that found it lapsed is older than
-            // this, so the gap row goes after its number.
-            hold: format!(
-                "WITH l AS (SELECT pg_advisory_xact_lock({feed_lock})),
-                 h AS (SELECT {feed}() AS held FROM l),
-                 g AS (INSERT INTO {changes} (seq, key, op)
-                       SELECT {next}, ''::bytea, {gap} FROM h WHERE NOT held),
-                 u AS (UPDATE {meta} SET value = GREATEST(value,
-                           (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint + $1)
-                       WHERE name = 'feed_until' AND EXISTS (SELECT 1 FROM h))
-                 SELECT held FROM h",
-                gap = op::GAP
-            ),
+            hold: format!("SELECT {hold_fn}($1)"),
             // The last value, read before or after the lock: either way every write that took
             // a number up to it held the lock shared then, and has finished once this holds
             // it. (`is_called` false: nothing taken yet, and the next number is `last_value`.)
@@ -232,16 +249,23 @@ impl Sql {
             ),
             // One snapshot: a trim is seen both in the watermark and in the missing rows.
             read_changes: format!(
-                "SELECT m.value, c.seq, c.key, c.op, c.value FROM {meta} m
+                "SELECT m.value,
+                        coalesce(pg_sequence_last_value('{gap}'::regclass), 0),
+                        c.seq, c.key, c.op, c.value FROM {meta} m
                  LEFT JOIN LATERAL (SELECT seq, key, op, value FROM {changes}
                                     WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3) c
                    ON true
-                 WHERE m.name = 'trimmed' ORDER BY c.seq"
+                 WHERE m.name = 'trimmed' ORDER BY c.seq",
+                gap = feed_gap.replace('\'', "''")
             ),
-            channel: channel(schema, table),
+            channel,
             meta,
             changes,
-            feed,
+            feed_until,
+            feed_gap,
+            hold_fn,
+            notify,
+            feed_lock,
             table: t,
             sequence,
             schema_name: schema.to_owned(),
@@ -359,12 +383,12 @@ async fn create_version_1(
 }
 
 /// Version 2: the change feed a watch follows. Rows are recorded only while some watch holds
-/// the feed open (`feed_until`, epoch milliseconds); `trimmed` is the highest change number
-/// the sweep has deleted.
+/// the feed open; `trimmed` is the highest change number the sweep has deleted.
 async fn upgrade_to_2(
     tx: &tokio_postgres::Transaction<'_>,
     sql: &Sql,
 ) -> Result<(), tokio_postgres::Error> {
+    let quoted = |name: &str| name.replace('\'', "''");
     tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {changes} (
              seq bigint PRIMARY KEY,
@@ -373,27 +397,45 @@ async fn upgrade_to_2(
              value text,
              at timestamptz NOT NULL DEFAULT now()
          );
-         INSERT INTO {meta} (name, value) VALUES ('feed_until', 0), ('trimmed', 0)
-             ON CONFLICT (name) DO NOTHING;
-         CREATE OR REPLACE FUNCTION {feed}() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $f$
+         CREATE SEQUENCE IF NOT EXISTS {until} MINVALUE 0 START 0;
+         CREATE SEQUENCE IF NOT EXISTS {gap} MINVALUE 0 START 0;
+         INSERT INTO {meta} (name, value) VALUES ('trimmed', 0) ON CONFLICT (name) DO NOTHING;
+         -- Under the feed lock held exclusively, no write is between its number and its
+         -- commit: after a lapse, the gap mark is a number above every write that found the
+         -- feed lapsed; then the hold. Both are sequences, so neither waits for a commit.
+         CREATE OR REPLACE FUNCTION {hold}(ms bigint) RETURNS boolean
+             LANGUAGE plpgsql VOLATILE AS $f$
          DECLARE held boolean;
          BEGIN
-             -- plpgsql, not SQL: it is never inlined, and each query in it takes a fresh
-             -- snapshot, so it sees a hold that committed while the calling statement waited
-             -- for the feed lock.
-             SELECT value > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint INTO held
-                 FROM {meta} WHERE name = 'feed_until';
-             IF held THEN
-                 PERFORM pg_notify('{channel}', '');
+             PERFORM pg_advisory_xact_lock({lock});
+             held := coalesce(pg_sequence_last_value('{until_q}'::regclass) > {NOW_MS}, false);
+             IF NOT held THEN
+                 PERFORM setval('{gap_q}'::regclass, nextval('{seq_q}'::regclass));
              END IF;
-             RETURN coalesce(held, false);
+             PERFORM setval('{until_q}'::regclass, greatest(
+                 coalesce(pg_sequence_last_value('{until_q}'::regclass), 0), {NOW_MS} + ms));
+             RETURN held;
+         END
+         $f$;
+         CREATE OR REPLACE FUNCTION {notify}() RETURNS boolean
+             LANGUAGE plpgsql VOLATILE COST 10000 AS $f$
+         BEGIN
+             PERFORM pg_notify('{channel}', '');
+             RETURN true;
          END
          $f$;
          UPDATE {meta} SET value = 2 WHERE name = 'schema';",
         changes = sql.changes,
         meta = sql.meta,
-        feed = sql.feed,
+        until = sql.feed_until,
+        gap = sql.feed_gap,
+        hold = sql.hold_fn,
+        notify = sql.notify,
         channel = sql.channel,
+        lock = sql.feed_lock,
+        until_q = quoted(&sql.feed_until),
+        gap_q = quoted(&sql.feed_gap),
+        seq_q = quoted(&sql.sequence),
     ))
     .await
 }

@@ -1,6 +1,6 @@
 //! Watching: the change feed, read in order up to a fence, woken by `LISTEN`.
 //!
-//! While some watch holds the feed open (a deadline in the meta table it renews), every
+//! While some watch holds the feed open (a deadline it renews, kept in a sequence), every
 //! write also inserts its change into `<table>_changes`, numbered by the version sequence, in
 //! the same statement. Numbers are taken in one order and committed in another, so a watcher
 //! never reads past a *fence*: the sequence's value at a moment it held the feed lock
@@ -161,7 +161,7 @@ impl Feed {
             _ => return Err(Error::unsupported(STORE, "this watch start")),
         };
         // Held before the starting point is read: every change after it is recorded. A
-        // resumed watch whose version precedes a lapse finds the gap row.
+        // resumed watch whose version precedes a lapse finds the gap mark above it.
         self.hold().await?;
         let last = match after {
             Some(after) => after,
@@ -173,6 +173,7 @@ impl Feed {
             selector: selector.clone(),
             tx,
             last,
+            gap_seen: 0,
         };
         tokio::spawn(async move { follower.run().await });
         Ok(stream)
@@ -186,6 +187,8 @@ struct Follower {
     tx: mpsc::Sender<Result<BackendEvent>>,
     /// The last change number read.
     last: i64,
+    /// The last gap mark reported (see [`Follower::read`]).
+    gap_seen: i64,
 }
 
 impl Follower {
@@ -210,7 +213,7 @@ impl Follower {
                 }
             }
             // A renewal that fails is made up by a later one; should the hold lapse
-            // meanwhile, the gap row that renewal writes becomes a `Resync` here.
+            // meanwhile, the gap mark that renewal sets becomes a `Resync` here.
             if held_at.elapsed() >= FEED_HOLD / 3 && self.feed.hold().await.is_ok() {
                 held_at = Instant::now();
             }
@@ -269,8 +272,24 @@ impl Follower {
                         }
                     }
                     self.last = self.last.max(trimmed);
+                    // A gap mark above what this watch read: changes before it went
+                    // unrecorded while the feed lapsed (a resume from before it, or a watch
+                    // whose renewals failed for a whole hold).
+                    let gap: i64 = row.try_get(1).map_err(decode)?;
+                    if gap > self.last && gap > self.gap_seen {
+                        self.gap_seen = gap;
+                        let reason = "changes were not recorded while nobody watched";
+                        if !self
+                            .send(BackendEvent::Resync {
+                                reason: reason.to_owned(),
+                            })
+                            .await
+                        {
+                            return Ok(false);
+                        }
+                    }
                 }
-                let Some(seq) = row.try_get::<_, Option<i64>>(1).map_err(decode)? else {
+                let Some(seq) = row.try_get::<_, Option<i64>>(2).map_err(decode)? else {
                     continue;
                 };
                 read += 1;
@@ -278,9 +297,9 @@ impl Follower {
                     continue;
                 }
                 self.last = seq;
-                let key: Vec<u8> = row.try_get(2).map_err(decode)?;
-                let kind: i16 = row.try_get(3).map_err(decode)?;
-                let value: Option<String> = row.try_get(4).map_err(decode)?;
+                let key: Vec<u8> = row.try_get(3).map_err(decode)?;
+                let kind: i16 = row.try_get(4).map_err(decode)?;
+                let value: Option<String> = row.try_get(5).map_err(decode)?;
                 let Some(event) = event(seq, key, kind, value) else {
                     continue;
                 };
@@ -303,11 +322,6 @@ impl Follower {
 /// The event a change row stands for; `None` for a key that is not UTF-8 (not written by
 /// this library).
 fn event(seq: i64, key: Vec<u8>, kind: i16, value: Option<String>) -> Option<BackendEvent> {
-    if kind == op::GAP {
-        return Some(BackendEvent::Resync {
-            reason: "changes were not recorded while nobody watched".to_owned(),
-        });
-    }
     let key = String::from_utf8(key).ok()?;
     let version = Version::new(seq.to_string());
     Some(match (kind, value) {
