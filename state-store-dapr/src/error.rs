@@ -16,6 +16,10 @@ pub(crate) fn map(key: &str, status: Status) -> Error {
         Code::InvalidArgument if mentions_etag(&status) => Error::Conflict {
             key: key.to_owned(),
         },
+        // `state.postgresql` v2 refusing a first write over a live value.
+        _ if status.message().contains("no item was updated") => Error::Conflict {
+            key: key.to_owned(),
+        },
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             Error::unavailable(STORE, status)
         }

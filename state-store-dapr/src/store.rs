@@ -49,6 +49,9 @@ type Client = DaprClient<InterceptedService<Channel, Token>>;
 ///   - `state.in-memory`: everything. A [`Version`] is the component's ETag (a fresh UUID per
 ///     write, so never reused after a remove); `Update`, `Create` and conditional remove are
 ///     checked by the component under one lock; TTL is set with the value.
+///   - `state.postgresql` v2 and `state.sqlite`: the same, each check one SQL statement (an
+///     `UPDATE … WHERE etag = $n` on a live row; a first write that only replaces an expired
+///     row); ETags are fresh UUIDs; TTL is an expiry column set with the value.
 ///   - `state.redis`: plain get/set/remove only. Its ETags are per-key counters that restart
 ///     at 1 after a remove (an old version would match a re-created value), a write or delete
 ///     with an ETag succeeds on a missing key (sixteen concurrent conditional removes would all
@@ -87,8 +90,8 @@ type Client = DaprClient<InterceptedService<Channel, Token>>;
 pub struct DaprStateStore {
     client: Client,
     store_name: String,
-    /// Atomic conditional writes with ETags never reused, and TTL set with the value: only
-    /// `state.in-memory` among the components this crate knows (see the type docs).
+    /// Atomic conditional writes with ETags never reused, and TTL set with the value:
+    /// `state.in-memory`, `state.postgresql` v2 and `state.sqlite` (see the type docs).
     atomic: bool,
     persistent: bool,
     /// Each call's deadline, from the moment it is made (see [`DaprStateStore::within`]).
@@ -167,7 +170,9 @@ impl DaprStateStore {
             )));
         }
         let declares = |feature: &str| component.capabilities.iter().any(|c| c == feature);
-        let atomic = component.r#type == "state.in-memory" && declares("ETAG") && declares("TTL");
+        let atomic = atomic_component(&component.r#type, &component.version)
+            && declares("ETAG")
+            && declares("TTL");
         let server = config
             .endpoint
             .parse::<tonic::codegen::http::Uri>()
@@ -305,6 +310,17 @@ impl DaprStateStore {
             .map_err(|s| map(key, s))?;
         Stored::new(response.data, response.etag, &response.metadata)
     }
+}
+
+/// Whether a component (type and version) writes atomically: an ETag that is a fresh UUID per
+/// write (never reused, not even after a delete), a compare-and-set and a conditional delete
+/// that are one statement refusing a missing key, a first write that refuses a live value, and
+/// TTL set with the value. `state.postgresql` v1 is left out: its ETag is the row's `xmin`.
+fn atomic_component(kind: &str, version: &str) -> bool {
+    matches!(
+        (kind, version),
+        ("state.in-memory" | "state.sqlite", _) | ("state.postgresql", "v2")
+    )
 }
 
 /// A value as the component holds it, expired or not.

@@ -1,5 +1,6 @@
 //! The whole suite against a real `daprd` on loopback, with `state.redis` (backed by a spawned
-//! `redis-server`) and with `state.in-memory`. Each handle is its own gRPC channel.
+//! `redis-server`), `state.in-memory`, `state.postgresql` v2 (backed by a spawned PostgreSQL)
+//! and `state.sqlite`. Each handle is its own gRPC channel.
 
 use state_store_conformance::{across_processes, StoreFactory};
 use state_store_core::{StateStore, StoreConfig};
@@ -29,6 +30,19 @@ mod redis {
 mod in_memory {
     use super::*;
     state_store_conformance::conformance_suite!(optional: dapr_endpoint(Component::InMemory).map(factory));
+}
+
+/// `state.postgresql` v2 on a PostgreSQL the harness starts (local binaries only: the
+/// container tier skips `postgres`).
+mod on_postgres {
+    use super::*;
+    state_store_conformance::conformance_suite!(optional: dapr_endpoint(Component::Postgres).map(factory));
+}
+
+/// `state.sqlite` on a file (local binaries only: the container tier skips `on_sqlite`).
+mod on_sqlite {
+    use super::*;
+    state_store_conformance::conformance_suite!(optional: dapr_endpoint(Component::Sqlite).map(factory));
 }
 
 /// Metrics and spans name the sidecar: `server.address` and `server.port` of the endpoint.

@@ -1,4 +1,5 @@
-//! A real `daprd` on loopback with a `state.in-memory` or `state.redis` component.
+//! A real `daprd` on loopback with a `state.in-memory`, `state.redis`, `state.postgresql` (v2)
+//! or `state.sqlite` component.
 //!
 //! The binary comes from `STATE_STORE_DAPRD_BIN`, else `daprd` on `PATH`; this repository's
 //! `scripts/build-daprd` builds one from Go modules (see `state-store-dapr/daprd`).
@@ -10,6 +11,7 @@ use std::time::Duration;
 use state_store_conformance::faults::TestServer;
 
 use super::container::{choose, ContainerSpec, Tier, DAPRD_IMAGE, REDIS_IMAGE};
+use super::postgres::PostgresServer;
 use super::redis::RedisServer;
 use super::{
     find_binary, free_port, http_status, temp_dir, unavailable, with_port_retries, Supervised,
@@ -31,6 +33,11 @@ pub enum Component {
     InMemory,
     /// `state.redis`, backed by a `redis-server` the harness starts first.
     Redis,
+    /// `state.postgresql` v2, backed by a PostgreSQL the harness starts first (local binaries
+    /// only).
+    Postgres,
+    /// `state.sqlite`, on a file in the sidecar's directory (local binaries only).
+    Sqlite,
 }
 
 fn daprd() -> Result<PathBuf, String> {
@@ -44,7 +51,7 @@ fn daprd() -> Result<PathBuf, String> {
 pub struct Daprd {
     // Dropped first: the sidecar's container is the last on its network, and takes the
     // network with it.
-    _redis: Option<Redis>,
+    _backing: Option<Backing>,
     server: Supervised,
     grpc_port: u16,
     http_port: u16,
@@ -52,12 +59,13 @@ pub struct Daprd {
     _dir: TempDir,
 }
 
-/// The Redis a `state.redis` sidecar uses: a local server, or a container on the sidecar's
-/// network.
+/// The server a sidecar's component uses: a local Redis or PostgreSQL, or a Redis container on
+/// the sidecar's network.
 #[derive(Debug)]
 #[allow(dead_code)] // held for its Drop, which stops the server
-enum Redis {
-    Local(RedisServer),
+enum Backing {
+    Redis(RedisServer),
+    Postgres(PostgresServer),
     Container(Supervised),
 }
 
@@ -78,12 +86,26 @@ impl Daprd {
 
     fn spawn_local(binary: PathBuf, component: Component) -> Result<Self, String> {
         let (dir, resources) = resources_dir()?;
-        let (redis, yaml) = match component {
-            Component::InMemory => (None, component_yaml("state.in-memory", "")),
+        let (backing, yaml) = match component {
+            Component::InMemory => (None, component_yaml("state.in-memory", "v1", "")),
             Component::Redis => {
                 let redis = RedisServer::spawn(&[])?;
                 let yaml = redis_yaml(&format!("127.0.0.1:{}", redis.port()));
-                (Some(Redis::Local(redis)), yaml)
+                (Some(Backing::Redis(redis)), yaml)
+            }
+            Component::Postgres => {
+                let postgres = PostgresServer::spawn()?;
+                let metadata = metadata(&[
+                    ("connectionString", &postgres.url()),
+                    ("cleanupInterval", "10s"),
+                ]);
+                let yaml = component_yaml("state.postgresql", "v2", &metadata);
+                (Some(Backing::Postgres(postgres)), yaml)
+            }
+            Component::Sqlite => {
+                let file = dir.path().join("state.db").display().to_string();
+                let metadata = metadata(&[("connectionString", &file), ("cleanupInterval", "10s")]);
+                (None, component_yaml("state.sqlite", "v1", &metadata))
             }
         };
         std::fs::write(resources.join("statestore.yaml"), yaml).map_err(|e| e.to_string())?;
@@ -121,7 +143,7 @@ impl Daprd {
             Supervised::new(binary, args, log),
             (grpc_port, http_port),
             dir,
-            redis,
+            backing,
         )
     }
 
@@ -137,8 +159,14 @@ impl Daprd {
                 .to_ascii_lowercase()
         });
         let network = format!("state-store-{id}");
-        let (redis, yaml) = match component {
-            Component::InMemory => (None, component_yaml("state.in-memory", "")),
+        let (backing, yaml) = match component {
+            Component::InMemory => (None, component_yaml("state.in-memory", "v1", "")),
+            Component::Postgres | Component::Sqlite => {
+                return Err(
+                    "state.postgresql and state.sqlite sidecars run from local binaries only"
+                        .to_owned(),
+                )
+            }
             Component::Redis => {
                 let name = format!("redis-{id}");
                 let port = free_port();
@@ -161,7 +189,7 @@ impl Daprd {
                 let mut redis = Supervised::container(spec);
                 redis.start(START_TIMEOUT, || super::redis::redis_answers(port))?;
                 (
-                    Some(Redis::Container(redis)),
+                    Some(Backing::Container(redis)),
                     redis_yaml(&format!("{name}:6379")),
                 )
             }
@@ -199,7 +227,7 @@ impl Daprd {
             Supervised::container(spec),
             (grpc_port, http_port),
             dir,
-            redis,
+            backing,
         )
     }
 
@@ -209,10 +237,10 @@ impl Daprd {
         server: Supervised,
         (grpc_port, http_port): (u16, u16),
         dir: TempDir,
-        redis: Option<Redis>,
+        backing: Option<Backing>,
     ) -> Result<Self, String> {
         let mut daprd = Daprd {
-            _redis: redis,
+            _backing: backing,
             server,
             grpc_port,
             http_port,
@@ -263,18 +291,28 @@ fn resources_dir() -> Result<(TempDir, PathBuf), String> {
 }
 
 fn redis_yaml(host: &str) -> String {
-    let metadata = format!("    - name: redisHost\n      value: \"{host}\"\n");
-    component_yaml("state.redis", &metadata)
+    component_yaml("state.redis", "v1", &metadata(&[("redisHost", host)]))
 }
 
-fn component_yaml(kind: &str, metadata: &str) -> String {
+/// A component's metadata entries, as YAML (values JSON-quoted, which YAML reads as is).
+fn metadata(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(name, value)| {
+            let value = serde_json::Value::from(*value);
+            format!("    - name: {name}\n      value: {value}\n")
+        })
+        .collect()
+}
+
+fn component_yaml(kind: &str, version: &str, metadata: &str) -> String {
     let metadata = if metadata.is_empty() {
         "  metadata: []\n".to_owned()
     } else {
         format!("  metadata:\n{metadata}")
     };
     format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {COMPONENT}\nspec:\n  type: {kind}\n  version: v1\n{metadata}"
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {COMPONENT}\nspec:\n  type: {kind}\n  version: {version}\n{metadata}"
     )
 }
 
@@ -287,9 +325,13 @@ pub fn dapr_endpoint(component: Component) -> Option<String> {
     }
     static IN_MEMORY: OnceLock<Result<Daprd, String>> = OnceLock::new();
     static REDIS: OnceLock<Result<Daprd, String>> = OnceLock::new();
+    static POSTGRES: OnceLock<Result<Daprd, String>> = OnceLock::new();
+    static SQLITE: OnceLock<Result<Daprd, String>> = OnceLock::new();
     let cell = match component {
         Component::InMemory => &IN_MEMORY,
         Component::Redis => &REDIS,
+        Component::Postgres => &POSTGRES,
+        Component::Sqlite => &SQLITE,
     };
     match cell.get_or_init(|| Daprd::spawn(component)) {
         Ok(daprd) => Some(daprd.endpoint()),
