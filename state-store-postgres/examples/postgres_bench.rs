@@ -6,8 +6,9 @@
 //!
 //! The server: `STATE_STORE_TEST_POSTGRES_URL`, else one the test harness starts on loopback
 //! (initdb + postgres). Both sides use a deadpool pool of the same size on the same server,
-//! prepared statements cached per connection, and the same SQL on the same table: the raw
-//! side is what a service writing its own queries against the adapter's table would run.
+//! prepared statements cached per connection, on the same table: the raw side is what a
+//! service writing its own queries against the adapter's table would run (for writes, a plain
+//! upsert, without the bookkeeping of the adapter's change feed).
 //! Both sides of `get_state` build the same name → value map. The raw increment leaves out
 //! the adapter's checks (an expired counter restarts, a value that is not an integer is
 //! refused): what it measures is what those cost.

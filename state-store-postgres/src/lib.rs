@@ -3,8 +3,10 @@
 //! Many teams already run PostgreSQL and would rather not add Redis or NATS for sessions,
 //! counters, locks and rate limits. This adapter keeps the whole `state-store` contract in one
 //! table — versions that are never reused, `Create`/`Update` conflicts, atomic `increment`,
-//! TTL on the server's clock, one query for many names, listing by prefix — each operation one
-//! statement, checked by the shared conformance suite against a real server.
+//! TTL on the server's clock, one query for many names, listing by prefix, and a resumable
+//! watch that sees every change in order (a change feed written in each write's statement while
+//! a watch holds it, woken by `LISTEN`/`NOTIFY`) — each operation one statement, checked by the
+//! shared conformance suite against a real server.
 //!
 //! ```no_run
 //! use serde_json::json;

@@ -28,8 +28,9 @@ const SWEEP_BATCH: i64 = 1000;
 /// after a delete; expiry is on the server's clock (`now()`), so every instance of a service
 /// agrees on it. Reads of many names are one `SELECT … WHERE key = ANY($1)`; increments are one
 /// upsert; compare-and-set is an `UPDATE … WHERE version = $n`; listing walks the primary key
-/// (keys are `bytea`, so byte order) from a prefix. Expired rows are invisible to reads and
-/// deleted in batches by a background task.
+/// (keys are `bytea`, so byte order) from a prefix; a watch follows a change feed (see the
+/// crate README). Expired rows are invisible to reads and deleted in batches by a background
+/// task.
 ///
 /// # Example
 ///
