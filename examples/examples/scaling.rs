@@ -122,7 +122,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         || {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             if quick {
-                root.join("target/scaling-quick")
+                // This binary runs from `<target>/<profile>/examples/`: a scratch directory
+                // beside it, wherever `CARGO_TARGET_DIR` put the target directory.
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("scaling-quick")
             } else {
                 root.join("docs/scaling")
             }
