@@ -1,6 +1,6 @@
 //! The scaling report: how the cost of a call grows, on every backend, with
 //! (a) names per `get_state` (1, 10, 100, 1000), (b) value size (100 B, 10 KiB, 1 MiB),
-//! (c) keys stored (10³, 10⁵, 10⁶; memory, SQLite and Redis) and (d) tasks in flight
+//! (c) keys stored (10³, 10⁵, 10⁶; memory, SQLite, Redis and PostgreSQL) and (d) tasks in flight
 //! (1, 16, 64, 256).
 //!
 //! ```text
@@ -12,7 +12,7 @@
 //! Prints a Markdown table per backend and writes them (`scaling.md`), `scaling.csv` and one
 //! `scaling-<backend>.svg` chart per backend to `--out` (default `docs/scaling` in the
 //! workspace; `target/scaling-quick` with `--quick`). Servers come from the test harness: a
-//! `redis-server`, `nats-server` and `daprd` (with `state.redis`) on loopback, or the
+//! `redis-server`, `nats-server`, `daprd` (with `state.redis`) and PostgreSQL on loopback, or the
 //! `STATE_STORE_TEST_*` URLs. Every point is the adapter alone, measured in one process with
 //! the benchmark runner (rounds after a warm-up, mean throughput with its 95% interval,
 //! latency percentiles); the crate benchmarks compare each adapter with its raw client.
@@ -29,10 +29,11 @@ use state_store_testkit::bench::{self, adapter, Measurement, Op};
 use state_store_testkit::chart::{self, Panel, Series};
 use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
 use state_store_testkit::harness::nats::nats_url;
+use state_store_testkit::harness::postgres::postgres_url;
 use state_store_testkit::harness::redis::redis_url;
 use state_store_testkit::harness::temp_dir;
 
-const BACKENDS: [&str; 5] = ["memory", "sqlite", "redis", "nats", "dapr"];
+const BACKENDS: [&str; 6] = ["memory", "sqlite", "redis", "nats", "dapr", "postgres"];
 /// Keys the name, size and task dimensions read from.
 const BASE_KEYS: u64 = 1000;
 
@@ -175,7 +176,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         std::fs::write(out.join(format!("scaling-{backend}.svg")), svg)?;
         // A server the caller gave us keeps its data otherwise; a spawned one dies with us.
-        if std::env::var("STATE_STORE_TEST_REDIS_URL").is_ok() && backend == "redis" {
+        let given = |var: &str| std::env::var(var).is_ok();
+        if (backend == "redis" && given("STATE_STORE_TEST_REDIS_URL"))
+            || (backend == "postgres" && given("STATE_STORE_TEST_POSTGRES_URL"))
+        {
             store.remove_prefix("").await?;
         }
         store.destroy().await?;
@@ -193,6 +197,7 @@ async fn open(backend: &str, dir: &Path) -> Result<StateStore, Box<dyn std::erro
         "sqlite" => format!("sqlite://{}", dir.join("state.db").display()),
         "redis" => redis_url().ok_or("no redis-server available")?,
         "nats" => nats_url().ok_or("no nats-server available")?,
+        "postgres" => postgres_url().ok_or("no PostgreSQL available")?,
         "dapr" => {
             let endpoint = dapr_endpoint(Component::Redis).ok_or("no daprd available")?;
             let address = endpoint.trim_start_matches("http://");
@@ -278,7 +283,7 @@ async fn measure_backend(
         );
     }
 
-    if matches!(backend, "memory" | "sqlite" | "redis") {
+    if matches!(backend, "memory" | "sqlite" | "redis" | "postgres") {
         for &n in &plan.keys {
             stored = fill(store, stored, n, &small).await?;
             let get = adapter::get(store, move |i| key(spread(i, n)));

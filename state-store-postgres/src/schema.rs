@@ -115,12 +115,29 @@ impl Sql {
         // Every write holds the feed lock shared from before it takes a number from the
         // sequence until it commits, so once a fence has held it exclusively, every number up
         // to the sequence's value then is final: a watcher reading up to it never sees a
-        // smaller one commit later. The data statement reads `l` to take the lock first.
-        let locked = format!("WITH l AS (SELECT pg_advisory_xact_lock_shared({feed_lock}))");
+        // smaller one commit later. Then it holds its key's lock, so one key's numbers are
+        // taken in the order its writes commit (a number taken before waiting on the row —
+        // an insert waiting out a delete — could otherwise commit after a larger one), and a
+        // key's version doubles as its change number. The data statement reads `l` to take
+        // both first, the feed's before the key's (the other order could deadlock with a
+        // fence).
+        let key_lock = |key: &str| {
+            format!(
+                "pg_advisory_xact_lock(hashtext('state-store-key:{schema}.{table}'),
+                                       hashtext(encode({key}, 'hex')))"
+            )
+        };
+        let try_key_lock = format!(
+            "pg_try_advisory_xact_lock(hashtext('state-store-key:{schema}.{table}'),
+                                       hashtext(encode(key, 'hex')))"
+        );
+        let feed_locked = format!("WITH l AS (SELECT pg_advisory_xact_lock_shared({feed_lock}))");
+        let locked = format!(
+            "WITH f AS (SELECT pg_advisory_xact_lock_shared({feed_lock})),
+                  l AS (SELECT {} FROM f)",
+            key_lock("$1::bytea")
+        );
         // While the feed is held, a write's change rows go to the feed in the same statement.
-        // A key's new version is taken after its row is locked (`SET version = nextval`, not
-        // the inserted value's), so one key's versions grow in commit order and the version
-        // doubles as the change number.
         // A recorded change wakes the listening watches: `{notify}()` sends the `NOTIFY`, and
         // is declared costly, so the planner tests `{held}` first and a write nobody watches
         // sends nothing.
@@ -156,14 +173,14 @@ impl Sql {
             upsert: put(
                 &format!(
                     "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                     version = {next}, expires_at = excluded.expires_at"
+                     version = excluded.version, expires_at = excluded.expires_at"
                 ),
                 "version",
             ),
             upsert_keep_ttl: put(
                 &format!(
                     "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                     version = {next},
+                     version = excluded.version,
                      expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END"
                 ),
                 "version",
@@ -171,7 +188,7 @@ impl Sql {
             create: put(
                 &format!(
                     "{insert} ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                     version = {next}, expires_at = excluded.expires_at
+                     version = excluded.version, expires_at = excluded.expires_at
                      WHERE NOT {live}"
                 ),
                 "version",
@@ -210,7 +227,7 @@ impl Sql {
                      ON CONFLICT (key) DO UPDATE SET
                      value = CASE WHEN {live} THEN (s.value::bigint + $2::bigint)::text
                              ELSE excluded.value END,
-                     version = {next},
+                     version = excluded.version,
                      expires_at = CASE WHEN {live} THEN s.expires_at ELSE excluded.expires_at END
                      WHERE NOT {live} OR s.value ~ '^(0|-?[1-9][0-9]*)$'"
                 ),
@@ -222,9 +239,12 @@ impl Sql {
                    AND ($3::bytea IS NULL OR key > $3) AND {live}
                  ORDER BY key LIMIT $4"
             ),
+            // Only rows whose key lock it gets at once: a key being written is left for the
+            // next sweep.
             sweep: format!(
-                "{locked}, w AS (DELETE FROM {t} WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM {t}, l WHERE expires_at <= now() LIMIT $1)) RETURNING key),
+                "{feed_locked}, w AS (DELETE FROM {t} WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM {t}, l WHERE expires_at <= now() AND {try_key_lock}
+                     LIMIT $1)) RETURNING key),
                  {} SELECT count(*) FROM w",
                 removal(&op::EXPIRED.to_string())
             ),
@@ -284,6 +304,41 @@ fn channel(schema: &str, table: &str) -> String {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     format!("state_store_{hash:016x}")
+}
+
+/// With migration off: the table must be this release's. `Ok(Err(Config))` otherwise.
+pub(crate) async fn check(
+    client: &Client,
+    sql: &Sql,
+) -> Result<Result<(), Error>, tokio_postgres::Error> {
+    let found: Option<i64> = client
+        .query_opt(
+            &format!("SELECT value FROM {} WHERE name = 'schema'", sql.meta),
+            &[],
+        )
+        .await
+        .map(|row| row.and_then(|row| row.try_get(0).ok()))
+        .or_else(|err| {
+            // No meta table at all.
+            if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        })?;
+    Ok(match found {
+        Some(SCHEMA_VERSION) => Ok(()),
+        Some(version) => Err(Error::config(format!(
+            "the table {} has schema version {version}, and this release of \
+             state-store-postgres needs {SCHEMA_VERSION}: run `migrate()` (or connect with \
+             migration on) with the release that matches",
+            sql.table
+        ))),
+        None => Err(Error::config(format!(
+            "the table {} does not exist: run `migrate()` (or connect with migration on)",
+            sql.table
+        ))),
+    })
 }
 
 /// Creates or upgrades the table, under an advisory lock so that processes starting together

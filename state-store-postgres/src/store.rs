@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::PostgresConfig;
 use crate::error::{closed, map, map_pool, not_an_integer, STORE};
-use crate::schema::{migrate, Sql};
+use crate::schema::{check, migrate, Sql};
 use crate::watch::{Feed, Listen, Listener, RETENTION};
 
 /// Rows one sweep statement deletes at most, so a sweep never holds many row locks at once.
@@ -159,8 +159,12 @@ impl PostgresStateStore {
         if store.config.migrate {
             store.migrate().await?;
         } else {
-            // At least the server answers, with these credentials.
-            drop(store.client(store.deadline()).await?);
+            // The server answers, with these credentials, and the table is this release's:
+            // every statement names the change feed of schema 2.
+            let deadline = store.deadline();
+            let client = store.client(deadline).await?;
+            let result = tokio::time::timeout_at(deadline, check(&client, &store.sql)).await;
+            finish(client, result, false)??;
         }
         store.start_sweeper();
         Ok(store)

@@ -36,6 +36,10 @@ const PAGE: i64 = 1000;
 /// reported) when no notification woke it: with `LISTEN`, and without.
 const TICK: Duration = Duration::from_secs(1);
 const TICK_UNHEARD: Duration = Duration::from_millis(250);
+/// The least time between two reads of the feed.
+const MIN_PASS: Duration = Duration::from_millis(20);
+/// How often a watch tries again to `LISTEN` when it cannot.
+const LISTEN_RETRY: Duration = Duration::from_secs(5);
 
 /// What a watch needs of the store.
 #[derive(Clone)]
@@ -163,17 +167,47 @@ impl Feed {
         // Held before the starting point is read: every change after it is recorded. A
         // resumed watch whose version precedes a lapse finds the gap mark above it.
         self.hold().await?;
-        let last = match after {
-            Some(after) => after,
-            None => self.fence().await?,
-        };
+        let now = self.fence().await?;
         let (tx, stream) = watch_channel(256);
+        let last = match after {
+            // A version this table has not reached (another table's, a restored database's):
+            // nothing after it can be vouched for.
+            Some(after) if after > now => {
+                let reason = "that version is ahead of this table's changes";
+                let _ = tx
+                    .send(Ok(BackendEvent::Resync {
+                        reason: reason.to_owned(),
+                    }))
+                    .await;
+                now
+            }
+            Some(after) => after,
+            None => now,
+        };
+        // The hold is renewed by a task of its own: a slow consumer or a long backlog must
+        // not let it lapse.
+        let (feed, renewals) = (self.clone(), tx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(FEED_HOLD / 3) => {}
+                    () = renewals.closed() => return,
+                }
+                if feed.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                // A renewal that fails is made up by a later one; should the hold lapse
+                // meanwhile, the gap mark that renewal sets becomes a `Resync`.
+                if let Err(err) = feed.hold().await {
+                    tracing::debug!(error = %err, "postgres watch: renewing the feed failed");
+                }
+            }
+        });
         let mut follower = Follower {
             feed: self.clone(),
             selector: selector.clone(),
             tx,
             last,
-            gap_seen: 0,
         };
         tokio::spawn(async move { follower.run().await });
         Ok(stream)
@@ -187,24 +221,25 @@ struct Follower {
     tx: mpsc::Sender<Result<BackendEvent>>,
     /// The last change number read.
     last: i64,
-    /// The last gap mark reported (see [`Follower::read`]).
-    gap_seen: i64,
 }
 
 impl Follower {
     async fn run(&mut self) {
         let wake = Arc::new(Notify::new());
         let mut listening: Option<tokio::task::JoinHandle<()>> = None;
-        let mut held_at = Instant::now();
+        let mut listened_at: Option<Instant> = None;
+        let mut swept_at: Option<Instant> = None;
         loop {
             if self.tx.is_closed() || self.feed.closed.load(Ordering::Acquire) {
                 break;
             }
+            // (Re)connect the listener, at most every few seconds when it keeps failing.
             if let Some(listen) = &self.feed.listen {
-                if listening
+                let down = listening
                     .as_ref()
-                    .is_none_or(tokio::task::JoinHandle::is_finished)
-                {
+                    .is_none_or(tokio::task::JoinHandle::is_finished);
+                if down && listened_at.is_none_or(|at| at.elapsed() >= LISTEN_RETRY) {
+                    listened_at = Some(Instant::now());
                     listening = Some(listen.listen(
                         self.feed.sql.channel.clone(),
                         Arc::clone(&wake),
@@ -212,15 +247,13 @@ impl Follower {
                     ));
                 }
             }
-            // A renewal that fails is made up by a later one; should the hold lapse
-            // meanwhile, the gap mark that renewal sets becomes a `Resync` here.
-            if held_at.elapsed() >= FEED_HOLD / 3 && self.feed.hold().await.is_ok() {
-                held_at = Instant::now();
-            }
             // Errors (a server away) are retried at the next tick: the feed keeps every
             // change until this watch reads it.
-            if let Err(err) = self.feed.sweep().await {
-                tracing::debug!(error = %err, "postgres watch: sweep failed");
+            if swept_at.is_none_or(|at| at.elapsed() >= TICK) {
+                swept_at = Some(Instant::now());
+                if let Err(err) = self.feed.sweep().await {
+                    tracing::debug!(error = %err, "postgres watch: sweep failed");
+                }
             }
             match self.read().await {
                 Ok(true) => {}
@@ -237,6 +270,9 @@ impl Follower {
                 () = tokio::time::sleep(tick) => {}
                 () = self.tx.closed() => break,
             }
+            // A fence stalls writes for an instant: under a stream of notifications, one per
+            // pause at most.
+            tokio::time::sleep(MIN_PASS).await;
         }
         if let Some(listening) = listening {
             listening.abort();
@@ -276,8 +312,10 @@ impl Follower {
                     // unrecorded while the feed lapsed (a resume from before it, or a watch
                     // whose renewals failed for a whole hold).
                     let gap: i64 = row.try_get(1).map_err(decode)?;
-                    if gap > self.last && gap > self.gap_seen {
-                        self.gap_seen = gap;
+                    if gap > self.last {
+                        // Changes before the mark may be incomplete: the watcher re-reads, and
+                        // follows on from the mark.
+                        self.last = gap;
                         let reason = "changes were not recorded while nobody watched";
                         if !self
                             .send(BackendEvent::Resync {
@@ -296,10 +334,10 @@ impl Follower {
                 if seq <= self.last {
                     continue;
                 }
-                self.last = seq;
                 let key: Vec<u8> = row.try_get(3).map_err(decode)?;
                 let kind: i16 = row.try_get(4).map_err(decode)?;
                 let value: Option<String> = row.try_get(5).map_err(decode)?;
+                self.last = seq;
                 let Some(event) = event(seq, key, kind, value) else {
                     continue;
                 };

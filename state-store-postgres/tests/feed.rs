@@ -122,6 +122,21 @@ async fn a_table_of_the_first_release_is_upgraded_in_place() {
         .await
         .expect("a schema-1 table");
 
+    // Without migration, the old table is refused with what to do, not used half-way.
+    let unmigrated = PostgresConfig::from_url(&url)
+        .expect("url")
+        .with_table(&table)
+        .expect("a plain name")
+        .with_migrate(false);
+    let err = PostgresStateStore::connect(unmigrated)
+        .await
+        .expect_err("a schema-1 table without migration");
+    assert!(
+        matches!(&err, state_store_core::Error::Config { message, .. }
+            if message.contains("schema version 1") && message.contains("migrate")),
+        "{err:?}"
+    );
+
     let store = open(&url, &table).await;
     let schema: i64 = client
         .query_one(
@@ -166,6 +181,33 @@ async fn a_table_of_the_first_release_is_upgraded_in_place() {
         WatchEvent::Put { name, version, .. } => {
             assert_eq!((name.as_str(), &version), ("kept", &new));
         }
+        other => panic!("expected the write, got {other:?}"),
+    }
+    store.destroy().await.expect("close");
+}
+
+/// A watch resumed from a version this table never reached (another table's, a restored
+/// database's) cannot vouch for anything: it starts with `Resync`, then follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_from_a_version_ahead_of_the_table_starts_over() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let table = format!("ahead_{}", std::process::id());
+    let store = open(&url, &table).await;
+    store.set_state("k", &json!(1)).await.expect("write");
+    let ahead = state_store_core::Version::new(i64::MAX.to_string());
+    let mut watch = store
+        .watch(Selector::Name("k".into()), WatchStart::AfterVersion(ahead))
+        .await
+        .expect("resume");
+    assert!(
+        matches!(next(&mut watch).await, WatchEvent::Resync { .. }),
+        "a resume from the future did not start over"
+    );
+    store.set_state("k", &json!(2)).await.expect("write");
+    match next(&mut watch).await {
+        WatchEvent::Put { value, .. } => assert_eq!(value, json!(2)),
         other => panic!("expected the write, got {other:?}"),
     }
     store.destroy().await.expect("close");
