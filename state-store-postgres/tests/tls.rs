@@ -62,3 +62,33 @@ async fn required_tls_never_falls_back_to_plaintext() {
         "{err:?}"
     );
 }
+
+/// Mutual TLS: a server that wants a client certificate gets the configured one (in code or
+/// as libpq's `sslcert`/`sslkey` in the URL); without one it refuses, and that is `Config`.
+#[tokio::test]
+async fn a_client_certificate_is_presented_and_required_ones_are_refused_without() {
+    let certificates = Certificates::generate();
+    let Some(server) = PostgresServer::spawn_mutual_tls(&certificates)
+        .map_or_else(|why| unavailable("postgres with mutual TLS", &why), Some)
+    else {
+        return;
+    };
+    let (cert, key) = certificates.client();
+    let trusted = PostgresConfig::from_url(&server.url())
+        .expect("url")
+        .with_root_certificates(certificates.ca());
+    round_trip(trusted.clone().with_client_certificate(&cert, &key)).await;
+    let url = format!(
+        "{}?sslmode=require&sslrootcert={}&sslcert={}&sslkey={}",
+        server.url(),
+        certificates.ca().display(),
+        cert.display(),
+        key.display()
+    );
+    round_trip(PostgresConfig::from_url(&url).expect("url")).await;
+    let err = tls::refused(
+        PostgresStateStore::connect(trusted).await,
+        "no client certificate where the server requires one",
+    );
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+}

@@ -135,7 +135,7 @@ impl PostgresServer {
     ///
     /// When the binaries are missing, or the cluster cannot be created or does not come up.
     pub fn spawn() -> Result<Self, String> {
-        Self::spawn_with(None)
+        Self::spawn_with(None, false)
     }
 
     /// A server that also accepts TLS with `certificates`' server certificate (it still
@@ -145,10 +145,21 @@ impl PostgresServer {
     ///
     /// As [`PostgresServer::spawn`].
     pub fn spawn_tls(certificates: &super::tls::Certificates) -> Result<Self, String> {
-        Self::spawn_with(Some(certificates))
+        Self::spawn_with(Some(certificates), false)
     }
 
-    fn spawn_with(tls: Option<&super::tls::Certificates>) -> Result<Self, String> {
+    /// As [`PostgresServer::spawn_tls`], and every TCP connection must also present a client
+    /// certificate the test CA signed (`hostssl … clientcert=verify-ca`, the password still
+    /// asked): mutual TLS.
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresServer::spawn`].
+    pub fn spawn_mutual_tls(certificates: &super::tls::Certificates) -> Result<Self, String> {
+        Self::spawn_with(Some(certificates), true)
+    }
+
+    fn spawn_with(tls: Option<&super::tls::Certificates>, mutual: bool) -> Result<Self, String> {
         if let Tier::Container = choose("postgres", bin_dir)? {
             return Err("PostgreSQL runs from local binaries only".to_owned());
         }
@@ -164,6 +175,15 @@ impl PostgresServer {
             for (from, to) in [(cert, "server.pem"), (key, "server-key.pem")] {
                 let pem = std::fs::read(&from).map_err(|e| format!("cannot read {to}: {e}"))?;
                 write_for_server(&dir.path().join(to), &pem)?;
+            }
+            if mutual {
+                let pem = std::fs::read(certificates.ca())
+                    .map_err(|e| format!("cannot read the CA: {e}"))?;
+                write_for_server(&dir.path().join("ca.pem"), &pem)?;
+                extra.extend([
+                    "-c".to_owned(),
+                    format!("ssl_ca_file={}", dir.path().join("ca.pem").display()),
+                ]);
             }
             extra.extend(
                 [
@@ -202,6 +222,15 @@ impl PostgresServer {
                 String::from_utf8_lossy(&created.stdout),
                 String::from_utf8_lossy(&created.stderr)
             ));
+        }
+        if mutual {
+            // TCP only over TLS with a verified client certificate; the socket for the
+            // harness's own checks.
+            write_for_server(
+                &data.join("pg_hba.conf"),
+                b"local all all scram-sha-256\n\
+                  hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+            )?;
         }
         let (server, port) = with_port_retries(|| {
             let port = free_port();
