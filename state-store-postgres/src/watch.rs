@@ -295,35 +295,28 @@ impl Follower {
             for (i, row) in rows.iter().enumerate() {
                 let decode = |e| Error::backend(STORE, e);
                 if i == 0 {
+                    // Changes after `last` that were trimmed (the watch fell more than 5
+                    // minutes behind, or resumed from an older version), or a gap mark above
+                    // it: changes before it went unrecorded while the feed lapsed (a resume
+                    // from before it, or a watch whose renewals failed for a whole hold).
+                    // Either way the watcher re-reads, and this follows on from there.
                     let trimmed: i64 = row.try_get(0).map_err(decode)?;
-                    if trimmed > self.last {
-                        let reason = "changes after that version were trimmed (kept 5 minutes)";
-                        if !self
-                            .send(BackendEvent::Resync {
-                                reason: reason.to_owned(),
-                            })
-                            .await
-                        {
-                            return Ok(false);
-                        }
-                    }
-                    self.last = self.last.max(trimmed);
-                    // A gap mark above what this watch read: changes before it went
-                    // unrecorded while the feed lapsed (a resume from before it, or a watch
-                    // whose renewals failed for a whole hold).
                     let gap: i64 = row.try_get(1).map_err(decode)?;
-                    if gap > self.last {
-                        // Changes before the mark may be incomplete: the watcher re-reads, and
-                        // follows on from the mark.
-                        self.last = gap;
-                        let reason = "changes were not recorded while nobody watched";
-                        if !self
-                            .send(BackendEvent::Resync {
+                    for (mark, reason) in [
+                        (
+                            trimmed,
+                            "changes after that version were trimmed (kept 5 minutes)",
+                        ),
+                        (gap, "changes were not recorded while nobody watched"),
+                    ] {
+                        if mark > self.last {
+                            self.last = mark;
+                            let resync = BackendEvent::Resync {
                                 reason: reason.to_owned(),
-                            })
-                            .await
-                        {
-                            return Ok(false);
+                            };
+                            if !self.send(resync).await {
+                                return Ok(false);
+                            }
                         }
                     }
                 }
