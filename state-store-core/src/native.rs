@@ -19,6 +19,19 @@ pub struct RateLimitRequest<'a> {
     pub write: bool,
 }
 
+impl<'a> RateLimitRequest<'a> {
+    /// A check of `cost` against the state at `key` that records it when it passes (set
+    /// [`RateLimitRequest::write`] to false for a peek): for tests of a backend's native path.
+    pub fn new(key: &'a str, algorithm: RateAlgorithm, cost: u64) -> Self {
+        RateLimitRequest {
+            key,
+            algorithm,
+            cost,
+            write: true,
+        }
+    }
+}
+
 /// A rate-limit algorithm: [`RateLimitRequest::algorithm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -7,6 +7,9 @@ use tokio_postgres::Client;
 /// and is refused rather than misread.
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
+/// The clock now, in epoch microseconds.
+const NOW_US: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint";
+
 /// The clock now, in epoch milliseconds.
 const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint";
 
@@ -63,6 +66,11 @@ pub(crate) struct Sql {
     pub(crate) remove_if: String,
     /// `(key, delta, ttl ms)` → the new value; no row when the stored value is not an integer.
     pub(crate) increment: String,
+    /// `(key, interval µs, burst, cost)` → the stored arrival time after the check, whether it
+    /// passed, and the server's clock (µs); no row when the stored value is not an integer.
+    pub(crate) gcra: String,
+    /// `(key)` → the live stored value (or NULL) and the server's clock (µs).
+    pub(crate) gcra_peek: String,
     /// `(from, below or NULL, after or NULL, limit)` → live keys in byte order.
     pub(crate) list: String,
     /// `(batch)` → how many expired rows it deleted, up to `batch`.
@@ -233,6 +241,10 @@ impl Sql {
                 ),
                 "value::bigint",
             ),
+            gcra: gcra(&locked, &t, &changes, &next, &recorded),
+            gcra_peek: format!(
+                "SELECT (SELECT value FROM {t} s WHERE key = $1 AND {live}), {NOW_US}"
+            ),
             list: format!(
                 "SELECT key FROM {t} s
                  WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2)
@@ -292,6 +304,43 @@ impl Sql {
             table_name: table.to_owned(),
         }
     }
+}
+
+/// GCRA in one statement, on the server's clock, after core's `gcra_step` (which computes the
+/// reply from what this returns): the theoretical arrival time (TAT) is the stored JSON integer
+/// of microseconds, with a TTL until it is reached; a request of `cost` passes when
+/// `max(TAT, now) + interval × cost − now ≤ interval × burst`, and then stores that sum. Only
+/// for `cost ≤ burst` (else nothing passes, and a peek answers). A missing or expired value
+/// counts as `now`. The arrival time is read from the row `DO UPDATE` locked, never from the
+/// statement's snapshot, which predates the key lock. A denied check rewrites the row as it
+/// was (same version, no change recorded): the reply needs the stored time, and `RETURNING`
+/// sees only rows it wrote.
+fn gcra(locked: &str, t: &str, changes: &str, next: &str, recorded: &str) -> String {
+    let live = "(s.expires_at IS NULL OR s.expires_at > now())";
+    let step = "$2::bigint * $4::bigint";
+    // `now` of this statement, inside `DO UPDATE`, from the row proposed for insertion.
+    let now = format!("(excluded.value::bigint - {step})");
+    let tat = format!("(CASE WHEN {live} THEN s.value::bigint ELSE 0 END)");
+    let new_tat = format!("(GREATEST({tat}, {now}) + {step})");
+    let passes = format!("({new_tat} - {now} <= $2::bigint * $3::bigint)");
+    format!(
+        "{locked}, n AS (SELECT {NOW_US} AS at_us, {next} AS v FROM l),
+         w AS (INSERT INTO {t} AS s (key, value, version, expires_at)
+               SELECT $1::bytea, (at_us + {step})::text, v,
+                      to_timestamp((at_us + {step}) / 1000000.0) FROM n
+               ON CONFLICT (key) DO UPDATE SET
+                 value = CASE WHEN {passes} THEN {new_tat}::text ELSE s.value END,
+                 version = CASE WHEN {passes} THEN excluded.version ELSE s.version END,
+                 expires_at = CASE WHEN {passes} THEN to_timestamp({new_tat} / 1000000.0)
+                              ELSE s.expires_at END
+               WHERE NOT {live} OR s.value ~ '^(0|-?[1-9][0-9]*)$'
+               RETURNING key, value, version),
+         c AS (INSERT INTO {changes} (seq, key, op, value)
+               SELECT w.version, w.key, {put}, w.value FROM w, n
+               WHERE w.version = n.v AND {recorded})
+         SELECT w.value::bigint, w.version = n.v, n.at_us FROM w, n",
+        put = op::PUT
+    )
 }
 
 /// The `NOTIFY` channel of a table: a name within PostgreSQL's 63 bytes whatever the schema

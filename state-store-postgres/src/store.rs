@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use state_store_core::{
-    Backend, Capabilities, Entry, Error, Extensions, Increment, KeyPage, KeySelector, ListKeys,
-    Result, SetMode, SetOptions, Version, WatchKeys, WatchStart, WatchStream, WatchSupport,
+    gcra_step, Backend, Capabilities, CheckRateLimit, Entry, Error, Extensions, Increment, KeyPage,
+    KeySelector, ListKeys, RateAlgorithm, RateLimitReply, RateLimitRequest, Result, SetMode,
+    SetOptions, Version, WatchKeys, WatchStart, WatchStream, WatchSupport,
 };
 use tokio::time::Instant;
 
@@ -530,35 +531,123 @@ impl Backend for PostgresStateStore {
             .with_increment(self)
             .with_list(self)
             .with_watch(self)
+            .with_rate_limit(self)
+    }
+}
+
+impl PostgresStateStore {
+    /// Runs a write that reads the stored value as an integer: a value that is not one (or a
+    /// sum out of range) is `NotAnInteger` for `key`, whichever way the server says it.
+    async fn counter_write(
+        &self,
+        key: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let result = tokio::time::timeout_at(deadline, async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await;
+        if let Ok(Err(err)) = &result {
+            if not_an_integer(err) {
+                return Err(Error::NotAnInteger {
+                    key: key.to_owned(),
+                });
+            }
+        }
+        finish(client, result, true)
     }
 }
 
 #[async_trait]
 impl Increment for PostgresStateStore {
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        let refused = || Error::NotAnInteger {
-            key: key.to_owned(),
-        };
-        let key_bytes = key.as_bytes();
-        let deadline = self.deadline();
-        let client = self.client(deadline).await?;
-        let result = tokio::time::timeout_at(deadline, async {
-            let statement = client.prepare_cached(&self.sql.increment).await?;
-            client
-                .query(&statement, &[&key_bytes, &delta, &ttl_ms(ttl)])
-                .await
-        })
-        .await;
-        if let Ok(Err(err)) = &result {
-            if not_an_integer(err) {
-                return Err(refused());
-            }
-        }
-        let rows = finish(client, result, true)?;
+        let rows = self
+            .counter_write(
+                key,
+                &self.sql.increment,
+                &[&key.as_bytes(), &delta, &ttl_ms(ttl)],
+            )
+            .await?;
         match rows.first() {
             Some(row) => row.try_get(0).map_err(|e| Error::backend(STORE, e)),
-            None => Err(refused()),
+            None => Err(Error::NotAnInteger {
+                key: key.to_owned(),
+            }),
         }
+    }
+}
+
+#[async_trait]
+impl CheckRateLimit for PostgresStateStore {
+    /// GCRA in one statement on the server's clock (see `schema::gcra`); the reply is core's
+    /// [`gcra_step`] on what the statement read, so the two cannot disagree. A fixed window
+    /// is left to the limiter (one `increment` already).
+    async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
+        let RateAlgorithm::Gcra {
+            emission_interval,
+            burst,
+        } = request.algorithm
+        else {
+            return Ok(None);
+        };
+        let interval = u64::try_from(emission_interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let cost = request.cost;
+        // Parameters whose products leave bigint go the composed way (saturating in core).
+        let (Ok(i), Ok(b), Ok(c)) = (
+            i64::try_from(interval),
+            i64::try_from(burst),
+            i64::try_from(cost),
+        ) else {
+            return Ok(None);
+        };
+        if i.checked_mul(b).is_none() || i.checked_mul(c).is_none() {
+            return Ok(None);
+        }
+        let micros = |v: i64| u64::try_from(v).unwrap_or(0);
+        let key = request.key.as_bytes();
+        let decode = |e| Error::backend(STORE, e);
+        let not_an_integer = || Error::NotAnInteger {
+            key: request.key.to_owned(),
+        };
+        if !request.write || cost > burst {
+            // Nothing is written: a peek, or a cost no TAT lets through.
+            let rows = self.query(&self.sql.gcra_peek, &[&key], false).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::backend(STORE, "no row"))?;
+            let stored: Option<String> = row.try_get(0).map_err(decode)?;
+            let now: i64 = row.try_get(1).map_err(decode)?;
+            let tat = match stored {
+                None => 0,
+                Some(text) => text.parse::<i64>().map_err(|_| not_an_integer())?,
+            };
+            let (reply, _) = gcra_step(micros(now), micros(tat), interval, burst, cost);
+            return Ok(Some(reply));
+        }
+        let rows = self
+            .counter_write(request.key, &self.sql.gcra, &[&key, &i, &b, &c])
+            .await?;
+        let row = rows.first().ok_or_else(not_an_integer)?;
+        let stored: i64 = row.try_get(0).map_err(decode)?;
+        let passed: bool = row.try_get(1).map_err(decode)?;
+        let now: i64 = row.try_get(2).map_err(decode)?;
+        // Passed: `stored` is the new TAT, `max(TAT, now) + interval × cost`; the step from
+        // what it was gives the same reply.
+        let before = if passed { stored - i * c } else { stored };
+        let (reply, _) = gcra_step(micros(now), micros(before), interval, burst, cost);
+        if reply.allowed != passed {
+            return Err(Error::backend(
+                STORE,
+                "the server's GCRA decision differs from core's",
+            ));
+        }
+        Ok(Some(reply))
     }
 }
 
