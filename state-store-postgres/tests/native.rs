@@ -40,6 +40,18 @@ async fn try_check(
     native.rate_limit(&request).await
 }
 
+/// The arrival time stored at `key`, in microseconds.
+async fn stored(store: &PostgresStateStore, key: &str) -> u64 {
+    let entry = store
+        .get_many(&[key.to_owned()])
+        .await
+        .expect("read")
+        .remove(0)
+        .expect("stored");
+    let text = String::from_utf8(entry.value).expect("text");
+    text.parse().expect("an integer of microseconds")
+}
+
 /// With one unit an hour and a burst of 3: three pass (2, 1, 0 left), the fourth is denied
 /// with about an hour to wait, and nothing else changes the stored arrival time: a peek, a
 /// denial, a cost above the burst (denied for good: no wait to give).
@@ -59,18 +71,7 @@ async fn gcra_is_answered_in_the_store_with_cores_answers() {
         assert_eq!(reply.remaining, left, "{reply:?}");
         assert!(reply.retry_after.is_none());
     }
-    let stored = |entry: Option<state_store_core::Entry>| -> u64 {
-        let entry = entry.expect("stored");
-        let text = String::from_utf8(entry.value).expect("text");
-        text.parse().expect("an integer of microseconds")
-    };
-    let tat = stored(
-        store
-            .get_many(&["k".to_owned()])
-            .await
-            .expect("read")
-            .remove(0),
-    );
+    let tat = stored(&store, "k").await;
 
     let denied = check(&store, "k", 1, true).await;
     assert!(!denied.allowed);
@@ -89,13 +90,7 @@ async fn gcra_is_answered_in_the_store_with_cores_answers() {
         !too_big.allowed && too_big.retry_after.is_none(),
         "{too_big:?}"
     );
-    let after = stored(
-        store
-            .get_many(&["k".to_owned()])
-            .await
-            .expect("read")
-            .remove(0),
-    );
+    let after = stored(&store, "k").await;
     assert_eq!(
         after, tat,
         "a denial, a peek or an impossible cost changed the state"
