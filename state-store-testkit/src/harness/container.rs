@@ -6,7 +6,8 @@
 //! `./scripts/test --containers` sets: no local server binary is used, and a missing Docker
 //! engine is a failure) or `local`.
 //!
-//! Images are the official ones, pinned ([`REDIS_IMAGE`], [`NATS_IMAGE`], [`DAPRD_IMAGE`]);
+//! Images are the official ones, pinned ([`REDIS_IMAGE`], [`NATS_IMAGE`], [`DAPRD_IMAGE`],
+//! [`POSTGRES_IMAGE`]);
 //! `scripts/build-images` makes same-named images from this machine's binaries where no
 //! registry is reachable. Every container is removed when its owner is dropped, and — through a
 //! small guard process holding a pipe from the test process — when the test process dies in
@@ -30,6 +31,9 @@ pub const REDIS_IMAGE: (&str, &str) = ("redis", "7.2");
 pub const NATS_IMAGE: (&str, &str) = ("nats", "2.11");
 /// daprd: the official image of the version this repository builds.
 pub const DAPRD_IMAGE: (&str, &str) = ("daprio/daprd", "1.18.1");
+/// PostgreSQL: the official image, pinned to the major version Debian 12 ships (what the local
+/// tier runs); its entrypoint creates the cluster from `POSTGRES_USER` and `POSTGRES_PASSWORD`.
+pub const POSTGRES_IMAGE: (&str, &str) = ("postgres", "15");
 
 /// Where a server comes from.
 #[derive(Debug)]
@@ -112,6 +116,8 @@ pub struct ContainerSpec {
     pub name: Option<String>,
     /// `(host path, container path)` bind mounts.
     pub mounts: Vec<(String, String)>,
+    /// Environment variables of the container's process.
+    pub env: Vec<(String, String)>,
 }
 
 impl ContainerSpec {
@@ -130,7 +136,15 @@ impl ContainerSpec {
             network: None,
             name: None,
             mounts: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// The same, with the variable `name` set to `value` in the container.
+    #[must_use]
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 }
 
@@ -216,6 +230,9 @@ impl Container {
         }
         for (host, container) in &spec.mounts {
             request = request.with_mount(Mount::bind_mount(host.clone(), container.clone()));
+        }
+        for (name, value) in &spec.env {
+            request = request.with_env_var(name.clone(), value.clone());
         }
         let runtime = runtime()?;
         let handle = std::thread::scope(|s| {

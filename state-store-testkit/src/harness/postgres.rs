@@ -1,6 +1,7 @@
 //! A PostgreSQL server on loopback: `initdb` into a temporary directory, then `postgres`;
-//! shared per test binary, or owned for fault tests. Local binaries only (Debian's
-//! `postgresql` package puts them under `/usr/lib/postgresql/<version>/bin`).
+//! shared per test binary, or owned for fault tests. From local binaries (Debian's
+//! `postgresql` package puts them under `/usr/lib/postgresql/<version>/bin`), or in the
+//! container tier from the official image (TLS servers: local binaries only).
 //!
 //! PostgreSQL refuses to run as root: as root, the harness gives the directory to the
 //! `postgres` user and starts `initdb` and `postgres` as that user (`setpriv`, which execs, so
@@ -13,19 +14,20 @@ use std::time::Duration;
 
 use state_store_conformance::faults::TestServer;
 
-use super::container::{choose, Tier};
+use super::container::{choose, ContainerSpec, Tier, POSTGRES_IMAGE};
 use super::{free_port, temp_dir, unavailable, wait_for, with_port_retries, Supervised, TempDir};
 
 /// Env var with the URL of a PostgreSQL to use instead of spawning one.
 pub const POSTGRES_URL_VAR: &str = "STATE_STORE_TEST_POSTGRES_URL";
-/// Env var naming the directory with `initdb`, `postgres` and `pg_isready`.
+/// Env var naming the directory with `initdb` and `postgres`.
 pub const POSTGRES_BIN_DIR_VAR: &str = "STATE_STORE_POSTGRES_BIN_DIR";
 
 /// The role the harness creates, and its password.
 const USER: &str = "state_store";
 const PASSWORD: &str = "state-store-test";
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A container creates its cluster first, on a slow copy-on-write file system.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The directory with PostgreSQL's server binaries: [`POSTGRES_BIN_DIR_VAR`], else where
 /// `initdb` on `PATH` really is, else the newest `/usr/lib/postgresql/<version>/bin`.
@@ -39,7 +41,7 @@ fn bin_dir() -> Result<PathBuf, String> {
         .ok()
         .and_then(|path| std::fs::canonicalize(path).ok())
         .and_then(|path| path.parent().map(Path::to_path_buf))
-        .filter(|dir| dir.join("postgres").is_file() && dir.join("pg_isready").is_file())
+        .filter(|dir| dir.join("postgres").is_file())
     {
         return Ok(dir);
     }
@@ -122,7 +124,6 @@ fn write_for_server(path: &Path, contents: &[u8]) -> Result<(), String> {
 pub struct PostgresServer {
     server: Supervised,
     port: u16,
-    bin: PathBuf,
     // Removed when the server is dropped.
     _dir: TempDir,
 }
@@ -160,111 +161,40 @@ impl PostgresServer {
     }
 
     fn spawn_with(tls: Option<&super::tls::Certificates>, mutual: bool) -> Result<Self, String> {
-        if let Tier::Container = choose("postgres", bin_dir)? {
-            return Err("PostgreSQL runs from local binaries only".to_owned());
-        }
-        let bin = bin_dir()?;
         let dir = temp_dir("postgres");
-        give_to_server_user(dir.path())?;
-        let password_file = dir.path().join("password");
-        write_for_server(&password_file, PASSWORD.as_bytes())?;
-        let mut extra = Vec::new();
-        if let Some(certificates) = tls {
-            let (cert, key) = certificates.server();
-            // The server reads its key only when its user owns it and nobody else may read it.
-            for (from, to) in [(cert, "server.pem"), (key, "server-key.pem")] {
-                let pem = std::fs::read(&from).map_err(|e| format!("cannot read {to}: {e}"))?;
-                write_for_server(&dir.path().join(to), &pem)?;
+        let (server, port) = match choose("postgres", bin_dir)? {
+            Tier::Local(bin) => spawn_local(&bin, dir.path(), tls, mutual)?,
+            Tier::Container if tls.is_some() => {
+                return Err("TLS servers run from local binaries only".to_owned());
             }
-            if mutual {
-                let pem = std::fs::read(certificates.ca())
-                    .map_err(|e| format!("cannot read the CA: {e}"))?;
-                write_for_server(&dir.path().join("ca.pem"), &pem)?;
-                extra.extend([
-                    "-c".to_owned(),
-                    format!("ssl_ca_file={}", dir.path().join("ca.pem").display()),
-                ]);
-            }
-            extra.extend(
-                [
-                    "ssl=on".to_owned(),
-                    format!("ssl_cert_file={}", dir.path().join("server.pem").display()),
-                    format!(
-                        "ssl_key_file={}",
-                        dir.path().join("server-key.pem").display()
-                    ),
-                ]
-                .into_iter()
-                .flat_map(|setting| ["-c".to_owned(), setting]),
-            );
-        }
-        let data = dir.path().join("data");
-        let args = [
-            "-D".to_owned(),
-            data.display().to_string(),
-            "-U".to_owned(),
-            USER.to_owned(),
-            format!("--pwfile={}", password_file.display()),
-            "--auth=scram-sha-256".to_owned(),
-            "-E".to_owned(),
-            "UTF8".to_owned(),
-            "--no-locale".to_owned(),
-            "--no-sync".to_owned(),
-        ];
-        let (program, args) = as_server_user(&bin.join("initdb"), &args);
-        let created = Command::new(&program)
-            .args(&args)
-            .output()
-            .map_err(|e| format!("cannot run initdb: {e}"))?;
-        if !created.status.success() {
-            return Err(format!(
-                "initdb failed: {}{}",
-                String::from_utf8_lossy(&created.stdout),
-                String::from_utf8_lossy(&created.stderr)
-            ));
-        }
-        if mutual {
-            // TCP only over TLS with a verified client certificate; the socket for the
-            // harness's own checks.
-            write_for_server(
-                &data.join("pg_hba.conf"),
-                b"local all all scram-sha-256\n\
-                  hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
-            )?;
-        }
-        let (server, port) = with_port_retries(|| {
-            let port = free_port();
-            let args = [
-                "-D".to_owned(),
-                data.display().to_string(),
-                "-p".to_owned(),
-                port.to_string(),
-                "-c".to_owned(),
-                "listen_addresses=127.0.0.1".to_owned(),
-                "-c".to_owned(),
-                format!("unix_socket_directories={}", dir.path().display()),
-                // The conformance suite runs many cases at once, each with its own pools.
-                "-c".to_owned(),
-                "max_connections=300".to_owned(),
-            ];
-            let args: Vec<String> = args.iter().chain(&extra).cloned().collect();
-            let (program, args) = as_server_user(&bin.join("postgres"), &args);
-            let mut server = Supervised::new(program, args, dir.path().join("postgres.log"));
-            server.start(START_TIMEOUT, || postgres_answers(&bin, port))?;
-            Ok((server, port))
-        })?;
+            Tier::Container => with_port_retries(|| {
+                let port = free_port();
+                // What the official image's entrypoint reads to create the cluster; the
+                // command after `postgres` goes to the server.
+                let spec = ContainerSpec::new(
+                    "postgres",
+                    POSTGRES_IMAGE,
+                    ["postgres", "-c", "max_connections=300", "-c", "fsync=off"],
+                    &[(port, 5432)],
+                )
+                .with_env("POSTGRES_USER", USER)
+                .with_env("POSTGRES_PASSWORD", PASSWORD)
+                .with_env("POSTGRES_INITDB_ARGS", "-E UTF8 --no-locale");
+                let mut server = Supervised::container(spec);
+                server.start(START_TIMEOUT, || postgres_answers(port))?;
+                Ok((server, port))
+            })?,
+        };
         Ok(PostgresServer {
             server,
             port,
-            bin,
             _dir: dir,
         })
     }
 
     fn start(&mut self) -> Result<(), String> {
-        let (bin, port) = (self.bin.clone(), self.port);
-        self.server
-            .start(START_TIMEOUT, || postgres_answers(&bin, port))
+        let port = self.port;
+        self.server.start(START_TIMEOUT, || postgres_answers(port))
     }
 
     /// `postgres://state_store:…@127.0.0.1:<port>/postgres`.
@@ -279,6 +209,100 @@ impl PostgresServer {
     pub fn port(&self) -> u16 {
         self.port
     }
+}
+
+/// Creates a cluster in `dir` with the local binaries in `bin` and starts it on a free port.
+fn spawn_local(
+    bin: &Path,
+    dir: &Path,
+    tls: Option<&super::tls::Certificates>,
+    mutual: bool,
+) -> Result<(Supervised, u16), String> {
+    give_to_server_user(dir)?;
+    let password_file = dir.join("password");
+    write_for_server(&password_file, PASSWORD.as_bytes())?;
+    let mut extra = Vec::new();
+    if let Some(certificates) = tls {
+        let (cert, key) = certificates.server();
+        // The server reads its key only when its user owns it and nobody else may read it.
+        for (from, to) in [(cert, "server.pem"), (key, "server-key.pem")] {
+            let pem = std::fs::read(&from).map_err(|e| format!("cannot read {to}: {e}"))?;
+            write_for_server(&dir.join(to), &pem)?;
+        }
+        if mutual {
+            let pem =
+                std::fs::read(certificates.ca()).map_err(|e| format!("cannot read the CA: {e}"))?;
+            write_for_server(&dir.join("ca.pem"), &pem)?;
+            extra.extend([
+                "-c".to_owned(),
+                format!("ssl_ca_file={}", dir.join("ca.pem").display()),
+            ]);
+        }
+        extra.extend(
+            [
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", dir.join("server.pem").display()),
+                format!("ssl_key_file={}", dir.join("server-key.pem").display()),
+            ]
+            .into_iter()
+            .flat_map(|setting| ["-c".to_owned(), setting]),
+        );
+    }
+    let data = dir.join("data");
+    let args = [
+        "-D".to_owned(),
+        data.display().to_string(),
+        "-U".to_owned(),
+        USER.to_owned(),
+        format!("--pwfile={}", password_file.display()),
+        "--auth=scram-sha-256".to_owned(),
+        "-E".to_owned(),
+        "UTF8".to_owned(),
+        "--no-locale".to_owned(),
+        "--no-sync".to_owned(),
+    ];
+    let (program, args) = as_server_user(&bin.join("initdb"), &args);
+    let created = Command::new(&program)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run initdb: {e}"))?;
+    if !created.status.success() {
+        return Err(format!(
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        ));
+    }
+    if mutual {
+        // TCP only over TLS with a verified client certificate; the socket for the
+        // harness's own checks.
+        write_for_server(
+            &data.join("pg_hba.conf"),
+            b"local all all scram-sha-256\n\
+              hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+        )?;
+    }
+    with_port_retries(|| {
+        let port = free_port();
+        let args = [
+            "-D".to_owned(),
+            data.display().to_string(),
+            "-p".to_owned(),
+            port.to_string(),
+            "-c".to_owned(),
+            "listen_addresses=127.0.0.1".to_owned(),
+            "-c".to_owned(),
+            format!("unix_socket_directories={}", dir.display()),
+            // The conformance suite runs many cases at once, each with its own pools.
+            "-c".to_owned(),
+            "max_connections=300".to_owned(),
+        ];
+        let args: Vec<String> = args.iter().chain(&extra).cloned().collect();
+        let (program, args) = as_server_user(&bin.join("postgres"), &args);
+        let mut server = Supervised::new(program, args, dir.join("postgres.log"));
+        server.start(START_TIMEOUT, || postgres_answers(port))?;
+        Ok((server, port))
+    })
 }
 
 /// A fast shutdown (SIGINT) first: on SIGTERM, which the process guard sends, PostgreSQL waits
@@ -298,17 +322,19 @@ impl Drop for PostgresServer {
 /// new backend while the backends are listed.
 impl TestServer for PostgresServer {
     fn crash(&mut self) {
-        if let Some(pid) = self.server.pid() {
-            let _ = self.server.pause();
-            let backends = children_of(pid);
-            signal("-KILL", &backends);
-            self.server.crash();
-            // A backend still attached to shared memory would keep the next postmaster from
-            // starting: wait until they are all gone (or zombies).
-            wait_for(Duration::from_secs(10), || {
-                backends.iter().all(|&pid| !alive(pid))
-            });
-        }
+        let Some(pid) = self.server.pid() else {
+            // A container: Docker kills every process in it.
+            return self.server.crash();
+        };
+        let _ = self.server.pause();
+        let backends = children_of(pid);
+        signal("-KILL", &backends);
+        self.server.crash();
+        // A backend still attached to shared memory would keep the next postmaster from
+        // starting: wait until they are all gone (or zombies).
+        wait_for(Duration::from_secs(10), || {
+            backends.iter().all(|&pid| !alive(pid))
+        });
     }
 
     fn restart(&mut self) -> Result<(), String> {
@@ -317,15 +343,19 @@ impl TestServer for PostgresServer {
     }
 
     fn pause(&mut self) -> Result<(), String> {
-        let pid = self.server.pid().ok_or("the server is not running")?;
+        let Some(pid) = self.server.pid() else {
+            // A container: Docker freezes every process in it.
+            return self.server.pause();
+        };
         self.server.pause()?;
         signal("-STOP", &children_of(pid));
         Ok(())
     }
 
     fn resume(&mut self) -> Result<(), String> {
-        let pid = self.server.pid().ok_or("the server is not running")?;
-        signal("-CONT", &children_of(pid));
+        if let Some(pid) = self.server.pid() {
+            signal("-CONT", &children_of(pid));
+        }
         self.server.resume()
     }
 }
@@ -375,12 +405,46 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// True when `pg_isready` says the server on `127.0.0.1:port` accepts connections.
-fn postgres_answers(bin: &Path, port: u16) -> bool {
-    Command::new(bin.join("pg_isready"))
-        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .status()
-        .is_ok_and(|status| status.success())
+/// True when the server on `127.0.0.1:port` accepts connections, as `pg_isready` judges
+/// (without needing its binary): it answers a startup message with an authentication request,
+/// or with an error other than "cannot connect now" (SQLSTATE 57P03: starting up, shutting
+/// down, in recovery) — a refusal by `pg_hba.conf` comes from a running server. A reset is no
+/// answer: a container's published port accepts connections before the server inside listens.
+fn postgres_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
+    let mut body = 196_608_u32.to_be_bytes().to_vec(); // protocol 3.0
+    body.extend_from_slice(format!("user\0{USER}\0database\0postgres\0\0").as_bytes());
+    let mut message = u32::try_from(body.len() + 4)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    message.extend(body);
+    let mut header = [0u8; 5];
+    if stream.write_all(&message).is_err() || stream.read_exact(&mut header).is_err() {
+        return false;
+    }
+    match header[0] {
+        b'R' => true,
+        b'E' => {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            let mut fields = vec![
+                0u8;
+                usize::try_from(len.saturating_sub(4))
+                    .unwrap_or(0)
+                    .min(4096)
+            ];
+            // Fields are a type byte and a NUL-terminated text each: `C` is the SQLSTATE.
+            stream.read_exact(&mut fields).is_ok()
+                && !fields.split(|&b| b == 0).any(|field| field == b"C57P03")
+        }
+        _ => false,
+    }
 }
 
 /// The URL of a PostgreSQL for this test binary: [`POSTGRES_URL_VAR`], else a spawned server
