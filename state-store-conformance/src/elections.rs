@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use state_store_core::{LeaderEvent, StateStore};
+use state_store_core::{FencingToken, LeaderEvent, StateStore};
 use tokio::sync::mpsc;
 
 use crate::context::{Context, Worker};
-use crate::leases::{lease_store, ok, within, PATIENCE};
+use crate::leases::{lease_store, observe_until, ok, within, PATIENCE};
 
 /// One line of a candidate's events.
 fn describe(event: &LeaderEvent) -> String {
@@ -66,7 +66,8 @@ async fn next_term_mark(store: &StateStore) -> i64 {
 /// candidate is elected with a greater token and the third sees the change. Terms never
 /// overlap: ordered by the store (a counter each leader bumps when elected and when it learns
 /// it lost, as critical sections are ordered in [`lease_mutual_exclusion`](crate::cases::lease_mutual_exclusion)), every term ends
-/// before the next begins.
+/// before the next begins. A process that does not campaign observes the first leader and
+/// then the second, with their tokens ([`StateStore::observe_leader`]).
 pub async fn election_has_one_leader_and_fails_over(ctx: Context) {
     let Some(store) = lease_store(&ctx).await else {
         return;
@@ -78,6 +79,9 @@ pub async fn election_has_one_leader_and_fails_over(ctx: Context) {
         return;
     }
     let ids = ["c0", "c1", "c2"];
+    // A process that does not campaign follows the leadership too.
+    let mut observer = store.observe_leader("leader");
+    let mut observed = Vec::new();
     let (events, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
     let mut stops = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -119,6 +123,13 @@ pub async fn election_has_one_leader_and_fails_over(ctx: Context) {
         Some(ids[first])
     );
     let first_token = tokens[&first];
+    observe_until(
+        &mut observer,
+        &mut observed,
+        ids[first],
+        FencingToken::new(first_token),
+    )
+    .await;
     // The leader dies. Its term ends no later than the counter reads now: it marks nothing
     // while it leads, and a leader elected after it marks its start above this.
     let mark = ok(store.get::<i64>(TERMS).await, "read the terms counter").unwrap_or(0);
@@ -146,6 +157,13 @@ pub async fn election_has_one_leader_and_fails_over(ctx: Context) {
         "the new leader's token {} is not above {first_token}",
         tokens[&second]
     );
+    observe_until(
+        &mut observer,
+        &mut observed,
+        ids[second],
+        FencingToken::new(tokens[&second]),
+    )
+    .await;
     for stop in stops.into_iter().flatten() {
         let _ = stop.send(());
     }

@@ -559,3 +559,129 @@ pub async fn lease_of_a_killed_holder_is_taken_over(ctx: Context) {
     );
     assert!(ok(next.release().await, "release"));
 }
+
+/// A waiter blocked in `acquire` — in another process where the store allows — gets the lease
+/// once its holder releases it, with a greater token; an observer
+/// ([`StateStore::observe_leader`]) that does not campaign reports the first holder and then
+/// the waiter, with their tokens, and never a token lower than one it reported before. (How
+/// fast the waiter wakes is measured by the handover benchmark, not asserted here.)
+pub async fn a_released_lease_is_handed_to_a_waiter(ctx: Context) {
+    let Some(store) = lease_store(&ctx).await else {
+        return;
+    };
+    if ctx.worker_role().is_some() {
+        ctx.tell_parent("waiting");
+        let lease = take_waiting(&store, "handover", LONG).await;
+        ctx.tell_parent(&lease.fencing_token().to_string());
+        // Held (for its TTL) until the parent has seen the observer report it, then killed.
+        let _held = lease;
+        std::future::pending::<()>().await;
+    }
+    let mut observer = store.observe_leader("handover");
+    let held = ok(
+        store
+            .lease("handover")
+            .ttl(LONG)
+            .holder("first")
+            .try_acquire()
+            .await,
+        "try_acquire",
+    )
+    .expect("the lease is free");
+    let mut reported = Vec::new();
+    observe_until(&mut observer, &mut reported, "first", held.fencing_token()).await;
+    let (mut worker, waiter) = match ctx.spawn_worker("waiter") {
+        Some(worker) => (Some(worker), None),
+        None => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let waiter = store.lease("handover").ttl(LONG);
+            tokio::spawn(async move {
+                let lease = ok(waiter.acquire(PATIENCE).await, "acquire");
+                let _ = tx.send(lease);
+            });
+            (None, Some(rx))
+        }
+    };
+    if let Some(worker) = &mut worker {
+        let line = within("the waiter starts", worker.next()).await;
+        assert_eq!(line.as_deref(), Some("waiting"));
+    }
+    // Waiting already (or about to: then it finds the lease free).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(ok(held.release().await, "release"));
+    let (token, lease) = match (&mut worker, waiter) {
+        (Some(worker), _) => {
+            let line = within("the waiter's lease", worker.next())
+                .await
+                .expect("the waiter reports its token");
+            (FencingToken::new(line.parse().expect("a token")), None)
+        }
+        (None, Some(rx)) => {
+            let lease = within("the waiter's lease", rx)
+                .await
+                .expect("the waiter ran")
+                .expect("the lease is freed");
+            (lease.fencing_token(), Some(lease))
+        }
+        (None, None) => unreachable!("a worker or a task waits"),
+    };
+    assert!(
+        token > held.fencing_token(),
+        "the waiter got token {token} after {}",
+        held.fencing_token()
+    );
+    within("the observer reports the waiter", async {
+        while !reported.iter().any(|(_, t)| *t == token) {
+            observe_next(&mut observer, &mut reported).await;
+        }
+    })
+    .await;
+    if let Some(lease) = lease {
+        let holder = lease.holder().to_owned();
+        assert!(reported
+            .iter()
+            .any(|(who, t)| *who == holder && *t == token));
+        assert!(ok(lease.release().await, "release"));
+    }
+    if let Some(mut worker) = worker {
+        worker.kill().await;
+    }
+}
+
+/// Reads the observer until it reports `id` with `token`.
+pub(crate) async fn observe_until(
+    observer: &mut state_store_core::LeaderObserver,
+    reported: &mut Vec<(String, FencingToken)>,
+    id: &str,
+    token: FencingToken,
+) {
+    within(&format!("the observer reports {id}"), async {
+        while !reported.iter().any(|(who, t)| who == id && *t == token) {
+            observe_next(observer, reported).await;
+        }
+    })
+    .await;
+}
+
+/// The observer's next report, recorded: tokens it reports only grow.
+async fn observe_next(
+    observer: &mut state_store_core::LeaderObserver,
+    reported: &mut Vec<(String, FencingToken)>,
+) {
+    match observer.next().await {
+        Some(Ok(Some(leader))) => {
+            if let Some((_, last)) = reported.last() {
+                assert!(
+                    leader.token > *last,
+                    "the observer reported token {} after {last}",
+                    leader.token
+                );
+            }
+            reported.push((leader.id, leader.token));
+        }
+        Some(Ok(None)) => {}
+        Some(Err(err)) if err.is_transient() => {}
+        Some(Err(err)) => panic!("observing failed: {}", report(&err)),
+        None => panic!("the observer ended"),
+    }
+}

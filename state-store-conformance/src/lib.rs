@@ -157,6 +157,7 @@ macro_rules! __conformance_cases {
                 with_lease_runs_alone_and_cancels_on_loss
                 lease_mutual_exclusion
                 lease_of_a_killed_holder_is_taken_over
+                a_released_lease_is_handed_to_a_waiter
             }
             elections {
                 election_has_one_leader_and_fails_over

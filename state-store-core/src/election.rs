@@ -1,4 +1,5 @@
-//! Leader election over leases: [`StateStore::elect`].
+//! Leader election over leases: [`StateStore::elect`], and following it without campaigning:
+//! [`StateStore::observe_leader`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,7 +8,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
-use crate::lease::{poll_pause, FencingToken, LeaseRequest};
+use crate::lease::{
+    holder_and_token, holder_in, poll_pause, FencingToken, LeaseRequest, RecordWatch, Wake,
+};
+use crate::listing::WatchEvent;
 use crate::store::StateStore;
 
 #[cfg(doc)]
@@ -28,6 +32,115 @@ impl StateStore {
             resign,
             task: Some(task),
         }
+    }
+
+    /// Follows who leads the election (or holds the lease) `name`, without campaigning: a
+    /// stream whose first item is who leads now and whose next ones are each change — a new
+    /// leader (or the same candidate again with a new token: it lost and won again), or
+    /// nobody (`None`). Renewals are not changes.
+    ///
+    /// Follows the lease with a watch where the backend has one, so a change is reported
+    /// when the store reports it; a leader that vanishes without a report (an expiry the
+    /// backend reports late or never) is noticed by polling, within a second. A candidate
+    /// still taking the lease (its token not yet written) is not reported until it has it.
+    pub fn observe_leader(&self, name: &str) -> LeaderObserver {
+        let request = self.lease(name);
+        let (events, rx) = mpsc::channel(16);
+        let task = tokio::spawn(observe(request, events));
+        LeaderObserver {
+            events: rx,
+            task: task.abort_handle(),
+        }
+    }
+}
+
+/// Who leads, as [`StateStore::observe_leader`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Leader {
+    /// The leader's candidate id (its holder id).
+    pub id: String,
+    /// The token of its tenure.
+    pub token: FencingToken,
+}
+
+/// Leadership changes of one name: [`StateStore::observe_leader`]. A stream (use
+/// [`LeaderObserver::next`], or `futures::Stream`) of `Ok(Some(leader))`, `Ok(None)` (nobody
+/// leads) and `Err` items: errors from the store, after which it goes on if they are
+/// transient and ends otherwise. Dropping it stops the observing.
+#[derive(Debug)]
+pub struct LeaderObserver {
+    events: mpsc::Receiver<Result<Option<Leader>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl LeaderObserver {
+    /// The next change; `None` once observing has ended.
+    pub async fn next(&mut self) -> Option<Result<Option<Leader>>> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for LeaderObserver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl futures_core::Stream for LeaderObserver {
+    type Item = Result<Option<Leader>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// How often an observer reads the lease when no watch tells it of a change.
+const OBSERVE_POLL: Duration = Duration::from_secs(1);
+
+/// The task behind [`LeaderObserver`]. Reports each holder a watch delivers (so on a backend
+/// whose watch loses nothing, no tenure goes unreported, however short), and reads the lease
+/// when there is no watch, after a loss, and every [`OBSERVE_POLL`] without news.
+async fn observe(request: LeaseRequest, events: mpsc::Sender<Result<Option<Leader>>>) {
+    let mut wake = RecordWatch::default();
+    // Before the first read: no change after it goes unreported.
+    wake.open_once(&request.store, &request.name).await;
+    let mut reported: Option<Option<Leader>> = None;
+    let mut heard = None;
+    loop {
+        let holder = match heard.take() {
+            Some(holder) => Ok(holder),
+            None => holder_and_token(&request.store, &request.name).await,
+        };
+        let seen = match holder {
+            Ok(None) => Some(None),
+            Ok(Some((id, Some(token)))) => Some(Some(Leader { id, token })),
+            // Being taken: the token follows.
+            Ok(Some((_, None))) => None,
+            Err(err) => {
+                let transient = err.is_transient();
+                if events.send(Err(err)).await.is_err() || !transient {
+                    return;
+                }
+                None
+            }
+        };
+        if let Some(now) = seen.filter(|now| reported.as_ref() != Some(now)) {
+            if events.send(Ok(now.clone())).await.is_err() {
+                return;
+            }
+            reported = Some(now);
+        }
+        let event = tokio::select! {
+            event = wake.wait(OBSERVE_POLL, Wake::OnChange) => event,
+            () = events.closed() => return,
+        };
+        heard = match event {
+            Some(WatchEvent::Put { value, .. }) => holder_in(&value).map(Some),
+            Some(WatchEvent::Removed { .. }) => Some(None),
+            // A loss, or nothing heard: read.
+            _ => None,
+        };
     }
 }
 
@@ -107,11 +220,14 @@ async fn campaign(
     mut resigned: watch::Receiver<bool>,
 ) {
     let mut seen_leader: Option<String> = None;
+    // Opened while another candidate leads, closed while this one does.
+    let mut wake = RecordWatch::default();
     let ended = |resigned: &watch::Receiver<bool>| *resigned.borrow() || events.is_closed();
     while !ended(&resigned) {
         let mut failure = None;
         match request.try_acquire().await {
             Ok(Some(lease)) => {
+                wake.close();
                 seen_leader = Some(lease.holder().to_owned());
                 let elected = LeaderEvent::Elected {
                     token: lease.fencing_token(),
@@ -169,8 +285,12 @@ async fn campaign(
                 return;
             }
         }
+        if request.wake_on_release && wake.open_once(&request.store, &request.name).await {
+            // A release before the watch started is not reported: try again at once.
+            continue;
+        }
         tokio::select! {
-            () = tokio::time::sleep(poll_pause(request.ttl)) => {}
+            _ = wake.wait(poll_pause(request.ttl), Wake::OnRemoval) => {}
             () = until_resigned(&mut resigned) => return,
             () = events.closed() => return,
         }

@@ -34,6 +34,14 @@
 //! Renewing is one
 //! compare-and-set (which fails once anybody else holds the lease); releasing is one
 //! conditional remove.
+//!
+//! # Waiting
+//!
+//! A waiting [`LeaseRequest::acquire`], a campaigning [`StateStore::elect`] and a
+//! [`StateStore::observe_leader`] follow the holder record with a watch where the backend has
+//! one: a release (and an expiry the backend reports) wakes them at once. They still poll
+//! with jitter, for expiries a backend reports late or never (SQLite and PostgreSQL report
+//! one when their sweeper removes the record) and for events a lossy watch drops.
 
 use std::fmt;
 use std::future::Future;
@@ -46,11 +54,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backend::{SetMode, SetOptions, MAX_TTL};
+use crate::capability::WatchSupport;
 use crate::error::{Error, Operation, Result};
 use crate::layer::Call;
+use crate::listing::{Selector, Watch, WatchEvent};
 use crate::native::{LeaseAcquire, LeaseGrant};
 use crate::retry::Backoff;
 use crate::store::StateStore;
+use crate::WatchStart;
 
 /// The TTL of a lease when none is given: 30 seconds.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -118,6 +129,7 @@ pub struct LeaseRequest {
     pub(crate) name: String,
     pub(crate) ttl: Duration,
     holder: String,
+    pub(crate) wake_on_release: bool,
 }
 
 impl LeaseRequest {
@@ -132,6 +144,17 @@ impl LeaseRequest {
     /// it is stored in clear.
     pub fn holder(mut self, id: impl Into<String>) -> Self {
         self.holder = id.into();
+        self
+    }
+
+    /// Whether [`LeaseRequest::acquire`] follows the holder record with a watch, to try
+    /// again the moment it is released or reported expired (default: true; used only where
+    /// the backend can [watch](crate::Capabilities::watch)). Polling with jitter goes on
+    /// either way. A watch costs what the backend's costs (on PostgreSQL a connection of its
+    /// own, and a change feed kept while it lasts): turn it off for many waiters that can
+    /// wait.
+    pub fn wake_on_release(mut self, wake: bool) -> Self {
+        self.wake_on_release = wake;
         self
     }
 
@@ -184,8 +207,10 @@ impl LeaseRequest {
     }
 
     /// Takes the lease, waiting up to `timeout` for the holder to release it or for it to
-    /// expire; `None` when the time is up. Waits by polling with jitter: a random pause of a
-    /// quarter to a half of the TTL, at most a second, between attempts.
+    /// expire; `None` when the time is up. Tries again when a watch on the holder record
+    /// reports it removed (released, or expired where the backend reports that; see
+    /// [`LeaseRequest::wake_on_release`]), and at the latest after a random pause of a quarter
+    /// to a half of the TTL, at most a second.
     ///
     /// # Errors
     ///
@@ -196,6 +221,7 @@ impl LeaseRequest {
         let until = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let mut wake = RecordWatch::default();
         loop {
             if let Some(lease) = self.try_acquire().await? {
                 return Ok(Some(lease));
@@ -204,8 +230,12 @@ impl LeaseRequest {
             if now >= until {
                 return Ok(None);
             }
+            if self.wake_on_release && wake.open_once(&self.store, &self.name).await {
+                // A release before the watch started is not reported: try again at once.
+                continue;
+            }
             let pause = poll_pause(self.ttl).min(until - now);
-            tokio::time::sleep(pause).await;
+            let _ = wake.wait(pause, Wake::OnRemoval).await;
         }
     }
 
@@ -260,11 +290,99 @@ fn rename(name: &str, err: Error) -> Error {
 
 /// Who holds the lease `name`, read in the lease area `records`.
 pub(crate) async fn holder(records: &StateStore, name: &str) -> Result<Option<String>> {
+    Ok(holder_and_token(records, name)
+        .await?
+        .map(|(holder, _)| holder))
+}
+
+/// Who holds the lease `name`, and with which token (`None` while the holder is still taking
+/// it: its record has no token yet), read in the lease area `records`.
+pub(crate) async fn holder_and_token(
+    records: &StateStore,
+    name: &str,
+) -> Result<Option<(String, Option<FencingToken>)>> {
     Ok(records
         .get::<Record>(&record_name(name))
         .await
         .map_err(|e| rename(name, e))?
-        .map(|record| record.holder))
+        .map(Record::holder_and_token))
+}
+
+/// The holder and token in a holder record's value, as a watch delivers it; `None` when it
+/// does not decode.
+pub(crate) fn holder_in(value: &serde_json::Value) -> Option<(String, Option<FencingToken>)> {
+    Record::deserialize(value)
+        .ok()
+        .map(Record::holder_and_token)
+}
+
+impl Record {
+    fn holder_and_token(self) -> (String, Option<FencingToken>) {
+        (self.holder, self.token.map(FencingToken))
+    }
+}
+
+/// What ends a [`RecordWatch::wait`] early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The record removed (released, expired) or changes missed: a waiter's chance.
+    OnRemoval,
+    /// Any change of the record: an observer's.
+    OnChange,
+}
+
+/// A watch on one lease's holder record, where the backend can watch: waiting on it ends at
+/// the change that matters instead of at the next poll. Without one (no watch, or it failed
+/// or ended) waiting is sleeping.
+#[derive(Debug, Default)]
+pub(crate) struct RecordWatch {
+    watch: Option<Watch>,
+    tried: bool,
+}
+
+impl RecordWatch {
+    /// Opens the watch on the first call; true when it has just been opened (changes before
+    /// that are not reported: the caller looks again at once).
+    pub(crate) async fn open_once(&mut self, records: &StateStore, name: &str) -> bool {
+        if self.tried {
+            return false;
+        }
+        self.tried = true;
+        if records.capabilities().watch == WatchSupport::None {
+            return false;
+        }
+        // A store that cannot watch after all leaves the polling.
+        self.watch = records
+            .watch(Selector::Name(record_name(name)), WatchStart::Now)
+            .await
+            .ok();
+        self.watch.is_some()
+    }
+
+    /// Closes the watch (a leader needs none); [`RecordWatch::open_once`] opens it again.
+    pub(crate) fn close(&mut self) {
+        *self = RecordWatch::default();
+    }
+
+    /// Waits `pause`, or less when the watch reports a change `wake` asks for, or a loss;
+    /// returns the event that ended the wait (`None`: the pause ran out).
+    pub(crate) async fn wait(&mut self, pause: Duration, wake: Wake) -> Option<WatchEvent> {
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        while let Some(watch) = &mut self.watch {
+            tokio::select! {
+                () = &mut sleep => return None,
+                event = watch.next() => match event {
+                    Some(Ok(WatchEvent::Put { .. })) if wake == Wake::OnRemoval => {}
+                    Some(Ok(event)) => return Some(event),
+                    // Broken: poll from here on.
+                    Some(Err(_)) | None => self.watch = None,
+                },
+            }
+        }
+        sleep.await;
+        None
+    }
 }
 
 /// A random pause between attempts to take a lease held by somebody else.
@@ -515,6 +633,7 @@ impl StateStore {
             name: name.to_owned(),
             ttl: DEFAULT_LEASE_TTL,
             holder: Alphanumeric.sample_string(&mut rand::rng(), 16),
+            wake_on_release: true,
         }
     }
 

@@ -122,7 +122,7 @@ pub use change::{
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
 };
-pub use election::{Election, LeaderEvent};
+pub use election::{Election, Leader, LeaderEvent, LeaderObserver};
 pub use error::{report, BoxError, Error, JsonError, Operation, Result};
 pub use fenced::Fenced;
 pub use key::{PREFIX_SEPARATOR, RESERVED_MARKER};
