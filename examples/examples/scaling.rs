@@ -27,11 +27,8 @@ use serde_json::{json, Value};
 use state_store::{Error, StateStore};
 use state_store_testkit::bench::{self, adapter, Measurement, Op};
 use state_store_testkit::chart::{self, Panel, Series};
-use state_store_testkit::harness::dapr::{dapr_endpoint, Component, COMPONENT};
-use state_store_testkit::harness::nats::nats_url;
-use state_store_testkit::harness::postgres::postgres_url;
-use state_store_testkit::harness::redis::redis_url;
-use state_store_testkit::harness::temp_dir;
+use state_store_testkit::harness::dapr::Component;
+use state_store_testkit::harness::{backend_url, temp_dir};
 
 const BACKENDS: [&str; 6] = ["memory", "sqlite", "redis", "nats", "dapr", "postgres"];
 /// Keys the name, size and task dimensions read from.
@@ -192,19 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn open(backend: &str, dir: &Path) -> Result<StateStore, Box<dyn std::error::Error>> {
-    let url = match backend {
-        "memory" => "memory://".to_owned(),
-        "sqlite" => format!("sqlite://{}", dir.join("state.db").display()),
-        "redis" => redis_url().ok_or("no redis-server available")?,
-        "nats" => nats_url().ok_or("no nats-server available")?,
-        "postgres" => postgres_url().ok_or("no PostgreSQL available")?,
-        "dapr" => {
-            let endpoint = dapr_endpoint(Component::Redis).ok_or("no daprd available")?;
-            let address = endpoint.trim_start_matches("http://");
-            format!("dapr://{address}/{COMPONENT}")
-        }
-        other => return Err(format!("unknown backend {other}").into()),
-    };
+    let url = backend_url(backend, dir, Component::Redis)?;
     Ok(state_store::open(&url).await?)
 }
 

@@ -97,7 +97,7 @@ async fn scenario(url: &str) {
             .send()
             .await
             .expect("GET /limited");
-        let headers = response.headers();
+        let headers = response.headers().clone();
         assert_eq!(headers["ratelimit-limit"], LIMIT.to_string());
         match response.status().as_u16() {
             200 => allowed += 1,
@@ -109,6 +109,15 @@ async fn scenario(url: &str) {
                     .expect("seconds");
                 assert!(retry > 0 && retry <= 600, "Retry-After {retry}");
                 assert_eq!(headers["ratelimit-remaining"], "0");
+                assert_eq!(
+                    headers["ratelimit-policy"],
+                    format!("\"limited\";q={LIMIT};w=600").as_str()
+                );
+                assert_eq!(headers["content-type"], "application/problem+json");
+                let problem: serde_json::Value =
+                    response.json().await.expect("a problem-details body");
+                assert_eq!(problem["status"], 429);
+                assert_eq!(problem["title"], "Too Many Requests");
             }
             other => panic!("{url}: /limited answered {other}"),
         }

@@ -214,6 +214,20 @@ impl Limiter {
         self
     }
 
+    /// Its name ([`Limiter::named`]; `default` unless named).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its sustained rate: so many requests per period (GCRA: the quota's count and period;
+    /// a fixed window: its limit and window) — what an IETF `RateLimit-Policy` header states.
+    pub fn rate(&self) -> (u64, Duration) {
+        match self.algorithm {
+            Algorithm::Gcra(quota) => (u64::from(quota.count), quota.period),
+            Algorithm::FixedWindow { limit, window } => (limit, window),
+        }
+    }
+
     /// The most requests that pass at once.
     pub fn limit(&self) -> u64 {
         match self.algorithm {

@@ -255,6 +255,7 @@ impl Follower {
                     tracing::debug!(error = %err, "postgres watch: sweep failed");
                 }
             }
+            let read_at = Instant::now();
             match self.read().await {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -270,9 +271,9 @@ impl Follower {
                 () = tokio::time::sleep(tick) => {}
                 () = self.tx.closed() => break,
             }
-            // A fence stalls writes for an instant: under a stream of notifications, one per
-            // pause at most.
-            tokio::time::sleep(MIN_PASS).await;
+            // A fence stalls writes for an instant: under a stream of notifications, one
+            // pass per MIN_PASS at most; after a quiet spell, the first one at once.
+            tokio::time::sleep_until(read_at + MIN_PASS).await;
         }
         if let Some(listening) = listening {
             listening.abort();

@@ -1,9 +1,11 @@
 //! [tower](https://docs.rs/tower) and [axum](https://docs.rs/axum) integration for
 //! state-store: limits and sessions shared by every instance of a service, on any backend.
 //!
-//! - [`RateLimitLayer`] (feature `ratelimit`): a distributed rate limit per client IP, header
-//!   or globally, with `RateLimit-*` headers and `429` + `Retry-After`; exact across
-//!   instances because the count lives in the store ([`state_store_core::Limiter`]).
+//! - [`RateLimitLayer`] (feature `ratelimit`): a distributed rate limit per client IP (the
+//!   peer's, or behind trusted proxies the one they forward: [`ClientIp`]), header or
+//!   globally, or a limit chosen per request (route, tier); IETF `RateLimit` headers, and
+//!   `429` with `Retry-After` and an RFC 9457 problem-details body; exact across instances
+//!   because the count lives in the store ([`state_store_core::Limiter`]).
 //! - [`SessionStore`] (features `sessions` for tower-sessions 0.15, `sessions-014` for 0.14):
 //!   tower-sessions over Redis, NATS, Dapr, SQLite or memory.
 //!
@@ -26,7 +28,10 @@ mod ratelimit;
 mod sessions;
 
 #[cfg(feature = "ratelimit")]
-pub use ratelimit::{Global, Header, KeyExtractor, MissingKey, PeerIp, RateLimit, RateLimitLayer};
+pub use ratelimit::{
+    ClientIp, Global, Header, InvalidNetwork, IpNetwork, KeyExtractor, Limit, MissingKey, PeerIp,
+    RateLimit, RateLimitLayer, RequestHead, TrustedProxies,
+};
 #[cfg(any(feature = "sessions", feature = "sessions-014"))]
 pub use sessions::SessionStore;
 /// Re-exported so versions match.

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use http::{HeaderName, Request, Response, StatusCode};
 use state_store::{Limiter, Quota, StateStore, StoreConfig};
-use state_store_tower::{Global, Header, MissingKey, PeerIp, RateLimitLayer};
+use state_store_tower::{
+    ClientIp, Global, Header, KeyExtractor, Limit, MissingKey, PeerIp, RateLimitLayer, RequestHead,
+    TrustedProxies,
+};
 use tower::{Layer, ServiceExt};
 
 /// The header extractor's secret, as every instance of a service would share it.
@@ -71,6 +74,15 @@ async fn limits_by_peer(store: &StateStore) {
         assert_eq!(response.headers()["ratelimit-limit"], "2");
         assert_eq!(response.headers()["ratelimit-remaining"], remaining);
         assert_eq!(response.headers()["ratelimit-reset"], "60");
+        // The IETF draft's structured headers.
+        assert_eq!(
+            response.headers()["ratelimit"],
+            format!("\"default\";r={remaining};t=60").as_str()
+        );
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"default\";q=2;w=60"
+        );
     }
     let denied = service
         .clone()
@@ -78,10 +90,17 @@ async fn limits_by_peer(store: &StateStore) {
         .await
         .expect("call");
     assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(
-        denied.body().is_empty(),
-        "the inner service ran for a denied request"
-    );
+    // An RFC 9457 problem, not the inner service's answer.
+    assert_eq!(denied.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_str(denied.body()).expect("JSON");
+    assert_eq!(problem["status"], 429);
+    assert_eq!(problem["title"], "Too Many Requests");
+    assert_eq!(problem["type"], "about:blank");
+    assert!(problem["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("retry")));
+    assert_eq!(denied.headers()["ratelimit-remaining"], "0");
+    assert_eq!(denied.headers()["ratelimit-policy"], "\"default\";q=2;w=60");
     let retry: u64 = denied.headers()["retry-after"]
         .to_str()
         .expect("ascii")
@@ -270,4 +289,189 @@ async fn header_keys_are_hashed_with_the_secret() {
     for plain in ["a2ab1959", "6ab9f1eb"] {
         assert!(keys.iter().all(|key| !key.contains(plain)), "{keys:?}");
     }
+}
+
+/// A request from `peer` carrying `header: value` lines.
+fn forwarded(peer: &str, header: &'static str, values: &[&str]) -> Request<()> {
+    let mut request = Request::new(());
+    let peer: std::net::IpAddr = peer.parse().expect("peer");
+    request
+        .extensions_mut()
+        .insert(SocketAddr::from((peer, 40000)));
+    for value in values {
+        request
+            .headers_mut()
+            .append(header, http::HeaderValue::from_str(value).expect("value"));
+    }
+    request
+}
+
+/// The client address behind trusted proxies: read right to left past trusted ones, so
+/// addresses a client wrote itself are never believed, and a request straight from an
+/// untrusted peer is that peer whatever it claims.
+#[test]
+fn client_ip_believes_trusted_proxies_only() {
+    let trusted = TrustedProxies::networks(["10.0.0.0/8", "2001:db8:ffff::/48"]).expect("nets");
+    let xff = ClientIp::x_forwarded_for(trusted.clone());
+    let client = |extractor: &ClientIp, request: &Request<()>| {
+        extractor
+            .client(&RequestHead::of(request))
+            .map(|ip| ip.to_string())
+    };
+    let cases: &[(&str, &[&str], Option<&str>)] = &[
+        // Through one trusted proxy.
+        ("10.0.0.5", &["203.0.113.7"], Some("203.0.113.7")),
+        // Spoofed: a client talking to the service directly claims another address.
+        ("198.51.100.9", &["203.0.113.7"], Some("198.51.100.9")),
+        // Spoofed through the proxy: the client prepends an address, the proxy appends the
+        // real one; the prepended one is left of the first untrusted address.
+        ("10.0.0.5", &["1.2.3.4, 203.0.113.7"], Some("203.0.113.7")),
+        // A chain of trusted proxies, over two header lines.
+        (
+            "10.0.0.5",
+            &["203.0.113.7, 10.1.1.1", "10.2.2.2:8080"],
+            Some("203.0.113.7"),
+        ),
+        // Every address trusted: the leftmost.
+        ("10.0.0.5", &["10.9.9.9"], Some("10.9.9.9")),
+        // No header from a trusted proxy: the proxy itself.
+        ("10.0.0.5", &[], Some("10.0.0.5")),
+        // Not an address where the client would be: no key.
+        ("10.0.0.5", &["unknown"], None),
+        // IPv6 proxies, bracketed with a port.
+        (
+            "2001:db8:ffff::1",
+            &["[2001:db8:1::7]:4711"],
+            Some("2001:db8:1::7"),
+        ),
+    ];
+    for (peer, values, expected) in cases {
+        let request = forwarded(peer, "x-forwarded-for", values);
+        assert_eq!(
+            client(&xff, &request).as_deref(),
+            *expected,
+            "peer {peer}, X-Forwarded-For {values:?}"
+        );
+    }
+    // The other header is not read: a client can send it through a proxy untouched.
+    let request = forwarded("10.0.0.5", "forwarded", &["for=203.0.113.7"]);
+    assert_eq!(client(&xff, &request).as_deref(), Some("10.0.0.5"));
+    let rfc = ClientIp::forwarded(trusted);
+    let request = forwarded(
+        "10.0.0.5",
+        "forwarded",
+        &["for=1.2.3.4, for=\"[2001:db8:cafe::17]:4711\";proto=https"],
+    );
+    assert_eq!(client(&rfc, &request).as_deref(), Some("2001:db8:cafe::17"));
+    // A hop count: the address that many entries from the right, forged ones left of it.
+    let two_hops = ClientIp::x_forwarded_for(TrustedProxies::hops(2));
+    let request = forwarded(
+        "192.0.2.1",
+        "x-forwarded-for",
+        &["6.6.6.6, 203.0.113.7, 192.0.2.2"],
+    );
+    assert_eq!(client(&two_hops, &request).as_deref(), Some("203.0.113.7"));
+    let request = forwarded("192.0.2.1", "x-forwarded-for", &[]);
+    assert_eq!(client(&two_hops, &request).as_deref(), Some("192.0.2.1"));
+    // No peer address: nothing to start from.
+    assert_eq!(client(&xff, &Request::new(())), None);
+    assert!(TrustedProxies::networks(["10.0.0.0/33"]).is_err());
+}
+
+/// Behind a trusted proxy, clients are limited apart by the address it forwards; a client
+/// that forges the header gets no fresh limit.
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_limited_apart() {
+    let store = memory().await;
+    let trusted = TrustedProxies::networks(["10.0.0.0/8"]).expect("nets");
+    let service = RateLimitLayer::new(
+        Limiter::fixed_window(&store, 1, Duration::from_secs(60)),
+        ClientIp::x_forwarded_for(trusted),
+    )
+    .layer(tower::service_fn(ok));
+    let status = |values: &[&str]| {
+        let service = service.clone();
+        let request = forwarded("10.0.0.5", "x-forwarded-for", values);
+        async move { service.oneshot(request).await.expect("call").status() }
+    };
+    assert_eq!(status(&["203.0.113.7"]).await, StatusCode::OK);
+    assert_eq!(status(&["203.0.113.8"]).await, StatusCode::OK);
+    assert_eq!(
+        status(&["9.9.9.9, 203.0.113.7"]).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a forged first entry is not a new client"
+    );
+}
+
+/// One layer, a quota per route: each route counts on its own limiter and key, a route
+/// without a limit is never counted, and each answer names its limit.
+#[tokio::test]
+async fn quotas_are_chosen_per_route() {
+    let store = memory().await;
+    let login = Limiter::fixed_window(&store, 1, Duration::from_secs(60)).named("login");
+    let api = Limiter::fixed_window(&store, 3, Duration::from_secs(60)).named("api");
+    let service = RateLimitLayer::per_request(move |request: &RequestHead<'_>| {
+        let ip = PeerIp.extract(request)?;
+        match request.uri.path() {
+            "/login" => Some(Limit::new(&login, format!("login:{ip}"))),
+            path if path.starts_with("/api/") => Some(Limit::new(&api, format!("api:{ip}"))),
+            _ => None,
+        }
+    })
+    .layer(tower::service_fn(ok));
+    let call = |path: &str| {
+        let service = service.clone();
+        let mut request = from([10, 0, 0, 1]);
+        *request.uri_mut() = path.parse().expect("uri");
+        async move { service.oneshot(request).await.expect("call") }
+    };
+    let first = call("/login").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["ratelimit-policy"], "\"login\";q=1;w=60");
+    assert_eq!(call("/login").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    for remaining in ["2", "1", "0"] {
+        let response = call("/api/items").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["ratelimit"],
+            format!("\"api\";r={remaining};t=60").as_str()
+        );
+    }
+    assert_eq!(
+        call("/api/other").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..5 {
+        let open = call("/").await;
+        assert_eq!(open.status(), StatusCode::OK);
+        assert!(open.headers().get("ratelimit").is_none());
+    }
+}
+
+/// A custom denial replaces the problem body; the layer still adds what clients need to back
+/// off.
+#[tokio::test]
+async fn a_custom_denial_keeps_retry_after_and_the_headers() {
+    let store = memory().await;
+    let service = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_hour(1)), Global)
+        .on_denied(|_| {
+            let mut response = Response::new("slow down".to_owned());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+        })
+        .layer(tower::service_fn(ok));
+    assert_eq!(
+        service
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect("call")
+            .status(),
+        StatusCode::OK
+    );
+    let denied = service.oneshot(Request::new(())).await.expect("call");
+    assert_eq!(denied.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(denied.body(), "slow down");
+    assert!(denied.headers().contains_key("retry-after"));
+    assert!(denied.headers().contains_key("ratelimit"));
 }

@@ -10,7 +10,10 @@
 //! Prometheus text; `/status` charts them. `/` shows a page with a session counter (no login: the session cookie is the visitor),
 //! the instance that served it, and a link to `/limited`, which allows `--limit` requests
 //! (default 5) per `--window` seconds (default 60) per client IP — counted across every
-//! instance on the store. `/api/visits` is the counter as JSON, for scripts and tests.
+//! instance on the store (a denied request gets `429` with an RFC 9457 problem-details body,
+//! `Retry-After` and the IETF `RateLimit` headers; behind a reverse proxy, `--trust-proxy
+//! <networks>` keys clients by the address it appends to `X-Forwarded-For`). `/api/visits` is
+//! the counter as JSON, for scripts and tests.
 //! `--prefix` (default `web-example`) keeps one deployment's state apart from another's.
 //!
 //! Behind HTTPS in production, pass `--production`: the session cookie is then `Secure` (sent
@@ -27,7 +30,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use state_store::{Limiter, StateStore};
-use state_store_tower::{PeerIp, RateLimitLayer, SessionStore};
+use state_store_tower::{ClientIp, PeerIp, RateLimitLayer, SessionStore, TrustedProxies};
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 fn flag(name: &str) -> Option<String> {
@@ -82,12 +85,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `route_layer`: only `/limited` is limited. With `layer` the router's fallback was too,
     // and merged into the app it counted every unknown path (a browser's `/favicon.ico`)
     // against the visitor's limit.
+    // Clients by their address; behind a reverse proxy (`--trust-proxy 10.0.0.0/8,…`), by the
+    // address the proxy appends to X-Forwarded-For.
+    let limiter = Limiter::fixed_window(&store, limit, window).named("limited");
+    let limits = match flag("--trust-proxy") {
+        Some(networks) => RateLimitLayer::new(
+            limiter,
+            ClientIp::x_forwarded_for(TrustedProxies::networks(networks.split(','))?),
+        ),
+        None => RateLimitLayer::new(limiter, PeerIp),
+    };
     let limited = Router::new()
         .route("/limited", get(limited))
-        .route_layer(RateLimitLayer::new(
-            Limiter::fixed_window(&store, limit, window).named("limited"),
-            PeerIp,
-        ));
+        .route_layer(limits);
     let app = Router::new()
         .route("/", get(page))
         .route(

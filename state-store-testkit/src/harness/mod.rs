@@ -155,6 +155,34 @@ pub fn temp_dir(label: &str) -> TempDir {
     }
 }
 
+/// A store URL for `backend` on the harness's shared servers, for benchmarks and reports:
+/// `memory`, `sqlite` (a file in `dir`), `redis`, `nats`, `postgres`, or `dapr` (a sidecar
+/// with `component`).
+///
+/// # Errors
+///
+/// An unknown backend, or one whose server is unavailable.
+pub fn backend_url(
+    backend: &str,
+    dir: &Path,
+    component: dapr::Component,
+) -> Result<String, String> {
+    let missing = |what: &str| format!("no {what} available");
+    Ok(match backend {
+        "memory" => "memory://".to_owned(),
+        "sqlite" => format!("sqlite://{}", dir.join("state.db").display()),
+        "redis" => redis::redis_url().ok_or_else(|| missing("redis-server"))?,
+        "nats" => nats::nats_url().ok_or_else(|| missing("nats-server"))?,
+        "postgres" => postgres::postgres_url().ok_or_else(|| missing("PostgreSQL"))?,
+        "dapr" => {
+            let endpoint = dapr::dapr_endpoint(component).ok_or_else(|| missing("daprd"))?;
+            let address = endpoint.trim_start_matches("http://");
+            format!("dapr://{address}/{}", dapr::COMPONENT)
+        }
+        other => return Err(format!("unknown backend {other}")),
+    })
+}
+
 /// A server process that dies with the test process, panics and aborts included.
 ///
 /// The server runs under a small `sh` guard that holds a pipe from this process: when this
