@@ -142,6 +142,7 @@ macro_rules! __conformance_cases {
                 fixed_window_closes_under_traffic
                 keep_ttl_keeps_deadlines
                 huge_ttl_is_refused
+                entries_report_the_time_left
             }
             model {
                 model_sequences

@@ -27,6 +27,12 @@ pub struct StateEntry<T = Value> {
     pub value: T,
     /// Its version; pass it to [`SetMode::Update`] or [`StateStore::remove_if`].
     pub version: Version,
+    /// The time it had left before expiring when it was read, where the backend reports it
+    /// (every backend here does, Dapr where the component returns `ttlExpireTime`); `None`:
+    /// no TTL, or unknown. To keep a deadline on a rewrite, use
+    /// [`SetOptions::keep_ttl`](crate::SetOptions::keep_ttl) rather than this: it is already
+    /// stale by a round trip.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 impl<T> fmt::Debug for StateEntry<T> {
@@ -34,6 +40,7 @@ impl<T> fmt::Debug for StateEntry<T> {
         f.debug_struct("StateEntry")
             .field("value", &"<redacted>")
             .field("version", &self.version)
+            .field("expires_in", &self.expires_in)
             .finish()
     }
 }
@@ -450,6 +457,7 @@ impl StateStore {
                 Ok(StateEntry {
                     value: decode(name, &e.value)?,
                     version: e.version,
+                    expires_in: e.expires_in,
                 })
             })
             .transpose()

@@ -264,18 +264,48 @@ impl Backend for RedisStateStore {
             .with_max_value_len(512 * 1024 * 1024)
     }
 
+    /// Each value with the time it has left: `GET` and `PTTL` per key, pipelined (one round
+    /// trip; on a cluster, each command goes to its key's node). A key holding another type
+    /// than a string is no value of ours: `None`, as `MGET` answers.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        Ok(self
-            .get_values(keys)
-            .await?
-            .into_iter()
-            .map(|v| {
-                v.map(|value| {
-                    let version = digest(&value);
-                    Entry::new(value, version)
-                })
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        for key in keys {
+            let () = pipeline.get(key.as_str()).await.map_err(map)?;
+            let () = pipeline.pttl(key.as_str()).await.map_err(map)?;
+        }
+        let replies = pipeline.try_all::<fred::types::Value>().await;
+        if replies.len() != 2 * keys.len() {
+            return Err(Error::backend(STORE, "the pipeline lost replies"));
+        }
+        replies
+            .chunks(2)
+            .map(|pair| {
+                let value = match &pair[0] {
+                    Ok(fred::types::Value::Null) => return Ok(None),
+                    Ok(value) => value
+                        .as_bytes()
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| Error::backend(STORE, "GET gave an unexpected answer"))?,
+                    Err(err) if err.details().starts_with("WRONGTYPE") => return Ok(None),
+                    Err(err) => return Err(map(err.clone())),
+                };
+                // -1: no TTL; -2: gone since the GET.
+                let expires_in = match &pair[1] {
+                    Ok(fred::types::Value::Integer(ms)) => {
+                        u64::try_from(*ms).ok().map(Duration::from_millis)
+                    }
+                    _ => None,
+                };
+                let version = digest(&value);
+                Ok(Some(Entry {
+                    expires_in,
+                    ..Entry::new(value, version)
+                }))
             })
-            .collect())
+            .collect()
     }
 
     /// `get_state`: the values only, without a SHA-1 per value.

@@ -312,3 +312,28 @@ pub async fn huge_ttl_is_refused(ctx: Context) {
         }
     }
 }
+
+/// An entry read with `get_entry` reports the time its value has left — what `state-store
+/// cp` and `export` carry over — and none for a value without a TTL.
+pub async fn entries_report_the_time_left(ctx: Context) {
+    let store = ctx.store().await;
+    let ttl = Duration::from_secs(3600);
+    let result = store
+        .set_with("left", &json!("an hour"), SetOptions::new().ttl(ttl))
+        .await;
+    if !declared_or_unsupported(store.capabilities().ttl, result, "TTL") {
+        return;
+    }
+    write(&store, "forever", json!("no TTL")).await;
+    let entry = ok(store.get_entry("left").await, "get_entry").expect("the value is there");
+    let left = entry
+        .expires_in
+        .unwrap_or_else(|| panic!("{}: a TTL'd entry reports no time left", store.name()));
+    // Second-granular backends round; a minute is far more than a round trip.
+    assert!(
+        left <= ttl + Duration::from_secs(1) && left >= ttl - Duration::from_secs(60),
+        "an hour's TTL reads back as {left:?} left"
+    );
+    let entry = ok(store.get_entry("forever").await, "get_entry").expect("the value is there");
+    assert_eq!(entry.expires_in, None, "a value without a TTL reports one");
+}
