@@ -6,14 +6,19 @@
 //! state-store --store redis://127.0.0.1:6379 --prefix billing get invoice:7
 //! echo '{"status":"done"}' | state-store set job:42
 //! state-store watch session:          # one line per change, until Ctrl-C
+//! state-store cp --from sqlite://./state.db --to redis://127.0.0.1:6379   # values and TTLs
+//! state-store export > state.jsonl && state-store --store nats://… import -i state.jsonl
 //! ```
 //!
-//! Exit codes: 0 success; 1 a name `get` asked for is missing; 2 bad usage, URL or JSON;
-//! 3 the store failed (unreachable, refused, unsupported).
+//! Exit codes: 0 success; 1 a name `get` asked for is missing, or `cp`, `export` or `import`
+//! skipped a value that is not JSON (named on stderr); 2 bad usage, URL or JSON; 3 the store
+//! failed (unreachable, refused, unsupported).
 
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -92,6 +97,50 @@ enum Command {
         #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
         prefix: String,
     },
+    /// Copy every name under a prefix, with its value and the time it has left, to another
+    /// store (`--prefix` applies to both). Idempotent: run it again after an interruption.
+    /// Names whose value is not JSON are reported and skipped (exit code 1).
+    Cp {
+        /// The store to copy from (default: `--store`).
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// The store to copy to.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Names starting with this (default: every name).
+        #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
+        prefix: String,
+        /// Read and count, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave names the destination already has (create-if-absent): a rerun copies only
+        /// what is missing.
+        #[arg(long)]
+        skip_existing: bool,
+    },
+    /// Write every name under a prefix as JSON Lines: `{"name", "value", "ttl_ms"}` (the time
+    /// left when read; absent without a TTL).
+    Export {
+        /// Names starting with this (default: every name).
+        #[arg(id = "name_prefix", value_name = "PREFIX", default_value = "")]
+        prefix: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Write every line of an export (TTLs start again at import). Lines that do not parse
+    /// are reported with their number and skipped (exit code 1).
+    Import {
+        /// Read this file instead of stdin.
+        #[arg(long, short, value_name = "FILE")]
+        input: Option<std::path::PathBuf>,
+        /// Read and count, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave names the store already has (create-if-absent).
+        #[arg(long)]
+        skip_existing: bool,
+    },
     /// The backend and what it supports; with `--count`, how many names it holds under the
     /// prefix.
     Info {
@@ -130,13 +179,13 @@ async fn count_names(store: &StateStore) -> Result<usize, Error> {
 }
 
 /// A failure with its exit code.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Failure {
             code: 2,
             message: message.into(),
@@ -174,11 +223,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let config = StoreConfig::default().with_prefix(&cli.prefix);
-    let store = state_store::open_with(&cli.store, config).await?;
+    let from = match &cli.command {
+        Command::Cp {
+            from: Some(url), ..
+        } => url,
+        _ => &cli.store,
+    };
+    let store = open(from, &cli.prefix).await?;
     let outcome = command(&store, &cli).await;
     let _ = store.destroy().await;
     outcome
+}
+
+async fn open(url: &str, prefix: &str) -> Result<StateStore, Failure> {
+    let config = StoreConfig::default().with_prefix(prefix);
+    Ok(state_store::open_with(url, config).await?)
 }
 
 async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
@@ -266,6 +325,50 @@ async fn command(store: &StateStore, cli: &Cli) -> Result<u8, Failure> {
             }
         }
         Command::Watch { prefix } => watch(store, prefix, cli.json).await,
+        Command::Cp {
+            to,
+            prefix,
+            dry_run,
+            skip_existing,
+            ..
+        } => {
+            let to = open(to, &cli.prefix).await?;
+            let writer = transfer::Writer {
+                to: &to,
+                dry_run: *dry_run,
+                skip_existing: *skip_existing,
+            };
+            let outcome = transfer::copy(store, prefix, &writer).await;
+            let _ = to.destroy().await;
+            outcome
+        }
+        Command::Export { prefix, output } => match output {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+                transfer::export(store, prefix, &mut std::io::BufWriter::new(file)).await
+            }
+            None => transfer::export(store, prefix, &mut std::io::stdout().lock()).await,
+        },
+        Command::Import {
+            input,
+            dry_run,
+            skip_existing,
+        } => {
+            let writer = transfer::Writer {
+                to: store,
+                dry_run: *dry_run,
+                skip_existing: *skip_existing,
+            };
+            match input {
+                Some(path) => {
+                    let file = std::fs::File::open(path)
+                        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+                    transfer::import(&mut std::io::BufReader::new(file), &writer).await
+                }
+                None => transfer::import(&mut std::io::stdin().lock(), &writer).await,
+            }
+        }
         Command::Info { count } => {
             let caps = store.capabilities();
             let names = if *count && caps.list {

@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use state_store_testkit::harness::nats::nats_url;
+use state_store_testkit::harness::postgres::postgres_url;
 use state_store_testkit::harness::redis::redis_url;
 use state_store_testkit::harness::temp_dir;
 
@@ -163,4 +165,182 @@ fn help_never_prints_the_store_url() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("STATE_STORE_URL"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
+}
+
+/// What `export` printed: name → (value, milliseconds left).
+fn exported(text: &str) -> std::collections::BTreeMap<String, (serde_json::Value, Option<u64>)> {
+    text.lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let name = line["name"].as_str().expect("a name").to_owned();
+            (name, (line["value"].clone(), line["ttl_ms"].as_u64()))
+        })
+        .collect()
+}
+
+/// Values of every shape and awkward names, some with an hour or ten minutes to live.
+const SEED: &[(&str, &str, Option<u64>)] = &[
+    ("job:1", r#"{"status":"done","tags":["a","b"]}"#, None),
+    ("session:ü/é with space", r#""text""#, Some(3600)),
+    ("counter", "42", None),
+    ("rate:window", "7", Some(600)),
+    ("nothing", "null", None),
+    ("deep", r#"{"a":{"b":{"c":[1,2.5,true]}}}"#, Some(3600)),
+];
+
+/// `export` of `url` matches [`SEED`]: every value, every TTL within a second of what is left
+/// of it `elapsed` after seeding (a backend may round to whole seconds).
+fn assert_carried(url: &str, prefix: &str, elapsed: Duration, hop: &str) {
+    let got = exported(&ok(url, prefix, &["export"]));
+    assert_eq!(got.len(), SEED.len(), "{hop}: {got:?}");
+    for (name, value, ttl) in SEED {
+        let (stored, left) = got
+            .get(*name)
+            .unwrap_or_else(|| panic!("{hop}: {name:?} was not carried over"));
+        let value: serde_json::Value = serde_json::from_str(value).expect("seed JSON");
+        assert_eq!(stored, &value, "{hop}: {name:?}");
+        match (ttl, left) {
+            (None, None) => {}
+            (Some(secs), Some(ms)) => {
+                let full = secs * 1000;
+                let least =
+                    full.saturating_sub(u64::try_from(elapsed.as_millis()).unwrap_or(0) + 1000);
+                assert!(
+                    (least..=full + 1000).contains(ms),
+                    "{hop}: {name:?} had {secs} s to live and has {ms} ms left after {elapsed:?}"
+                );
+            }
+            _ => panic!("{hop}: {name:?} should have TTL {ttl:?}, has {left:?} ms"),
+        }
+    }
+}
+
+/// SQLite → Redis → NATS → PostgreSQL → SQLite through `cp`, and the same through `export` and
+/// `import`: every value and every TTL arrives (within a second); a rerun with
+/// `--skip-existing` writes nothing; a value that is not JSON is reported by name, skipped,
+/// and makes the exit code 1 while the rest is copied.
+#[test]
+fn cp_and_export_import_carry_values_and_ttls_across_backends() {
+    let (Some(redis), Some(nats), Some(postgres)) = (redis_url(), nats_url(), postgres_url())
+    else {
+        return;
+    };
+    let dir = temp_dir("cli-cp");
+    let sqlite = |file: &str| format!("sqlite://{}", dir.path().join(file).display());
+    let prefix = format!("cp-test-{}", std::process::id());
+    let p = prefix.as_str();
+    let source = sqlite("source.db");
+    let seeded = std::time::Instant::now();
+    for (name, value, ttl) in SEED {
+        match ttl {
+            Some(secs) => ok(
+                &source,
+                p,
+                &["set", name, value, "--ttl", &secs.to_string()],
+            ),
+            None => ok(&source, p, &["set", name, value]),
+        };
+    }
+    assert_carried(&source, p, seeded.elapsed(), "the source");
+
+    // Through cp, hop by hop.
+    let hops = [
+        source.clone(),
+        redis.clone(),
+        nats.clone(),
+        postgres.clone(),
+        sqlite("cp.db"),
+    ];
+    for pair in hops.windows(2) {
+        let out = run(&pair[0], p, &["cp", "--to", &pair[1]]);
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!("copied {} names (3 with a TTL)", SEED.len())),
+            "{said}"
+        );
+        let hop = format!("cp to {}", pair[1].split("://").next().unwrap_or(""));
+        assert_carried(&pair[1], p, seeded.elapsed(), &hop);
+    }
+    // A rerun leaves everything as it is.
+    let out = run(&source, p, &["cp", "--to", &redis, "--skip-existing"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "copied 0 names (0 with a TTL), {} already at the destination",
+            SEED.len()
+        )),
+        "{said}"
+    );
+
+    // Through export and import, under another prefix.
+    let other = format!("{prefix}-jsonl");
+    let file = dir.path().join("state.jsonl");
+    let file = file.to_str().expect("a UTF-8 path");
+    let mut from = source.clone();
+    for to in [
+        redis.clone(),
+        nats.clone(),
+        postgres.clone(),
+        sqlite("jsonl.db"),
+    ] {
+        let from_prefix = if from == source { p } else { other.as_str() };
+        ok(&from, from_prefix, &["export", "-o", file]);
+        ok(&to, &other, &["import", "-i", file]);
+        let hop = format!("import to {}", to.split("://").next().unwrap_or(""));
+        assert_carried(&to, &other, seeded.elapsed(), &hop);
+        from = to;
+    }
+
+    // A value another client wrote that is not JSON: named, skipped, exit code 1.
+    let raw = Command::new("redis-cli")
+        .args(["-u", &redis, "SET", &format!("{prefix}:broken"), "not json"])
+        .output()
+        .expect("run redis-cli");
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let out = run(&redis, p, &["cp", "--to", &sqlite("broken.db")]);
+    assert_eq!(code(&out), 1);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("skipped \"broken\""), "{said}");
+    assert!(
+        !said.contains("not json"),
+        "the value itself is never printed: {said}"
+    );
+    assert!(
+        said.contains(&format!("copied {} names", SEED.len())),
+        "{said}"
+    );
+
+    // A line that does not parse: its number, skipped, exit code 1; the others imported.
+    std::fs::write(
+        file,
+        "{\"name\":\"fine\",\"value\":1}\nnot a record\n{\"name\":\"also\",\"value\":2,\"ttl_ms\":60000}\n",
+    )
+    .expect("write");
+    let out = run(&sqlite("lines.db"), p, &["import", "-i", file]);
+    assert_eq!(code(&out), 1);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("skipped line 2"), "{said}");
+    assert!(said.contains("imported 2 names (1 with a TTL)"), "{said}");
+
+    for (url, prefix) in [
+        (&redis, p),
+        (&nats, p),
+        (&postgres, p),
+        (&redis, &other),
+        (&nats, &other),
+        (&postgres, &other),
+    ] {
+        let names = ok(url, prefix, &["ls"]);
+        let names: Vec<&str> = names.lines().collect();
+        if !names.is_empty() {
+            let mut args = vec!["rm"];
+            args.extend(names);
+            ok(url, prefix, &args);
+        }
+    }
 }
