@@ -69,6 +69,7 @@
 //! The same store is compiled and run as a test in this repository's `examples/tests/`.
 //!
 pub mod cases;
+mod compute;
 mod context;
 mod elections;
 pub mod faults;
@@ -162,6 +163,9 @@ macro_rules! __conformance_cases {
             }
             elections {
                 election_has_one_leader_and_fails_over
+            }
+            compute {
+                a_missing_value_is_computed_once_across_processes
             }
             limits {
                 fixed_window_is_exact_across_processes

@@ -191,6 +191,17 @@ pub enum Error {
         /// The store name.
         store: String,
     },
+
+    /// The loader of a cached computation ([`StateStore::compute`](crate::StateStore::compute))
+    /// failed, or no value came within the wait; nothing was cached. The loader's error is the
+    /// source.
+    #[error("computing {key:?} failed; nothing was cached")]
+    Compute {
+        /// The state name.
+        key: String,
+        /// The loader's error (or why waiting ended).
+        source: BoxError,
+    },
 }
 
 fn disabled_message(operation: Operation) -> &'static str {
@@ -223,6 +234,7 @@ impl Error {
             Error::Fenced { .. } => "fenced",
             Error::LeaseLost { .. } => "lease_lost",
             Error::Closed { .. } => "closed",
+            Error::Compute { .. } => "compute",
         }
     }
 
@@ -324,7 +336,8 @@ impl Error {
             | Error::NotAnInteger { key }
             | Error::InvalidTtl { key }
             | Error::Fenced { key, .. }
-            | Error::LeaseLost { key } => {
+            | Error::LeaseLost { key }
+            | Error::Compute { key, .. } => {
                 if let Some(name) = rename(key) {
                     *key = shorten(&name);
                 }

@@ -568,7 +568,7 @@ impl Lease {
         self.inner.state.send_modify(|held| held.lost = true);
     }
 
-    fn lost_error(&self) -> Error {
+    pub(crate) fn lost_error(&self) -> Error {
         Error::LeaseLost {
             key: self.inner.name.clone(),
         }

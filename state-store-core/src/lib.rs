@@ -91,6 +91,7 @@ mod backend;
 mod capability;
 mod cas;
 mod change;
+mod compute;
 mod config;
 mod election;
 mod error;
@@ -119,6 +120,7 @@ pub use cas::{
 pub use change::{
     watch_channel, BackendEvent, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
 };
+pub use compute::{Compute, DEFAULT_COMPUTE_WAIT};
 pub use config::{
     StoreConfig, Timeouts, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, DEFAULT_UPDATE_RETRIES,
 };
