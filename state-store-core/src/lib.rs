@@ -132,9 +132,9 @@ pub use key::{PREFIX_SEPARATOR, RESERVED_MARKER};
 pub use layer::MetricsLayer;
 pub use layer::{
     BreakerState, Call, CallInfo, CapabilityLayer, CircuitBreakerLayer, ClosedLayer,
-    CompletionLayer, Intercept, Intercepted, Layer, LimitLayer, NamespaceLayer, RetryLayer, Site,
-    StateStoreBuilder, TimeoutLayer, TracingLayer, MAX_COOL_DOWN, MAX_NAMES_PER_CALL,
-    MAX_RETRY_DEADLINE,
+    CompletionLayer, Intercept, Intercepted, Layer, LimitLayer, NamespaceLayer, NearCacheLayer,
+    RetryLayer, Site, StateStoreBuilder, TimeoutLayer, TracingLayer, MAX_COOL_DOWN,
+    MAX_NAMES_PER_CALL, MAX_RETRY_DEADLINE,
 };
 pub use lease::{FencingToken, Lease, LeaseRequest, DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 pub use listing::{ListOptions, Page, Selector, Watch, WatchEvent, DEFAULT_PAGE, MAX_PAGE};

@@ -11,7 +11,7 @@
 //!   NamespaceLayer     prefix:name (StoreConfig::key_prefix, StateStore::with_prefix)
 //!   CompletionLayer    increments by CAS, TTL-keeping upserts, composed leases
 //!   your layers        StateStoreBuilder::layer (TimeoutLayer, CircuitBreakerLayer,
-//!                      RetryLayer, your own),
+//!                      RetryLayer, NearCacheLayer, your own),
 //!                      last added outermost
 //!   Backend            the adapter
 //! ```
@@ -23,6 +23,7 @@ mod intercept;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod namespace;
+mod near_cache;
 mod retrying;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use intercept::{Call, CallInfo, Intercept, Intercepted, Site};
 #[cfg(feature = "metrics")]
 pub use metrics::MetricsLayer;
 pub use namespace::NamespaceLayer;
+pub use near_cache::NearCacheLayer;
 pub use retrying::{RetryLayer, MAX_RETRY_DEADLINE};
 
 /// Wraps a backend in another. Implement it for a concern of your own (metrics, say) — an

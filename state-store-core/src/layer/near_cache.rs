@@ -1,0 +1,498 @@
+//! A near cache: hot values served from process memory, kept coherent by the server's own
+//! change stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::Layer;
+use crate::backend::{
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions, WatchKeys,
+};
+use crate::capability::{Capabilities, WatchSupport};
+use crate::change::{BackendEvent, KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::error::{Error, Result};
+use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
+use crate::version::{Entry, Version};
+
+/// How long the cache waits before following the server's changes again after it lost them.
+const REWATCH: Duration = Duration::from_secs(1);
+
+/// Keeps the values plain reads (`get`, `get_state`) find in process memory, bounded in bytes
+/// and in age, and drops each one the moment the server reports it changed: the layer follows
+/// every change with the backend's own watch (Redis keyspace notifications, NATS KV watch,
+/// SQLite's and PostgreSQL's change feeds) and forgets a key on each event.
+///
+/// **Consistency.** A write through this handle drops the key at once (read-your-writes for
+/// the handle). A write from elsewhere is seen once the server's event arrives: until then a
+/// read may return the value it replaced — how long is the backend's event delay, measured by
+/// `cargo run --release -p examples --example near_cache`. Any doubt empties the whole cache
+/// and stops caching until the watch is back: a `Resync` (a lossy watch dropped events, a
+/// reconnect), an error or the end of the watch. A read racing an invalidation does not
+/// cache what it read. Values expire from the cache no later than on the server (the TTL
+/// left when read), and after `max_age` whatever their TTL. Versioned reads (`get_entry`,
+/// `update`, compare-and-set) always go to the server, so conditional writes never work
+/// from a stale base.
+///
+/// Over a backend that cannot watch (Dapr, Redis Cluster, Redis without keyspace
+/// notifications) it caches nothing: nothing would tell it of changes.
+///
+/// ```
+/// use std::time::Duration;
+/// use state_store_core::{DefaultStateStore, NearCacheLayer, StateStore};
+///
+/// let store = StateStore::builder(DefaultStateStore::new())
+///     .layer(NearCacheLayer::new(64 * 1024 * 1024, Duration::from_secs(60)))
+///     .build();
+/// # let _ = store;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct NearCacheLayer {
+    max_bytes: usize,
+    max_age: Duration,
+}
+
+impl NearCacheLayer {
+    /// At most `max_bytes` of keys and values, each kept at most `max_age`.
+    pub fn new(max_bytes: usize, max_age: Duration) -> Self {
+        NearCacheLayer { max_bytes, max_age }
+    }
+}
+
+impl Layer for NearCacheLayer {
+    fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        let watched = inner.capabilities().watch != WatchSupport::None;
+        Arc::new(NearCache {
+            inner,
+            shared: Arc::new(Shared {
+                slots: Mutex::new(Slots::new(self.max_bytes)),
+                live: AtomicBool::new(false),
+                epoch: AtomicU64::new(0),
+            }),
+            max_age: self.max_age,
+            watched,
+            follower: Mutex::new(None),
+        })
+    }
+}
+
+/// What the reads and the follower share.
+struct Shared {
+    slots: Mutex<Slots>,
+    /// True while the watch runs: only then may values be cached.
+    live: AtomicBool,
+    /// Bumped by every invalidation: a read that saw it move does not cache what it read.
+    epoch: AtomicU64,
+}
+
+impl Shared {
+    fn forget(&self, key: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        lock(&self.slots).remove(key);
+    }
+
+    fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        lock(&self.slots).clear();
+    }
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    // A panic while holding the lock leaves a consistent map (every change is one call).
+    slots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Cached values, bounded in bytes; the oldest insertions go first.
+struct Slots {
+    map: HashMap<String, Slot>,
+    order: VecDeque<(String, u64)>,
+    bytes: usize,
+    max_bytes: usize,
+    next: u64,
+}
+
+struct Slot {
+    value: Option<Vec<u8>>,
+    until: Instant,
+    seq: u64,
+}
+
+/// What a slot costs besides its key and value: the map's and the queue's bookkeeping.
+const SLOT_OVERHEAD: usize = 64;
+
+impl Slots {
+    fn new(max_bytes: usize) -> Self {
+        Slots {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            next: 0,
+        }
+    }
+
+    fn cost(key: &str, value: Option<&Vec<u8>>) -> usize {
+        2 * key.len() + value.map_or(0, Vec::len) + SLOT_OVERHEAD
+    }
+
+    /// The cached value of `key` (`Some(None)`: cached as missing), if fresh.
+    fn get(&self, key: &str, now: Instant) -> Option<Option<Vec<u8>>> {
+        self.map
+            .get(key)
+            .filter(|slot| slot.until > now)
+            .map(|slot| slot.value.clone())
+    }
+
+    fn insert(&mut self, key: String, value: Option<Vec<u8>>, until: Instant) {
+        let cost = Self::cost(&key, value.as_ref());
+        if cost > self.max_bytes {
+            return;
+        }
+        self.remove(&key);
+        self.next += 1;
+        self.bytes += cost;
+        self.order.push_back((key.clone(), self.next));
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                until,
+                seq: self.next,
+            },
+        );
+        while self.bytes > self.max_bytes {
+            let Some((oldest, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&oldest).is_some_and(|slot| slot.seq == seq) {
+                self.remove(&oldest);
+            }
+        }
+        // Entries of removed keys linger in the queue: compact it when they dominate.
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order
+                .retain(|(key, seq)| map.get(key).is_some_and(|slot| slot.seq == *seq));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(slot) = self.map.remove(key) {
+            self.bytes -= Self::cost(key, slot.value.as_ref());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
+struct NearCache {
+    inner: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    max_age: Duration,
+    /// Whether the backend can watch at all (else nothing is ever cached).
+    watched: bool,
+    /// The task following the server's changes, started by the first read.
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for NearCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NearCache")
+            .field("live", &self.shared.live.load(Ordering::Acquire))
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NearCache {
+    fn drop(&mut self) {
+        if let Some(task) = self.follower.lock().ok().and_then(|mut f| f.take()) {
+            task.abort();
+        }
+    }
+}
+
+impl NearCache {
+    fn below(&self) -> &dyn Backend {
+        &*self.inner
+    }
+
+    fn missing(&self, feature: &'static str) -> Error {
+        Error::unsupported(self.below().name(), feature)
+    }
+
+    /// Starts following the server's changes, once.
+    fn follow(&self) {
+        if !self.watched {
+            return;
+        }
+        let mut follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if follower.is_some() {
+            return;
+        }
+        *follower = Some(tokio::spawn(run_follower(
+            Arc::downgrade(&self.inner),
+            Arc::downgrade(&self.shared),
+        )));
+    }
+}
+
+/// Follows every change of the backend, forgetting each changed key; on any doubt forgets
+/// everything and stops caching until it follows again. Ends with the cache.
+async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
+    loop {
+        let stream = {
+            let Some(inner) = inner.upgrade() else { return };
+            let Some(watcher) = inner.extensions().watch else {
+                return;
+            };
+            watcher
+                .watch(&KeySelector::Prefix(String::new()), &WatchStart::Now)
+                .await
+        };
+        if let Ok(mut stream) = stream {
+            let Some(cache) = shared.upgrade() else {
+                return;
+            };
+            cache.live.store(true, Ordering::Release);
+            drop(cache);
+            while let Some(event) = next(&mut stream).await {
+                let Some(cache) = shared.upgrade() else {
+                    return;
+                };
+                match event {
+                    Ok(BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. }) => {
+                        cache.forget(&key);
+                    }
+                    Ok(BackendEvent::Resync { .. }) => cache.forget_all(),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(cache) = shared.upgrade() else {
+            return;
+        };
+        cache.live.store(false, Ordering::Release);
+        cache.forget_all();
+        drop(cache);
+        tokio::time::sleep(REWATCH).await;
+    }
+}
+
+async fn next(stream: &mut WatchStream) -> Option<Result<BackendEvent>> {
+    std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
+}
+
+#[async_trait]
+impl Backend for NearCache {
+    fn name(&self) -> &str {
+        self.below().name()
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.below().server()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.below().capabilities()
+    }
+
+    /// Versioned reads always go to the server (a compare-and-set needs the current version),
+    /// and refresh nothing: the cache fills from plain reads.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        self.below().get_many(keys).await
+    }
+
+    async fn get_values(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.follow();
+        let now = Instant::now();
+        let live = self.shared.live.load(Ordering::Acquire);
+        let mut values: Vec<Option<Option<Vec<u8>>>> = if live {
+            let slots = lock(&self.shared.slots);
+            keys.iter().map(|key| slots.get(key, now)).collect()
+        } else {
+            vec![None; keys.len()]
+        };
+        let misses: Vec<String> = keys
+            .iter()
+            .zip(&values)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !misses.is_empty() {
+            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            // With the time left of each value, so none outlives its server deadline here.
+            let entries = self.below().get_many(&misses).await?;
+            if entries.len() != misses.len() {
+                return Err(Error::backend(
+                    self.name(),
+                    "the backend answered a batch read with a wrong number of slots",
+                ));
+            }
+            let still_valid = self.shared.live.load(Ordering::Acquire)
+                && self.shared.epoch.load(Ordering::Acquire) == epoch;
+            let mut fetched = entries.into_iter();
+            let mut slots = still_valid.then(|| lock(&self.shared.slots));
+            for (key, value) in keys.iter().zip(values.iter_mut()) {
+                if value.is_some() {
+                    continue;
+                }
+                let entry = fetched.next().flatten();
+                if let Some(slots) = slots.as_mut() {
+                    let age = entry
+                        .as_ref()
+                        .and_then(|e| e.expires_in)
+                        .map_or(self.max_age, |left| left.min(self.max_age));
+                    slots.insert(
+                        key.clone(),
+                        entry.as_ref().map(|e| e.value.clone()),
+                        now + age,
+                    );
+                }
+                *value = Some(entry.map(|e| e.value));
+            }
+        }
+        Ok(values.into_iter().map(Option::flatten).collect())
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+        let written = self.below().set(key, value, options).await;
+        self.shared.forget(key);
+        written
+    }
+
+    async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+        let removed = self.below().remove(key, expected).await;
+        self.shared.forget(key);
+        removed
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(task) = lock_follower(&self.follower).take() {
+            task.abort();
+        }
+        self.shared.live.store(false, Ordering::Release);
+        self.shared.forget_all();
+        self.below().close().await
+    }
+
+    fn extensions(&self) -> Extensions<'_> {
+        self.below().extensions().served_by(self)
+    }
+}
+
+fn lock_follower(
+    follower: &Mutex<Option<tokio::task::JoinHandle<()>>>,
+) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+    follower
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Increment for NearCache {
+    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        let counter = self
+            .below()
+            .extensions()
+            .increment
+            .ok_or_else(|| self.missing("atomic increment"))?;
+        let result = counter.increment(key, delta, ttl).await;
+        self.shared.forget(key);
+        result
+    }
+}
+
+#[async_trait]
+impl ListKeys for NearCache {
+    async fn list_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let lister = self
+            .below()
+            .extensions()
+            .list
+            .ok_or_else(|| self.missing("listing keys"))?;
+        lister.list_keys(prefix, after, limit).await
+    }
+}
+
+#[async_trait]
+impl WatchKeys for NearCache {
+    async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream> {
+        let watcher = self
+            .below()
+            .extensions()
+            .watch
+            .ok_or_else(|| self.missing("watching changes"))?;
+        watcher.watch(selector, start).await
+    }
+}
+
+#[async_trait]
+impl AcquireLease for NearCache {
+    async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
+        let leases = self
+            .below()
+            .extensions()
+            .lease
+            .ok_or_else(|| self.missing("leases"))?;
+        let grant = leases.acquire_lease(request).await;
+        self.shared.forget(request.record_key);
+        self.shared.forget(request.counter_key);
+        grant
+    }
+}
+
+#[async_trait]
+impl CheckRateLimit for NearCache {
+    async fn rate_limit(&self, request: &RateLimitRequest<'_>) -> Result<Option<RateLimitReply>> {
+        let limiter = self
+            .below()
+            .extensions()
+            .rate_limit
+            .ok_or_else(|| self.missing("rate limits"))?;
+        let reply = limiter.rate_limit(request).await;
+        self.shared.forget(request.key);
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_within_their_bytes_and_drop_the_oldest_first() {
+        let mut slots = Slots::new(10_000);
+        let until = Instant::now() + Duration::from_secs(60);
+        for i in 0..100_000 {
+            slots.insert(format!("key-{i}"), Some(vec![b'x'; 100]), until);
+            assert!(slots.bytes <= 10_000);
+        }
+        assert!(slots.order.len() <= 2 * slots.map.len() + 1024);
+        let now = Instant::now();
+        assert_eq!(slots.get("key-99999", now), Some(Some(vec![b'x'; 100])));
+        assert_eq!(slots.get("key-0", now), None);
+        // Too big for the whole cache: not kept.
+        slots.insert("huge".to_owned(), Some(vec![0; 20_000]), until);
+        assert_eq!(slots.get("huge", now), None);
+        // Expired: not served.
+        slots.insert("old".to_owned(), None, now);
+        assert_eq!(slots.get("old", now), None);
+        slots.clear();
+        assert_eq!(slots.bytes, 0);
+    }
+}
