@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let names10: Vec<String> = (0..10).map(key).collect();
 
-    let get = |tasks| {
+    let get = |tasks, name: &str, store: &StateStore, key: fn(u64) -> String| {
         let r = kv.clone();
         let raw_get = op(move |i| {
             let r = r.clone();
@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _: Value = serde_json::from_slice(&v).expect("json");
             }
         });
-        Case::new("get", tasks, adapter::get(&store, key), raw_get)
+        Case::new(name, tasks, adapter::get(store, key), raw_get)
     };
     let set = |tasks| {
         let (r, v) = (kv.clone(), value.clone());
@@ -99,7 +99,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         adapter::increment(&store, counter),
         raw_increment,
     );
-    let cases = [get(1), set(1), get(64), set(64), get_state, increment];
+    // One hot name read again and again: the near cache (in process, invalidated by the
+    // server's change stream) against the raw client's round trip.
+    let near = bench::near_cached(&store);
+    let hot = |_| key(0);
+    let cases = [
+        get(1, "hot get: near cache vs raw", &near, hot),
+        get(64, "hot get: near cache vs raw", &near, hot),
+        get(1, "get", &store, key),
+        set(1),
+        get(64, "get", &store, key),
+        set(64),
+        get_state,
+        increment,
+    ];
     bench::run("NatsStateStore vs raw async-nats KV", &cases).await;
     store.destroy().await?;
     Ok(())

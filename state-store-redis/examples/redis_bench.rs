@@ -53,7 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names10: Vec<String> = (0..10).map(key).collect();
 
     let counter = |i: u64| format!("bench:c{}", i % 10);
-    let get = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
+    let get_with = |tasks,
+                    raw: &Arc<fred::clients::Client>,
+                    name: &str,
+                    store: &StateStore,
+                    key: fn(u64) -> String| {
         let r = raw.clone();
         let raw_get = op(move |i| {
             let r = r.clone();
@@ -62,8 +66,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _: Value = serde_json::from_slice(&v.expect("present")).expect("json");
             }
         });
-        Case::new(name, tasks, adapter::get(&store, key), raw_get)
+        Case::new(name, tasks, adapter::get(store, key), raw_get)
     };
+    let get = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
+        get_with(tasks, raw, name, &store, key)
+    };
+    // One hot name read again and again: the near cache (in process, invalidated by the
+    // server's keyspace notifications) against a raw GET's round trip.
+    let near = bench::near_cached(&store);
+    let hot = |_| key(0);
     let set = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
         let (r, v) = (raw.clone(), value.clone());
         let raw_set = op(move |i| {
@@ -127,6 +138,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let same_timeout = "raw with the adapter's request timeout";
     let cases = [
+        get_with(1, &raw, "hot get: near cache vs raw", &near, hot),
+        get_with(64, &raw, "hot get: near cache vs raw", &near, hot),
         get(1, &raw, "get"),
         set(1, &raw, "set"),
         get(64, &raw, "get"),

@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let names10: Vec<String> = (0..10).map(key).collect();
 
-    let get = |tasks| {
+    let get = |tasks, name: &str, store: &StateStore, key: fn(u64) -> String| {
         let r = raw.clone();
         let raw_get = op(move |i| {
             let r = r.clone();
@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _: Value = serde_json::from_str(&text).expect("json");
             }
         });
-        Case::new("get", tasks, adapter::get(&store, key), raw_get)
+        Case::new(name, tasks, adapter::get(store, key), raw_get)
     };
     let set = |tasks| {
         let (r, v) = (raw.clone(), value.clone());
@@ -157,12 +157,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             raw_increment,
         )
     };
+    // One hot name read again and again: the near cache (in process, invalidated by the
+    // server's change stream) against the raw client's round trip.
+    let near = bench::near_cached(&store);
+    let hot = |_| key(0);
     let cases = [
-        get(1),
+        get(1, "hot get: near cache vs raw", &near, hot),
+        get(16, "hot get: near cache vs raw", &near, hot),
+        get(1, "get", &store, key),
         set(1),
         get_state(1),
         increment(1),
-        get(16),
+        get(16, "get", &store, key),
         set(16),
         get_state(16),
         increment(16),

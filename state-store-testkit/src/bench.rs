@@ -229,6 +229,17 @@ pub async fn run(title: &str, cases: &[Case]) -> Vec<f64> {
     means
 }
 
+/// `store`'s backend behind a [`NearCacheLayer`](state_store_core::NearCacheLayer) (64 MiB, a
+/// minute): what hot-key reads through the near cache are measured on.
+pub fn near_cached(store: &state_store_core::StateStore) -> state_store_core::StateStore {
+    use state_store_core::Layer as _;
+    let layer = state_store_core::NearCacheLayer::new(64 * 1024 * 1024, Duration::from_secs(60));
+    state_store_core::StateStore::from_arc(
+        layer.layer(Arc::clone(store.raw_backend())),
+        state_store_core::StoreConfig::default(),
+    )
+}
+
 /// The adapter side of the standard cases, through the [`StateStore`] handle, so every
 /// adapter's benchmark measures the same calls. Each panics on the first error.
 ///
