@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use state_store::{report, Error, ListOptions, SetMode, SetOptions, StateStore, MAX_PAGE};
+use state_store::{report, Error, ListOptions, SetMode, SetOptions, StateStore, MAX_PAGE, MAX_TTL};
 
 use crate::Failure;
 
@@ -112,11 +112,13 @@ impl Record {
             .ok_or_else(|| format!("{name:?}: no \"value\""))?;
         let ttl = match parsed.get("ttl_ms") {
             None | Some(Value::Null) => None,
-            Some(ms) => Some(Duration::from_millis(
-                ms.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
+            // Past the longest TTL a store takes: the longest.
+            Some(ms) => Some(
+                Duration::from_millis(ms.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
                     format!("{name:?}: \"ttl_ms\" is not a positive whole number")
-                })?,
-            )),
+                })?)
+                .min(MAX_TTL),
+            ),
         };
         Ok(Record { name, value, ttl })
     }
@@ -149,11 +151,15 @@ where
                 continue;
             }
             match from.get_entry(&name).await {
+                // No time left: it expired as it was read.
+                Ok(Some(entry)) if entry.expires_in.is_some_and(|left| left.is_zero()) => {
+                    tally.gone += 1;
+                }
                 Ok(Some(entry)) => {
                     let record = Record {
                         name,
                         value: entry.value,
-                        ttl: entry.expires_in,
+                        ttl: entry.expires_in.map(|left| left.min(MAX_TTL)),
                     };
                     each(record, tally).await?;
                 }

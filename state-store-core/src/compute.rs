@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::backend::SetOptions;
+use crate::backend::{SetOptions, MAX_TTL};
 use crate::capability::WatchSupport;
 use crate::error::{BoxError, Error, Result};
 use crate::lease::Lease;
@@ -109,7 +109,8 @@ impl Compute {
     /// # Errors
     ///
     /// [`Error::Compute`] when this caller's loader fails (nothing is cached, and a waiting
-    /// caller tries next) or no value comes within [`Compute::wait`]; [`Error::Unsupported`]
+    /// caller tries next) or no value comes within [`Compute::wait`]; [`Error::InvalidTtl`]
+    /// for a zero TTL or one (with the grace) above [`MAX_TTL`]; [`Error::Unsupported`]
     /// on a backend without leases; [`Error::Decode`] when the stored value does not fit
     /// `T`; and what the store's calls return.
     pub async fn get_or_compute<T, F, Fut, E>(&self, loader: F) -> Result<T>
@@ -119,7 +120,21 @@ impl Compute {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<BoxError>,
     {
-        let until = Instant::now() + self.wait;
+        let stored = self.ttl.saturating_add(self.grace);
+        let null_ttl = self.null_ttl.unwrap_or(self.ttl);
+        if self.ttl.is_zero()
+            || null_ttl.is_zero()
+            || stored > MAX_TTL
+            || null_ttl.saturating_add(self.grace) > MAX_TTL
+        {
+            // Refused before any loader runs, not after each one.
+            return Err(Error::InvalidTtl {
+                key: self.name.clone(),
+            });
+        }
+        let until = Instant::now()
+            .checked_add(self.wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut loader = Some(loader);
         let mut wake: Option<Watch> = None;
         let mut watch_tried = false;
@@ -198,13 +213,12 @@ impl Compute {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: Into<BoxError>,
     {
-        if stale.is_none() {
-            if let Some(entry) = self.store.get_versioned::<T>(&self.name).await? {
-                if !self.is_stale(entry.expires_in) {
-                    return Ok(entry.value);
-                }
-            }
-        }
+        // Read again under the lease: another caller may have filled or refreshed it since.
+        let stale = match self.store.get_versioned::<T>(&self.name).await? {
+            Some(entry) if !self.is_stale(entry.expires_in) => return Ok(entry.value),
+            Some(entry) => Some(entry.value),
+            None => stale,
+        };
         let computed = tokio::select! {
             biased;
             () = lease.keep_alive() => return Err(lease.lost_error()),

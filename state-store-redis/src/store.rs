@@ -276,9 +276,14 @@ impl Backend for RedisStateStore {
             let () = pipeline.get(key.as_str()).await.map_err(map)?;
             let () = pipeline.pttl(key.as_str()).await.map_err(map)?;
         }
-        let replies = pipeline.try_all::<fred::types::Value>().await;
+        let mut replies = pipeline.try_all::<fred::types::Value>().await;
         if replies.len() != 2 * keys.len() {
-            return Err(Error::backend(STORE, "the pipeline lost replies"));
+            // A pipeline that failed as a whole (a timeout, a lost connection) answers with
+            // that one error.
+            return Err(match replies.pop() {
+                Some(Err(err)) => map(err),
+                _ => Error::backend(STORE, "the pipeline lost replies"),
+            });
         }
         replies
             .chunks(2)
@@ -292,12 +297,14 @@ impl Backend for RedisStateStore {
                     Err(err) if err.details().starts_with("WRONGTYPE") => return Ok(None),
                     Err(err) => return Err(map(err.clone())),
                 };
-                // -1: no TTL; -2: gone since the GET.
+                // -1: no TTL; -2: gone (expired) since the GET — then it is gone.
                 let expires_in = match &pair[1] {
+                    Ok(fred::types::Value::Integer(-2)) => return Ok(None),
                     Ok(fred::types::Value::Integer(ms)) => {
                         u64::try_from(*ms).ok().map(Duration::from_millis)
                     }
-                    _ => None,
+                    Ok(_) => None,
+                    Err(err) => return Err(map(err.clone())),
                 };
                 let version = digest(&value);
                 Ok(Some(Entry {

@@ -231,12 +231,21 @@ impl ClientIp {
             Forwarding::XForwardedFor => ("x-forwarded-for", x_forwarded_for_entries),
             Forwarding::Forwarded => ("forwarded", forwarded_entries),
         };
-        // Every line of the header, in order: together one list.
+        // Every line of the header, in order: together one list. Entries are split on the
+        // raw bytes, so one that is not text (a client's junk) is one unreadable entry, and
+        // the addresses proxies appended after it on the same line still count.
         let mut chain: Vec<Option<IpAddr>> = request
             .headers
             .get_all(name)
             .iter()
-            .flat_map(|line| line.to_str().map_or_else(|_| vec![None], entries))
+            .flat_map(|line| {
+                line.as_bytes()
+                    .split(|&b| b == b',')
+                    .flat_map(|entry| {
+                        std::str::from_utf8(entry).map_or_else(|_| vec![None], entries)
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect();
         chain.push(Some(peer));
         let at = match &self.trusted {

@@ -353,6 +353,13 @@ fn client_ip_believes_trusted_proxies_only() {
             "peer {peer}, X-Forwarded-For {values:?}"
         );
     }
+    // Junk that is not text in the client's part of the line: the proxy's entry still counts.
+    let mut request = forwarded("10.0.0.5", "x-forwarded-for", &[]);
+    request.headers_mut().append(
+        "x-forwarded-for",
+        http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").expect("bytes"),
+    );
+    assert_eq!(client(&xff, &request).as_deref(), Some("203.0.113.9"));
     // The other header is not read: a client can send it through a proxy untouched.
     let request = forwarded("10.0.0.5", "forwarded", &["for=203.0.113.7"]);
     assert_eq!(client(&xff, &request).as_deref(), Some("10.0.0.5"));

@@ -241,7 +241,7 @@ impl NearCache {
             .follower
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if follower.is_some() {
+        if follower.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
         *follower = Some(tokio::spawn(run_follower(
@@ -254,6 +254,9 @@ impl NearCache {
 /// Follows every change of the backend, forgetting each changed key; on any doubt forgets
 /// everything and stops caching until it follows again. Ends with the cache.
 async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
+    // However the task ends (its runtime shut down, say), caching stops with it; the next
+    // read starts another.
+    let _stop = StopCaching(shared.clone());
     loop {
         let stream = {
             let Some(inner) = inner.upgrade() else { return };
@@ -290,6 +293,18 @@ async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
         cache.forget_all();
         drop(cache);
         tokio::time::sleep(REWATCH).await;
+    }
+}
+
+/// Empties the cache and stops caching when dropped.
+struct StopCaching(Weak<Shared>);
+
+impl Drop for StopCaching {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0.upgrade() {
+            cache.live.store(false, Ordering::Release);
+            cache.forget_all();
+        }
     }
 }
 
@@ -343,10 +358,15 @@ impl Backend for NearCache {
                     "the backend answered a batch read with a wrong number of slots",
                 ));
             }
-            let still_valid = self.shared.live.load(Ordering::Acquire)
+            // Cached only if the watch ran from before the read until now (a change before
+            // it started is never reported) and nothing was invalidated meanwhile: checked
+            // under the lock, so an invalidation either shows here or removes what we insert.
+            let mut slots = lock(&self.shared.slots);
+            let still_valid = live
+                && self.shared.live.load(Ordering::Acquire)
                 && self.shared.epoch.load(Ordering::Acquire) == epoch;
+            let mut slots = still_valid.then_some(&mut slots);
             let mut fetched = entries.into_iter();
-            let mut slots = still_valid.then(|| lock(&self.shared.slots));
             for (key, value) in keys.iter().zip(values.iter_mut()) {
                 if value.is_some() {
                     continue;
@@ -357,11 +377,11 @@ impl Backend for NearCache {
                         .as_ref()
                         .and_then(|e| e.expires_in)
                         .map_or(self.max_age, |left| left.min(self.max_age));
-                    slots.insert(
-                        key.clone(),
-                        entry.as_ref().map(|e| e.value.clone()),
-                        now + age,
-                    );
+                    // A `max_age` of `Duration::MAX` means no bound of its own.
+                    let until = now
+                        .checked_add(age)
+                        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+                    slots.insert(key.clone(), entry.as_ref().map(|e| e.value.clone()), until);
                 }
                 *value = Some(entry.map(|e| e.value));
             }
