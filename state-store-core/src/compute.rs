@@ -40,6 +40,18 @@ const COMPUTE_LEASE_TTL: Duration = Duration::from_secs(10);
 const AREA: &str = "compute";
 
 /// A cached computation of one name: [`StateStore::compute`].
+///
+/// A read that finds the value returns it. A miss takes the lease `{name}` in the reserved
+/// area `$compute` (so a miss in many processes at once runs one loader); its holder reads
+/// once more (the value may have landed since), runs the loader while renewing the lease,
+/// writes the value with its TTL and releases. Everybody else waits for the value: woken by
+/// a watch on the name where the backend has one, polling with backoff otherwise, and taking
+/// the lease itself when the holder releases it without a value (its loader failed) or dies
+/// (its lease expires). A loader's error is never cached.
+///
+/// With [`Compute::stale_while_revalidate`] the value is stored for its TTL plus a grace
+/// period; during the grace a read returns the old value at once, and the one caller that
+/// takes the lease refreshes it (and gets the new value; if its loader fails, the old one).
 #[derive(Debug, Clone)]
 #[must_use = "a computation does nothing until `get_or_compute`"]
 pub struct Compute {
@@ -104,7 +116,7 @@ impl Compute {
     }
 
     /// The cached value, or `loader`'s, computed by one caller at a time across every
-    /// instance: the others wait for its value (see the [module docs](self)).
+    /// instance: the others wait for its value (see [`Compute`]).
     ///
     /// # Errors
     ///

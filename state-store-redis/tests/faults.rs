@@ -361,3 +361,60 @@ async fn a_cluster_failover_is_ridden_out_and_measured() {
         );
     }
 }
+
+/// A near-cached handle follows the server across a restart: a value it cached before, then
+/// rewritten through another connection once the server is back (its notification may be
+/// sent before the cache has subscribed again), is read anew — the reconnect empties the
+/// cache — and once the new value is read, the old one never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_restart() {
+    use state_store_conformance::faults::TestServer;
+    use state_store_core::{Layer, NearCacheLayer, StoreConfig};
+    // The old value survives the restart: only an emptied cache or an event replaces it.
+    let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let opened = impatient_store(&server).await;
+    let near = StateStore::from_arc(
+        NearCacheLayer::new(1024 * 1024, Duration::from_secs(600))
+            .layer(std::sync::Arc::clone(opened.raw_backend())),
+        StoreConfig::default(),
+    );
+    let other = impatient_store(&server).await;
+    other.set_state("hot", &json!(1)).await.expect("write");
+    for _ in 0..20 {
+        assert_eq!(
+            near.get_state(&["hot"]).await.expect("read")["hot"],
+            Some(json!(1))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.restart().expect("restart");
+    let started = Instant::now();
+    while other.set_state("hot", &json!(2)).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no write after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        match near.get_state(&["hot"]).await {
+            Ok(state) if state["hot"] == Some(json!(2)) => break,
+            // The old value, until the cache hears of the restart; or the reconnect.
+            Ok(_) | Err(Error::Unavailable { .. }) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the near cache still serves the value from before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..50 {
+        let state = near.get_state(&["hot"]).await.expect("read");
+        assert_eq!(state["hot"], Some(json!(2)), "the old value came back");
+    }
+    near.destroy().await.expect("destroy");
+    other.destroy().await.expect("destroy");
+}
