@@ -6,10 +6,11 @@
 // A test suite reports a misbehaving store by panicking, like `assert!`.
 #![allow(clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use state_store_core::{Error, StateStore};
+use state_store_core::{Backend, Error, StateStore};
 
 use crate::report;
 
@@ -479,4 +480,55 @@ pub async fn retry_rides_out_a_restart(
         Ok(Ok(_)) => {}
         other => panic!("a read with retries across a restart gave {other:?}"),
     }
+}
+
+/// A value held by a near cache over `backend` (one read no longer reaches the server), the
+/// server restarted (with its data) and the value rewritten through `other`, another
+/// connection: the cache serves the new value once it has heard of the restart, and never the
+/// old one again. Nothing but an emptied cache or an event replaces a cached value, so a
+/// cache that misses the restart serves the old value for good.
+pub async fn near_cache_follows_a_restart(
+    server: &mut dyn TestServer,
+    backend: Arc<dyn Backend>,
+    other: &StateStore,
+) {
+    let near = crate::near_cache::Probe::over(backend);
+    other
+        .set_state("fault:near", &json!(1))
+        .await
+        .expect("write");
+    near.cache("fault:near", Some(&json!(1))).await;
+    server.restart().expect("restart the server");
+    let started = std::time::Instant::now();
+    while other.set_state("fault:near", &json!(2)).await.is_err() {
+        assert!(started.elapsed() < PATIENCE, "no write after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    near.follows("fault:near", Some(&json!(2)), "the restart")
+        .await;
+}
+
+/// A value held by a near cache over `backend`, whose connections go through `link`; the link
+/// partitioned, the value rewritten through `other` (a connection around the link), then every
+/// connection through the link reset: the cache serves the new value once it has reconnected,
+/// and never the old one again — the change it missed while cut off must not stay hidden.
+pub async fn near_cache_follows_a_lost_connection(
+    link: &dyn Link,
+    backend: Arc<dyn Backend>,
+    other: &StateStore,
+) {
+    let near = crate::near_cache::Probe::over(backend);
+    other
+        .set_state("fault:near-link", &json!(1))
+        .await
+        .expect("write");
+    near.cache("fault:near-link", Some(&json!(1))).await;
+    link.set(LinkFault::BlackHole);
+    other
+        .set_state("fault:near-link", &json!(2))
+        .await
+        .expect("write around the partition");
+    link.set(LinkFault::ResetAll);
+    near.follows("fault:near-link", Some(&json!(2)), "the lost connection")
+        .await;
 }

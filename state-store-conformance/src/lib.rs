@@ -79,6 +79,7 @@ mod limits;
 pub mod linearizability;
 mod listings;
 mod model;
+pub mod near_cache;
 
 pub use context::{across_processes, run_case, Context, ProcessFactory, StoreFactory, Worker};
 

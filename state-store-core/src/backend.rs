@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::capability::Capabilities;
-use crate::change::{KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::change::{InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream};
 use crate::error::Result;
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
@@ -225,6 +225,17 @@ pub trait WatchKeys: Send + Sync {
     async fn watch(&self, selector: &KeySelector, start: &WatchStart) -> Result<WatchStream>;
 }
 
+/// Following which keys change, without their values: [`Extensions::invalidations`]. What a
+/// near cache needs from a backend that can tell it more cheaply than a watch (Redis: client
+/// tracking, which needs neither keyspace notifications nor a read per change). Without it
+/// the [`NearCacheLayer`](crate::NearCacheLayer) follows [`WatchKeys`].
+#[async_trait]
+pub trait WatchInvalidations: Send + Sync {
+    /// Reports every change of a key starting with `prefix` from when it returns, and
+    /// [`Invalidation::All`](crate::Invalidation::All) whenever changes may have been missed.
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream>;
+}
+
 /// A lease taken in one atomic call (Redis: one script): [`Extensions::lease`]. Without it
 /// the completion layer composes the same from `set` (create, then compare-and-set) and an
 /// increment.
@@ -272,6 +283,8 @@ pub struct Extensions<'a> {
     pub lease: Option<&'a dyn AcquireLease>,
     /// Checking a rate limit in one call.
     pub rate_limit: Option<&'a dyn CheckRateLimit>,
+    /// Following which keys change.
+    pub invalidations: Option<&'a dyn WatchInvalidations>,
 }
 
 impl<'a> Extensions<'a> {
@@ -310,11 +323,17 @@ impl<'a> Extensions<'a> {
         self
     }
 
+    /// With invalidations.
+    pub fn with_invalidations(mut self, invalidations: &'a dyn WatchInvalidations) -> Self {
+        self.invalidations = Some(invalidations);
+        self
+    }
+
     /// The same extensions, each served by `layer` instead: for a layer that wraps every
     /// call of the backend these came from, and forwards to them.
     pub fn served_by<L>(self, layer: &'a L) -> Self
     where
-        L: Increment + ListKeys + WatchKeys + AcquireLease + CheckRateLimit,
+        L: Increment + ListKeys + WatchKeys + AcquireLease + CheckRateLimit + WatchInvalidations,
     {
         Extensions {
             increment: self.increment.map(|_| layer as &dyn Increment),
@@ -322,6 +341,7 @@ impl<'a> Extensions<'a> {
             watch: self.watch.map(|_| layer as &dyn WatchKeys),
             lease: self.lease.map(|_| layer as &dyn AcquireLease),
             rate_limit: self.rate_limit.map(|_| layer as &dyn CheckRateLimit),
+            invalidations: self.invalidations.map(|_| layer as &dyn WatchInvalidations),
         }
     }
 }
@@ -334,6 +354,7 @@ impl fmt::Debug for Extensions<'_> {
             .field("watch", &self.watch.is_some())
             .field("lease", &self.lease.is_some())
             .field("rate_limit", &self.rate_limit.is_some())
+            .field("invalidations", &self.invalidations.is_some())
             .finish()
     }
 }

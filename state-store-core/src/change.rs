@@ -149,12 +149,41 @@ pub fn watch_channel(
     (tx, Box::pin(ChannelStream(rx)))
 }
 
+/// What a [`WatchInvalidations`](crate::WatchInvalidations) stream reports: which keys
+/// changed, not what they now hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// These keys were written, removed or expired.
+    Keys(Vec<String>),
+    /// Changes may have been missed (a reconnect, a flushed database): forget every key.
+    All {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The stream [`WatchInvalidations`](crate::WatchInvalidations) returns.
+pub type InvalidationStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<Invalidation>> + Send>>;
+
+/// An [`InvalidationStream`] fed through a channel, as [`watch_channel`] feeds a watch.
+pub fn invalidation_channel(
+    buffer: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Invalidation>>,
+    InvalidationStream,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+    (tx, Box::pin(ChannelStream(rx)))
+}
+
 /// `tokio_stream::wrappers::ReceiverStream`, in the five lines it takes: core does not take a
 /// dependency (and its own `Stream` trait version to keep in step) for one `poll_recv`.
-struct ChannelStream(tokio::sync::mpsc::Receiver<Result<BackendEvent>>);
+struct ChannelStream<T>(tokio::sync::mpsc::Receiver<T>);
 
-impl futures_core::Stream for ChannelStream {
-    type Item = Result<BackendEvent>;
+impl<T> futures_core::Stream for ChannelStream<T> {
+    type Item = T;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,

@@ -111,14 +111,15 @@ mod version;
 
 pub use backend::{
     AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetMode, SetOptions,
-    WatchKeys, MAX_TTL,
+    WatchInvalidations, WatchKeys, MAX_TTL,
 };
 pub use capability::{Capabilities, WatchSupport};
 pub use cas::{
     increment_with_cas, parse_counter, retry_lost_races, CloseFlag, CAS_DEADLINE, CAS_RETRIES,
 };
 pub use change::{
-    watch_channel, BackendEvent, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
+    invalidation_channel, watch_channel, BackendEvent, Invalidation, InvalidationStream, KeyPage,
+    KeySelector, RemoveCause, WatchStart, WatchStream,
 };
 pub use compute::{Compute, DEFAULT_COMPUTE_WAIT};
 pub use config::{

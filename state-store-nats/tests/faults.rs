@@ -2,6 +2,7 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryFutureExt;
@@ -359,4 +360,38 @@ async fn r3_histories_are_linearizable_across_the_loss_of_the_leader() {
         judge("nats-r3-leader-kill-freeze", workload.seed, &run);
     }
     drop(first);
+}
+
+/// A near-cached value rewritten by another connection after a server restart is read anew,
+/// and the old value never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_restart() {
+    use state_store_conformance::faults::near_cache_follows_a_restart;
+    let Some(mut server) = server(&[]) else {
+        return;
+    };
+    let config = NatsConfig::new(server.url()).with_request_timeout(Duration::from_secs(1));
+    let near = connect(config.clone()).await;
+    let other = connect(config).await;
+    near_cache_follows_a_restart(&mut server, Arc::clone(near.raw_backend()), &other).await;
+    let _ = near.destroy().await;
+    let _ = other.destroy().await;
+}
+
+/// The near cache's connection cut off while the value changes, then reset: the change it
+/// missed is not hidden for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_lost_connection() {
+    use state_store_conformance::faults::near_cache_follows_a_lost_connection;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server(&[]) else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    let timeout = Duration::from_secs(1);
+    let near = connect(NatsConfig::new(url).with_request_timeout(timeout)).await;
+    let other = connect(NatsConfig::new(server.url()).with_request_timeout(timeout)).await;
+    near_cache_follows_a_lost_connection(&proxy, Arc::clone(near.raw_backend()), &other).await;
+    let _ = near.destroy().await;
+    let _ = other.destroy().await;
 }

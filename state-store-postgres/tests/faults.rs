@@ -3,6 +3,7 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -219,4 +220,36 @@ async fn a_watch_delivers_every_change_across_a_server_restart() {
         [("w:a".to_owned(), json!(1)), ("w:b".to_owned(), json!(2))]
     );
     store.destroy().await.expect("destroy");
+}
+
+/// A near-cached value rewritten by another connection after a server restart is read anew,
+/// and the old value never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_restart() {
+    use state_store_conformance::faults::near_cache_follows_a_restart;
+    let Some(mut server) = server() else {
+        return;
+    };
+    let near = impatient(&server.url()).await;
+    let other = impatient(&server.url()).await;
+    near_cache_follows_a_restart(&mut server, Arc::clone(near.raw_backend()), &other).await;
+    near.destroy().await.expect("destroy");
+    other.destroy().await.expect("destroy");
+}
+
+/// The near cache's connections cut off while the value changes, then reset: the change it
+/// missed is not hidden for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_lost_connection() {
+    use state_store_conformance::faults::near_cache_follows_a_lost_connection;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server() else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    let near = impatient(&url).await;
+    let other = impatient(&server.url()).await;
+    near_cache_follows_a_lost_connection(&proxy, Arc::clone(near.raw_backend()), &other).await;
+    near.destroy().await.expect("destroy");
+    other.destroy().await.expect("destroy");
 }

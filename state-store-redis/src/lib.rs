@@ -26,6 +26,7 @@ mod native;
 mod store;
 #[cfg(feature = "rustls")]
 mod tls;
+mod tracking;
 mod watch;
 
 pub use config::RedisConfig;

@@ -441,16 +441,18 @@ impl Backend for RedisStateStore {
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        let extensions = Extensions::none()
+        let mut extensions = Extensions::none()
             .with_increment(self)
             .with_list(self)
             .with_lease(self)
             .with_rate_limit(self);
-        if self.watch == WatchSupport::None {
-            extensions
-        } else {
-            extensions.with_watch(self)
+        if self.watch != WatchSupport::None {
+            extensions = extensions.with_watch(self);
         }
+        if !self.clustered {
+            extensions = extensions.with_invalidations(self);
+        }
+        extensions
     }
 }
 

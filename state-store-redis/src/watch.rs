@@ -74,7 +74,7 @@ fn notifies_enough(flags: &str) -> bool {
 }
 
 /// Completes once the store is closed (or gone).
-async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closed| *closed).await.map(drop);
 }
 

@@ -2,6 +2,7 @@
 
 #![allow(clippy::expect_used)] // test helpers fail the test by panicking
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -368,53 +369,31 @@ async fn a_cluster_failover_is_ridden_out_and_measured() {
 /// cache — and once the new value is read, the old one never comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_cache_follows_the_server_across_a_restart() {
-    use state_store_conformance::faults::TestServer;
-    use state_store_core::{Layer, NearCacheLayer, StoreConfig};
+    use state_store_conformance::faults::near_cache_follows_a_restart;
     // The old value survives the restart: only an emptied cache or an event replaces it.
     let Some(mut server) = server(&["--appendonly", "yes", "--appendfsync", "always"]) else {
         return;
     };
-    let opened = impatient_store(&server).await;
-    let near = StateStore::from_arc(
-        NearCacheLayer::new(1024 * 1024, Duration::from_secs(600))
-            .layer(std::sync::Arc::clone(opened.raw_backend())),
-        StoreConfig::default(),
-    );
+    let near = impatient_store(&server).await;
     let other = impatient_store(&server).await;
-    other.set_state("hot", &json!(1)).await.expect("write");
-    for _ in 0..20 {
-        assert_eq!(
-            near.get_state(&["hot"]).await.expect("read")["hot"],
-            Some(json!(1))
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server.restart().expect("restart");
-    let started = Instant::now();
-    while other.set_state("hot", &json!(2)).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no write after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    loop {
-        match near.get_state(&["hot"]).await {
-            Ok(state) if state["hot"] == Some(json!(2)) => break,
-            // The old value, until the cache hears of the restart; or the reconnect.
-            Ok(_) | Err(Error::Unavailable { .. }) => {}
-            Err(err) => panic!("read: {err}"),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the near cache still serves the value from before the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for _ in 0..50 {
-        let state = near.get_state(&["hot"]).await.expect("read");
-        assert_eq!(state["hot"], Some(json!(2)), "the old value came back");
-    }
+    near_cache_follows_a_restart(&mut server, Arc::clone(near.raw_backend()), &other).await;
+    near.destroy().await.expect("destroy");
+    other.destroy().await.expect("destroy");
+}
+
+/// The near cache's connections cut off while the value changes, then reset: the tracking
+/// connection comes back untracked, and the cache must not keep what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_the_server_across_a_lost_connection() {
+    use state_store_conformance::faults::near_cache_follows_a_lost_connection;
+    use state_store_testkit::harness::proxy::FaultProxy;
+    let Some(server) = server(&[]) else {
+        return;
+    };
+    let (proxy, url) = FaultProxy::in_front_of(&server.url()).expect("start the proxy");
+    let near = impatient(&url).await.expect("connect through the proxy");
+    let other = impatient_store(&server).await;
+    near_cache_follows_a_lost_connection(&proxy, Arc::clone(near.raw_backend()), &other).await;
     near.destroy().await.expect("destroy");
     other.destroy().await.expect("destroy");
 }

@@ -220,3 +220,39 @@ async fn a_listing_page_does_bounded_work() {
         ["needle:1"]
     );
 }
+
+/// With Redis's default `notify-keyspace-events ""` (no watch), a near cache still keeps hot
+/// values and hears of every change: it follows client tracking, which needs no server
+/// setting. A flushed database reaches it too (tracking's nil invalidation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_follows_client_tracking_without_keyspace_notifications() {
+    use state_store_conformance::near_cache::{near_cache_follows_another_connection, Probe};
+    use state_store_core::WatchSupport;
+    let Some(server) = RedisServer::spawn(&["--notify-keyspace-events", ""])
+        .map_or_else(|why| unavailable("redis", &why), Some)
+    else {
+        return;
+    };
+    let connect = || async {
+        RedisStateStore::connect(RedisConfig::from_url(&server.url()).expect("url"))
+            .await
+            .expect("connect")
+    };
+    let near = connect().await;
+    let client = near.client().clone();
+    let (near, other) = (StateStore::from(near), StateStore::from(connect().await));
+    assert_eq!(near.capabilities().watch, WatchSupport::None);
+    near_cache_follows_another_connection(std::sync::Arc::clone(near.raw_backend()), &other).await;
+
+    let probe = Probe::over(std::sync::Arc::clone(near.raw_backend()));
+    let one = serde_json::json!(1);
+    other.set_state("flushed", &one).await.expect("write");
+    probe.cache("flushed", Some(&one)).await;
+    let _: () = client
+        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
+        .await
+        .expect("FLUSHDB");
+    probe.follows("flushed", None, "FLUSHDB").await;
+    near.destroy().await.expect("destroy");
+    other.destroy().await.expect("destroy");
+}

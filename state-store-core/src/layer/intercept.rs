@@ -9,10 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::backend::{
-    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions, WatchKeys,
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions,
+    WatchInvalidations, WatchKeys,
 };
 use crate::capability::Capabilities;
-use crate::change::{KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::change::{InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream};
 use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
@@ -61,6 +62,11 @@ pub enum Call<'a> {
         /// From where.
         start: &'a WatchStart,
     },
+    /// [`WatchInvalidations::invalidations`].
+    Invalidations {
+        /// The key prefix followed.
+        prefix: &'a str,
+    },
     /// [`AcquireLease::acquire_lease`].
     Lease {
         /// The request.
@@ -85,6 +91,7 @@ impl Call<'_> {
             Call::Increment { .. } => ("increment", true, 1),
             Call::List { .. } => ("list", false, 0),
             Call::Watch { .. } => ("watch", false, 0),
+            Call::Invalidations { .. } => ("invalidations", false, 0),
             Call::Lease { .. } => ("acquire_lease", true, 2),
             Call::RateLimit { request } => ("rate_limit", request.write, 1),
             Call::Close => ("close", false, 0),
@@ -376,6 +383,19 @@ impl<I: Intercept> WatchKeys for Intercepted<I> {
             .watch
             .ok_or_else(|| self.missing("watching changes"))?;
         self.around(call, watcher.watch(selector, start)).await
+    }
+}
+
+#[async_trait]
+impl<I: Intercept> WatchInvalidations for Intercepted<I> {
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
+        let call = self.before(&Call::Invalidations { prefix })?;
+        let watcher = self
+            .inner
+            .extensions()
+            .invalidations
+            .ok_or_else(|| self.missing("following invalidations"))?;
+        self.around(call, watcher.invalidations(prefix)).await
     }
 }
 

@@ -51,13 +51,14 @@ impl Layer for MetricsLayer {
 }
 
 /// The operations [`CallInfo::operation`] names, in the order of [`Recorded::succeeded`].
-const OPERATIONS: [&str; 9] = [
+const OPERATIONS: [&str; 10] = [
     "get",
     "set",
     "remove",
     "increment",
     "list",
     "watch",
+    "invalidations",
     "acquire_lease",
     "rate_limit",
     "close",

@@ -11,10 +11,13 @@ use futures_core::Stream;
 
 use super::Layer;
 use crate::backend::{
-    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions, WatchKeys,
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions,
+    WatchInvalidations, WatchKeys,
 };
 use crate::capability::Capabilities;
-use crate::change::{BackendEvent, KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::change::{
+    BackendEvent, Invalidation, InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream,
+};
 use crate::error::{Error, Result};
 use crate::key::{normalize_prefix, PREFIX_SEPARATOR};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
@@ -209,6 +212,25 @@ impl WatchKeys for Namespace {
 }
 
 #[async_trait]
+impl WatchInvalidations for Namespace {
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
+        let watcher = self
+            .inner
+            .extensions()
+            .invalidations
+            .ok_or_else(|| self.missing("following invalidations"))?;
+        let inner = watcher
+            .invalidations(&self.key(prefix))
+            .await
+            .map_err(|e| self.rename(e))?;
+        Ok(Box::pin(UnprefixedKeys {
+            inner,
+            root: self.root.clone(),
+        }))
+    }
+}
+
+#[async_trait]
 impl AcquireLease for Namespace {
     async fn acquire_lease(&self, request: &LeaseAcquire<'_>) -> Result<LeaseGrant> {
         let leases = self
@@ -288,6 +310,32 @@ impl Stream for Unprefixed {
             };
             if let Some(event) = event {
                 return Poll::Ready(Some(Ok(event)));
+            }
+        }
+    }
+}
+
+/// An invalidation stream with the namespace taken off its keys (keys outside it dropped).
+struct UnprefixedKeys {
+    inner: InvalidationStream,
+    root: String,
+}
+
+impl Stream for UnprefixedKeys {
+    type Item = Result<Invalidation>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let keys = match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(Invalidation::Keys(keys)))) => keys,
+                other => return other,
+            };
+            let keys: Vec<String> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(self.root.as_str()).map(str::to_owned))
+                .collect();
+            if !keys.is_empty() {
+                return Poll::Ready(Some(Ok(Invalidation::Keys(keys))));
             }
         }
     }

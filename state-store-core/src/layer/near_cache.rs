@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,10 +12,13 @@ use tokio::time::Instant;
 
 use super::Layer;
 use crate::backend::{
-    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions, WatchKeys,
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions,
+    WatchInvalidations, WatchKeys,
 };
 use crate::capability::{Capabilities, WatchSupport};
-use crate::change::{BackendEvent, KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::change::{
+    BackendEvent, Invalidation, InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream,
+};
 use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
@@ -25,8 +28,10 @@ const REWATCH: Duration = Duration::from_secs(1);
 
 /// Keeps the values plain reads (`get`, `get_state`) find in process memory, bounded in bytes
 /// and in age, and drops each one the moment the server reports it changed: the layer follows
-/// every change with the backend's own watch (Redis keyspace notifications, NATS KV watch,
-/// SQLite's and PostgreSQL's change feeds) and forgets a key on each event.
+/// the backend's invalidations where it has them ([`WatchInvalidations`]: Redis client
+/// tracking), else every change with its watch (NATS KV watch, SQLite's and PostgreSQL's
+/// change feeds, Redis keyspace notifications when tracking is refused), and forgets a key on
+/// each event.
 ///
 /// **Consistency.** A write through this handle drops the key at once (read-your-writes for
 /// the handle). A write from elsewhere is seen once the server's event arrives: until then a
@@ -39,8 +44,8 @@ const REWATCH: Duration = Duration::from_secs(1);
 /// `update`, compare-and-set) always go to the server, so conditional writes never work
 /// from a stale base.
 ///
-/// Over a backend that cannot watch (Dapr, Redis Cluster, Redis without keyspace
-/// notifications) it caches nothing: nothing would tell it of changes.
+/// Over a backend that can neither watch nor report invalidations (Dapr, Redis Cluster) it
+/// caches nothing: nothing would tell it of changes.
 ///
 /// ```
 /// use std::time::Duration;
@@ -66,13 +71,13 @@ impl NearCacheLayer {
 
 impl Layer for NearCacheLayer {
     fn layer(&self, inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
-        let watched = inner.capabilities().watch != WatchSupport::None;
+        let watched = inner.capabilities().watch != WatchSupport::None
+            || inner.extensions().invalidations.is_some();
         Arc::new(NearCache {
             inner,
             shared: Arc::new(Shared {
                 slots: Mutex::new(Slots::new(self.max_bytes)),
                 live: AtomicBool::new(false),
-                epoch: AtomicU64::new(0),
             }),
             max_age: self.max_age,
             watched,
@@ -86,18 +91,14 @@ struct Shared {
     slots: Mutex<Slots>,
     /// True while the watch runs: only then may values be cached.
     live: AtomicBool,
-    /// Bumped by every invalidation: a read that saw it move does not cache what it read.
-    epoch: AtomicU64,
 }
 
 impl Shared {
     fn forget(&self, key: &str) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.slots).remove(key);
     }
 
     fn forget_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.slots).clear();
     }
 }
@@ -116,6 +117,11 @@ struct Slots {
     bytes: usize,
     max_bytes: usize,
     next: u64,
+    /// The reads under way, by key: each read of a missing key leaves its ticket here, and
+    /// caches what it read only if its ticket is still there when it is back. Forgetting a
+    /// key takes its ticket (the value read may predate the change); another read of the key
+    /// replaces it (only the last read caches).
+    pending: HashMap<String, u64>,
 }
 
 struct Slot {
@@ -135,6 +141,24 @@ impl Slots {
             bytes: 0,
             max_bytes,
             next: 0,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// A ticket for a read of `key` about to start.
+    fn reading(&mut self, key: &str) -> u64 {
+        self.next += 1;
+        self.pending.insert(key.to_owned(), self.next);
+        self.next
+    }
+
+    /// Whether the read of `key` with `ticket` may cache what it read; its ticket is spent.
+    fn take_ticket(&mut self, key: &str, ticket: u64) -> bool {
+        if self.pending.get(key) == Some(&ticket) {
+            self.pending.remove(key);
+            true
+        } else {
+            false
         }
     }
 
@@ -184,15 +208,36 @@ impl Slots {
     }
 
     fn remove(&mut self, key: &str) {
+        self.pending.remove(key);
         if let Some(slot) = self.map.remove(key) {
             self.bytes -= Self::cost(key, slot.value.as_ref());
         }
     }
 
     fn clear(&mut self) {
+        self.pending.clear();
         self.map.clear();
         self.order.clear();
         self.bytes = 0;
+    }
+}
+
+/// The tickets of a read under way ([`Slots::reading`]): spent when it ends, however it ends
+/// (an error, a cancelled call), so none lingers.
+struct Tickets<'a> {
+    shared: &'a Shared,
+    keys: &'a [String],
+    numbers: Vec<u64>,
+}
+
+impl Drop for Tickets<'_> {
+    fn drop(&mut self) {
+        if self.numbers.iter().any(|&n| n != 0) {
+            let mut slots = lock(&self.shared.slots);
+            for (key, ticket) in self.keys.iter().zip(&self.numbers) {
+                slots.take_ticket(key, *ticket);
+            }
+        }
     }
 }
 
@@ -260,14 +305,9 @@ async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
     loop {
         let stream = {
             let Some(inner) = inner.upgrade() else { return };
-            let Some(watcher) = inner.extensions().watch else {
-                return;
-            };
-            watcher
-                .watch(&KeySelector::Prefix(String::new()), &WatchStart::Now)
-                .await
+            invalidations(&*inner).await
         };
-        if let Ok(mut stream) = stream {
+        if let Some(mut stream) = stream {
             let Some(cache) = shared.upgrade() else {
                 return;
             };
@@ -278,10 +318,13 @@ async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
                     return;
                 };
                 match event {
-                    Ok(BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. }) => {
-                        cache.forget(&key);
+                    Ok(Invalidation::Keys(keys)) => {
+                        let mut slots = lock(&cache.slots);
+                        for key in &keys {
+                            slots.remove(key);
+                        }
                     }
-                    Ok(BackendEvent::Resync { .. }) => cache.forget_all(),
+                    Ok(Invalidation::All { .. }) => cache.forget_all(),
                     Err(_) => break,
                 }
             }
@@ -308,8 +351,48 @@ impl Drop for StopCaching {
     }
 }
 
-async fn next(stream: &mut WatchStream) -> Option<Result<BackendEvent>> {
+async fn next(stream: &mut InvalidationStream) -> Option<Result<Invalidation>> {
     std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
+}
+
+/// Every change of `backend` as invalidations: its own where it has them, else its watch's
+/// events without their values. `None` when it offers neither, or refused both.
+async fn invalidations(backend: &dyn Backend) -> Option<InvalidationStream> {
+    let extensions = backend.extensions();
+    if let Some(tracker) = extensions.invalidations {
+        if let Ok(stream) = tracker.invalidations("").await {
+            return Some(stream);
+        }
+    }
+    let watch = extensions
+        .watch?
+        .watch(&KeySelector::Prefix(String::new()), &WatchStart::Now)
+        .await
+        .ok()?;
+    Some(Box::pin(WatchedKeys(watch)))
+}
+
+/// A watch as invalidations.
+struct WatchedKeys(WatchStream);
+
+impl futures_core::Stream for WatchedKeys {
+    type Item = Result<Invalidation>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx).map(|event| {
+            event.map(|event| {
+                event.map(|event| match event {
+                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
+                        Invalidation::Keys(vec![key])
+                    }
+                    BackendEvent::Resync { reason } => Invalidation::All { reason },
+                })
+            })
+        })
+    }
 }
 
 #[async_trait]
@@ -349,7 +432,19 @@ impl Backend for NearCache {
             .map(|(key, _)| key.clone())
             .collect();
         if !misses.is_empty() {
-            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            // Only while the watch runs from before the read (a change before it started is
+            // never reported); a ticket per key tells whether the key changed meanwhile.
+            let mut tickets = Tickets {
+                shared: &self.shared,
+                keys: &misses,
+                numbers: if live {
+                    let mut slots = lock(&self.shared.slots);
+                    misses.iter().map(|key| slots.reading(key)).collect()
+                } else {
+                    // No ticket is 0: these read without caching.
+                    vec![0; misses.len()]
+                },
+            };
             // With the time left of each value, so none outlives its server deadline here.
             let entries = self.below().get_many(&misses).await?;
             if entries.len() != misses.len() {
@@ -358,21 +453,19 @@ impl Backend for NearCache {
                     "the backend answered a batch read with a wrong number of slots",
                 ));
             }
-            // Cached only if the watch ran from before the read until now (a change before
-            // it started is never reported) and nothing was invalidated meanwhile: checked
-            // under the lock, so an invalidation either shows here or removes what we insert.
+            // Checked under the lock, so an invalidation either took the ticket already or
+            // removes what we insert.
             let mut slots = lock(&self.shared.slots);
-            let still_valid = live
-                && self.shared.live.load(Ordering::Acquire)
-                && self.shared.epoch.load(Ordering::Acquire) == epoch;
-            let mut slots = still_valid.then_some(&mut slots);
-            let mut fetched = entries.into_iter();
+            let still_live = live && self.shared.live.load(Ordering::Acquire);
+            let mut fetched = entries
+                .into_iter()
+                .zip(std::mem::take(&mut tickets.numbers));
             for (key, value) in keys.iter().zip(values.iter_mut()) {
                 if value.is_some() {
                     continue;
                 }
-                let entry = fetched.next().flatten();
-                if let Some(slots) = slots.as_mut() {
+                let (entry, ticket) = fetched.next().unwrap_or((None, 0));
+                if slots.take_ticket(key, ticket) && still_live {
                     let age = entry
                         .as_ref()
                         .and_then(|e| e.expires_in)
@@ -458,6 +551,18 @@ impl WatchKeys for NearCache {
             .watch
             .ok_or_else(|| self.missing("watching changes"))?;
         watcher.watch(selector, start).await
+    }
+}
+
+#[async_trait]
+impl WatchInvalidations for NearCache {
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
+        let tracker = self
+            .below()
+            .extensions()
+            .invalidations
+            .ok_or_else(|| self.missing("following invalidations"))?;
+        tracker.invalidations(prefix).await
     }
 }
 

@@ -9,10 +9,11 @@ use async_trait::async_trait;
 
 use super::Layer;
 use crate::backend::{
-    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions, WatchKeys,
+    AcquireLease, Backend, CheckRateLimit, Extensions, Increment, ListKeys, SetOptions,
+    WatchInvalidations, WatchKeys,
 };
 use crate::capability::Capabilities;
-use crate::change::{KeyPage, KeySelector, WatchStart, WatchStream};
+use crate::change::{InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream};
 use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::retry::Backoff;
@@ -205,6 +206,19 @@ impl WatchKeys for Retrying {
             .watch
             .ok_or_else(|| self.missing("watching changes"))?;
         self.retry("watch", || watcher.watch(selector, start)).await
+    }
+}
+
+#[async_trait]
+impl WatchInvalidations for Retrying {
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
+        let watcher = self
+            .below()
+            .extensions()
+            .invalidations
+            .ok_or_else(|| self.missing("following invalidations"))?;
+        self.retry("invalidations", || watcher.invalidations(prefix))
+            .await
     }
 }
 
