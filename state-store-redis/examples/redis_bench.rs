@@ -72,7 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         get_with(tasks, raw, name, &store, key)
     };
     // One hot name read again and again: the near cache (in process, invalidated by the
-    // server's keyspace notifications) against a raw GET's round trip.
+    // server's client tracking) against a raw GET's round trip, and against decoding the
+    // value alone (the floor of any read that returns it decoded).
     let near = bench::near_cached(&store);
     let hot = |_| key(0);
     let set = |tasks, raw: &Arc<fred::clients::Client>, name: &str| {
@@ -140,6 +141,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cases = [
         get_with(1, &raw, "hot get: near cache vs raw", &near, hot),
         get_with(64, &raw, "hot get: near cache vs raw", &near, hot),
+        Case::new(
+            "hot get: near cache vs decoding alone",
+            1,
+            adapter::get(&near, hot),
+            bench::decode_only(&value),
+        ),
+        Case::new(
+            "hot get: near cache vs decoding alone",
+            64,
+            adapter::get(&near, hot),
+            bench::decode_only(&value),
+        ),
         get(1, &raw, "get"),
         set(1, &raw, "set"),
         get(64, &raw, "get"),

@@ -158,12 +158,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     // One hot name read again and again: the near cache (in process, invalidated by the
-    // server's change stream) against the raw client's round trip.
+    // change feed) against the raw client's read, and against decoding the value alone (the
+    // floor of any read that returns it decoded).
     let near = bench::near_cached(&store);
     let hot = |_| key(0);
     let cases = [
         get(1, "hot get: near cache vs raw", &near, hot),
         get(16, "hot get: near cache vs raw", &near, hot),
+        Case::new(
+            "hot get: near cache vs decoding alone",
+            1,
+            adapter::get(&near, hot),
+            bench::decode_only(&value),
+        ),
         get(1, "get", &store, key),
         set(1),
         get_state(1),

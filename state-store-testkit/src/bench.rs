@@ -240,6 +240,20 @@ pub fn near_cached(store: &state_store_core::StateStore) -> state_store_core::St
     )
 }
 
+/// Decoding `value`'s JSON text, and nothing else: the floor under any read of it that
+/// returns a decoded value, for a "near cache vs decoding alone" row.
+pub fn decode_only(value: &serde_json::Value) -> Op {
+    let text: Arc<str> = value.to_string().into();
+    op(move |_| {
+        let text = Arc::clone(&text);
+        async move {
+            if let Err(err) = serde_json::from_str::<serde_json::Value>(&text) {
+                panic!("decoding what serde_json wrote failed: {err}");
+            }
+        }
+    })
+}
+
 /// The adapter side of the standard cases, through the [`StateStore`] handle, so every
 /// adapter's benchmark measures the same calls. Each panics on the first error.
 ///

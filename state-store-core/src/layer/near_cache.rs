@@ -621,4 +621,29 @@ mod tests {
         slots.clear();
         assert_eq!(slots.bytes, 0);
     }
+
+    #[test]
+    fn a_read_caches_only_if_its_own_key_did_not_change_meanwhile() {
+        let mut slots = Slots::new(10_000);
+        // Another key's change takes nothing from this read.
+        let a = slots.reading("a");
+        slots.remove("b");
+        assert!(slots.take_ticket("a", a));
+        // Its own key's change takes its ticket; spent once.
+        let a = slots.reading("a");
+        slots.remove("a");
+        assert!(!slots.take_ticket("a", a));
+        // A later read of the key replaces an earlier one's ticket: only the last one caches.
+        let (first, second) = (slots.reading("a"), slots.reading("a"));
+        assert!(!slots.take_ticket("a", first));
+        assert!(slots.take_ticket("a", second));
+        assert!(!slots.take_ticket("a", second), "a ticket is spent once");
+        // Forgetting everything takes every ticket; nothing lingers after.
+        let c = slots.reading("c");
+        slots.clear();
+        assert!(!slots.take_ticket("c", c));
+        assert!(slots.pending.is_empty());
+        // No ticket is 0.
+        assert!(!slots.take_ticket("a", 0));
+    }
 }
