@@ -485,8 +485,9 @@ pub async fn retry_rides_out_a_restart(
 /// A value held by a near cache over `backend` (one read no longer reaches the server), the
 /// server restarted (with its data) and the value rewritten through `other`, another
 /// connection: the cache serves the new value once it has heard of the restart, and never the
-/// old one again. Nothing but an emptied cache or an event replaces a cached value, so a
-/// cache that misses the restart serves the old value for good.
+/// old one again. (A cache whose stream is back before the rewrite hears of it as of any
+/// write; [`near_cache_follows_a_lost_connection`] is the case that needs the reconnect to
+/// empty the cache.)
 pub async fn near_cache_follows_a_restart(
     server: &mut dyn TestServer,
     backend: Arc<dyn Backend>,

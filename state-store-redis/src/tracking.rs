@@ -15,11 +15,9 @@ use crate::store::RedisStateStore;
 const INVALIDATE: &str = "__redis__:invalidate";
 
 /// Turns on broadcast tracking of the keys under `prefix` for `client`'s connection, reported
-/// to that same connection, and subscribes it to the invalidations.
+/// to that same connection, and subscribes it to the invalidations; returns once the server
+/// has run all of it.
 async fn track(client: &Client, prefix: &str) -> Result<()> {
-    // RESP2: a subscribed connection runs no `CLIENT` command; a reconnect may have
-    // resubscribed it.
-    client.unsubscribe(INVALIDATE).await.map_err(map)?;
     let id: i64 = client
         .custom(fred::cmd!("CLIENT"), vec!["ID"])
         .await
@@ -33,7 +31,9 @@ async fn track(client: &Client, prefix: &str) -> Result<()> {
         .custom(fred::cmd!("CLIENT"), args)
         .await
         .map_err(map)?;
-    client.subscribe(INVALIDATE).await.map_err(map)
+    // Redis drops invalidations for a RESP2 connection that has not subscribed yet.
+    client.subscribe(INVALIDATE).await.map_err(map)?;
+    crate::watch::settled(client).await
 }
 
 /// What an invalidation message says: the keys it names (those not UTF-8 are no key of
@@ -62,14 +62,22 @@ impl WatchInvalidations for RedisStateStore {
     /// `SUBSCRIBE __redis__:invalidate`): the server names every key written, removed, expired
     /// or evicted under `prefix`, by any client. Unlike the watch it needs no keyspace
     /// notifications and reads nothing per change. Tracking belongs to a connection: after a
-    /// reconnect it is turned on again and the stream reports
-    /// [`Invalidation::All`]. Redis 6 or later; standalone only (a cluster tracks per node).
+    /// reconnect it is turned on again and the stream reports [`Invalidation::All`]; a failed
+    /// reconnect ends the stream with an error. Tracking covers every database of the server
+    /// (a write to the same key in another one also invalidates). Redis 6 or later;
+    /// standalone only (a cluster tracks per node); RESP2 only (a RESP3 client from
+    /// [`RedisStateStore::from_client`] would get invalidations as pushes fred does not pass
+    /// on without its `i-tracking` feature).
     async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
         if self.clustered {
             return Err(Error::unsupported(STORE, "client tracking on a cluster"));
         }
+        if self.client.protocol_version() != fred::types::RespVersion::RESP2 {
+            return Err(Error::unsupported(STORE, "client tracking over RESP3"));
+        }
         let subscriber = self.client.clone_new();
         let mut messages = subscriber.message_rx();
+        let mut errors = subscriber.error_rx();
         subscriber.init().await.map_err(map)?;
         // After the first connection, which also counts as a "reconnection".
         let mut reconnects = subscriber.reconnect_rx();
@@ -89,6 +97,12 @@ impl WatchInvalidations for RedisStateStore {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Ok(Invalidation::All {
                             reason: format!("{n} invalidation messages were dropped"),
                         }),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    failed = errors.recv() => match failed {
+                        // Reconnecting failed: what the server reports meanwhile is lost.
+                        Ok((err, _)) => Err(map(err)),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     },
                     reconnected = reconnects.recv() => {

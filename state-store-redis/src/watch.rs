@@ -73,6 +73,17 @@ fn notifies_enough(flags: &str) -> bool {
             || (flags.contains('$') && flags.contains('g') && flags.contains('x')))
 }
 
+/// Returns once the server has run every command sent before on `client`'s connection: fred
+/// answers `SUBSCRIBE` and `PSUBSCRIBE` once they are sent, and the server publishes nothing
+/// to a connection before it has run them. A `PING` behind them is answered after.
+pub(crate) async fn settled(client: &Client) -> Result<()> {
+    let _: fred::types::Value = client
+        .custom(fred::cmd!("PING"), Vec::<String>::new())
+        .await
+        .map_err(map)?;
+    Ok(())
+}
+
 /// Completes once the store is closed (or gone).
 pub(crate) async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closed| *closed).await.map(drop);
@@ -139,9 +150,13 @@ impl WatchKeys for RedisStateStore {
         subscriber.init().await.map_err(map)?;
         // After the first connection, which also counts as a "reconnection".
         let mut reconnects = subscriber.reconnect_rx();
-        if let Err(err) = subscriber.psubscribe(pattern.clone()).await {
+        let subscribed = match subscriber.psubscribe(pattern.clone()).await {
+            Ok(()) => settled(&subscriber).await,
+            Err(err) => Err(map(err)),
+        };
+        if let Err(err) = subscribed {
             let _ = subscriber.quit().await;
-            return Err(map(err));
+            return Err(err);
         }
         let mut shutdown = self.shutdown.subscribe();
         let (tx, stream) = watch_channel(256);
@@ -170,7 +185,9 @@ impl WatchKeys for RedisStateStore {
                             break;
                         }
                         // Notifications published while disconnected are gone.
-                        let _ = subscriber.psubscribe(pattern.clone()).await;
+                        if subscriber.psubscribe(pattern.clone()).await.is_ok() {
+                            let _ = settled(&subscriber).await;
+                        }
                         let reason = "reconnected to Redis: notifications may have been missed".to_owned();
                         if tx.send(Ok(BackendEvent::Resync { reason })).await.is_err() {
                             break;

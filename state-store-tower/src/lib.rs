@@ -30,7 +30,7 @@ mod sessions;
 #[cfg(feature = "ratelimit")]
 pub use ratelimit::{
     ClientIp, Global, Header, InvalidNetwork, IpNetwork, KeyExtractor, Limit, MissingKey, PeerIp,
-    RateLimit, RateLimitLayer, RequestHead, TrustedProxies,
+    RateLimit, RateLimitLayer, RequestHead, TrustedProxies, WeakSecret, MIN_SECRET_LEN,
 };
 #[cfg(any(feature = "sessions", feature = "sessions-014"))]
 pub use sessions::SessionStore;

@@ -118,7 +118,7 @@ async fn requests_without_a_key_share_one_limit_by_default() {
     let limiter = Limiter::gcra(&store, Quota::per_hour(1));
     let service = RateLimitLayer::new(
         limiter,
-        Header::new(HeaderName::from_static("x-api-key"), SECRET),
+        Header::new(HeaderName::from_static("x-api-key"), SECRET).expect("a long secret"),
     )
     .layer(tower::service_fn(ok));
     let status = |response: Response<String>| response.status();
@@ -149,7 +149,8 @@ async fn requests_without_a_key_share_one_limit_by_default() {
 #[tokio::test]
 async fn requests_without_a_key_are_denied_or_let_through_when_configured() {
     let store = memory().await;
-    let header = || Header::new(HeaderName::from_static("x-api-key"), SECRET);
+    let header =
+        || Header::new(HeaderName::from_static("x-api-key"), SECRET).expect("a long secret");
     let deny = RateLimitLayer::new(Limiter::gcra(&store, Quota::per_hour(1)), header())
         .on_missing_key(MissingKey::Deny)
         .layer(tower::service_fn(ok));
@@ -221,7 +222,7 @@ async fn any_header_value_is_limited_and_never_stored_in_clear() {
     let limiter = Limiter::fixed_window(&store, 1, Duration::from_secs(60));
     let service = RateLimitLayer::new(
         limiter,
-        Header::new(HeaderName::from_static("x-api-key"), SECRET),
+        Header::new(HeaderName::from_static("x-api-key"), SECRET).expect("a long secret"),
     )
     .layer(tower::service_fn(ok));
     let request = |value: &[u8]| {
@@ -268,7 +269,7 @@ async fn header_keys_are_hashed_with_the_secret() {
     let limiter = Limiter::fixed_window(&store, 1, Duration::from_secs(60));
     let mut stored = Vec::new();
     for secret in [SECRET, SECRET, "another secret, another deployment"] {
-        let header = Header::new(name.clone(), secret);
+        let header = Header::new(name.clone(), secret).expect("a long secret");
         assert!(!format!("{header:?}").contains(secret), "{header:?}");
         let service = RateLimitLayer::new(limiter.clone(), header).layer(tower::service_fn(ok));
         stored.push(service.oneshot(request()).await.expect("call").status());
@@ -285,6 +286,12 @@ async fn header_keys_are_hashed_with_the_secret() {
     let limits = store.reserved("ratelimit").expect("the limiter's area");
     let keys = limits.list_all("").await.expect("list");
     assert_eq!(keys.len(), 2, "{keys:?}");
+    // A secret anyone could guess is refused, and the error does not repeat it.
+    for weak in ["", "changeme", "0123456789abcde"] {
+        let refused = Header::new(name.clone(), weak).map(drop).expect_err(weak);
+        assert_eq!(refused.len, weak.len());
+        assert!(weak.is_empty() || !refused.to_string().contains(weak));
+    }
     // SHA-1 and SHA-256 of "k1", unkeyed: what a dump must not show.
     for plain in ["a2ab1959", "6ab9f1eb"] {
         assert!(keys.iter().all(|key| !key.contains(plain)), "{keys:?}");

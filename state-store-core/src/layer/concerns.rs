@@ -215,7 +215,7 @@ impl Intercept for LimitLayer {
                 selector: KeySelector::Prefix(prefix),
                 ..
             } => self.not_reserved(prefix),
-            Call::List { prefix } => self.not_reserved(prefix),
+            Call::List { prefix } | Call::Invalidations { prefix } => self.not_reserved(prefix),
             Call::Lease { request } => {
                 self.key(site, request.record_key)?;
                 self.key(site, request.counter_key)?;

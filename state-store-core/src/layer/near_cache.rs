@@ -23,8 +23,10 @@ use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
 
-/// How long the cache waits before following the server's changes again after it lost them.
+/// How long the cache waits before following the server's changes again after it lost them;
+/// doubled after each attempt that got no stream, up to [`REWATCH_MAX`].
 const REWATCH: Duration = Duration::from_secs(1);
+const REWATCH_MAX: Duration = Duration::from_secs(30);
 
 /// Keeps the values plain reads (`get`, `get_state`) find in process memory, bounded in bytes
 /// and in age, and drops each one the moment the server reports it changed: the layer follows
@@ -36,10 +38,10 @@ const REWATCH: Duration = Duration::from_secs(1);
 /// **Consistency.** A write through this handle drops the key at once (read-your-writes for
 /// the handle). A write from elsewhere is seen once the server's event arrives: until then a
 /// read may return the value it replaced — how long is the backend's event delay, measured by
-/// `cargo run --release -p examples --example near_cache`. Any doubt empties the whole cache
-/// and stops caching until the watch is back: a `Resync` (a lossy watch dropped events, a
-/// reconnect), an error or the end of the watch. A read racing an invalidation does not
-/// cache what it read. Values expire from the cache no later than on the server (the TTL
+/// `cargo run --release -p examples --example near_cache`. Any doubt empties the whole
+/// cache: a `Resync` or [`Invalidation::All`] (a lossy watch dropped events, a reconnect);
+/// an error or the end of the stream also stops caching until a new stream runs. A read
+/// that overlapped a change of its key does not cache what it read. Values expire from the cache no later than on the server (the TTL
 /// left when read), and after `max_age` whatever their TTL. Versioned reads (`get_entry`,
 /// `update`, compare-and-set) always go to the server, so conditional writes never work
 /// from a stale base.
@@ -117,11 +119,12 @@ struct Slots {
     bytes: usize,
     max_bytes: usize,
     next: u64,
-    /// The reads under way, by key: each read of a missing key leaves its ticket here, and
-    /// caches what it read only if its ticket is still there when it is back. Forgetting a
-    /// key takes its ticket (the value read may predate the change); another read of the key
-    /// replaces it (only the last read caches).
-    pending: HashMap<String, u64>,
+    /// The reads under way, by key: a ticket (a generation) and how many reads hold it. Each
+    /// read of a missing key takes the key's ticket (a new one if none is out), and caches
+    /// what it read only if that ticket is still out when it is back. Forgetting a key
+    /// withdraws its ticket (the values read may predate the change); overlapping reads of a
+    /// key share one, so a hot key read without pause still gets cached.
+    pending: HashMap<String, (u64, usize)>,
 }
 
 struct Slot {
@@ -147,18 +150,27 @@ impl Slots {
 
     /// A ticket for a read of `key` about to start.
     fn reading(&mut self, key: &str) -> u64 {
+        if let Some((ticket, readers)) = self.pending.get_mut(key) {
+            *readers += 1;
+            return *ticket;
+        }
         self.next += 1;
-        self.pending.insert(key.to_owned(), self.next);
+        self.pending.insert(key.to_owned(), (self.next, 1));
         self.next
     }
 
-    /// Whether the read of `key` with `ticket` may cache what it read; its ticket is spent.
+    /// Whether the read of `key` with `ticket` may cache what it read; its hold on the ticket
+    /// ends.
     fn take_ticket(&mut self, key: &str, ticket: u64) -> bool {
-        if self.pending.get(key) == Some(&ticket) {
-            self.pending.remove(key);
-            true
-        } else {
-            false
+        match self.pending.get_mut(key) {
+            Some((out, readers)) if *out == ticket => {
+                *readers -= 1;
+                if *readers == 0 {
+                    self.pending.remove(key);
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -302,12 +314,14 @@ async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
     // However the task ends (its runtime shut down, say), caching stops with it; the next
     // read starts another.
     let _stop = StopCaching(shared.clone());
+    let mut rewatch = REWATCH;
     loop {
         let stream = {
             let Some(inner) = inner.upgrade() else { return };
             invalidations(&*inner).await
         };
         if let Some(mut stream) = stream {
+            rewatch = REWATCH;
             let Some(cache) = shared.upgrade() else {
                 return;
             };
@@ -335,7 +349,10 @@ async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
         cache.live.store(false, Ordering::Release);
         cache.forget_all();
         drop(cache);
-        tokio::time::sleep(REWATCH).await;
+        // A backend that refuses both (Redis without tracking or notifications) is asked
+        // less and less often.
+        tokio::time::sleep(rewatch).await;
+        rewatch = (rewatch * 2).min(REWATCH_MAX);
     }
 }
 
@@ -439,7 +456,13 @@ impl Backend for NearCache {
                 keys: &misses,
                 numbers: if live {
                     let mut slots = lock(&self.shared.slots);
-                    misses.iter().map(|key| slots.reading(key)).collect()
+                    // Again under the lock: caching stops by clearing `live`, then the
+                    // tickets, under it; a ticket taken once it is clear would outlive that.
+                    if self.shared.live.load(Ordering::Acquire) {
+                        misses.iter().map(|key| slots.reading(key)).collect()
+                    } else {
+                        vec![0; misses.len()]
+                    }
                 } else {
                     // No ticket is 0: these read without caching.
                     vec![0; misses.len()]
@@ -633,11 +656,24 @@ mod tests {
         let a = slots.reading("a");
         slots.remove("a");
         assert!(!slots.take_ticket("a", a));
-        // A later read of the key replaces an earlier one's ticket: only the last one caches.
-        let (first, second) = (slots.reading("a"), slots.reading("a"));
-        assert!(!slots.take_ticket("a", first));
+        // Overlapping reads of a key share its ticket: a key read without pause is cached.
+        let first = slots.reading("a");
+        let second = slots.reading("a");
+        assert_eq!(first, second);
+        assert!(slots.take_ticket("a", first));
+        let third = slots.reading("a");
         assert!(slots.take_ticket("a", second));
-        assert!(!slots.take_ticket("a", second), "a ticket is spent once");
+        assert!(slots.take_ticket("a", third));
+        assert!(!slots.take_ticket("a", third), "each hold ends once");
+        // A change withdraws the ticket from every read holding it, and the next read gets
+        // a new one that the earlier holders' ends do not spend.
+        let (old, also_old) = (slots.reading("a"), slots.reading("a"));
+        slots.remove("a");
+        let new = slots.reading("a");
+        assert_ne!(old, new);
+        assert!(!slots.take_ticket("a", old));
+        assert!(!slots.take_ticket("a", also_old));
+        assert!(slots.take_ticket("a", new));
         // Forgetting everything takes every ticket; nothing lingers after.
         let c = slots.reading("c");
         slots.clear();

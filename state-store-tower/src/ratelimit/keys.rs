@@ -96,21 +96,64 @@ impl KeyExtractor for PeerIp {
 /// in hex): any value (non-ASCII, very long) gets a key of its own, API keys never appear in
 /// stored keys or logs, and without the secret a store dump does not tell which values were
 /// seen (a plain hash of a short API key can be reversed by trying them all). Give every
-/// instance of the service the same secret — at least 32 random bytes, kept like a password —
+/// instance of the service the same secret — 32 random bytes or more, kept like a password —
 /// or each counts alone. A changed secret starts every limit afresh.
+///
+/// ```
+/// use http::HeaderName;
+/// use state_store_tower::{Header, WeakSecret};
+///
+/// let secret = std::env::var("RATE_LIMIT_SECRET").unwrap_or_else(|_| "x".repeat(32));
+/// let by_api_key = Header::new(HeaderName::from_static("x-api-key"), secret)?;
+/// assert!(Header::new(HeaderName::from_static("x-api-key"), "changeme").is_err());
+/// # let _ = by_api_key;
+/// # Ok::<(), WeakSecret>(())
+/// ```
 #[derive(Clone)]
 pub struct Header {
     name: HeaderName,
     mac: Hmac<Sha256>,
 }
 
+/// The fewest bytes [`Header::new`] takes as a secret: 128 bits, if they are random.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A secret too short to key [`Header`] with: fewer than [`MIN_SECRET_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeakSecret {
+    /// How many bytes it had.
+    pub len: usize,
+}
+
+impl fmt::Display for WeakSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a header-key secret of {} bytes is too short: give at least {MIN_SECRET_LEN} (32 \
+             random bytes are best)",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for WeakSecret {}
+
 impl Header {
     /// Keys by the header `name`, hashed with `secret`.
-    pub fn new(name: HeaderName, secret: impl AsRef<[u8]>) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`WeakSecret`] for a secret of fewer than [`MIN_SECRET_LEN`] bytes (an empty one, a
+    /// word): a dump's keys could be matched to API keys by trying secrets.
+    pub fn new(name: HeaderName, secret: impl AsRef<[u8]>) -> Result<Self, WeakSecret> {
+        let secret = secret.as_ref();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(WeakSecret { len: secret.len() });
+        }
         #[allow(clippy::expect_used)] // HMAC takes a key of any length.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_ref())
-            .expect("HMAC takes a key of any length");
-        Header { name, mac }
+        let mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes a key of any length");
+        Ok(Header { name, mac })
     }
 }
 

@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use client_ip::{ClientIp, InvalidNetwork, IpNetwork, TrustedProxies};
-pub use keys::{Global, Header, KeyExtractor, PeerIp, RequestHead};
+pub use keys::{Global, Header, KeyExtractor, PeerIp, RequestHead, WeakSecret, MIN_SECRET_LEN};
 
 /// What [`RateLimitLayer`] does with a request its [`KeyExtractor`] finds no key for (no peer
 /// address, no header).
