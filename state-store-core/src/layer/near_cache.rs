@@ -645,6 +645,82 @@ mod tests {
         assert_eq!(slots.bytes, 0);
     }
 
+    /// Memory whose reads take a while and are counted: reads of one key overlap.
+    #[derive(Debug)]
+    struct Slow {
+        memory: crate::DefaultStateStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Backend for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.memory.capabilities()
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.memory.get_many(keys).await
+        }
+        async fn set(&self, key: &str, value: Vec<u8>, options: &SetOptions) -> Result<Version> {
+            self.memory.set(key, value, options).await
+        }
+        async fn remove(&self, key: &str, expected: Option<&Version>) -> Result<bool> {
+            self.memory.remove(key, expected).await
+        }
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+        fn extensions(&self) -> Extensions<'_> {
+            self.memory.extensions()
+        }
+    }
+
+    /// Eight tasks reading one key without pause, each read overlapping others: the key is
+    /// cached all the same, so few of the reads reach the backend. (Which interleavings
+    /// may cache is the unit test below: overlapping reads share a ticket.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_read_by_overlapping_tasks_is_cached() {
+        const TASKS: usize = 8;
+        const READS: usize = 400;
+        let slow = Arc::new(Slow {
+            memory: crate::DefaultStateStore::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let store = crate::StateStore::from_arc(
+            NearCacheLayer::new(1 << 20, Duration::from_secs(60))
+                .layer(Arc::clone(&slow) as Arc<dyn Backend>),
+            crate::StoreConfig::default(),
+        );
+        store
+            .set_state("hot", &serde_json::json!(1))
+            .await
+            .expect("write");
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..READS {
+                        let read = store.get::<i64>("hot").await.expect("read");
+                        assert_eq!(read, Some(1));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let reached = slow.reads.load(Ordering::Relaxed);
+        assert!(
+            reached < TASKS * READS / 10,
+            "{reached} of {} reads reached the backend",
+            TASKS * READS
+        );
+    }
+
     #[test]
     fn a_read_caches_only_if_its_own_key_did_not_change_meanwhile() {
         let mut slots = Slots::new(10_000);
