@@ -178,6 +178,34 @@ pub fn invalidation_channel(
     (tx, Box::pin(ChannelStream(rx)))
 }
 
+/// A watch as invalidations: each event's key, without its value; `Resync` as
+/// [`Invalidation::All`]. For a backend whose invalidations are its watch (values dropped).
+pub fn invalidations_of(watch: WatchStream) -> InvalidationStream {
+    Box::pin(WatchedKeys(watch))
+}
+
+struct WatchedKeys(WatchStream);
+
+impl futures_core::Stream for WatchedKeys {
+    type Item = Result<Invalidation>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_next(cx).map(|event| {
+            event.map(|event| {
+                event.map(|event| match event {
+                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
+                        Invalidation::Keys(vec![key])
+                    }
+                    BackendEvent::Resync { reason } => Invalidation::All { reason },
+                })
+            })
+        })
+    }
+}
+
 /// `tokio_stream::wrappers::ReceiverStream`, in the five lines it takes: core does not take a
 /// dependency (and its own `Stream` trait version to keep in step) for one `poll_recv`.
 struct ChannelStream<T>(tokio::sync::mpsc::Receiver<T>);

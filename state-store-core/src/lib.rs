@@ -118,8 +118,8 @@ pub use cas::{
     increment_with_cas, parse_counter, retry_lost_races, CloseFlag, CAS_DEADLINE, CAS_RETRIES,
 };
 pub use change::{
-    invalidation_channel, watch_channel, BackendEvent, Invalidation, InvalidationStream, KeyPage,
-    KeySelector, RemoveCause, WatchStart, WatchStream,
+    invalidation_channel, invalidations_of, watch_channel, BackendEvent, Invalidation,
+    InvalidationStream, KeyPage, KeySelector, RemoveCause, WatchStart, WatchStream,
 };
 pub use compute::{Compute, DEFAULT_COMPUTE_WAIT};
 pub use config::{

@@ -445,6 +445,9 @@ impl Backend for NatsStateStore {
     }
 
     fn extensions(&self) -> Extensions<'_> {
-        Extensions::none().with_list(self).with_watch(self)
+        Extensions::none()
+            .with_list(self)
+            .with_watch(self)
+            .with_invalidations(self)
     }
 }

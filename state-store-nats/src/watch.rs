@@ -7,8 +7,8 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use state_store_core::{
-    watch_channel, BackendEvent, Backoff, Error, KeySelector, Result, WatchKeys, WatchStart,
-    WatchStream,
+    invalidations_of, watch_channel, BackendEvent, Backoff, Error, InvalidationStream, KeySelector,
+    Result, WatchInvalidations, WatchKeys, WatchStart, WatchStream,
 };
 use tokio::sync::mpsc;
 
@@ -51,7 +51,7 @@ impl WatchKeys for NatsStateStore {
                 start_sequence: revision.saturating_add(1),
             },
         };
-        let messages = subscribe(&link, &self.bucket, &prefix, policy).await?;
+        let messages = subscribe(&link, &self.bucket, &prefix, policy, false).await?;
         let (tx, stream) = watch_channel(256);
         if after.is_some() {
             let reason = "the NATS KV bucket keeps only the latest change of each key: \
@@ -65,6 +65,7 @@ impl WatchKeys for NatsStateStore {
             selector: selector.clone(),
             prefix,
             next: after.map(|revision| revision.saturating_add(1)),
+            headers_only: false,
             tx,
         };
         tokio::spawn(follower.run(messages));
@@ -72,17 +73,42 @@ impl WatchKeys for NatsStateStore {
     }
 }
 
+#[async_trait]
+impl WatchInvalidations for NatsStateStore {
+    /// The watch's consumer with `headers_only`: the server sends each change's subject and
+    /// headers, not its value, so a near cache costs no value traffic. Like the watch, it
+    /// follows on after a lost subscription (reporting `Invalidation::All`).
+    async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
+        let link = self.links.get().await?;
+        let messages = subscribe(&link, &self.bucket, prefix, DeliverPolicy::New, true).await?;
+        let (tx, stream) = watch_channel(256);
+        let follower = Follower {
+            links: self.links.clone(),
+            bucket: self.bucket.clone(),
+            selector: KeySelector::Prefix(prefix.to_owned()),
+            prefix: prefix.to_owned(),
+            next: None,
+            headers_only: true,
+            tx,
+        };
+        tokio::spawn(follower.run(messages));
+        // Its `Put`s carry no value; only their keys leave this function.
+        Ok(invalidations_of(stream))
+    }
+}
+
 /// The messages of an ordered push consumer.
 type Messages = jetstream::consumer::push::Ordered;
 
-/// The messages under `prefix` from `policy` on.
+/// The messages under `prefix` from `policy` on (without their payloads: `headers_only`).
 async fn subscribe(
     link: &Link,
     bucket: &Bucket,
     prefix: &str,
     policy: DeliverPolicy,
+    headers_only: bool,
 ) -> Result<Messages> {
-    consumer(link, bucket, prefix, policy, false)
+    consumer(link, bucket, prefix, policy, headers_only)
         .await?
         .messages()
         .await
@@ -98,6 +124,8 @@ struct Follower {
     prefix: String,
     /// The revision to follow on from: one past the last delivered.
     next: Option<u64>,
+    /// Whether its messages come without their values (invalidations).
+    headers_only: bool,
     tx: mpsc::Sender<Result<BackendEvent>>,
 }
 
@@ -158,7 +186,7 @@ impl Follower {
             };
             let attempt = async {
                 let link = self.links.get().await?;
-                subscribe(&link, &self.bucket, &self.prefix, policy).await
+                subscribe(&link, &self.bucket, &self.prefix, policy, self.headers_only).await
             };
             match attempt.await {
                 Ok(messages) => return Some(messages),

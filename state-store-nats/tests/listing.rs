@@ -152,3 +152,55 @@ async fn list_while_rewriting(
     listed.expect("the listing ended");
     seen
 }
+
+/// Bytes the server has sent to clients so far (`/varz` `out_bytes`).
+fn out_bytes(server: &NatsServer) -> u64 {
+    let (_, body) = http_get(server.monitor_port(), "/varz").expect("/varz");
+    let varz: serde_json::Value = serde_json::from_str(&body).expect("json");
+    varz["out_bytes"].as_u64().expect("out_bytes")
+}
+
+/// The near cache's invalidations name each changed key under their prefix, in order, and
+/// carry no values: 20 writes of 50 kB (1 MB) reach the client in under 200 kB.
+#[tokio::test]
+async fn invalidations_name_keys_without_their_values() {
+    use futures_util::StreamExt;
+    use state_store_core::{Backend, Invalidation};
+    let Some(server) =
+        NatsServer::spawn(&[]).map_or_else(|why| unavailable("nats-server", &why), Some)
+    else {
+        return;
+    };
+    let backend = NatsStateStore::connect(NatsConfig::new(server.url()))
+        .await
+        .expect("connect");
+    let mut invalidations = backend
+        .extensions()
+        .invalidations
+        .expect("NATS reports invalidations")
+        .invalidations("inv:")
+        .await
+        .expect("follow");
+    let store = StateStore::from(backend);
+    let big = json!("x".repeat(50_000));
+    let before = out_bytes(&server);
+    store.set_state("other:1", &big).await.expect("set");
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let name = format!("inv:{i:02}");
+        store.set_state(&name, &big).await.expect("set");
+        expected.push(name);
+    }
+    store.remove_state("inv:00").await.expect("remove");
+    expected.push("inv:00".to_owned());
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        match invalidations.next().await.expect("the stream goes on") {
+            Ok(Invalidation::Keys(keys)) => seen.extend(keys),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, expected);
+    let sent = out_bytes(&server) - before;
+    assert!(sent < 200_000, "{sent} bytes sent for 21 writes of 50 kB");
+}

@@ -67,7 +67,9 @@ impl WatchInvalidations for RedisStateStore {
     /// (a write to the same key in another one also invalidates). Redis 6 or later;
     /// standalone only (a cluster tracks per node); RESP2 only (a RESP3 client from
     /// [`RedisStateStore::from_client`] would get invalidations as pushes fred does not pass
-    /// on without its `i-tracking` feature).
+    /// on without its `i-tracking` feature). That feature must stay off in the build: with it,
+    /// fred hands RESP2 invalidation messages to its own tracking receiver, not to the
+    /// subscription this follows.
     async fn invalidations(&self, prefix: &str) -> Result<InvalidationStream> {
         if self.clustered {
             return Err(Error::unsupported(STORE, "client tracking on a cluster"));

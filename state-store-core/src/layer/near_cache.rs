@@ -17,7 +17,8 @@ use crate::backend::{
 };
 use crate::capability::{Capabilities, WatchSupport};
 use crate::change::{
-    BackendEvent, Invalidation, InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream,
+    invalidations_of, Invalidation, InvalidationStream, KeyPage, KeySelector, WatchStart,
+    WatchStream,
 };
 use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
@@ -386,30 +387,7 @@ async fn invalidations(backend: &dyn Backend) -> Option<InvalidationStream> {
         .watch(&KeySelector::Prefix(String::new()), &WatchStart::Now)
         .await
         .ok()?;
-    Some(Box::pin(WatchedKeys(watch)))
-}
-
-/// A watch as invalidations.
-struct WatchedKeys(WatchStream);
-
-impl futures_core::Stream for WatchedKeys {
-    type Item = Result<Invalidation>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.as_mut().poll_next(cx).map(|event| {
-            event.map(|event| {
-                event.map(|event| match event {
-                    BackendEvent::Put { key, .. } | BackendEvent::Removed { key, .. } => {
-                        Invalidation::Keys(vec![key])
-                    }
-                    BackendEvent::Resync { reason } => Invalidation::All { reason },
-                })
-            })
-        })
-    }
+    Some(invalidations_of(watch))
 }
 
 #[async_trait]
