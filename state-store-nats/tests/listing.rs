@@ -9,11 +9,16 @@ use state_store_nats::{NatsConfig, NatsStateStore};
 use state_store_testkit::harness::nats::NatsServer;
 use state_store_testkit::harness::{http_get, unavailable};
 
-/// Messages the server has sent to clients so far (`/varz` `out_msgs`).
-fn out_msgs(server: &NatsServer) -> u64 {
+/// A counter of the server's `/varz`: `out_msgs`, `out_bytes` (sent to clients so far).
+fn varz(server: &NatsServer, counter: &str) -> u64 {
     let (_, body) = http_get(server.monitor_port(), "/varz").expect("/varz");
     let varz: serde_json::Value = serde_json::from_str(&body).expect("json");
-    varz["out_msgs"].as_u64().expect("out_msgs")
+    varz[counter].as_u64().expect(counter)
+}
+
+/// Messages the server has sent to clients so far.
+fn out_msgs(server: &NatsServer) -> u64 {
+    varz(server, "out_msgs")
 }
 
 #[tokio::test]
@@ -153,13 +158,6 @@ async fn list_while_rewriting(
     seen
 }
 
-/// Bytes the server has sent to clients so far (`/varz` `out_bytes`).
-fn out_bytes(server: &NatsServer) -> u64 {
-    let (_, body) = http_get(server.monitor_port(), "/varz").expect("/varz");
-    let varz: serde_json::Value = serde_json::from_str(&body).expect("json");
-    varz["out_bytes"].as_u64().expect("out_bytes")
-}
-
 /// The near cache's invalidations name each changed key under their prefix, in order, and
 /// carry no values: 20 writes of 50 kB (1 MB) reach the client in under 200 kB.
 #[tokio::test]
@@ -183,7 +181,7 @@ async fn invalidations_name_keys_without_their_values() {
         .expect("follow");
     let store = StateStore::from(backend);
     let big = json!("x".repeat(50_000));
-    let before = out_bytes(&server);
+    let before = varz(&server, "out_bytes");
     store.set_state("other:1", &big).await.expect("set");
     let mut expected = Vec::new();
     for i in 0..20 {
@@ -201,6 +199,6 @@ async fn invalidations_name_keys_without_their_values() {
         }
     }
     assert_eq!(seen, expected);
-    let sent = out_bytes(&server) - before;
+    let sent = varz(&server, "out_bytes") - before;
     assert!(sent < 200_000, "{sent} bytes sent for 21 writes of 50 kB");
 }

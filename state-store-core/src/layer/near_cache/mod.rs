@@ -1,10 +1,9 @@
 //! A near cache: hot values served from process memory, kept coherent by the server's own
 //! change stream.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,18 +15,16 @@ use crate::backend::{
     WatchInvalidations, WatchKeys,
 };
 use crate::capability::{Capabilities, WatchSupport};
-use crate::change::{
-    invalidations_of, Invalidation, InvalidationStream, KeyPage, KeySelector, WatchStart,
-    WatchStream,
-};
+use crate::change::{InvalidationStream, KeyPage, KeySelector, WatchStart, WatchStream};
 use crate::error::{Error, Result};
 use crate::native::{LeaseAcquire, LeaseGrant, RateLimitReply, RateLimitRequest};
 use crate::version::{Entry, Version};
 
-/// How long the cache waits before following the server's changes again after it lost them;
-/// doubled after each attempt that got no stream, up to [`REWATCH_MAX`].
-const REWATCH: Duration = Duration::from_secs(1);
-const REWATCH_MAX: Duration = Duration::from_secs(30);
+mod follower;
+mod slots;
+
+use follower::run_follower;
+use slots::{lock, Shared, Slots, Tickets};
 
 /// Keeps the values plain reads (`get`, `get_state`) find in process memory, bounded in bytes
 /// and in age, and drops each one the moment the server reports it changed: the layer follows
@@ -40,10 +37,11 @@ const REWATCH_MAX: Duration = Duration::from_secs(30);
 /// the handle). A write from elsewhere is seen once the server's event arrives: until then a
 /// read may return the value it replaced — how long is the backend's event delay, measured by
 /// `cargo run --release -p examples --example near_cache`. Any doubt empties the whole
-/// cache: a `Resync` or [`Invalidation::All`] (a lossy watch dropped events, a reconnect);
-/// an error or the end of the stream also stops caching until a new stream runs. A read
-/// that overlapped a change of its key does not cache what it read. Values expire from the cache no later than on the server (the TTL
-/// left when read), and after `max_age` whatever their TTL. Versioned reads (`get_entry`,
+/// cache: a `Resync` or [`Invalidation::All`](crate::Invalidation::All) (a lossy watch
+/// dropped events, a reconnect); an error or the end of the stream also stops caching until a
+/// new stream runs. A read that overlapped a change of its key does not cache what it read.
+/// Values expire from the cache no later than on the server (the TTL left when read), and
+/// after `max_age` whatever their TTL. Versioned reads (`get_entry`,
 /// `update`, compare-and-set) always go to the server, so conditional writes never work
 /// from a stale base.
 ///
@@ -89,171 +87,6 @@ impl Layer for NearCacheLayer {
     }
 }
 
-/// What the reads and the follower share.
-struct Shared {
-    slots: Mutex<Slots>,
-    /// True while the watch runs: only then may values be cached.
-    live: AtomicBool,
-}
-
-impl Shared {
-    fn forget(&self, key: &str) {
-        lock(&self.slots).remove(key);
-    }
-
-    fn forget_all(&self) {
-        lock(&self.slots).clear();
-    }
-}
-
-fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
-    // A panic while holding the lock leaves a consistent map (every change is one call).
-    slots
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Cached values, bounded in bytes; the oldest insertions go first.
-struct Slots {
-    map: HashMap<String, Slot>,
-    order: VecDeque<(String, u64)>,
-    bytes: usize,
-    max_bytes: usize,
-    next: u64,
-    /// The reads under way, by key: a ticket (a generation) and how many reads hold it. Each
-    /// read of a missing key takes the key's ticket (a new one if none is out), and caches
-    /// what it read only if that ticket is still out when it is back. Forgetting a key
-    /// withdraws its ticket (the values read may predate the change); overlapping reads of a
-    /// key share one, so a hot key read without pause still gets cached.
-    pending: HashMap<String, (u64, usize)>,
-}
-
-struct Slot {
-    value: Option<Vec<u8>>,
-    until: Instant,
-    seq: u64,
-}
-
-/// What a slot costs besides its key and value: the map's and the queue's bookkeeping.
-const SLOT_OVERHEAD: usize = 64;
-
-impl Slots {
-    fn new(max_bytes: usize) -> Self {
-        Slots {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
-            next: 0,
-            pending: HashMap::new(),
-        }
-    }
-
-    /// A ticket for a read of `key` about to start.
-    fn reading(&mut self, key: &str) -> u64 {
-        if let Some((ticket, readers)) = self.pending.get_mut(key) {
-            *readers += 1;
-            return *ticket;
-        }
-        self.next += 1;
-        self.pending.insert(key.to_owned(), (self.next, 1));
-        self.next
-    }
-
-    /// Whether the read of `key` with `ticket` may cache what it read; its hold on the ticket
-    /// ends.
-    fn take_ticket(&mut self, key: &str, ticket: u64) -> bool {
-        match self.pending.get_mut(key) {
-            Some((out, readers)) if *out == ticket => {
-                *readers -= 1;
-                if *readers == 0 {
-                    self.pending.remove(key);
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn cost(key: &str, value: Option<&Vec<u8>>) -> usize {
-        2 * key.len() + value.map_or(0, Vec::len) + SLOT_OVERHEAD
-    }
-
-    /// The cached value of `key` (`Some(None)`: cached as missing), if fresh.
-    fn get(&self, key: &str, now: Instant) -> Option<Option<Vec<u8>>> {
-        self.map
-            .get(key)
-            .filter(|slot| slot.until > now)
-            .map(|slot| slot.value.clone())
-    }
-
-    fn insert(&mut self, key: String, value: Option<Vec<u8>>, until: Instant) {
-        let cost = Self::cost(&key, value.as_ref());
-        if cost > self.max_bytes {
-            return;
-        }
-        self.remove(&key);
-        self.next += 1;
-        self.bytes += cost;
-        self.order.push_back((key.clone(), self.next));
-        self.map.insert(
-            key,
-            Slot {
-                value,
-                until,
-                seq: self.next,
-            },
-        );
-        while self.bytes > self.max_bytes {
-            let Some((oldest, seq)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&oldest).is_some_and(|slot| slot.seq == seq) {
-                self.remove(&oldest);
-            }
-        }
-        // Entries of removed keys linger in the queue: compact it when they dominate.
-        if self.order.len() > 2 * self.map.len() + 1024 {
-            let map = &self.map;
-            self.order
-                .retain(|(key, seq)| map.get(key).is_some_and(|slot| slot.seq == *seq));
-        }
-    }
-
-    fn remove(&mut self, key: &str) {
-        self.pending.remove(key);
-        if let Some(slot) = self.map.remove(key) {
-            self.bytes -= Self::cost(key, slot.value.as_ref());
-        }
-    }
-
-    fn clear(&mut self) {
-        self.pending.clear();
-        self.map.clear();
-        self.order.clear();
-        self.bytes = 0;
-    }
-}
-
-/// The tickets of a read under way ([`Slots::reading`]): spent when it ends, however it ends
-/// (an error, a cancelled call), so none lingers.
-struct Tickets<'a> {
-    shared: &'a Shared,
-    keys: &'a [String],
-    numbers: Vec<u64>,
-}
-
-impl Drop for Tickets<'_> {
-    fn drop(&mut self) {
-        if self.numbers.iter().any(|&n| n != 0) {
-            let mut slots = lock(&self.shared.slots);
-            for (key, ticket) in self.keys.iter().zip(&self.numbers) {
-                slots.take_ticket(key, *ticket);
-            }
-        }
-    }
-}
-
 struct NearCache {
     inner: Arc<dyn Backend>,
     shared: Arc<Shared>,
@@ -275,7 +108,7 @@ impl fmt::Debug for NearCache {
 
 impl Drop for NearCache {
     fn drop(&mut self) {
-        if let Some(task) = self.follower.lock().ok().and_then(|mut f| f.take()) {
+        if let Some(task) = lock_follower(&self.follower).take() {
             task.abort();
         }
     }
@@ -295,10 +128,7 @@ impl NearCache {
         if !self.watched {
             return;
         }
-        let mut follower = self
-            .follower
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut follower = lock_follower(&self.follower);
         if follower.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
@@ -307,87 +137,6 @@ impl NearCache {
             Arc::downgrade(&self.shared),
         )));
     }
-}
-
-/// Follows every change of the backend, forgetting each changed key; on any doubt forgets
-/// everything and stops caching until it follows again. Ends with the cache.
-async fn run_follower(inner: Weak<dyn Backend>, shared: Weak<Shared>) {
-    // However the task ends (its runtime shut down, say), caching stops with it; the next
-    // read starts another.
-    let _stop = StopCaching(shared.clone());
-    let mut rewatch = REWATCH;
-    loop {
-        let stream = {
-            let Some(inner) = inner.upgrade() else { return };
-            invalidations(&*inner).await
-        };
-        if let Some(mut stream) = stream {
-            rewatch = REWATCH;
-            let Some(cache) = shared.upgrade() else {
-                return;
-            };
-            cache.live.store(true, Ordering::Release);
-            drop(cache);
-            while let Some(event) = next(&mut stream).await {
-                let Some(cache) = shared.upgrade() else {
-                    return;
-                };
-                match event {
-                    Ok(Invalidation::Keys(keys)) => {
-                        let mut slots = lock(&cache.slots);
-                        for key in &keys {
-                            slots.remove(key);
-                        }
-                    }
-                    Ok(Invalidation::All { .. }) => cache.forget_all(),
-                    Err(_) => break,
-                }
-            }
-        }
-        let Some(cache) = shared.upgrade() else {
-            return;
-        };
-        cache.live.store(false, Ordering::Release);
-        cache.forget_all();
-        drop(cache);
-        // A backend that refuses both (Redis without tracking or notifications) is asked
-        // less and less often.
-        tokio::time::sleep(rewatch).await;
-        rewatch = (rewatch * 2).min(REWATCH_MAX);
-    }
-}
-
-/// Empties the cache and stops caching when dropped.
-struct StopCaching(Weak<Shared>);
-
-impl Drop for StopCaching {
-    fn drop(&mut self) {
-        if let Some(cache) = self.0.upgrade() {
-            cache.live.store(false, Ordering::Release);
-            cache.forget_all();
-        }
-    }
-}
-
-async fn next(stream: &mut InvalidationStream) -> Option<Result<Invalidation>> {
-    std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
-}
-
-/// Every change of `backend` as invalidations: its own where it has them, else its watch's
-/// events without their values. `None` when it offers neither, or refused both.
-async fn invalidations(backend: &dyn Backend) -> Option<InvalidationStream> {
-    let extensions = backend.extensions();
-    if let Some(tracker) = extensions.invalidations {
-        if let Ok(stream) = tracker.invalidations("").await {
-            return Some(stream);
-        }
-    }
-    let watch = extensions
-        .watch?
-        .watch(&KeySelector::Prefix(String::new()), &WatchStart::Now)
-        .await
-        .ok()?;
-    Some(invalidations_of(watch))
 }
 
 #[async_trait]
@@ -600,29 +349,6 @@ impl CheckRateLimit for NearCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn slots_stay_within_their_bytes_and_drop_the_oldest_first() {
-        let mut slots = Slots::new(10_000);
-        let until = Instant::now() + Duration::from_secs(60);
-        // A million distinct keys through a 10 kB cache.
-        for i in 0..1_000_000 {
-            slots.insert(format!("key-{i}"), Some(vec![b'x'; 100]), until);
-            assert!(slots.bytes <= 10_000);
-        }
-        assert!(slots.order.len() <= 2 * slots.map.len() + 1024);
-        let now = Instant::now();
-        assert_eq!(slots.get("key-999999", now), Some(Some(vec![b'x'; 100])));
-        assert_eq!(slots.get("key-0", now), None);
-        // Too big for the whole cache: not kept.
-        slots.insert("huge".to_owned(), Some(vec![0; 20_000]), until);
-        assert_eq!(slots.get("huge", now), None);
-        // Expired: not served.
-        slots.insert("old".to_owned(), None, now);
-        assert_eq!(slots.get("old", now), None);
-        slots.clear();
-        assert_eq!(slots.bytes, 0);
-    }
-
     /// Memory whose reads take a while and are counted: reads of one key overlap.
     #[derive(Debug)]
     struct Slow {
@@ -697,43 +423,5 @@ mod tests {
             "{reached} of {} reads reached the backend",
             TASKS * READS
         );
-    }
-
-    #[test]
-    fn a_read_caches_only_if_its_own_key_did_not_change_meanwhile() {
-        let mut slots = Slots::new(10_000);
-        // Another key's change takes nothing from this read.
-        let a = slots.reading("a");
-        slots.remove("b");
-        assert!(slots.take_ticket("a", a));
-        // Its own key's change takes its ticket; spent once.
-        let a = slots.reading("a");
-        slots.remove("a");
-        assert!(!slots.take_ticket("a", a));
-        // Overlapping reads of a key share its ticket: a key read without pause is cached.
-        let first = slots.reading("a");
-        let second = slots.reading("a");
-        assert_eq!(first, second);
-        assert!(slots.take_ticket("a", first));
-        let third = slots.reading("a");
-        assert!(slots.take_ticket("a", second));
-        assert!(slots.take_ticket("a", third));
-        assert!(!slots.take_ticket("a", third), "each hold ends once");
-        // A change withdraws the ticket from every read holding it, and the next read gets
-        // a new one that the earlier holders' ends do not spend.
-        let (old, also_old) = (slots.reading("a"), slots.reading("a"));
-        slots.remove("a");
-        let new = slots.reading("a");
-        assert_ne!(old, new);
-        assert!(!slots.take_ticket("a", old));
-        assert!(!slots.take_ticket("a", also_old));
-        assert!(slots.take_ticket("a", new));
-        // Forgetting everything takes every ticket; nothing lingers after.
-        let c = slots.reading("c");
-        slots.clear();
-        assert!(!slots.take_ticket("c", c));
-        assert!(slots.pending.is_empty());
-        // No ticket is 0.
-        assert!(!slots.take_ticket("a", 0));
     }
 }
